@@ -1,0 +1,800 @@
+//! FUSE server for the overlay.
+//!
+//! Translates kernel requests into [`Overlay`] calls and picks the kernel-side
+//! behaviour that keeps the view correct and fast:
+//!
+//! - `default_permissions`: the kernel checks permissions against the attributes
+//!   we report, exactly as for a local file system.
+//! - Entries, attributes and negative lookups are cached for one second; every
+//!   change goes through the kernel, which invalidates what it changed, so the
+//!   TTL only bounds how long a change made *on the host* stays invisible.
+//! - Read-only opens of files whose bytes are still in the base use FUSE
+//!   passthrough (Linux 6.9+, privileged server): the kernel reads the base file
+//!   directly and this process never sees those reads.
+//! - `readdirplus` answers `ls -l`, `find` and `git status` without a lookup per
+//!   entry.
+//!
+//! It deliberately does not enable the writeback cache (incompatible with
+//! passthrough) or implement locks (the kernel handles them locally, which is
+//! correct for a single mount).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, BackingId, Config, Errno as FErrno, FileAttr, FileHandle, FileType, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow,
+    WriteFlags,
+};
+
+use crate::error::Errno;
+use crate::overlay::{Attr, Caller, IoMode, Opened, Overlay, SetAttr};
+use crate::store::Timestamp;
+
+/// How long the kernel may cache entries and attributes.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(1);
+
+/// Options for serving an overlay.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Let users other than the mounting one use the mount (needs root or
+    /// `user_allow_other` in /etc/fuse.conf).
+    pub allow_other: bool,
+    pub ttl: Duration,
+    /// Use FUSE passthrough when the kernel and our privileges allow it.
+    pub passthrough: bool,
+    /// Name shown in /proc/mounts.
+    pub fs_name: String,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            allow_other: rustix::process::geteuid().is_root(),
+            ttl: DEFAULT_TTL,
+            passthrough: true,
+            fs_name: "cordon".into(),
+        }
+    }
+}
+
+/// The FUSE file system: an overlay behind a lock plus passthrough bookkeeping.
+pub struct OverlayFs {
+    inner: Mutex<Overlay>,
+    /// Backing files registered with the kernel, per node, with their open count.
+    backing: Mutex<HashMap<u64, (Arc<BackingId>, u32)>>,
+    ttl: Duration,
+    want_passthrough: bool,
+    /// What the kernel agreed to at `init`, for `cordon workspace mount` to report.
+    negotiated: Arc<Mutex<Negotiated>>,
+}
+
+/// Features the kernel accepted.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Negotiated {
+    pub passthrough: bool,
+    pub readdirplus: bool,
+    pub max_write: u32,
+}
+
+fn errno(e: Errno) -> FErrno {
+    FErrno::from_i32(e.code())
+}
+
+fn system_time(t: Timestamp) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        UNIX_EPOCH
+            .checked_sub(Duration::from_secs(t.sec.unsigned_abs()))
+            .and_then(|x| x.checked_add(Duration::from_nanos(u64::from(t.nsec))))
+            .unwrap_or(UNIX_EPOCH)
+    }
+}
+
+fn timestamp(t: SystemTime) -> Timestamp {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timestamp {
+            sec: d.as_secs() as i64,
+            nsec: d.subsec_nanos(),
+        },
+        Err(e) => {
+            let d = e.duration();
+            let (mut sec, mut nsec) = (-(d.as_secs() as i64), d.subsec_nanos());
+            if nsec > 0 {
+                sec -= 1;
+                nsec = 1_000_000_000 - nsec;
+            }
+            Timestamp { sec, nsec }
+        }
+    }
+}
+
+fn file_type(kind: u32) -> FileType {
+    match kind {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn fuse_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: system_time(a.atime),
+        mtime: system_time(a.mtime),
+        ctime: system_time(a.ctime),
+        crtime: system_time(a.ctime),
+        kind: file_type(a.file_type()),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+impl OverlayFs {
+    /// Wraps an overlay for serving.
+    pub fn new(overlay: Overlay, opts: &ServeOptions) -> Self {
+        OverlayFs {
+            inner: Mutex::new(overlay),
+            backing: Mutex::new(HashMap::new()),
+            ttl: opts.ttl,
+            want_passthrough: opts.passthrough,
+            negotiated: Arc::new(Mutex::new(Negotiated::default())),
+        }
+    }
+
+    /// Handle to the negotiated features (filled in once the kernel sends `init`).
+    pub fn negotiated(&self) -> Arc<Mutex<Negotiated>> {
+        self.negotiated.clone()
+    }
+
+    fn ov(&self) -> MutexGuard<'_, Overlay> {
+        // A panic in one request must not wedge every later one.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
+        match r {
+            Ok(a) => reply.entry(&self.ttl, &fuse_attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    /// Sends an open reply, registering a backing file for passthrough opens.
+    fn opened_reply(&self, ov: &mut Overlay, id: u64, opened: Opened, reply_open: OpenReply) {
+        let mut flags = FopenFlags::empty();
+        match opened.io {
+            IoMode::Cached => flags |= FopenFlags::FOPEN_KEEP_CACHE,
+            IoMode::Direct => flags |= FopenFlags::FOPEN_DIRECT_IO,
+            IoMode::Passthrough(file) => {
+                let mut backing = self.backing.lock().unwrap_or_else(|e| e.into_inner());
+                let existing = backing.get(&id).map(|(b, _)| b.clone());
+                let id_result = match existing {
+                    Some(b) => Ok(b),
+                    None => reply_open.open_backing(&file).map(Arc::new),
+                };
+                match id_result {
+                    Ok(b) => {
+                        backing.entry(id).or_insert_with(|| (b.clone(), 0)).1 += 1;
+                        reply_open.passthrough(FileHandle(opened.fh), &b);
+                        return;
+                    }
+                    Err(e) => {
+                        // The kernel refused (no privilege, unsupported base file
+                        // system): fall back for this and every later open.
+                        tracing::warn!(error = %e, "FUSE passthrough unavailable; serving reads from userspace");
+                        ov.set_passthrough(false);
+                        let direct = ov.passthrough_failed(opened.fh);
+                        flags |= if direct {
+                            FopenFlags::FOPEN_DIRECT_IO
+                        } else {
+                            FopenFlags::FOPEN_KEEP_CACHE
+                        };
+                    }
+                }
+            }
+        }
+        reply_open.plain(FileHandle(opened.fh), flags);
+    }
+}
+
+/// The two reply types that can carry an open file handle.
+enum OpenReply {
+    Open(ReplyOpen),
+    Create(ReplyCreate, Duration, FileAttr),
+}
+
+impl OpenReply {
+    fn open_backing(&self, file: &std::fs::File) -> std::io::Result<BackingId> {
+        match self {
+            OpenReply::Open(r) => r.open_backing(file),
+            OpenReply::Create(r, _, _) => r.open_backing(file),
+        }
+    }
+
+    fn passthrough(self, fh: FileHandle, b: &BackingId) {
+        match self {
+            OpenReply::Open(r) => r.opened_passthrough(fh, FopenFlags::empty(), b),
+            OpenReply::Create(r, ttl, attr) => {
+                r.created_passthrough(&ttl, &attr, Generation(0), fh, FopenFlags::empty(), b)
+            }
+        }
+    }
+
+    fn plain(self, fh: FileHandle, flags: FopenFlags) {
+        match self {
+            OpenReply::Open(r) => r.opened(fh, flags),
+            OpenReply::Create(r, ttl, attr) => r.created(&ttl, &attr, Generation(0), fh, flags),
+        }
+    }
+}
+
+impl fuser::Filesystem for OverlayFs {
+    fn init(&mut self, req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = req;
+        let caps = config.capabilities();
+        let mut want = InitFlags::FUSE_AUTO_INVAL_DATA
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP
+            | InitFlags::FUSE_PARALLEL_DIROPS;
+        want &= caps;
+        let _ = config.add_capabilities(want);
+        // Backing files need CAP_SYS_ADMIN in the initial user namespace.
+        let passthrough = self.want_passthrough
+            && caps.contains(InitFlags::FUSE_PASSTHROUGH)
+            && rustix::process::geteuid().is_root()
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(2).is_ok();
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_background(64);
+        self.ov().set_passthrough(passthrough);
+        let mut n = self.negotiated.lock().unwrap_or_else(|e| e.into_inner());
+        *n = Negotiated {
+            passthrough,
+            readdirplus: want.contains(InitFlags::FUSE_DO_READDIRPLUS),
+            max_write: 1 << 20,
+        };
+        tracing::info!(passthrough, "FUSE session initialized");
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.ov().lookup(parent.0, name.as_bytes()) {
+            Ok(a) => reply.entry(&self.ttl, &fuse_attr(&a), Generation(0)),
+            Err(e) if e == Errno::ENOENT => {
+                // Negative entry: node id 0 with a timeout caches the miss.
+                let mut a = fuse_attr(&Attr {
+                    ino: 0,
+                    size: 0,
+                    blocks: 0,
+                    atime: Timestamp::default(),
+                    mtime: Timestamp::default(),
+                    ctime: Timestamp::default(),
+                    mode: libc::S_IFREG,
+                    nlink: 0,
+                    uid: 0,
+                    gid: 0,
+                    rdev: 0,
+                });
+                a.ino = INodeNo(0);
+                reply.entry(&self.ttl, &a, Generation(0));
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.ov().forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.ov().getattr(ino.0) {
+            Ok(a) => reply.attr(&self.ttl, &fuse_attr(&a)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let t = |x: TimeOrNow| match x {
+            TimeOrNow::Now => None,
+            TimeOrNow::SpecificTime(s) => Some(timestamp(s)),
+        };
+        let req = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(t),
+            mtime: mtime.map(t),
+            ctime: ctime.map(timestamp),
+        };
+        match self.ov().setattr(ino.0, &req) {
+            Ok(a) => reply.attr(&self.ttl, &fuse_attr(&a)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.ov().readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self.ov().mknod(
+            parent.0,
+            name.as_bytes(),
+            mode,
+            u64::from(rdev),
+            caller(req),
+        );
+        self.entry(reply, r);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .ov()
+            .mkdir(parent.0, name.as_bytes(), mode, caller(req));
+        self.entry(reply, r);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.ov().unlink(parent.0, name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.ov().rmdir(parent.0, name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = self.ov().symlink(
+            parent.0,
+            link_name.as_bytes(),
+            target.as_os_str().as_bytes(),
+            caller(req),
+        );
+        self.entry(reply, r);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self.ov().rename(
+            parent.0,
+            name.as_bytes(),
+            newparent.0,
+            newname.as_bytes(),
+            flags.bits(),
+        ) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let r = self.ov().link(ino.0, newparent.0, newname.as_bytes());
+        self.entry(reply, r);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let mut ov = self.ov();
+        match ov.open(ino.0, flags.0) {
+            Ok(opened) => self.opened_reply(&mut ov, ino.0, opened, OpenReply::Open(reply)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.ov().read(fh.0, offset, size) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.ov().write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Every write is already committed; nothing is buffered here.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let released = self.ov().release(fh.0);
+        match released {
+            Ok((node, true, _)) => {
+                let mut backing = self.backing.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(entry) = backing.get_mut(&node) {
+                    entry.1 = entry.1.saturating_sub(1);
+                    if entry.1 == 0 {
+                        // Dropping the last reference closes the backing file.
+                        backing.remove(&node);
+                    }
+                }
+                reply.ok();
+            }
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.ov().fsync() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.ov().opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.ov().readdir(fh.0, offset) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(e)),
+        };
+        for (next, e) in entries {
+            if reply.add(
+                INodeNo(e.ino),
+                next,
+                file_type(e.kind),
+                OsStr::from_bytes(&e.name),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let mut ov = self.ov();
+        let entries = match ov.readdir(fh.0, offset) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(e)),
+        };
+        for (next, e) in entries {
+            let (id, attr) = match ov.peek(ino.0, &e.name) {
+                Ok(x) => x,
+                // Vanished from the base since the listing was taken.
+                Err(_) => continue,
+            };
+            let full = reply.add(
+                INodeNo(id),
+                next,
+                OsStr::from_bytes(&e.name),
+                &self.ttl,
+                &fuse_attr(&attr),
+                Generation(0),
+            );
+            if full {
+                ov.unpeek(id);
+                break;
+            }
+            if e.name != b"." && e.name != b".." {
+                ov.add_lookup(id);
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self.ov().releasedir(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.ov().fsync() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        // Writes land in the database, so its file system's free space is what counts.
+        let ov = self.ov();
+        let dir = ov.store().path().parent().unwrap_or(Path::new("/"));
+        match rustix::fs::statvfs(dir) {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                crate::overlay::NAME_MAX as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(errno(e.into())),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        match self.ov().setxattr(ino.0, name.as_bytes(), value, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        xattr_reply(self.ov().getxattr(ino.0, name.as_bytes()), size, reply);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        xattr_reply(self.ov().listxattr(ino.0), size, reply);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.ov().removexattr(ino.0, name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Only reached without default_permissions; the kernel checks mode bits.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let mut ov = self.ov();
+        match ov.create(parent.0, name.as_bytes(), mode, flags, caller(req)) {
+            Ok((attr, opened)) => {
+                let fa = fuse_attr(&attr);
+                self.opened_reply(
+                    &mut ov,
+                    attr.ino,
+                    opened,
+                    OpenReply::Create(reply, self.ttl, fa),
+                );
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        match self.ov().fallocate(fh.0, offset, length, mode) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.ov().lseek(fh.0, offset, whence) {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}
+
+fn xattr_reply(r: Result<Vec<u8>, Errno>, size: u32, reply: ReplyXattr) {
+    match r {
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() <= size as usize => reply.data(&v),
+        Ok(_) => reply.error(FErrno::from_i32(libc::ERANGE)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+/// Mount options shared by every overlay mount.
+pub fn fuse_config(opts: &ServeOptions) -> Config {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(opts.fs_name.clone()),
+        MountOption::Subtype("cordon".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoSuid,
+        MountOption::NoDev,
+        MountOption::RW,
+    ];
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config
+}

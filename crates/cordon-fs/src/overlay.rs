@@ -1,0 +1,1753 @@
+//! The merged view: a writable delta (SQLite) over a read-only base directory.
+//!
+//! This module decides what the agent sees and is independent of FUSE, so every
+//! rule here is unit-tested without a mount; [`crate::fuse`] only translates kernel
+//! requests into these calls.
+//!
+//! Rules, in the order a lookup applies them:
+//!
+//! 1. A name with a delta entry in a delta directory is that delta object.
+//! 2. Otherwise, a whiteout at the name's overlay path hides the base.
+//! 3. Otherwise the name falls through to the directory's *lower* base directory,
+//!    if it has one. A directory copied up from the base ("mirror") has the lower
+//!    its path implies; a directory moved by `rename` keeps an explicit redirect to
+//!    the base directory it came from; a directory created fresh is opaque.
+//!
+//! Copy-up is lazy and minimal: metadata changes (`chmod`, `chown`, `utimes`,
+//! `setxattr`, rename, hard link) copy only metadata and leave the bytes in the
+//! base file (a *metacopy*); the first data write copies the bytes. Read-only
+//! opens never copy anything.
+//!
+//! Inode numbers (which FUSE also uses as node ids) are stable across remounts:
+//! a base object keeps its host inode number, a delta object created here gets
+//! `DELTA_TAG | ino`, and an object copied up keeps the number it had before
+//! (recorded in `fs_origin`).
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use crate::base::{Base, BaseStat, join_rel};
+use crate::error::{Errno, OpResult};
+use crate::merge::{self, Source};
+use crate::store::{InodeRow, ROOT_INO, SeenRow, Store, Timestamp, join_path};
+
+/// Node id of the root directory (FUSE requires 1).
+pub const ROOT_ID: u64 = 1;
+const TAG_MASK: u64 = 3 << 61;
+const ID_MASK: u64 = (1 << 61) - 1;
+/// Node ids of objects that exist only in the delta.
+pub const DELTA_TAG: u64 = 1 << 61;
+/// Node ids derived from a hash (base hard links, other devices).
+const HASH_TAG: u64 = 2 << 61;
+/// Node ids handed out when a preferred id is already taken.
+const FALLBACK_TAG: u64 = 3 << 61;
+
+/// Longest file name accepted (as ext4).
+pub const NAME_MAX: usize = 255;
+/// Longest symbolic link target accepted.
+pub const SYMLINK_MAX: usize = 4095;
+/// Longest extended attribute name and value accepted (as Linux `XATTR_*_MAX`).
+pub const XATTR_NAME_MAX: usize = 255;
+pub const XATTR_SIZE_MAX: usize = 65536;
+/// Most hard links to one inode.
+pub const LINK_MAX: u32 = 65000;
+
+/// Attributes of an object in the merged view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub size: u64,
+    pub blocks: u64,
+    pub atime: Timestamp,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+    /// Type and permission bits.
+    pub mode: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+}
+
+impl Attr {
+    pub fn file_type(&self) -> u32 {
+        self.mode & libc::S_IFMT
+    }
+}
+
+/// Who is asking: the credentials the kernel attached to a request.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Attribute changes requested by `setattr`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    /// `Some(None)` means "now".
+    pub atime: Option<Option<Timestamp>>,
+    pub mtime: Option<Option<Timestamp>>,
+    pub ctime: Option<Timestamp>,
+}
+
+/// How the kernel should do I/O on an open file.
+#[derive(Debug)]
+pub enum IoMode {
+    /// Through the page cache; the kernel may keep cached pages from earlier opens.
+    Cached,
+    /// Every read and write comes to us (another open holds the file in passthrough).
+    Direct,
+    /// Reads go straight to this base file in the kernel (FUSE passthrough).
+    Passthrough(File),
+}
+
+/// Result of `open`/`create`.
+#[derive(Debug)]
+pub struct Opened {
+    pub fh: u64,
+    pub io: IoMode,
+}
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    /// `S_IFMT` bits, 0 if unknown.
+    pub kind: u32,
+    /// Inode number for `d_ino`.
+    pub ino: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Ident {
+    Delta(i64),
+    Base(Vec<u8>),
+}
+
+#[derive(Debug)]
+struct Node {
+    ident: Ident,
+    kind: u32,
+    parent: u64,
+    name: Vec<u8>,
+    lookups: u64,
+    opens: u32,
+    children: u32,
+    /// For directories: the base directory merged under this one.
+    lower: Option<Vec<u8>>,
+    pt_opens: u32,
+    cached_opens: u32,
+    /// Attributes to report after the object was removed while still referenced.
+    ghost: Option<Attr>,
+}
+
+struct Handle {
+    node: u64,
+    flags: i32,
+    passthrough: bool,
+    cached: bool,
+    /// Open base file and the base path it was opened for.
+    base: Option<(Vec<u8>, File)>,
+}
+
+struct DirHandle {
+    node: u64,
+    entries: Vec<DirEntry>,
+}
+
+/// Options of an overlay.
+#[derive(Clone, Debug)]
+pub struct OverlayOptions {
+    /// The kernel can pass reads of unmodified base files straight to the base file.
+    pub passthrough: bool,
+}
+
+/// A mounted (or mountable) merged view.
+pub struct Overlay {
+    store: Store,
+    base: Base,
+    opts: OverlayOptions,
+    nodes: HashMap<u64, Node>,
+    idents: HashMap<Ident, u64>,
+    handles: HashMap<u64, Handle>,
+    dirs: HashMap<u64, DirHandle>,
+    next_fh: u64,
+    next_fallback: u64,
+    seen: HashSet<Vec<u8>>,
+}
+
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for p in parts {
+        for &b in *p {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+fn check_name(name: &[u8]) -> OpResult<()> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+        return Err(Errno::EINVAL);
+    }
+    if name.len() > NAME_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    Ok(())
+}
+
+fn ts((sec, nsec): (i64, u32)) -> Timestamp {
+    Timestamp { sec, nsec }
+}
+
+fn seen_row(rel: &[u8], st: &BaseStat) -> SeenRow {
+    SeenRow {
+        path: rel.to_vec(),
+        kind: st.file_type(),
+        size: st.size,
+        mtime_ns: st.mtime_ns(),
+        ctime_ns: st.ctime_ns(),
+        ino: st.ino,
+        sha256: None,
+    }
+}
+
+/// Adjusts a directory link count by `delta`, leaving "unknown" (< 2) alone.
+fn adjust_dir_nlink(row: &mut InodeRow, delta: i32) {
+    if row.nlink >= 2 {
+        row.nlink = (row.nlink as i64 + i64::from(delta)).max(2) as u32;
+    }
+}
+
+impl Overlay {
+    /// Builds the merged view over `base` with the delta in `store`.
+    pub fn new(store: Store, base: Base, opts: OverlayOptions) -> OpResult<Self> {
+        // Inodes unlinked while open when a previous server died are garbage now.
+        store.tx(|s| {
+            for ino in s.orphans()? {
+                s.delete_inode(ino)?;
+            }
+            Ok(())
+        })?;
+        let (opaque, redirect) = store.dir_control(ROOT_INO)?;
+        let lower = if opaque {
+            None
+        } else {
+            Some(redirect.unwrap_or_default())
+        };
+        let mut ov = Overlay {
+            store,
+            base,
+            opts,
+            nodes: HashMap::new(),
+            idents: HashMap::new(),
+            handles: HashMap::new(),
+            dirs: HashMap::new(),
+            next_fh: 1,
+            next_fallback: 1,
+            seen: HashSet::new(),
+        };
+        ov.nodes.insert(
+            ROOT_ID,
+            Node {
+                ident: Ident::Delta(ROOT_INO),
+                kind: libc::S_IFDIR,
+                parent: ROOT_ID,
+                name: Vec::new(),
+                lookups: 1,
+                opens: 0,
+                children: 0,
+                lower,
+                pt_opens: 0,
+                cached_opens: 0,
+                ghost: None,
+            },
+        );
+        ov.idents.insert(Ident::Delta(ROOT_INO), ROOT_ID);
+        Ok(ov)
+    }
+
+    /// The delta store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The base directory.
+    pub fn base(&self) -> &Base {
+        &self.base
+    }
+
+    /// Turns passthrough on or off (the FUSE layer learns at `init` whether it works).
+    pub fn set_passthrough(&mut self, on: bool) {
+        self.opts.passthrough = on;
+    }
+
+    /// Number of nodes held in memory (for tests and diagnostics).
+    pub fn live_nodes(&self) -> usize {
+        self.nodes.len()
+    }
+
+    // ----- node table -----
+
+    fn node(&self, id: u64) -> OpResult<&Node> {
+        self.nodes.get(&id).ok_or(Errno::ENOENT)
+    }
+
+    fn node_mut(&mut self, id: u64) -> OpResult<&mut Node> {
+        self.nodes.get_mut(&id).ok_or(Errno::ENOENT)
+    }
+
+    fn base_id(&self, rel: &[u8], st: &BaseStat) -> u64 {
+        base_node_id(self.base.dev(), rel, st)
+    }
+
+    fn delta_id(&self, ino: i64) -> OpResult<u64> {
+        if ino == ROOT_INO {
+            return Ok(ROOT_ID);
+        }
+        Ok(self
+            .store
+            .origin(ino)?
+            .unwrap_or(DELTA_TAG | (ino as u64 & ID_MASK)))
+    }
+
+    fn intern(
+        &mut self,
+        ident: Ident,
+        preferred: u64,
+        kind: u32,
+        parent: u64,
+        name: &[u8],
+        lower: Option<Vec<u8>>,
+    ) -> u64 {
+        if let Some(&id) = self.idents.get(&ident) {
+            self.relocate(id, parent, name);
+            return id;
+        }
+        let mut id = preferred;
+        if id == 0 || id == ROOT_ID || self.nodes.contains_key(&id) {
+            id = FALLBACK_TAG | self.next_fallback;
+            self.next_fallback += 1;
+        }
+        self.nodes.insert(
+            id,
+            Node {
+                ident: ident.clone(),
+                kind,
+                parent,
+                name: name.to_vec(),
+                lookups: 0,
+                opens: 0,
+                children: 0,
+                lower,
+                pt_opens: 0,
+                cached_opens: 0,
+                ghost: None,
+            },
+        );
+        self.idents.insert(ident, id);
+        if let Some(p) = self.nodes.get_mut(&parent) {
+            p.children += 1;
+        }
+        id
+    }
+
+    /// Records that node `id` now lives at `parent`/`name`.
+    fn relocate(&mut self, id: u64, parent: u64, name: &[u8]) {
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if n.parent == parent {
+            if n.name != name {
+                n.name = name.to_vec();
+            }
+            return;
+        }
+        let old = n.parent;
+        n.parent = parent;
+        n.name = name.to_vec();
+        if let Some(p) = self.nodes.get_mut(&parent) {
+            p.children += 1;
+        }
+        if let Some(p) = self.nodes.get_mut(&old) {
+            p.children = p.children.saturating_sub(1);
+        }
+        self.maybe_evict(old);
+    }
+
+    fn rekey(&mut self, id: u64, ident: Ident) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            let old = std::mem::replace(&mut n.ident, ident.clone());
+            self.idents.remove(&old);
+            self.idents.insert(ident, id);
+        }
+    }
+
+    fn maybe_evict(&mut self, mut id: u64) {
+        while id != ROOT_ID {
+            let Some(n) = self.nodes.get(&id) else { return };
+            if n.lookups > 0 || n.opens > 0 || n.children > 0 {
+                return;
+            }
+            let n = self.nodes.remove(&id).expect("checked above");
+            if self.idents.get(&n.ident) == Some(&id) {
+                self.idents.remove(&n.ident);
+            }
+            let parent = n.parent;
+            match self.nodes.get_mut(&parent) {
+                Some(p) => p.children = p.children.saturating_sub(1),
+                None => return,
+            }
+            id = parent;
+        }
+    }
+
+    /// Absolute overlay path of a node ("/" for the root).
+    fn path_of(&self, mut id: u64) -> OpResult<Vec<u8>> {
+        let mut parts: Vec<&[u8]> = Vec::new();
+        let mut guard = 0;
+        while id != ROOT_ID {
+            let n = self.node(id)?;
+            parts.push(&n.name);
+            id = n.parent;
+            guard += 1;
+            if guard > 4096 {
+                return Err(Errno::ELOOP);
+            }
+        }
+        if parts.is_empty() {
+            return Ok(b"/".to_vec());
+        }
+        let mut p = Vec::new();
+        for part in parts.iter().rev() {
+            p.push(b'/');
+            p.extend_from_slice(part);
+        }
+        Ok(p)
+    }
+
+    fn child_path(&self, parent: u64, name: &[u8]) -> OpResult<Vec<u8>> {
+        Ok(join_path(&self.path_of(parent)?, name))
+    }
+
+    /// Whether `parent`'s lower directory has `name` (a delta entry would shadow it).
+    fn lower_has(&self, parent: u64, name: &[u8]) -> OpResult<bool> {
+        match &self.node(parent)?.lower {
+            Some(lower) => Ok(self.base.stat(&join_rel(lower, name))?.is_some()),
+            None => Ok(false),
+        }
+    }
+
+    /// The merge-rule view of directory node `id`.
+    fn merged_dir(&self, id: u64) -> OpResult<merge::Dir> {
+        let n = self.node(id)?;
+        Ok(merge::Dir {
+            delta: match n.ident {
+                Ident::Delta(d) => Some(d),
+                Ident::Base(_) => None,
+            },
+            lower: n.lower.clone(),
+            path: self.path_of(id)?,
+        })
+    }
+
+    /// Resolves `name` in directory `parent` and interns it, without counting a lookup.
+    fn child(&mut self, parent: u64, name: &[u8]) -> OpResult<Option<u64>> {
+        check_name(name)?;
+        let p = self.node(parent)?;
+        if p.kind != libc::S_IFDIR {
+            return Err(Errno::ENOTDIR);
+        }
+        if p.ghost.is_some() {
+            return Ok(None);
+        }
+        let dir = self.merged_dir(parent)?;
+        let Some(src) = merge::lookup(&self.store, &self.base, &dir, name)? else {
+            return Ok(None);
+        };
+        let kind = src.kind();
+        let lower = if kind == libc::S_IFDIR {
+            merge::child_dir(&self.store, &dir, name, &src)?.lower
+        } else {
+            None
+        };
+        let (ident, id) = match src {
+            Source::Delta { ino, .. } => (Ident::Delta(ino), self.delta_id(ino)?),
+            Source::Base { rel, .. } => {
+                // The id needs the full stat (device, link count).
+                let st = self.base.stat(&rel)?.ok_or(Errno::ENOENT)?;
+                let id = self.base_id(&rel, &st);
+                (Ident::Base(rel), id)
+            }
+        };
+        Ok(Some(self.intern(ident, id, kind, parent, name, lower)))
+    }
+
+    // ----- attributes -----
+
+    fn attr_of_row(&self, id: u64, row: &InodeRow) -> OpResult<Attr> {
+        let blocks = if row.is_reg() {
+            if self.store.metacopy(row.ino)?.is_some() {
+                row.size.div_ceil(512)
+            } else {
+                self.store.stored_bytes(row.ino)?.div_ceil(4096) * 8
+            }
+        } else {
+            0
+        };
+        Ok(Attr {
+            ino: id,
+            size: if row.is_dir() { 4096 } else { row.size },
+            blocks,
+            atime: row.atime,
+            mtime: row.mtime,
+            ctime: row.ctime,
+            mode: row.mode,
+            nlink: row.nlink,
+            uid: row.uid,
+            gid: row.gid,
+            rdev: row.rdev as u32,
+        })
+    }
+
+    fn attr_of_base(id: u64, st: &BaseStat) -> Attr {
+        Attr {
+            ino: id,
+            size: st.size,
+            blocks: st.blocks,
+            atime: ts(st.atime),
+            mtime: ts(st.mtime),
+            ctime: ts(st.ctime),
+            mode: st.mode,
+            nlink: if st.is_dir() {
+                st.nlink.min(u64::from(u32::MAX)) as u32
+            } else {
+                1
+            },
+            uid: st.uid,
+            gid: st.gid,
+            rdev: st.rdev as u32,
+        }
+    }
+
+    /// Attributes of a node.
+    pub fn getattr(&self, id: u64) -> OpResult<Attr> {
+        let n = self.node(id)?;
+        if let Some(g) = n.ghost {
+            return Ok(g);
+        }
+        match &n.ident {
+            Ident::Delta(ino) => match self.store.inode(*ino)? {
+                Some(row) => self.attr_of_row(id, &row),
+                None => Err(Errno::ENOENT),
+            },
+            Ident::Base(rel) => match self.base.stat(rel)? {
+                Some(st) => Ok(Self::attr_of_base(id, &st)),
+                None => Err(Errno::ENOENT),
+            },
+        }
+    }
+
+    /// Looks up `name` in `parent`, counting one kernel reference.
+    pub fn lookup(&mut self, parent: u64, name: &[u8]) -> OpResult<Attr> {
+        let id = self.child(parent, name)?.ok_or(Errno::ENOENT)?;
+        match self.getattr(id) {
+            Ok(attr) => {
+                self.node_mut(id)?.lookups += 1;
+                Ok(attr)
+            }
+            Err(e) => {
+                self.maybe_evict(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Counts one more kernel reference to `id` (a readdirplus entry was used).
+    pub fn add_lookup(&mut self, id: u64) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.lookups += 1;
+        }
+    }
+
+    /// Drops `count` kernel references.
+    pub fn forget(&mut self, id: u64, count: u64) {
+        if id == ROOT_ID {
+            return;
+        }
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.lookups = n.lookups.saturating_sub(count);
+        }
+        self.maybe_evict(id);
+    }
+
+    // ----- copy-up -----
+
+    /// Makes sure `id` is a directory present in the delta; returns its inode.
+    fn ensure_delta_dir(&mut self, id: u64) -> OpResult<i64> {
+        let ino = self.copy_up_meta(id)?;
+        if self.node(id)?.kind != libc::S_IFDIR {
+            return Err(Errno::ENOTDIR);
+        }
+        Ok(ino)
+    }
+
+    /// Copies a base object's metadata into the delta (not its bytes).
+    fn copy_up_meta(&mut self, id: u64) -> OpResult<i64> {
+        let n = self.node(id)?;
+        let rel = match &n.ident {
+            Ident::Delta(ino) => return Ok(*ino),
+            Ident::Base(rel) => rel.clone(),
+        };
+        let (parent, name) = (n.parent, n.name.clone());
+        let st = self.base.stat(&rel)?.ok_or(Errno::ENOENT)?;
+        let parent_ino = self.ensure_delta_dir(parent)?;
+        let row = InodeRow {
+            ino: 0,
+            mode: st.mode,
+            nlink: if st.is_dir() {
+                st.nlink.min(u64::from(u32::MAX)) as u32
+            } else {
+                1
+            },
+            uid: st.uid,
+            gid: st.gid,
+            size: if st.is_dir() { 0 } else { st.size },
+            atime: ts(st.atime),
+            mtime: ts(st.mtime),
+            ctime: ts(st.ctime),
+            rdev: st.rdev,
+        };
+        let xattrs = self.base.user_xattrs(&rel, st.file_type())?;
+        let target = if st.file_type() == libc::S_IFLNK {
+            Some(self.base.readlink(&rel)?)
+        } else {
+            None
+        };
+        let ino = self.store.tx(|s| {
+            let ino = s.insert_inode(&row)?;
+            match st.file_type() {
+                libc::S_IFDIR => s.set_dir_control(ino, false, None)?,
+                libc::S_IFREG => s.set_metacopy(ino, &rel)?,
+                libc::S_IFLNK => {
+                    s.set_symlink_target(ino, target.as_deref().unwrap_or_default())?
+                }
+                _ => {}
+            }
+            s.set_origin(ino, id)?;
+            for (k, v) in &xattrs {
+                s.set_xattr(ino, k, v)?;
+            }
+            s.insert_dentry(parent_ino, &name, ino)?;
+            if !st.is_dir() {
+                s.record_seen(&seen_row(&rel, &st))?;
+            }
+            Ok(ino)
+        })?;
+        self.rekey(id, Ident::Delta(ino));
+        Ok(ino)
+    }
+
+    /// Copies a file's bytes into the delta (first data write).
+    fn copy_up_data(&mut self, id: u64) -> OpResult<i64> {
+        let ino = self.copy_up_meta(id)?;
+        let Some(path) = self.store.metacopy(ino)? else {
+            return Ok(ino);
+        };
+        let row = self.store.inode_req(ino)?;
+        let mut file = self.base.open_file(&path)?;
+        let st_now = self.base.stat(&path)?;
+        self.store.tx(|s| {
+            let sha = s.fill_from(ino, &mut file, row.size)?;
+            s.clear_metacopy(ino)?;
+            // The hash describes what the overlay first saw only if the base file is
+            // still the one it saw.
+            if let (Some(seen), Some(st)) = (s.seen(&path)?, st_now)
+                && seen.sha256.is_none()
+                && seen.size == st.size
+                && seen.mtime_ns == st.mtime_ns()
+                && seen.ctime_ns == st.ctime_ns()
+                && seen.size == row.size
+            {
+                s.set_seen_hash(&path, &sha)?;
+            }
+            Ok(())
+        })?;
+        Ok(ino)
+    }
+
+    fn record_seen_once(&mut self, rel: &[u8]) -> OpResult<()> {
+        if self.seen.contains(rel) {
+            return Ok(());
+        }
+        if let Some(st) = self.base.stat(rel)? {
+            self.store.record_seen(&seen_row(rel, &st))?;
+        }
+        self.seen.insert(rel.to_vec());
+        Ok(())
+    }
+
+    fn touch_dir(&self, ino: i64, nlink_delta: i32) -> OpResult<()> {
+        let mut row = self.store.inode_req(ino)?;
+        let now = Timestamp::now();
+        row.mtime = now;
+        row.ctime = now;
+        adjust_dir_nlink(&mut row, nlink_delta);
+        self.store.update_inode(&row)
+    }
+
+    // ----- namespace operations -----
+
+    /// Creates a file system object of type `mode & S_IFMT`.
+    fn make(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u64,
+        target: Option<&[u8]>,
+        caller: Caller,
+    ) -> OpResult<u64> {
+        check_name(name)?;
+        if let Some(t) = target
+            && (t.is_empty() || t.len() > SYMLINK_MAX)
+        {
+            return Err(if t.is_empty() {
+                Errno::ENOENT
+            } else {
+                Errno::ENAMETOOLONG
+            });
+        }
+        if let Some(existing) = self.child(parent, name)? {
+            self.maybe_evict(existing);
+            return Err(Errno::EEXIST);
+        }
+        let parent_ino = self.ensure_delta_dir(parent)?;
+        let parent_row = self.store.inode_req(parent_ino)?;
+        let path = self.child_path(parent, name)?;
+        let is_dir = mode & libc::S_IFMT == libc::S_IFDIR;
+        let mut mode = mode;
+        let gid = if parent_row.mode & libc::S_ISGID != 0 {
+            if is_dir {
+                mode |= libc::S_ISGID;
+            }
+            parent_row.gid
+        } else {
+            caller.gid
+        };
+        let now = Timestamp::now();
+        let row = InodeRow {
+            ino: 0,
+            mode,
+            nlink: if is_dir { 2 } else { 1 },
+            uid: caller.uid,
+            gid,
+            size: target.map_or(0, |t| t.len() as u64),
+            atime: now,
+            mtime: now,
+            ctime: now,
+            rdev,
+        };
+        let ino = self.store.tx(|s| {
+            s.remove_whiteout(&path)?;
+            let ino = s.insert_inode(&row)?;
+            if is_dir {
+                // Fresh directories never show base contents, even if the host later
+                // creates a directory at the same path.
+                s.set_dir_control(ino, true, None)?;
+            }
+            if let Some(t) = target {
+                s.set_symlink_target(ino, t)?;
+            }
+            s.insert_dentry(parent_ino, name, ino)?;
+            self.touch_dir(parent_ino, if is_dir { 1 } else { 0 })?;
+            Ok(ino)
+        })?;
+        let id = DELTA_TAG | (ino as u64 & ID_MASK);
+        let id = self.intern(
+            Ident::Delta(ino),
+            id,
+            mode & libc::S_IFMT,
+            parent,
+            name,
+            None,
+        );
+        self.node_mut(id)?.lookups += 1;
+        Ok(id)
+    }
+
+    /// `mknod` (regular files, FIFOs, sockets, devices).
+    pub fn mknod(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u64,
+        caller: Caller,
+    ) -> OpResult<Attr> {
+        let kind = mode & libc::S_IFMT;
+        let mode = if kind == 0 {
+            mode | libc::S_IFREG
+        } else {
+            mode
+        };
+        if !matches!(
+            mode & libc::S_IFMT,
+            libc::S_IFREG | libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFCHR | libc::S_IFBLK
+        ) {
+            return Err(Errno::EINVAL);
+        }
+        let id = self.make(parent, name, mode, rdev, None, caller)?;
+        self.getattr(id)
+    }
+
+    /// `mkdir`.
+    pub fn mkdir(&mut self, parent: u64, name: &[u8], mode: u32, caller: Caller) -> OpResult<Attr> {
+        let id = self.make(
+            parent,
+            name,
+            (mode & 0o7777) | libc::S_IFDIR,
+            0,
+            None,
+            caller,
+        )?;
+        self.getattr(id)
+    }
+
+    /// `symlink`.
+    pub fn symlink(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+        caller: Caller,
+    ) -> OpResult<Attr> {
+        let id = self.make(parent, name, libc::S_IFLNK | 0o777, 0, Some(target), caller)?;
+        self.getattr(id)
+    }
+
+    /// `readlink`.
+    pub fn readlink(&self, id: u64) -> OpResult<Vec<u8>> {
+        let n = self.node(id)?;
+        if n.kind != libc::S_IFLNK {
+            return Err(Errno::EINVAL);
+        }
+        match &n.ident {
+            Ident::Delta(ino) => self.store.symlink_target(*ino),
+            Ident::Base(rel) => self.base.readlink(rel),
+        }
+    }
+
+    /// `unlink`.
+    pub fn unlink(&mut self, parent: u64, name: &[u8]) -> OpResult<()> {
+        let id = self.child(parent, name)?.ok_or(Errno::ENOENT)?;
+        let n = self.node(id)?;
+        if n.kind == libc::S_IFDIR {
+            self.maybe_evict(id);
+            return Err(Errno::EISDIR);
+        }
+        let ident = n.ident.clone();
+        let opens = n.opens;
+        let before = self.getattr(id).ok();
+        let parent_ino = self.ensure_delta_dir(parent)?;
+        let path = self.child_path(parent, name)?;
+        let shadowed = self.lower_has(parent, name)?;
+        if let Ident::Base(rel) = &ident {
+            self.record_seen_once(rel)?;
+        }
+        let gone = self.store.tx(|s| {
+            let mut gone = matches!(ident, Ident::Base(_));
+            if let Ident::Delta(ino) = ident {
+                s.delete_dentry(parent_ino, name)?;
+                let mut row = s.inode_req(ino)?;
+                row.nlink = row.nlink.saturating_sub(1);
+                row.ctime = Timestamp::now();
+                if row.nlink == 0 {
+                    gone = true;
+                    if opens == 0 {
+                        s.delete_inode(ino)?;
+                    } else {
+                        s.update_inode(&row)?;
+                    }
+                } else {
+                    s.update_inode(&row)?;
+                }
+            }
+            if shadowed {
+                s.add_whiteout(&path)?;
+            }
+            self.touch_dir(parent_ino, 0)?;
+            Ok(gone)
+        })?;
+        if gone {
+            let n = self.node_mut(id)?;
+            if n.opens == 0
+                && let Some(mut g) = before
+            {
+                g.nlink = 0;
+                n.ghost = Some(g);
+            }
+            if let Ident::Base(_) = n.ident {
+                let mut g = before.ok_or(Errno::ENOENT)?;
+                g.nlink = 0;
+                n.ghost = Some(g);
+            }
+            // The name now resolves to nothing; a new object may take it.
+            let ident = n.ident.clone();
+            if self.idents.get(&ident) == Some(&id) {
+                self.idents.remove(&ident);
+            }
+        }
+        self.maybe_evict(id);
+        Ok(())
+    }
+
+    /// Whether a merged directory has no entries.
+    fn dir_is_empty(&mut self, id: u64) -> OpResult<bool> {
+        let n = self.node(id)?;
+        if let Ident::Delta(ino) = n.ident
+            && self.store.has_dentries(ino)?
+        {
+            return Ok(false);
+        }
+        let Some(lower) = n.lower.clone() else {
+            return Ok(true);
+        };
+        let entries = self.base.read_dir(&lower)?;
+        if entries.is_empty() {
+            return Ok(true);
+        }
+        let path = self.path_of(id)?;
+        let hidden: HashSet<Vec<u8>> = self.store.whiteouts_in(&path)?.into_iter().collect();
+        Ok(entries.iter().all(|e| hidden.contains(&e.name)))
+    }
+
+    /// `rmdir`.
+    pub fn rmdir(&mut self, parent: u64, name: &[u8]) -> OpResult<()> {
+        let id = self.child(parent, name)?.ok_or(Errno::ENOENT)?;
+        if self.node(id)?.kind != libc::S_IFDIR {
+            self.maybe_evict(id);
+            return Err(Errno::ENOTDIR);
+        }
+        if !self.dir_is_empty(id)? {
+            self.maybe_evict(id);
+            return Err(Errno::ENOTEMPTY);
+        }
+        let before = self.getattr(id).ok();
+        let ident = self.node(id)?.ident.clone();
+        let parent_ino = self.ensure_delta_dir(parent)?;
+        let path = self.child_path(parent, name)?;
+        let shadowed = self.lower_has(parent, name)?;
+        self.store.tx(|s| {
+            if let Ident::Delta(ino) = ident {
+                s.delete_dentry(parent_ino, name)?;
+                s.delete_inode(ino)?;
+            }
+            s.delete_whiteouts_below(&path)?;
+            if shadowed {
+                s.add_whiteout(&path)?;
+            }
+            self.touch_dir(parent_ino, -1)?;
+            Ok(())
+        })?;
+        let n = self.node_mut(id)?;
+        n.ghost = before.map(|mut g| {
+            g.nlink = 0;
+            g
+        });
+        n.lower = None;
+        let ident = n.ident.clone();
+        if self.idents.get(&ident) == Some(&id) {
+            self.idents.remove(&ident);
+        }
+        self.maybe_evict(id);
+        Ok(())
+    }
+
+    fn is_ancestor(&self, ancestor: u64, mut id: u64) -> OpResult<bool> {
+        let mut guard = 0;
+        loop {
+            if id == ancestor {
+                return Ok(true);
+            }
+            if id == ROOT_ID {
+                return Ok(false);
+            }
+            id = self.node(id)?.parent;
+            guard += 1;
+            if guard > 4096 {
+                return Err(Errno::ELOOP);
+            }
+        }
+    }
+
+    /// `rename`, with `RENAME_NOREPLACE` support.
+    pub fn rename(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        flags: u32,
+    ) -> OpResult<()> {
+        const NOREPLACE: u32 = libc::RENAME_NOREPLACE;
+        if flags & !NOREPLACE != 0 {
+            // RENAME_EXCHANGE and RENAME_WHITEOUT are not supported (see docs/workspace.md).
+            return Err(Errno::EINVAL);
+        }
+        check_name(new_name)?;
+        let src = self.child(parent, name)?.ok_or(Errno::ENOENT)?;
+        let dst = self.child(new_parent, new_name)?;
+        let result = self.rename_resolved(src, dst, parent, name, new_parent, new_name, flags);
+        self.maybe_evict(src);
+        if let Some(d) = dst {
+            self.maybe_evict(d);
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rename_resolved(
+        &mut self,
+        src: u64,
+        dst: Option<u64>,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        flags: u32,
+    ) -> OpResult<()> {
+        if dst == Some(src) {
+            return Ok(());
+        }
+        if dst.is_some() && flags & libc::RENAME_NOREPLACE != 0 {
+            return Err(Errno::EEXIST);
+        }
+        let src_is_dir = self.node(src)?.kind == libc::S_IFDIR;
+        if src_is_dir && self.is_ancestor(src, new_parent)? {
+            return Err(Errno::EINVAL);
+        }
+        if let Some(d) = dst {
+            let dst_is_dir = self.node(d)?.kind == libc::S_IFDIR;
+            match (src_is_dir, dst_is_dir) {
+                (true, false) => return Err(Errno::ENOTDIR),
+                (false, true) => return Err(Errno::EISDIR),
+                (true, true) if !self.dir_is_empty(d)? => return Err(Errno::ENOTEMPTY),
+                _ => {}
+            }
+        }
+        let old_path = self.child_path(parent, name)?;
+        let new_path = self.child_path(new_parent, new_name)?;
+        let parent_ino = self.ensure_delta_dir(parent)?;
+        let new_parent_ino = self.ensure_delta_dir(new_parent)?;
+        let shadowed = self.lower_has(parent, name)?;
+        let src_lower = self.node(src)?.lower.clone();
+        let src_ino = self.copy_up_meta(src)?;
+        let dst_info = match dst {
+            Some(d) => {
+                let n = self.node(d)?;
+                let before = self.getattr(d).ok();
+                if let Ident::Base(rel) = &n.ident {
+                    let rel = rel.clone();
+                    self.record_seen_once(&rel)?;
+                }
+                let n = self.node(d)?;
+                Some((d, n.ident.clone(), n.opens, n.kind == libc::S_IFDIR, before))
+            }
+            None => None,
+        };
+        let dst_gone = self.store.tx(|s| {
+            let mut dst_gone = false;
+            if let Some((_, ident, opens, is_dir, _)) = &dst_info {
+                dst_gone = true;
+                if let Ident::Delta(dino) = ident {
+                    s.delete_dentry(new_parent_ino, new_name)?;
+                    let mut row = s.inode_req(*dino)?;
+                    row.nlink = if *is_dir {
+                        0
+                    } else {
+                        row.nlink.saturating_sub(1)
+                    };
+                    row.ctime = Timestamp::now();
+                    if row.nlink == 0 && *opens == 0 {
+                        s.delete_inode(*dino)?;
+                    } else {
+                        dst_gone = row.nlink == 0;
+                        s.update_inode(&row)?;
+                    }
+                }
+                if *is_dir {
+                    s.delete_whiteouts_below(&new_path)?;
+                }
+            }
+            s.remove_whiteout(&new_path)?;
+            s.move_dentry(parent_ino, name, new_parent_ino, new_name)?;
+            if src_is_dir {
+                // Pin the directory's lower layer: its contents must not change
+                // because its path did.
+                let (opaque, redirect) = match &src_lower {
+                    Some(l) => (false, Some(l.as_slice())),
+                    None => (true, None),
+                };
+                s.set_dir_control(src_ino, opaque, redirect)?;
+                s.move_whiteouts_below(&old_path, &new_path)?;
+            }
+            if shadowed {
+                s.add_whiteout(&old_path)?;
+            }
+            let mut row = s.inode_req(src_ino)?;
+            row.ctime = Timestamp::now();
+            s.update_inode(&row)?;
+            let replaced_dir = matches!(&dst_info, Some((_, _, _, true, _)));
+            if parent_ino == new_parent_ino {
+                self.touch_dir(parent_ino, if replaced_dir { -1 } else { 0 })?;
+            } else {
+                let moved = if src_is_dir { 1 } else { 0 };
+                self.touch_dir(parent_ino, -moved)?;
+                self.touch_dir(new_parent_ino, moved - i32::from(replaced_dir))?;
+            }
+            Ok(dst_gone)
+        })?;
+        if let Some((d, ident, _, _, before)) = dst_info
+            && dst_gone
+        {
+            let n = self.node_mut(d)?;
+            n.ghost = before.map(|mut g| {
+                g.nlink = 0;
+                g
+            });
+            n.lower = None;
+            if self.idents.get(&ident) == Some(&d) {
+                self.idents.remove(&ident);
+            }
+        }
+        self.relocate(src, new_parent, new_name);
+        Ok(())
+    }
+
+    /// `link`: a new name for an existing non-directory.
+    pub fn link(&mut self, id: u64, new_parent: u64, new_name: &[u8]) -> OpResult<Attr> {
+        check_name(new_name)?;
+        if self.node(id)?.kind == libc::S_IFDIR {
+            return Err(Errno::EPERM);
+        }
+        if let Some(existing) = self.child(new_parent, new_name)? {
+            self.maybe_evict(existing);
+            return Err(Errno::EEXIST);
+        }
+        let ino = self.copy_up_meta(id)?;
+        let row = self.store.inode_req(ino)?;
+        if row.nlink >= LINK_MAX {
+            return Err(Errno::EMLINK);
+        }
+        let parent_ino = self.ensure_delta_dir(new_parent)?;
+        let path = self.child_path(new_parent, new_name)?;
+        self.store.tx(|s| {
+            s.remove_whiteout(&path)?;
+            s.insert_dentry(parent_ino, new_name, ino)?;
+            let mut row = s.inode_req(ino)?;
+            row.nlink += 1;
+            row.ctime = Timestamp::now();
+            s.update_inode(&row)?;
+            self.touch_dir(parent_ino, 0)
+        })?;
+        self.node_mut(id)?.lookups += 1;
+        self.getattr(id)
+    }
+
+    // ----- attributes -----
+
+    /// `setattr`: mode, owner, size, times.
+    pub fn setattr(&mut self, id: u64, req: &SetAttr) -> OpResult<Attr> {
+        if self.node(id)?.ghost.is_some() && req.size.is_none() {
+            // Changing metadata of a removed but open file: keep it in memory only.
+            let n = self.node_mut(id)?;
+            if let Some(g) = n.ghost.as_mut() {
+                if let Some(m) = req.mode {
+                    g.mode = (g.mode & libc::S_IFMT) | (m & 0o7777);
+                }
+                g.ctime = Timestamp::now();
+                return Ok(*g);
+            }
+        }
+        let kind = self.node(id)?.kind;
+        let ino = match req.size {
+            Some(_) if kind == libc::S_IFDIR => return Err(Errno::EISDIR),
+            Some(_) if kind != libc::S_IFREG => return Err(Errno::EINVAL),
+            Some(0) => {
+                // Truncation to zero needs none of the old bytes.
+                let ino = self.copy_up_meta(id)?;
+                self.store.tx(|s| {
+                    s.clear_metacopy(ino)?;
+                    let row = s.inode_req(ino)?;
+                    s.truncate_data(ino, row.size, 0)
+                })?;
+                ino
+            }
+            Some(_) => self.copy_up_data(id)?,
+            None => self.copy_up_meta(id)?,
+        };
+        let now = Timestamp::now();
+        self.store.tx(|s| {
+            let mut row = s.inode_req(ino)?;
+            if let Some(size) = req.size {
+                s.truncate_data(ino, row.size, size)?;
+                if size != row.size {
+                    row.mtime = now;
+                }
+                row.size = size;
+            }
+            if let Some(m) = req.mode {
+                row.mode = (row.mode & libc::S_IFMT) | (m & 0o7777);
+            }
+            if let Some(u) = req.uid {
+                row.uid = u;
+            }
+            if let Some(g) = req.gid {
+                row.gid = g;
+            }
+            if let Some(a) = req.atime {
+                row.atime = a.unwrap_or(now);
+            }
+            if let Some(m) = req.mtime {
+                row.mtime = m.unwrap_or(now);
+            }
+            row.ctime = req.ctime.unwrap_or(now);
+            s.update_inode(&row)
+        })?;
+        self.getattr(id)
+    }
+
+    // ----- extended attributes -----
+
+    fn check_xattr_name(name: &[u8]) -> OpResult<()> {
+        if name.is_empty() || name.len() > XATTR_NAME_MAX {
+            return Err(Errno::ERANGE);
+        }
+        if name.starts_with(b"system.") {
+            // POSIX ACLs are not enforced by this file system; refuse rather than
+            // store permissions that would be silently ignored.
+            return Err(Errno::ENOTSUP);
+        }
+        if !(name.starts_with(b"user.")
+            || name.starts_with(b"trusted.")
+            || name.starts_with(b"security."))
+        {
+            return Err(Errno::ENOTSUP);
+        }
+        Ok(())
+    }
+
+    /// `getxattr`.
+    pub fn getxattr(&self, id: u64, name: &[u8]) -> OpResult<Vec<u8>> {
+        let n = self.node(id)?;
+        match &n.ident {
+            Ident::Delta(ino) => self.store.xattr(*ino, name)?.ok_or(Errno::ENODATA),
+            Ident::Base(rel) => {
+                if !name.starts_with(b"user.") {
+                    return Err(Errno::ENODATA);
+                }
+                self.base
+                    .user_xattrs(rel, n.kind)?
+                    .into_iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v)
+                    .ok_or(Errno::ENODATA)
+            }
+        }
+    }
+
+    /// `listxattr`: names, each followed by a NUL.
+    pub fn listxattr(&self, id: u64) -> OpResult<Vec<u8>> {
+        let n = self.node(id)?;
+        let names = match &n.ident {
+            Ident::Delta(ino) => self.store.xattr_names(*ino)?,
+            Ident::Base(rel) => self
+                .base
+                .user_xattrs(rel, n.kind)?
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect(),
+        };
+        let mut out = Vec::new();
+        for k in names {
+            out.extend_from_slice(&k);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    /// `setxattr` with `XATTR_CREATE` / `XATTR_REPLACE`.
+    pub fn setxattr(&mut self, id: u64, name: &[u8], value: &[u8], flags: i32) -> OpResult<()> {
+        Self::check_xattr_name(name)?;
+        if value.len() > XATTR_SIZE_MAX {
+            return Err(Errno::E2BIG);
+        }
+        let ino = self.copy_up_meta(id)?;
+        self.store.tx(|s| {
+            let exists = s.xattr(ino, name)?.is_some();
+            if flags & libc::XATTR_CREATE != 0 && exists {
+                return Err(Errno::EEXIST);
+            }
+            if flags & libc::XATTR_REPLACE != 0 && !exists {
+                return Err(Errno::ENODATA);
+            }
+            s.set_xattr(ino, name, value)?;
+            let mut row = s.inode_req(ino)?;
+            row.ctime = Timestamp::now();
+            s.update_inode(&row)
+        })
+    }
+
+    /// `removexattr`.
+    pub fn removexattr(&mut self, id: u64, name: &[u8]) -> OpResult<()> {
+        if self.getxattr(id, name).is_err() {
+            return Err(Errno::ENODATA);
+        }
+        let ino = self.copy_up_meta(id)?;
+        self.store.tx(|s| {
+            if !s.remove_xattr(ino, name)? {
+                return Err(Errno::ENODATA);
+            }
+            let mut row = s.inode_req(ino)?;
+            row.ctime = Timestamp::now();
+            s.update_inode(&row)
+        })
+    }
+
+    // ----- files -----
+
+    /// Base path holding the bytes of node `id`, if they are still in the base.
+    fn content_in_base(&self, id: u64) -> OpResult<Option<Vec<u8>>> {
+        match &self.node(id)?.ident {
+            Ident::Base(rel) => Ok(Some(rel.clone())),
+            Ident::Delta(ino) => self.store.metacopy(*ino),
+        }
+    }
+
+    /// `open` of a non-directory.
+    pub fn open(&mut self, id: u64, flags: i32) -> OpResult<Opened> {
+        let n = self.node(id)?;
+        if n.kind == libc::S_IFDIR {
+            return Err(Errno::EISDIR);
+        }
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let in_base = self.content_in_base(id)?;
+        if let Some(rel) = &in_base
+            && n.kind == libc::S_IFREG
+        {
+            let rel = rel.clone();
+            self.record_seen_once(&rel)?;
+        }
+        let n = self.node(id)?;
+        let mut handle = Handle {
+            node: id,
+            flags,
+            passthrough: false,
+            cached: false,
+            base: None,
+        };
+        let io = match in_base {
+            Some(rel)
+                if self.opts.passthrough
+                    && !writable
+                    && n.kind == libc::S_IFREG
+                    && n.cached_opens == 0 =>
+            {
+                let file = self.base.open_file(&rel)?;
+                handle.passthrough = true;
+                IoMode::Passthrough(file)
+            }
+            _ if n.pt_opens > 0 => IoMode::Direct,
+            _ => {
+                handle.cached = true;
+                IoMode::Cached
+            }
+        };
+        let n = self.node_mut(id)?;
+        n.opens += 1;
+        if handle.passthrough {
+            n.pt_opens += 1;
+        }
+        if handle.cached {
+            n.cached_opens += 1;
+        }
+        let fh = self.next_fh;
+        self.next_fh += 1;
+        self.handles.insert(fh, handle);
+        Ok(Opened { fh, io })
+    }
+
+    /// The kernel refused a passthrough open: serve handle `fh` from userspace.
+    /// Returns true if it must use direct I/O (other passthrough opens remain).
+    pub fn passthrough_failed(&mut self, fh: u64) -> bool {
+        let Some(h) = self.handles.get_mut(&fh) else {
+            return true;
+        };
+        if !h.passthrough {
+            return !h.cached;
+        }
+        h.passthrough = false;
+        let id = h.node;
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return true;
+        };
+        n.pt_opens = n.pt_opens.saturating_sub(1);
+        if n.pt_opens > 0 {
+            return true;
+        }
+        n.cached_opens += 1;
+        if let Some(h) = self.handles.get_mut(&fh) {
+            h.cached = true;
+        }
+        false
+    }
+
+    /// `create`: make a regular file and open it.
+    pub fn create(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> OpResult<(Attr, Opened)> {
+        let id = self.make(
+            parent,
+            name,
+            (mode & 0o7777) | libc::S_IFREG,
+            0,
+            None,
+            caller,
+        )?;
+        let attr = self.getattr(id)?;
+        let opened = self.open(id, flags)?;
+        Ok((attr, opened))
+    }
+
+    /// Node of an open file handle.
+    pub fn handle_node(&self, fh: u64) -> OpResult<u64> {
+        Ok(self.handles.get(&fh).ok_or(Errno::EBADF)?.node)
+    }
+
+    fn read_base(
+        &mut self,
+        fh: u64,
+        rel: &[u8],
+        offset: u64,
+        size: u32,
+        limit: u64,
+    ) -> OpResult<Vec<u8>> {
+        let reopen = match &self.handles.get(&fh).ok_or(Errno::EBADF)?.base {
+            Some((p, _)) => p != rel,
+            None => true,
+        };
+        if reopen {
+            let file = self.base.open_file(rel)?;
+            self.handles.get_mut(&fh).ok_or(Errno::EBADF)?.base = Some((rel.to_vec(), file));
+        }
+        let end = limit.min(offset.saturating_add(u64::from(size)));
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; (end - offset) as usize];
+        let (_, file) = self.handles[&fh].base.as_ref().ok_or(Errno::EBADF)?;
+        let mut got = 0;
+        while got < buf.len() {
+            match file.read_at(&mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // A base file that shrank under us reads as zeros up to its recorded size.
+        Ok(buf)
+    }
+
+    /// `read`.
+    pub fn read(&mut self, fh: u64, offset: u64, size: u32) -> OpResult<Vec<u8>> {
+        let id = self.handle_node(fh)?;
+        match self.node(id)?.ident.clone() {
+            Ident::Base(rel) => self.read_base(fh, &rel, offset, size, u64::MAX),
+            Ident::Delta(ino) => {
+                let mut row = self.store.inode_req(ino)?;
+                let data = match self.store.metacopy(ino)? {
+                    Some(rel) => self.read_base(fh, &rel, offset, size, row.size)?,
+                    None => self.store.read_data(ino, row.size, offset, size)?,
+                };
+                // relatime, as ext4 by default: update atime when it is older than
+                // mtime/ctime or a day old.
+                let now = Timestamp::now();
+                if row.atime <= row.mtime
+                    || row.atime <= row.ctime
+                    || now.sec - row.atime.sec > 86400
+                {
+                    row.atime = now;
+                    self.store.update_inode(&row)?;
+                }
+                Ok(data)
+            }
+        }
+    }
+
+    /// `write`; returns the number of bytes written.
+    pub fn write(&mut self, fh: u64, offset: u64, data: &[u8]) -> OpResult<u32> {
+        let h = self.handles.get(&fh).ok_or(Errno::EBADF)?;
+        if h.flags & libc::O_ACCMODE == libc::O_RDONLY {
+            return Err(Errno::EBADF);
+        }
+        let (id, append) = (h.node, h.flags & libc::O_APPEND != 0);
+        let ino = self.copy_up_data(id)?;
+        self.store.tx(|s| {
+            let mut row = s.inode_req(ino)?;
+            let offset = if append { row.size } else { offset };
+            row.size = s.write_data(ino, row.size, offset, data)?;
+            let now = Timestamp::now();
+            row.mtime = now;
+            row.ctime = now;
+            s.update_inode(&row)
+        })?;
+        Ok(data.len() as u32)
+    }
+
+    /// `fsync` / `fsyncdir`: make committed changes durable.
+    pub fn fsync(&self) -> OpResult<()> {
+        self.store.sync()
+    }
+
+    /// `release`: closes a file handle. Returns whether it was a passthrough open
+    /// and how many passthrough opens of its node remain.
+    pub fn release(&mut self, fh: u64) -> OpResult<(u64, bool, u32)> {
+        let h = self.handles.remove(&fh).ok_or(Errno::EBADF)?;
+        let n = self.node_mut(h.node)?;
+        n.opens = n.opens.saturating_sub(1);
+        if h.passthrough {
+            n.pt_opens = n.pt_opens.saturating_sub(1);
+        }
+        if h.cached {
+            n.cached_opens = n.cached_opens.saturating_sub(1);
+        }
+        let (opens, pt_left, ident) = (n.opens, n.pt_opens, n.ident.clone());
+        if opens == 0
+            && let Ident::Delta(ino) = ident
+            && let Some(row) = self.store.inode(ino)?
+            && row.nlink == 0
+            && !row.is_dir()
+        {
+            // Last close of a file unlinked while open.
+            let before = self.getattr(h.node).ok();
+            self.store.tx(|s| s.delete_inode(ino))?;
+            let n = self.node_mut(h.node)?;
+            n.ghost = before;
+            if self.idents.get(&ident) == Some(&h.node) {
+                self.idents.remove(&ident);
+            }
+        }
+        self.maybe_evict(h.node);
+        Ok((h.node, h.passthrough, pt_left))
+    }
+
+    /// `fallocate`: modes 0, `KEEP_SIZE`, `PUNCH_HOLE|KEEP_SIZE`, `ZERO_RANGE`.
+    pub fn fallocate(&mut self, fh: u64, offset: u64, len: u64, mode: i32) -> OpResult<()> {
+        const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
+        const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE;
+        const ZERO: i32 = libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !(KEEP_SIZE | PUNCH | ZERO) != 0 || (mode & PUNCH != 0 && mode & KEEP_SIZE == 0) {
+            return Err(Errno::ENOTSUP);
+        }
+        let h = self.handles.get(&fh).ok_or(Errno::EBADF)?;
+        if h.flags & libc::O_ACCMODE == libc::O_RDONLY {
+            return Err(Errno::EBADF);
+        }
+        let end = offset.checked_add(len).ok_or(Errno::EFBIG)?;
+        if len == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let id = h.node;
+        let ino = self.copy_up_data(id)?;
+        self.store.tx(|s| {
+            let mut row = s.inode_req(ino)?;
+            if mode & (PUNCH | ZERO) != 0 {
+                s.punch_hole(ino, row.size, offset, len)?;
+            }
+            if mode & KEEP_SIZE == 0 && end > row.size {
+                s.truncate_data(ino, row.size, end)?;
+                row.size = end;
+            }
+            let now = Timestamp::now();
+            if mode & (PUNCH | ZERO) != 0 || mode & KEEP_SIZE == 0 {
+                row.mtime = now;
+                row.ctime = now;
+            }
+            s.update_inode(&row)
+        })
+    }
+
+    /// `lseek` with `SEEK_DATA` / `SEEK_HOLE`.
+    pub fn lseek(&mut self, fh: u64, offset: i64, whence: i32) -> OpResult<i64> {
+        let id = self.handle_node(fh)?;
+        let offset = u64::try_from(offset).map_err(|_| Errno::ENXIO)?;
+        let data = match whence {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
+            _ => return Err(Errno::EINVAL),
+        };
+        let attr = self.getattr(id)?;
+        if let Some(rel) = self.content_in_base(id)? {
+            let file = self.base.open_file(&rel)?;
+            let w = if data {
+                rustix::fs::SeekFrom::Data(offset)
+            } else {
+                rustix::fs::SeekFrom::Hole(offset)
+            };
+            return Ok(rustix::fs::seek(&file, w)? as i64);
+        }
+        let Ident::Delta(ino) = self.node(id)?.ident else {
+            return Err(Errno::EIO);
+        };
+        Ok(self.store.seek(ino, attr.size, offset, data)? as i64)
+    }
+
+    // ----- directories -----
+
+    /// `opendir`.
+    pub fn opendir(&mut self, id: u64) -> OpResult<u64> {
+        let n = self.node_mut(id)?;
+        if n.kind != libc::S_IFDIR {
+            return Err(Errno::ENOTDIR);
+        }
+        n.opens += 1;
+        let fh = self.next_fh;
+        self.next_fh += 1;
+        self.dirs.insert(
+            fh,
+            DirHandle {
+                node: id,
+                entries: Vec::new(),
+            },
+        );
+        Ok(fh)
+    }
+
+    /// Entries of a merged directory, without "." and "..".
+    pub fn list(&self, id: u64) -> OpResult<Vec<DirEntry>> {
+        if self.node(id)?.ghost.is_some() {
+            return Ok(Vec::new());
+        }
+        let dir = self.merged_dir(id)?;
+        let mut out = Vec::new();
+        for (name, src) in merge::list(&self.store, &self.base, &dir)? {
+            let ino = match &src {
+                Source::Delta { ino, .. } => self.delta_id(*ino)?,
+                // d_ino is advisory; for all but multiply-linked files it equals
+                // the st_ino a later lookup reports.
+                Source::Base { ino, .. } if *ino >= 2 && *ino <= ID_MASK => *ino,
+                Source::Base { ino, .. } => HASH_TAG | (fnv1a(&[&ino.to_le_bytes()]) & ID_MASK),
+            };
+            out.push(DirEntry {
+                name,
+                kind: src.kind(),
+                ino,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Directory entries for `readdir` at `offset` (1-based positions; "." and ".."
+    /// come first). The listing is taken when `offset` is 0 and kept for the handle.
+    pub fn readdir(&mut self, fh: u64, offset: u64) -> OpResult<Vec<(u64, DirEntry)>> {
+        let id = self.dirs.get(&fh).ok_or(Errno::EBADF)?.node;
+        if offset == 0 {
+            let parent = self.node(id)?.parent;
+            let mut entries = vec![
+                DirEntry {
+                    name: b".".to_vec(),
+                    kind: libc::S_IFDIR,
+                    ino: id,
+                },
+                DirEntry {
+                    name: b"..".to_vec(),
+                    kind: libc::S_IFDIR,
+                    ino: parent,
+                },
+            ];
+            entries.extend(self.list(id)?);
+            self.dirs.get_mut(&fh).ok_or(Errno::EBADF)?.entries = entries;
+        }
+        let d = self.dirs.get(&fh).ok_or(Errno::EBADF)?;
+        Ok(d.entries
+            .iter()
+            .enumerate()
+            .skip(offset as usize)
+            .map(|(i, e)| (i as u64 + 1, e.clone()))
+            .collect())
+    }
+
+    /// Resolves a directory entry for `readdirplus` without counting a lookup.
+    /// Returns the node id and attributes; call [`Self::add_lookup`] if it is used.
+    pub fn peek(&mut self, parent: u64, name: &[u8]) -> OpResult<(u64, Attr)> {
+        if name == b"." {
+            return Ok((parent, self.getattr(parent)?));
+        }
+        if name == b".." {
+            let p = self.node(parent)?.parent;
+            return Ok((p, self.getattr(p)?));
+        }
+        let id = self.child(parent, name)?.ok_or(Errno::ENOENT)?;
+        match self.getattr(id) {
+            Ok(a) => Ok((id, a)),
+            Err(e) => {
+                self.maybe_evict(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops a node resolved by [`Self::peek`] that was not used.
+    pub fn unpeek(&mut self, id: u64) {
+        self.maybe_evict(id);
+    }
+
+    /// `releasedir`.
+    pub fn releasedir(&mut self, fh: u64) -> OpResult<()> {
+        let d = self.dirs.remove(&fh).ok_or(Errno::EBADF)?;
+        if let Some(n) = self.nodes.get_mut(&d.node) {
+            n.opens = n.opens.saturating_sub(1);
+        }
+        self.maybe_evict(d.node);
+        Ok(())
+    }
+}
+
+/// Node id (and `st_ino`) of a base object at `rel`, stable across mounts.
+pub fn base_node_id(base_dev: u64, rel: &[u8], st: &BaseStat) -> u64 {
+    if !st.is_dir() && st.nlink > 1 {
+        // Hard links in the base are shown as separate files, so that copying up
+        // one of them can never change what the others show.
+        return HASH_TAG | (fnv1a(&[b"path", rel]) & ID_MASK);
+    }
+    if st.dev == base_dev && st.ino >= 2 && st.ino <= ID_MASK {
+        return st.ino;
+    }
+    HASH_TAG | (fnv1a(&[&st.dev.to_le_bytes(), &st.ino.to_le_bytes()]) & ID_MASK)
+}
+
+/// Kind of node id, for diagnostics.
+pub fn id_tag(id: u64) -> &'static str {
+    match id & TAG_MASK {
+        0 => "base",
+        DELTA_TAG => "delta",
+        HASH_TAG => "hashed",
+        _ => "fallback",
+    }
+}

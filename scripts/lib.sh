@@ -1,0 +1,33 @@
+# Shared helpers for the scripts in this directory. Source it; do not run it.
+
+step() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"
+    elif command -v sudo >/dev/null; then sudo "$@"
+    else echo "error: '$*' needs root; run as root or install sudo" >&2; return 1
+    fi
+}
+
+# ensure_packages PKG...: installs the Debian packages that are not installed yet.
+ensure_packages() {
+    local missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "installing: ${missing[*]}" >&2
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "already installed: $*" >&2
+    fi
+}
+
+# The POSIX suite switches to these accounts to test permissions.
+ensure_test_users() {
+    getent group tests >/dev/null || as_root groupadd tests
+    getent passwd tests >/dev/null || as_root useradd -M -N -g tests -s /usr/sbin/nologin tests
+    getent group nogroup >/dev/null || as_root groupadd nogroup
+    getent passwd nobody >/dev/null || as_root useradd -M -N -g nogroup -s /usr/sbin/nologin nobody
+}
