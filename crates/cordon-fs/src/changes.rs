@@ -1125,8 +1125,20 @@ fn detach(view: &View<'_>, changes: &[Change]) -> OpResult<()> {
         .collect();
     view.store.tx(|s| {
         let _ = s;
+        let all: Vec<Vec<u8>> = changes.iter().map(|c| c.raw_path.clone()).collect();
         for (ino, redirect) in view.store.redirects()? {
-            if touched(&redirect, &removed, &written) {
+            // A redirected directory shows the base directory's current entries,
+            // so any change at, above or below it would show through.
+            let related = all.iter().any(|p| {
+                let under = |a: &[u8], b: &[u8]| {
+                    a == b || (a.starts_with(b) && a.get(b.len()) == Some(&b'/'))
+                };
+                under(p, &redirect) || under(&redirect, p)
+            });
+            // An enclosing redirect materialized earlier in this loop may have made
+            // this one self-contained already; its old lower must not be read again.
+            let (opaque, current) = view.store.dir_control(ino)?;
+            if related && !opaque && current.as_deref() == Some(redirect.as_slice()) {
                 let path = view.store.dir_path(ino)?;
                 let dir = merge::Dir {
                     delta: Some(ino),

@@ -1,0 +1,897 @@
+//! End-to-end behaviour of a mounted workspace, through the real kernel.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, symlink};
+use std::path::Path;
+
+use common::*;
+
+fn project(base: &Path) {
+    write(&base.join("README.md"), b"# demo\n");
+    write(
+        &base.join("src/main.rs"),
+        b"fn main() {\n    println!(\"hi\");\n}\n",
+    );
+    write(&base.join("src/lib.rs"), b"pub fn f() -> u32 {\n    1\n}\n");
+    write(&base.join("docs/guide/intro.md"), b"intro\n");
+    write(&base.join("docs/guide/deep/more.md"), b"more\n");
+    write(&base.join("bin/tool"), &[0u8, 1, 2, 3, 255]);
+    fs::set_permissions(base.join("bin/tool"), fs::Permissions::from_mode(0o755)).unwrap();
+    symlink("src/main.rs", base.join("main-link")).unwrap();
+}
+
+#[test]
+fn read_only_opens_never_copy_up_and_the_base_stays_byte_identical() {
+    if !require_fuse() {
+        return;
+    }
+    let env = Env::new();
+    project(&env.base);
+    let before = tree_hash(&env.base);
+    let id = env.create();
+    let m = env.mount(&id);
+    // Everything a reader does: list, stat, read, and open read-write without writing.
+    sh(
+        &env.mnt,
+        "ls -laR . >/dev/null; find . -type f -exec cat {} + >/dev/null; stat -L main-link >/dev/null",
+    );
+    for f in ["README.md", "src/main.rs", "bin/tool"] {
+        let mut h = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(env.mnt.join(f))
+            .unwrap();
+        let mut s = Vec::new();
+        h.read_to_end(&mut s).unwrap();
+        assert_eq!(s, fs::read(env.base.join(f)).unwrap());
+    }
+    drop(m);
+    assert_eq!(
+        env.count(&id, "SELECT COUNT(*) FROM fs_inode"),
+        1,
+        "only the root inode"
+    );
+    assert_eq!(env.count(&id, "SELECT COUNT(*) FROM fs_data"), 0);
+    assert_eq!(env.diff_json(&id)["changes"].as_array().unwrap().len(), 0);
+    assert_eq!(tree_hash(&env.base), before);
+}
+
+#[test]
+fn changes_land_in_the_delta_and_the_base_stays_untouched() {
+    if !require_fuse() {
+        return;
+    }
+    let env = Env::new();
+    project(&env.base);
+    let before = tree_hash(&env.base);
+    let id = env.create();
+    let m = env.mount(&id);
+    let mnt = &env.mnt;
+    sh(
+        mnt,
+        "echo 'appended' >> README.md
+         printf 'new\\n' > src/new.rs
+         rm src/lib.rs
+         mkdir -p out/a/b && echo x > out/a/b/f
+         chmod 600 src/main.rs
+         truncate -s 2 bin/tool
+         ln -s README.md readme-link
+         ln src/main.rs main-hard",
+    );
+    assert_eq!(
+        fs::read(mnt.join("README.md")).unwrap(),
+        b"# demo\nappended\n"
+    );
+    assert!(!mnt.join("src/lib.rs").exists());
+    assert_eq!(fs::read(mnt.join("bin/tool")).unwrap(), [0, 1]);
+    let main = fs::metadata(mnt.join("src/main.rs")).unwrap();
+    assert_eq!(main.mode() & 0o777, 0o600);
+    assert_eq!(main.nlink(), 2);
+    assert_eq!(
+        main.ino(),
+        fs::metadata(mnt.join("main-hard")).unwrap().ino()
+    );
+    drop(m);
+    assert_eq!(tree_hash(&env.base), before, "the base changed");
+
+    let d = env.diff_json(&id);
+    assert_eq!(
+        diff_paths(&d, "added"),
+        [
+            "main-hard",
+            "out",
+            "out/a",
+            "out/a/b",
+            "out/a/b/f",
+            "readme-link",
+            "src/new.rs"
+        ]
+    );
+    assert_eq!(diff_paths(&d, "deleted"), ["src/lib.rs"]);
+    assert_eq!(
+        diff_paths(&d, "modified"),
+        ["README.md", "bin/tool", "src/main.rs"]
+    );
+    let main = d["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["path"] == "src/main.rs")
+        .unwrap();
+    assert_eq!(main["mode"], true);
+    assert_eq!(main["content"], false, "chmod copies metadata only");
+    assert_eq!(
+        env.count(&id, "SELECT COUNT(*) FROM cordon_metacopy"),
+        1,
+        "src/main.rs is a metadata-only copy"
+    );
+}
+
+#[test]
+fn changes_and_inode_numbers_survive_a_remount() {
+    if !require_fuse() {
+        return;
+    }
+    let env = Env::new();
+    project(&env.base);
+    let id = env.create();
+    let m = env.mount(&id);
+    sh(
+        &env.mnt,
+        "echo more >> README.md; mkdir newdir; echo n > newdir/n",
+    );
+    let inos: Vec<u64> = ["README.md", "newdir/n", "src/main.rs", "docs/guide"]
+        .iter()
+        .map(|p| fs::symlink_metadata(env.mnt.join(p)).unwrap().ino())
+        .collect();
+    let base_ino = fs::metadata(env.base.join("src/main.rs")).unwrap().ino();
+    assert_eq!(
+        inos[2], base_ino,
+        "unmodified base files keep their host inode number"
+    );
+    drop(m);
+    let _m = env.mount(&id);
+    let again: Vec<u64> = ["README.md", "newdir/n", "src/main.rs", "docs/guide"]
+        .iter()
+        .map(|p| fs::symlink_metadata(env.mnt.join(p)).unwrap().ino())
+        .collect();
+    assert_eq!(inos, again);
+    assert_eq!(
+        fs::read(env.mnt.join("README.md")).unwrap(),
+        b"# demo\nmore\n"
+    );
+    assert_eq!(fs::read(env.mnt.join("newdir/n")).unwrap(), b"n\n");
+}
+
+#[test]
+fn renamed_base_directories_keep_their_contents() {
+    if !require_fuse() {
+        return;
+    }
+    let env = Env::new();
+    project(&env.base);
+    let before = tree_hash(&env.base);
+    let id = env.create();
+    let m = env.mount(&id);
+    sh(
+        &env.mnt,
+        "mv docs manual
+         test -f manual/guide/intro.md && test -f manual/guide/deep/more.md
+         test ! -e docs
+         rm manual/guide/intro.md
+         echo changed > manual/guide/deep/more.md
+         mv manual/guide manual/g2
+         mkdir docs && echo fresh > docs/new.md",
+    );
+    let listing = sh(&env.mnt, "find manual docs | sort");
+    assert_eq!(
+        listing,
+        "docs\ndocs/new.md\nmanual\nmanual/g2\nmanual/g2/deep\nmanual/g2/deep/more.md\n"
+    );
+    assert_eq!(
+        fs::read(env.mnt.join("manual/g2/deep/more.md")).unwrap(),
+        b"changed\n"
+    );
+    drop(m);
+    // The same view after a remount.
+    let m = env.mount(&id);
+    assert_eq!(sh(&env.mnt, "find manual docs | sort"), listing);
+    drop(m);
+    assert_eq!(tree_hash(&env.base), before);
+    let d = env.diff_json(&id);
+    assert_eq!(
+        diff_paths(&d, "deleted"),
+        [
+            "docs/guide",
+            "docs/guide/deep",
+            "docs/guide/deep/more.md",
+            "docs/guide/intro.md"
+        ]
+    );
+    assert_eq!(
+        diff_paths(&d, "added"),
+        [
+            "docs/new.md",
+            "manual",
+            "manual/g2",
+            "manual/g2/deep",
+            "manual/g2/deep/more.md"
+        ]
+    );
+    // Applying reproduces the agent's tree on the host exactly.
+    env.ok(&["apply", &id]);
+    assert_eq!(
+        sh(&env.base, "find manual docs | sort"),
+        "docs\ndocs/new.md\nmanual\nmanual/g2\nmanual/g2/deep\nmanual/g2/deep/more.md\n"
+    );
+    assert_eq!(
+        fs::read(env.base.join("manual/g2/deep/more.md")).unwrap(),
+        b"changed\n"
+    );
+    assert_eq!(env.diff_json(&id)["changes"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn git_works_through_the_mount() {
+    if !require_fuse() {
+        return;
+    }
+    let env = Env::new();
+    project(&env.base);
+    // A repository on the host that the agent then works in.
+    sh(
+        &env.base,
+        "git init -q -b main && git add -A && git commit -qm initial
+         for i in $(seq 1 200); do echo \"line $i\" > gen_$i.txt; done
+         git add -A && git commit -qm generated",
+    );
+    let before = tree_hash(&env.base);
+    let id = env.create();
+    let m = env.mount(&id);
+    let mnt = &env.mnt;
+    assert_eq!(sh(mnt, "git status --porcelain"), "");
+    sh(
+        mnt,
+        "git checkout -q -b feature
+         echo 'fn g() {}' >> src/lib.rs
+         git commit -qam 'feature: g'
+         git checkout -q main
+         echo '# more' >> README.md
+         git commit -qam 'main: readme'
+         git checkout -q feature
+         git rebase -q main
+         git checkout -q main
+         git merge -q --ff-only feature
+         git gc -q
+         git fsck --full --strict",
+    );
+    assert_eq!(
+        sh(mnt, "git log --format=%s"),
+        "feature: g\nmain: readme\ngenerated\ninitial\n"
+    );
+    assert_eq!(sh(mnt, "git status --porcelain"), "");
+    assert!(sh(mnt, "cat src/lib.rs").contains("fn g()"));
+    // A fresh repository created entirely inside the workspace.
+    sh(
+        mnt,
+        "mkdir sub && cd sub && git init -q -b main && echo a > a && git add a && git commit -qm a
+         git checkout -q -b x && echo b > b && git add b && git commit -qm b && git checkout -q main
+         git merge -q x && git log --oneline | wc -l | grep -qx 2",
+    );
+    drop(m);
+    assert_eq!(
+        tree_hash(&env.base),
+        before,
+        "git through the mount changed the host"
+    );
+}
+
+#[test]
+fn untar_and_rm_rf_of_ten_thousand_files() {
+    if !require_fuse() {
+        return;
+    }
+    let env = Env::new();
+    // A base tree of 10k files too, removed with rm -rf through the mount.
+    sh(
+        &env.base,
+        "mkdir -p tree && cd tree && for d in $(seq 1 100); do mkdir d$d; for f in $(seq 1 100); do echo $d.$f > d$d/f$f; done; done",
+    );
+    let src = env.dir.path().join("src");
+    sh(
+        env.dir.path(),
+        "mkdir -p src/pkg && cd src/pkg && for d in $(seq 1 50); do mkdir m$d; for f in $(seq 1 200); do echo \"module.exports = $d*$f;\" > m$d/i$f.js; done; done; cd .. && tar cf ../pkg.tar pkg",
+    );
+    let before = tree_hash(&env.base);
+    let id = env.create();
+    let m = env.mount(&id);
+    let tar = env.dir.path().join("pkg.tar");
+    sh(&env.mnt, &format!("tar xf {}", tar.display()));
+    assert_eq!(sh(&env.mnt, "find pkg -type f | wc -l").trim(), "10000");
+    assert_eq!(
+        sh(&env.mnt, "cat pkg/m7/i13.js"),
+        fs::read_to_string(src.join("pkg/m7/i13.js")).unwrap()
+    );
+    sh(&env.mnt, "rm -rf pkg tree");
+    assert_eq!(sh(&env.mnt, "ls -A"), "");
+    drop(m);
+    assert_eq!(tree_hash(&env.base), before);
+    // Nothing of the untarred tree is left in the delta.
+    assert_eq!(env.count(&id, "SELECT COUNT(*) FROM fs_inode"), 1);
+    assert_eq!(env.count(&id, "SELECT COUNT(*) FROM fs_data"), 0);
+    let d = env.diff_json(&id);
+    assert_eq!(
+        d["summary"]["deleted"], 10101,
+        "10k files, 100 dirs and tree/"
+    );
+    env.ok(&["workspace", "check", &id]);
+}
+
+#[test]
+fn apply_refuses_to_overwrite_host_changes() {
+    if !require_fuse() {
+        return;
+    }
+    let env = Env::new();
+    project(&env.base);
+    let id = env.create();
+    let m = env.mount(&id);
+    sh(
+        &env.mnt,
+        "echo agent >> README.md; echo agent >> src/main.rs; echo new > created.txt; rm src/lib.rs",
+    );
+    drop(m);
+    // Meanwhile on the host: README edited, a file appears where the agent made one.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(env.base.join("README.md"))
+        .unwrap();
+    f.write_all(b"host\n").unwrap();
+    drop(f);
+    fs::write(env.base.join("created.txt"), "host made this\n").unwrap();
+    let host_readme = fs::read(env.base.join("README.md")).unwrap();
+
+    let out = env.run(&["apply", &id]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("README.md"), "{err}");
+    assert!(err.contains("created.txt"), "{err}");
+    assert!(!err.contains("src/main.rs"), "{err}");
+    // Nothing was written.
+    assert_eq!(fs::read(env.base.join("README.md")).unwrap(), host_readme);
+    assert!(env.base.join("src/lib.rs").exists());
+
+    // The non-conflicting changes can go in on their own...
+    let out = env.ok(&["apply", &id, "--skip-conflicts", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["conflicts"].as_array().unwrap().len(), 2);
+    assert!(
+        fs::read_to_string(env.base.join("src/main.rs"))
+            .unwrap()
+            .ends_with("agent\n")
+    );
+    assert!(!env.base.join("src/lib.rs").exists());
+    assert_eq!(fs::read(env.base.join("README.md")).unwrap(), host_readme);
+    // ...and --force overwrites the rest.
+    env.ok(&["apply", &id, "--force"]);
+    assert_eq!(
+        fs::read_to_string(env.base.join("README.md")).unwrap(),
+        "# demo\nagent\n"
+    );
+    assert_eq!(
+        fs::read_to_string(env.base.join("created.txt")).unwrap(),
+        "new\n"
+    );
+    assert_eq!(env.diff_json(&id)["changes"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn apply_strips_setuid_and_never_escapes_the_base() {
+    if !require_fuse() {
+        return;
+    }
+    let env = Env::new();
+    project(&env.base);
+    let outside = env.dir.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    let id = env.create();
+    let m = env.mount(&id);
+    sh(
+        &env.mnt,
+        &format!(
+            "cp bin/tool bin/suid && chmod 4755 bin/suid
+             ln -s {} escape",
+            outside.display()
+        ),
+    );
+    drop(m);
+    env.ok(&["apply", &id]);
+    let mode = fs::metadata(env.base.join("bin/suid")).unwrap().mode();
+    assert_eq!(
+        mode & 0o7777,
+        0o755,
+        "set-user-id bit must not reach the host"
+    );
+    // The symlink is created as a link; nothing was written through it.
+    assert_eq!(fs::read_link(env.base.join("escape")).unwrap(), outside);
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+}
+
+#[test]
+fn a_symlink_to_a_host_secret_shows_the_link_never_the_bytes() {
+    if !require_fuse() {
+        return;
+    }
+    let env = Env::new();
+    let secret = env.dir.path().join("secret");
+    fs::write(&secret, "host secret").unwrap();
+    symlink(&secret, env.base.join("link")).unwrap();
+    symlink("/etc", env.base.join("etc-link")).unwrap();
+    let id = env.create();
+    let m = env.mount(&id);
+    let st = fs::symlink_metadata(env.mnt.join("link")).unwrap();
+    assert!(st.file_type().is_symlink());
+    assert_eq!(fs::read_link(env.mnt.join("link")).unwrap(), secret);
+    let nofollow = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(env.mnt.join("link"));
+    assert_eq!(nofollow.unwrap_err().raw_os_error(), Some(libc::ELOOP));
+    // chmod on a link path acts on the target (outside the mount); lchown-style
+    // metadata changes keep the link a link.
+    sh(&env.mnt, "touch -h link; mv etc-link etc-link2");
+    assert!(
+        fs::symlink_metadata(env.mnt.join("link"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        fs::read_link(env.mnt.join("etc-link2")).unwrap(),
+        Path::new("/etc")
+    );
+    drop(m);
+    // Export carries the link, not the secret.
+    let tar = env.dir.path().join("t.tar");
+    env.ok(&[
+        "export",
+        &id,
+        "--format",
+        "tar",
+        "-o",
+        tar.to_str().unwrap(),
+    ]);
+    let listing = sh(env.dir.path(), "tar tvf t.tar");
+    assert!(
+        listing.contains(&format!("link -> {}", secret.display())),
+        "{listing}"
+    );
+    let bytes = fs::read(&tar).unwrap();
+    assert!(!bytes.windows(11).any(|w| w == b"host secret"));
+}
+
+#[test]
+fn names_at_name_max_and_non_utf8_names() {
+    if !require_fuse() {
+        return;
+    }
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::new();
+    let id = env.create();
+    let m = env.mount(&id);
+    let long = "n".repeat(255);
+    fs::write(env.mnt.join(&long), "max").unwrap();
+    assert_eq!(fs::read(env.mnt.join(&long)).unwrap(), b"max");
+    let too_long = "n".repeat(256);
+    let e = fs::write(env.mnt.join(&too_long), "x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENAMETOOLONG));
+    let weird = OsStr::from_bytes(b"caf\xe9-\xff\x01");
+    fs::write(env.mnt.join(weird), "latin1").unwrap();
+    let names: Vec<_> = fs::read_dir(&env.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(names.iter().any(|n| n.as_bytes() == weird.as_bytes()));
+    fs::rename(
+        env.mnt.join(weird),
+        env.mnt.join(OsStr::from_bytes(b"\xfe")),
+    )
+    .unwrap();
+    drop(m);
+    let d = env.diff_json(&id);
+    let bytes: Vec<u64> = d["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c.get("path_bytes"))
+        .flat_map(|b| b.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()))
+        .collect();
+    assert_eq!(bytes, [0xfe]);
+    env.ok(&["apply", &id]);
+    assert_eq!(
+        fs::read(env.base.join(OsStr::from_bytes(b"\xfe"))).unwrap(),
+        b"latin1"
+    );
+    assert_eq!(fs::read(env.base.join(&long)).unwrap(), b"max");
+}
+
+#[test]
+fn sparse_files_xattrs_append_and_times_behave_like_ext4() {
+    if !require_fuse() {
+        return;
+    }
+    let env = Env::new();
+    write(&env.base.join("old.txt"), b"old\n");
+    let old_mtime = fs::metadata(env.base.join("old.txt")).unwrap().mtime();
+    let id = env.create();
+    let m = env.mount(&id);
+    let mnt = &env.mnt;
+
+    // Sparse: a 1 GiB file with 4 bytes stored.
+    let mut f = fs::File::create(mnt.join("sparse")).unwrap();
+    f.seek(SeekFrom::Start(1 << 30)).unwrap();
+    f.write_all(b"tail").unwrap();
+    drop(f);
+    let st = fs::metadata(mnt.join("sparse")).unwrap();
+    assert_eq!(st.len(), (1 << 30) + 4);
+    assert!(
+        st.blocks() < 1024,
+        "holes are not stored ({} blocks)",
+        st.blocks()
+    );
+    let f = fs::File::open(mnt.join("sparse")).unwrap();
+    let data = rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(0)).unwrap();
+    assert!(data > 0 && data <= 1 << 30, "SEEK_DATA found {data}");
+    let mut head = [1u8; 64];
+    f.read_at_exact(&mut head, 4096);
+    assert_eq!(head, [0u8; 64]);
+
+    // O_APPEND appends even after a seek.
+    let mut a = fs::OpenOptions::new()
+        .append(true)
+        .open(mnt.join("old.txt"))
+        .unwrap();
+    a.seek(SeekFrom::Start(0)).unwrap();
+    a.write_all(b"more\n").unwrap();
+    drop(a);
+    assert_eq!(fs::read(mnt.join("old.txt")).unwrap(), b"old\nmore\n");
+
+    // Extended attributes on a base file and a new one; copy-up keeps them.
+    sh(mnt, "touch x.txt");
+    for p in ["x.txt", "old.txt"] {
+        let path = mnt.join(p);
+        rustix::fs::setxattr(&path, "user.agent", b"v1", rustix::fs::XattrFlags::empty()).unwrap();
+        let mut buf = vec![0u8; 16];
+        let n = rustix::fs::getxattr(&path, "user.agent", &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"v1");
+    }
+    let e = rustix::fs::setxattr(
+        mnt.join("x.txt"),
+        "user.agent",
+        b"v2",
+        rustix::fs::XattrFlags::CREATE,
+    )
+    .unwrap_err();
+    assert_eq!(e, rustix::io::Errno::EXIST);
+
+    // Explicit times, and a metadata-only change keeps the base mtime.
+    sh(
+        mnt,
+        "touch -d '2001-02-03 04:05:06' x.txt; chmod 640 README 2>/dev/null || true",
+    );
+    assert_eq!(fs::metadata(mnt.join("x.txt")).unwrap().mtime(), 981173106);
+    drop(m);
+    let m = env.mount(&id);
+    sh(mnt, "chmod 600 old.txt");
+    drop(m);
+    let _ = old_mtime;
+    assert_eq!(fs::read(env.base.join("old.txt")).unwrap(), b"old\n");
+}
+
+trait ReadAtExact {
+    fn read_at_exact(&self, buf: &mut [u8], off: u64);
+}
+
+impl ReadAtExact for fs::File {
+    fn read_at_exact(&self, buf: &mut [u8], off: u64) {
+        std::os::unix::fs::FileExt::read_exact_at(self, buf, off).unwrap();
+    }
+}
+
+#[test]
+fn copy_up_keeps_mtime_and_owner_of_the_base_file() {
+    if !require_fuse() {
+        return;
+    }
+    let env = Env::new();
+    write(&env.base.join("f"), b"data\n");
+    sh(
+        &env.base,
+        "touch -d '2010-01-01 00:00:00' f && chown 1234:5678 f",
+    );
+    let id = env.create();
+    let m = env.mount(&id);
+    sh(&env.mnt, "chmod 640 f");
+    let st = fs::metadata(env.mnt.join("f")).unwrap();
+    assert_eq!((st.uid(), st.gid()), (1234, 5678));
+    assert_eq!(st.mtime(), 1262304000, "chmod must not touch mtime");
+    sh(&env.mnt, "echo x >> f");
+    assert!(fs::metadata(env.mnt.join("f")).unwrap().mtime() > 1262304000);
+    drop(m);
+}
+
+#[test]
+fn unmodified_base_files_are_read_by_the_kernel_not_by_the_server() {
+    if !require_fuse() {
+        return;
+    }
+    let env = Env::new();
+    let big = vec![7u8; 32 << 20];
+    write(&env.base.join("big.bin"), &big);
+    let id = env.create();
+
+    let server_read_bytes = |extra: &[&str]| -> u64 {
+        let m = Mount::start(&env, &id, &env.mnt, extra);
+        let io = |pid: u32| -> u64 {
+            let s = fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+            s.lines()
+                .find_map(|l| l.strip_prefix("rchar: "))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        let before = io(m.pid());
+        let data = fs::read(env.mnt.join("big.bin")).unwrap();
+        assert_eq!(data.len(), big.len());
+        let after = io(m.pid());
+        drop(m);
+        after - before
+    };
+    let with_passthrough = server_read_bytes(&[]);
+    let without = server_read_bytes(&["--no-passthrough"]);
+    assert!(
+        without >= 32 << 20,
+        "without passthrough the server reads the file ({without} bytes)"
+    );
+    assert!(
+        with_passthrough < 4 << 20,
+        "with passthrough the server must not read the file ({with_passthrough} bytes)"
+    );
+}
+
+#[test]
+fn bad_mount_points_and_double_mounts_get_one_line_errors() {
+    if !require_fuse() {
+        return;
+    }
+    let env = Env::new();
+    project(&env.base);
+    let id = env.create();
+    let err_of = |args: &[&str]| -> String {
+        let out = env.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let e = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(e.trim_end().lines().count(), 1, "one line: {e}");
+        e
+    };
+    let missing = env.dir.path().join("nope");
+    assert!(
+        err_of(&["workspace", "mount", &id, missing.to_str().unwrap()]).contains("does not exist")
+    );
+    let full = env.dir.path().join("full");
+    write(&full.join("x"), b"x");
+    assert!(err_of(&["workspace", "mount", &id, full.to_str().unwrap()]).contains("not empty"));
+    let inside = env.base.join("mnt-inside");
+    fs::create_dir(&inside).unwrap();
+    assert!(
+        err_of(&["workspace", "mount", &id, inside.to_str().unwrap()]).contains("inside the base")
+    );
+    let m = env.mount(&id);
+    let other = env.dir.path().join("other");
+    fs::create_dir(&other).unwrap();
+    let e = err_of(&["workspace", "mount", &id, other.to_str().unwrap()]);
+    assert!(e.contains("is mounted by process"), "{e}");
+    assert!(
+        err_of(&["workspace", "mount", &id, env.mnt.to_str().unwrap()]).contains("already mounted")
+    );
+    assert!(err_of(&["discard", &id]).contains("is mounted"));
+    assert!(err_of(&["apply", &id]).contains("is mounted"));
+    drop(m);
+    assert!(err_of(&["diff", "doesnotexist"]).contains("no workspace"));
+}
+
+#[test]
+fn snapshots_and_forks_capture_the_delta_at_a_point_in_time() {
+    if !require_fuse() {
+        return;
+    }
+    let env = Env::new();
+    project(&env.base);
+    let id = env.create();
+    let m = env.mount(&id);
+    sh(&env.mnt, "echo one > state.txt; rm README.md");
+    // A snapshot is taken while the workspace is mounted and in use.
+    env.ok(&["snapshot", &id, "first"]);
+    sh(&env.mnt, "echo two > state.txt; echo extra > extra.txt");
+    drop(m);
+    let snaps: serde_json::Value =
+        serde_json::from_str(&env.ok(&["snapshots", &id, "--json"])).unwrap();
+    assert_eq!(snaps[0]["name"], "first");
+    let dup = env.run(&["snapshot", &id, "first"]);
+    assert_eq!(dup.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("exists"));
+
+    let fork = env.ok(&["fork", &format!("{id}@first")]).trim().to_string();
+    let fm = Mount::start(&env, &fork, &env.mnt, &[]);
+    assert_eq!(
+        fs::read_to_string(env.mnt.join("state.txt")).unwrap(),
+        "one\n"
+    );
+    assert!(!env.mnt.join("extra.txt").exists());
+    assert!(!env.mnt.join("README.md").exists());
+    assert!(env.mnt.join("src/main.rs").exists());
+    drop(fm);
+    // The original moved on independently.
+    let m = env.mount(&id);
+    assert_eq!(
+        fs::read_to_string(env.mnt.join("state.txt")).unwrap(),
+        "two\n"
+    );
+    drop(m);
+    let info: serde_json::Value =
+        serde_json::from_str(&env.ok(&["workspace", "info", &fork, "--json"])).unwrap();
+    assert_eq!(info["forked_from"], format!("{id}@first"));
+    env.ok(&["discard", &fork]);
+    assert_eq!(
+        env.run(&["workspace", "info", &fork]).status.code(),
+        Some(1)
+    );
+}
+
+#[test]
+fn a_corrupt_or_foreign_database_or_missing_base_is_named_in_one_line() {
+    if !require_fuse() {
+        return;
+    }
+    let env = Env::new();
+    project(&env.base);
+    let id = env.create();
+    let m = env.mount(&id);
+    sh(&env.mnt, "echo keep > keep.txt");
+    drop(m);
+    let db = env.db(&id);
+    let good = fs::read(&db).unwrap();
+    let one_line_err = |args: &[&str], needle: &str| {
+        let out = env.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let e = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+        assert!(e.contains(needle), "{e}");
+    };
+    fs::write(&db, vec![0x5au8; 16384]).unwrap();
+    one_line_err(&["diff", &id], "not a SQLite database");
+    one_line_err(
+        &["workspace", "mount", &id, env.mnt.to_str().unwrap()],
+        "not a SQLite database",
+    );
+    rusqlite::Connection::open(env.dir.path().join("foreign.db"))
+        .unwrap()
+        .execute_batch("CREATE TABLE notes (t TEXT)")
+        .unwrap();
+    fs::copy(env.dir.path().join("foreign.db"), &db).unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let _ = fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    one_line_err(&["diff", &id], "not a Cordon workspace");
+    fs::write(&db, &good).unwrap();
+    assert!(env.ok(&["diff", &id]).contains("keep.txt"));
+    let moved = env.dir.path().join("moved-base");
+    fs::rename(&env.base, &moved).unwrap();
+    one_line_err(&["diff", &id], "does not exist");
+    one_line_err(
+        &["workspace", "mount", &id, env.mnt.to_str().unwrap()],
+        "does not exist",
+    );
+    fs::rename(&moved, &env.base).unwrap();
+    assert!(
+        env.ok(&["diff", &id]).contains("keep.txt"),
+        "nothing stored was lost"
+    );
+}
+
+#[test]
+fn a_full_disk_fails_the_write_and_loses_nothing_stored() {
+    if !require_fuse() {
+        return;
+    }
+    let env = Env::new();
+    // The data directory on a 24 MiB tmpfs.
+    let small = env.dir.path().join("small");
+    fs::create_dir(&small).unwrap();
+    sh(
+        env.dir.path(),
+        &format!("mount -t tmpfs -o size=24m tmpfs {}", small.display()),
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _guard = Unmount(small.clone());
+    let id = env
+        .cmd()
+        .env("CORDON_HOME", &small)
+        .args(["workspace", "create", "--base", env.base.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let id = String::from_utf8(id.stdout).unwrap().trim().to_string();
+    let mut cmd = env.cmd();
+    cmd.env("CORDON_HOME", &small)
+        .args(["workspace", "mount", &id, env.mnt.to_str().unwrap()])
+        .stderr(std::process::Stdio::null());
+    let child = cmd.spawn().unwrap();
+    let m = Mount {
+        child: Some(child),
+        path: env.mnt.clone(),
+    };
+    while !is_mounted(&env.mnt) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    fs::write(env.mnt.join("precious.txt"), "keep me\n").unwrap();
+    let chunk = vec![0xabu8; 1 << 20];
+    let mut f = fs::File::create(env.mnt.join("filler")).unwrap();
+    let mut written = 0;
+    let err = loop {
+        match f.write_all(&chunk) {
+            Ok(()) => written += 1,
+            Err(e) => break e,
+        }
+        assert!(written < 64, "the 24 MiB disk never filled");
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    drop(f);
+    assert_eq!(
+        fs::read(env.mnt.join("precious.txt")).unwrap(),
+        b"keep me\n"
+    );
+    fs::remove_file(env.mnt.join("filler")).unwrap();
+    fs::write(env.mnt.join("after.txt"), "room again\n").unwrap();
+    drop(m);
+    let check = env
+        .cmd()
+        .env("CORDON_HOME", &small)
+        .args(["workspace", "check", &id])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let diff = env
+        .cmd()
+        .env("CORDON_HOME", &small)
+        .args(["diff", &id, "--stat"])
+        .output()
+        .unwrap();
+    let stat = String::from_utf8_lossy(&diff.stdout);
+    assert!(
+        stat.contains("precious.txt") && stat.contains("after.txt"),
+        "{stat}"
+    );
+}
