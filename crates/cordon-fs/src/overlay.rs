@@ -1470,7 +1470,12 @@ impl Overlay {
                 Err(e) => return Err(e.into()),
             }
         }
-        // A base file that shrank under us reads as zeros up to its recorded size.
+        if limit == u64::MAX {
+            // The base file itself: exactly what it holds.
+            buf.truncate(got);
+        }
+        // A metacopy whose base file shrank on the host reads as zeros up to the
+        // size the delta recorded, so the file never changes length under a reader.
         Ok(buf)
     }
 
@@ -1749,5 +1754,323 @@ pub fn id_tag(id: u64) -> &'static str {
         DELTA_TAG => "delta",
         HASH_TAG => "hashed",
         _ => "fallback",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::base::Base;
+    use std::os::unix::fs::MetadataExt;
+    use std::path::Path;
+
+    const ME: Caller = Caller { uid: 0, gid: 0 };
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        base: std::path::PathBuf,
+        db: std::path::PathBuf,
+    }
+
+    fn fixture(build: impl FnOnce(&Path)) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base");
+        std::fs::create_dir(&base).unwrap();
+        build(&base);
+        let db = dir.path().join("w.db");
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        crate::schema::configure(&conn).unwrap();
+        crate::schema::initialize(
+            &conn,
+            &crate::schema::NewDatabase {
+                workspace_id: "t",
+                base_path: &base,
+                chunk_size: 4096,
+                root_mode: libc::S_IFDIR | 0o755,
+                root_uid: 0,
+                root_gid: 0,
+                root_nlink: 2,
+                now: (1, 0),
+            },
+        )
+        .unwrap();
+        Fixture {
+            _dir: dir,
+            base,
+            db,
+        }
+    }
+
+    impl Fixture {
+        fn overlay(&self) -> Overlay {
+            let conn = crate::schema::open(&self.db, false).unwrap();
+            let store = Store::new(conn, &self.db).unwrap();
+            Overlay::new(
+                store,
+                Base::open(&self.base).unwrap(),
+                OverlayOptions { passthrough: false },
+            )
+            .unwrap()
+        }
+    }
+
+    fn path_id(ov: &mut Overlay, path: &str) -> OpResult<u64> {
+        let mut id = ROOT_ID;
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            id = ov.lookup(id, part.as_bytes())?.ino;
+        }
+        Ok(id)
+    }
+
+    fn names(ov: &mut Overlay, path: &str) -> Vec<String> {
+        let id = path_id(ov, path).unwrap();
+        let mut v: Vec<String> = ov
+            .list(id)
+            .unwrap()
+            .into_iter()
+            .map(|e| String::from_utf8(e.name).unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn read_all(ov: &mut Overlay, path: &str) -> Vec<u8> {
+        let id = path_id(ov, path).unwrap();
+        let o = ov.open(id, libc::O_RDONLY).unwrap();
+        let d = ov.read(o.fh, 0, 1 << 20).unwrap();
+        ov.release(o.fh).unwrap();
+        d
+    }
+
+    fn write_file(ov: &mut Overlay, parent: &str, name: &str, data: &[u8]) {
+        let p = path_id(ov, parent).unwrap();
+        let (_, o) = ov
+            .create(p, name.as_bytes(), 0o644, libc::O_WRONLY, ME)
+            .unwrap();
+        ov.write(o.fh, 0, data).unwrap();
+        ov.release(o.fh).unwrap();
+    }
+
+    fn project(b: &Path) {
+        std::fs::create_dir_all(b.join("docs/deep")).unwrap();
+        std::fs::write(b.join("docs/a.md"), "a").unwrap();
+        std::fs::write(b.join("docs/deep/b.md"), "b").unwrap();
+        std::fs::write(b.join("top.txt"), "top").unwrap();
+    }
+
+    #[test]
+    fn unlinking_a_base_file_whites_it_out_and_recreating_clears_it() {
+        let f = fixture(project);
+        let mut ov = f.overlay();
+        let docs = path_id(&mut ov, "docs").unwrap();
+        ov.unlink(docs, b"a.md").unwrap();
+        assert_eq!(ov.lookup(docs, b"a.md").unwrap_err(), Errno::ENOENT);
+        assert_eq!(names(&mut ov, "docs"), ["deep"]);
+        assert!(ov.store().is_whiteout(b"/docs/a.md").unwrap());
+        write_file(&mut ov, "docs", "a.md", b"new");
+        assert!(!ov.store().is_whiteout(b"/docs/a.md").unwrap());
+        assert_eq!(read_all(&mut ov, "docs/a.md"), b"new");
+        assert_eq!(std::fs::read(f.base.join("docs/a.md")).unwrap(), b"a");
+    }
+
+    #[test]
+    fn a_renamed_base_directory_keeps_its_contents_and_its_whiteouts() {
+        let f = fixture(project);
+        let mut ov = f.overlay();
+        let deep = path_id(&mut ov, "docs/deep").unwrap();
+        ov.unlink(deep, b"b.md").unwrap();
+        write_file(&mut ov, "docs/deep", "c.md", b"c");
+        ov.rename(ROOT_ID, b"docs", ROOT_ID, b"manual", 0).unwrap();
+        assert_eq!(ov.lookup(ROOT_ID, b"docs").unwrap_err(), Errno::ENOENT);
+        assert_eq!(names(&mut ov, "manual"), ["a.md", "deep"]);
+        assert_eq!(
+            names(&mut ov, "manual/deep"),
+            ["c.md"],
+            "the whiteout moved along"
+        );
+        assert_eq!(read_all(&mut ov, "manual/a.md"), b"a");
+        // A new directory at the old name does not show the old contents.
+        ov.mkdir(ROOT_ID, b"docs", 0o755, ME).unwrap();
+        assert_eq!(names(&mut ov, "docs"), Vec::<String>::new());
+        // The same view from a fresh overlay over the same database.
+        drop(ov);
+        let mut ov = f.overlay();
+        assert_eq!(names(&mut ov, "manual/deep"), ["c.md"]);
+        assert_eq!(names(&mut ov, "docs"), Vec::<String>::new());
+        assert_eq!(read_all(&mut ov, "manual/deep/c.md"), b"c");
+    }
+
+    #[test]
+    fn rmdir_needs_the_merged_directory_empty() {
+        let f = fixture(project);
+        let mut ov = f.overlay();
+        assert_eq!(ov.rmdir(ROOT_ID, b"docs").unwrap_err(), Errno::ENOTEMPTY);
+        let deep = path_id(&mut ov, "docs/deep").unwrap();
+        ov.unlink(deep, b"b.md").unwrap();
+        let docs = path_id(&mut ov, "docs").unwrap();
+        ov.rmdir(docs, b"deep").unwrap();
+        ov.unlink(docs, b"a.md").unwrap();
+        ov.rmdir(ROOT_ID, b"docs").unwrap();
+        assert_eq!(names(&mut ov, ""), ["top.txt"]);
+        assert_eq!(ov.rmdir(ROOT_ID, b"top.txt").unwrap_err(), Errno::ENOTDIR);
+        assert_eq!(ov.unlink(ROOT_ID, b"nothing").unwrap_err(), Errno::ENOENT);
+    }
+
+    #[test]
+    fn node_ids_are_host_inodes_and_survive_copy_up_and_reopen() {
+        let f = fixture(project);
+        let host = std::fs::metadata(f.base.join("top.txt")).unwrap().ino();
+        let mut ov = f.overlay();
+        let id = path_id(&mut ov, "top.txt").unwrap();
+        assert_eq!(id, host);
+        let o = ov.open(id, libc::O_WRONLY).unwrap();
+        ov.write(o.fh, 3, b"+").unwrap();
+        ov.release(o.fh).unwrap();
+        assert_eq!(ov.getattr(id).unwrap().ino, host);
+        drop(ov);
+        let mut ov = f.overlay();
+        assert_eq!(path_id(&mut ov, "top.txt").unwrap(), host);
+        assert_eq!(read_all(&mut ov, "top.txt"), b"top+");
+    }
+
+    #[test]
+    fn base_hard_links_are_separate_files_in_the_view() {
+        let f = fixture(|b| {
+            std::fs::write(b.join("one"), "shared").unwrap();
+            std::fs::hard_link(b.join("one"), b.join("two")).unwrap();
+        });
+        let mut ov = f.overlay();
+        let one = path_id(&mut ov, "one").unwrap();
+        let two = path_id(&mut ov, "two").unwrap();
+        assert_ne!(one, two);
+        let o = ov.open(one, libc::O_WRONLY).unwrap();
+        ov.write(o.fh, 0, b"SH").unwrap();
+        ov.release(o.fh).unwrap();
+        assert_eq!(read_all(&mut ov, "one"), b"SHared");
+        assert_eq!(read_all(&mut ov, "two"), b"shared");
+    }
+
+    #[test]
+    fn metadata_changes_copy_metadata_only() {
+        let f = fixture(project);
+        let mut ov = f.overlay();
+        let id = path_id(&mut ov, "top.txt").unwrap();
+        let before = ov.getattr(id).unwrap();
+        let after = ov
+            .setattr(
+                id,
+                &SetAttr {
+                    mode: Some(0o600),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(after.mode & 0o7777, 0o600);
+        assert_eq!(after.mtime, before.mtime);
+        assert_eq!(after.size, 3);
+        let n: i64 = ov
+            .store()
+            .conn()
+            .query_row("SELECT COUNT(*) FROM fs_data", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0, "no bytes were copied");
+        assert_eq!(read_all(&mut ov, "top.txt"), b"top");
+        // A hard link to a base file is a metadata copy with two names.
+        let attr = ov.link(id, ROOT_ID, b"alias").unwrap();
+        assert_eq!(attr.nlink, 2);
+        assert_eq!(path_id(&mut ov, "alias").unwrap(), id);
+    }
+
+    #[test]
+    fn an_open_file_outlives_its_last_name() {
+        let f = fixture(project);
+        let mut ov = f.overlay();
+        write_file(&mut ov, "", "tmp", b"still here");
+        let id = path_id(&mut ov, "tmp").unwrap();
+        let o = ov.open(id, libc::O_RDONLY).unwrap();
+        ov.unlink(ROOT_ID, b"tmp").unwrap();
+        assert_eq!(ov.read(o.fh, 0, 100).unwrap(), b"still here");
+        assert_eq!(ov.getattr(id).unwrap().nlink, 0);
+        ov.release(o.fh).unwrap();
+        let n: i64 = ov
+            .store()
+            .conn()
+            .query_row("SELECT COUNT(*) FROM fs_inode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1, "released after the last close");
+    }
+
+    #[test]
+    fn rename_replaces_targets_and_honours_noreplace() {
+        let f = fixture(project);
+        let mut ov = f.overlay();
+        write_file(&mut ov, "", "new", b"N");
+        assert_eq!(
+            ov.rename(ROOT_ID, b"new", ROOT_ID, b"top.txt", libc::RENAME_NOREPLACE)
+                .unwrap_err(),
+            Errno::EEXIST
+        );
+        ov.rename(ROOT_ID, b"new", ROOT_ID, b"top.txt", 0).unwrap();
+        assert_eq!(read_all(&mut ov, "top.txt"), b"N");
+        assert_eq!(names(&mut ov, ""), ["docs", "top.txt"]);
+        assert_eq!(
+            ov.rename(ROOT_ID, b"top.txt", ROOT_ID, b"docs", 0)
+                .unwrap_err(),
+            Errno::EISDIR
+        );
+        ov.mkdir(ROOT_ID, b"empty", 0o755, ME).unwrap();
+        assert_eq!(
+            ov.rename(ROOT_ID, b"empty", ROOT_ID, b"docs", 0)
+                .unwrap_err(),
+            Errno::ENOTEMPTY
+        );
+        let docs = path_id(&mut ov, "docs").unwrap();
+        assert_eq!(
+            ov.rename(ROOT_ID, b"docs", docs, b"inside", 0).unwrap_err(),
+            Errno::EINVAL
+        );
+        assert_eq!(
+            ov.rename(ROOT_ID, b"empty", ROOT_ID, b"x", libc::RENAME_EXCHANGE)
+                .unwrap_err(),
+            Errno::EINVAL
+        );
+    }
+
+    #[test]
+    fn hostile_names_are_refused() {
+        let f = fixture(project);
+        let mut ov = f.overlay();
+        let long = vec![b'n'; NAME_MAX + 1];
+        assert_eq!(ov.lookup(ROOT_ID, &long).unwrap_err(), Errno::ENAMETOOLONG);
+        assert_eq!(
+            ov.mkdir(ROOT_ID, &long, 0o755, ME).unwrap_err(),
+            Errno::ENAMETOOLONG
+        );
+        for bad in [&b""[..], b".", b"..", b"a/b"] {
+            assert_eq!(
+                ov.lookup(ROOT_ID, bad).unwrap_err(),
+                Errno::EINVAL,
+                "{bad:?}"
+            );
+        }
+        let target = vec![b't'; SYMLINK_MAX + 1];
+        assert_eq!(
+            ov.symlink(ROOT_ID, b"l", &target, ME).unwrap_err(),
+            Errno::ENAMETOOLONG
+        );
+        let id = path_id(&mut ov, "top.txt").unwrap();
+        let big = vec![0u8; XATTR_SIZE_MAX + 1];
+        assert_eq!(
+            ov.setxattr(id, b"user.x", &big, 0).unwrap_err(),
+            Errno::E2BIG
+        );
+        assert_eq!(
+            ov.setxattr(id, b"system.posix_acl_access", b"x", 0)
+                .unwrap_err(),
+            Errno::ENOTSUP
+        );
+        // Operations on unknown node ids fail cleanly.
+        assert_eq!(ov.getattr(0xdead_beef).unwrap_err(), Errno::ENOENT);
+        assert_eq!(ov.read(12345, 0, 10).unwrap_err(), Errno::EBADF);
     }
 }
