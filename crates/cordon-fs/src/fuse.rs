@@ -186,7 +186,8 @@ impl OverlayFs {
 
     /// Sends an open reply, registering a backing file for passthrough opens.
     fn opened_reply(&self, ov: &mut Overlay, id: u64, opened: Opened, reply_open: OpenReply) {
-        let mut flags = FopenFlags::empty();
+        // Nothing is buffered here, so close() need not wait for a FLUSH round trip.
+        let mut flags = FopenFlags::FOPEN_NOFLUSH;
         match opened.io {
             IoMode::Cached => flags |= FopenFlags::FOPEN_KEEP_CACHE,
             IoMode::Direct => flags |= FopenFlags::FOPEN_DIRECT_IO,
@@ -238,9 +239,9 @@ impl OpenReply {
 
     fn passthrough(self, fh: FileHandle, b: &BackingId) {
         match self {
-            OpenReply::Open(r) => r.opened_passthrough(fh, FopenFlags::empty(), b),
+            OpenReply::Open(r) => r.opened_passthrough(fh, FopenFlags::FOPEN_NOFLUSH, b),
             OpenReply::Create(r, ttl, attr) => {
-                r.created_passthrough(&ttl, &attr, Generation(0), fh, FopenFlags::empty(), b)
+                r.created_passthrough(&ttl, &attr, Generation(0), fh, FopenFlags::FOPEN_NOFLUSH, b)
             }
         }
     }

@@ -1,7 +1,9 @@
 //! Mounting a workspace: the checks before the mount and the session after it.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::{Error, Result};
 use crate::fuse::{Negotiated, OverlayFs, ServeOptions, fuse_config};
@@ -13,7 +15,78 @@ pub struct Mounted {
     session: fuser::Session<OverlayFs>,
     negotiated: Arc<Mutex<Negotiated>>,
     mountpoint: PathBuf,
+    db: PathBuf,
     _lock: MountLock,
+}
+
+/// Copies the WAL into the database in the background while the workspace is
+/// idle, so writes only ever append to the WAL. A busy workspace is still
+/// checkpointed every few seconds (passive checkpoints never block the server).
+struct Checkpointer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    const TICK: Duration = Duration::from_millis(250);
+    const MAX_BUSY: Duration = Duration::from_secs(5);
+
+    fn start(db: &Path) -> Option<Checkpointer> {
+        let conn = rusqlite::Connection::open(db).ok()?;
+        conn.busy_timeout(Duration::from_secs(5)).ok()?;
+        let mut wal = db.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("cordon-checkpoint".into())
+            .spawn(move || {
+                let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+                let mut seen: Option<SystemTime> = modified(&wal);
+                let mut dirty = false;
+                let mut busy_since: Option<Instant> = None;
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(Self::TICK);
+                    let now = modified(&wal);
+                    let changed = now != seen;
+                    seen = now;
+                    if changed {
+                        dirty = true;
+                        busy_since.get_or_insert_with(Instant::now);
+                    }
+                    let long_busy = busy_since.is_some_and(|t| t.elapsed() > Self::MAX_BUSY);
+                    if dirty && (!changed || long_busy) {
+                        let r: rusqlite::Result<(i64, i64, i64)> =
+                            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                            });
+                        if let Err(e) = r {
+                            tracing::warn!(error = %e, "background checkpoint failed");
+                        }
+                        dirty = changed;
+                        busy_since = None;
+                    }
+                }
+                // The server's connection is closed by now: fold the WAL in and
+                // truncate it, leaving one compact file.
+                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            })
+            .ok()?;
+        Some(Checkpointer {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Checks that `mountpoint` can take a mount of a workspace over `base`.
@@ -111,6 +184,7 @@ pub fn mount(ws: &Workspace, mountpoint: &Path, opts: &ServeOptions) -> Result<M
         session,
         negotiated,
         mountpoint,
+        db: ws.db_path(),
         _lock: lock,
     })
 }
@@ -135,7 +209,11 @@ impl Mounted {
     pub fn run(self) -> Result<()> {
         let mountpoint = self.mountpoint.clone();
         let lock = self._lock;
+        let checkpointer = Checkpointer::start(&self.db);
+        // run() consumes the session and drops the file system (and its database
+        // connection) when the kernel ends the session.
         let r = self.session.run();
+        drop(checkpointer);
         drop(lock);
         r.map_err(|e| Error::io(mountpoint, e))
     }
@@ -143,6 +221,7 @@ impl Mounted {
     /// Serves requests on a background thread; dropping the handle unmounts.
     pub fn spawn(self) -> Result<BackgroundMount> {
         let mountpoint = self.mountpoint.clone();
+        let checkpointer = Checkpointer::start(&self.db);
         let session = self
             .session
             .spawn()
@@ -150,6 +229,7 @@ impl Mounted {
         Ok(BackgroundMount {
             session: Some(session),
             mountpoint,
+            checkpointer,
             _lock: self._lock,
         })
     }
@@ -159,6 +239,7 @@ impl Mounted {
 pub struct BackgroundMount {
     session: Option<fuser::BackgroundSession>,
     mountpoint: PathBuf,
+    checkpointer: Option<Checkpointer>,
     _lock: MountLock,
 }
 
@@ -173,6 +254,7 @@ impl BackgroundMount {
             s.umount_and_join()
                 .map_err(|e| Error::io(&self.mountpoint, e))?;
         }
+        self.checkpointer.take();
         Ok(())
     }
 }
@@ -182,5 +264,6 @@ impl Drop for BackgroundMount {
         if let Some(s) = self.session.take() {
             let _ = s.umount_and_join();
         }
+        self.checkpointer.take();
     }
 }

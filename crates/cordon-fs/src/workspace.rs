@@ -712,6 +712,12 @@ mod tests {
             Error::UnknownWorkspace { .. }
         ));
         assert_eq!(data.list().unwrap().len(), 1);
+        let page: u32 = a
+            .connect_read_only()
+            .unwrap()
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(page, schema::PAGE_SIZE);
     }
 
     #[test]

@@ -153,6 +153,13 @@ fn changes_and_inode_numbers_survive_a_remount() {
         "unmodified base files keep their host inode number"
     );
     drop(m);
+    // Unmounting folds the WAL into the database: one self-contained file.
+    let wal = format!("{}-wal", env.db(&id).display());
+    assert_eq!(
+        fs::metadata(&wal).map(|m| m.len()).unwrap_or(0),
+        0,
+        "WAL left behind"
+    );
     let _m = env.mount(&id);
     let again: Vec<u64> = ["README.md", "newdir/n", "src/main.rs", "docs/guide"]
         .iter()
