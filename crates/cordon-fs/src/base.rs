@@ -193,6 +193,11 @@ impl Base {
         BaseStat::from_raw(s)
     }
 
+    /// A new descriptor of the pinned base root (for the confined writer).
+    pub fn root_fd(&self) -> OpResult<OwnedFd> {
+        Ok(rustix::io::fcntl_dupfd_cloexec(&self.root, 3)?)
+    }
+
     /// Canonical path of the base directory.
     pub fn path(&self) -> &Path {
         &self.path

@@ -27,6 +27,19 @@ use crate::error::{Errno, Error, OpResult, Result};
 use crate::merge::{self, Source};
 use crate::store::{SeenRow, Store};
 
+/// Deepest directory nesting the tree walks follow. An agent can build deeper
+/// trees by moving subtrees under each other; walking them recursively would
+/// exhaust the stack, so the walks stop with an error instead.
+pub const MAX_TREE_DEPTH: usize = 1024;
+
+fn too_deep(depth: usize) -> OpResult<()> {
+    if depth > MAX_TREE_DEPTH {
+        Err(Errno::ELOOP)
+    } else {
+        Ok(())
+    }
+}
+
 /// Files larger than this are carried as binary patches instead of line diffs.
 pub const TEXT_DIFF_LIMIT: u64 = 16 * 1024 * 1024;
 
@@ -241,6 +254,17 @@ impl<'a> View<'a> {
 
     /// Calls `f` for every entry of the merged tree below `dir`, parents first.
     pub fn walk(&self, dir: &merge::Dir, rel: &[u8], f: &mut WalkFn<'_>) -> Result<()> {
+        self.walk_at(dir, rel, f, 0)
+    }
+
+    fn walk_at(
+        &self,
+        dir: &merge::Dir,
+        rel: &[u8],
+        f: &mut WalkFn<'_>,
+        depth: usize,
+    ) -> Result<()> {
+        too_deep(depth).map_err(|_| self.deep(rel))?;
         let mut entries = merge::list(self.store, self.base, dir).map_err(|e| self.err(e))?;
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, src) in entries {
@@ -249,7 +273,7 @@ impl<'a> View<'a> {
             f(&child_rel, &src, &info)?;
             if info.kind == libc::S_IFDIR {
                 let d = merge::child_dir(self.store, dir, &name, &src).map_err(|e| self.err(e))?;
-                self.walk(&d, &child_rel, f)?;
+                self.walk_at(&d, &child_rel, f, depth + 1)?;
             }
         }
         Ok(())
@@ -257,6 +281,16 @@ impl<'a> View<'a> {
 
     fn err(&self, e: Errno) -> Error {
         Error::io(self.store.path(), io::Error::from_raw_os_error(e.code()))
+    }
+
+    fn deep(&self, rel: &[u8]) -> Error {
+        Error::Invalid {
+            what: "workspace tree",
+            reason: format!(
+                "{} is nested more than {MAX_TREE_DEPTH} directories deep; refusing to walk it",
+                display_path(rel)
+            ),
+        }
     }
 }
 
@@ -285,7 +319,10 @@ fn may_contain_selected(filters: &[Vec<u8>], dir: &[u8]) -> bool {
 pub fn compute(view: &View<'_>, filters: &[Vec<u8>]) -> Result<Vec<Change>> {
     let root = merge::root(view.store).map_err(|e| view.err(e))?;
     let mut out = Vec::new();
-    diff_dir(view, &root, b"", filters, &mut out).map_err(|e| view.err(e))?;
+    diff_dir(view, &root, b"", filters, &mut out, 0).map_err(|e| match e {
+        Errno::ELOOP => view.deep(b"a directory"),
+        e => view.err(e),
+    })?;
     out.sort_by(|a, b| a.raw_path.cmp(&b.raw_path));
     Ok(out)
 }
@@ -317,7 +354,9 @@ fn diff_dir(
     rel: &[u8],
     filters: &[Vec<u8>],
     out: &mut Vec<Change>,
+    depth: usize,
 ) -> OpResult<()> {
+    too_deep(depth)?;
     if dir.delta.is_none() && dir.lower.as_deref() == Some(rel) {
         // Untouched base subtree at its own path: identical by construction.
         return Ok(());
@@ -351,8 +390,8 @@ fn diff_dir(
         };
         match (m, b) {
             (None, None) => {}
-            (None, Some(b)) => deleted(view, &child_rel, &b, filters, out)?,
-            (Some(m), None) => added(view, dir, name, &child_rel, m, filters, out)?,
+            (None, Some(b)) => deleted(view, &child_rel, &b, filters, out, depth + 1)?,
+            (Some(m), None) => added(view, dir, name, &child_rel, m, filters, out, depth + 1)?,
             (Some(m), Some(b)) => {
                 if let Source::Base { rel: r, .. } = m
                     && r == &child_rel
@@ -373,8 +412,8 @@ fn diff_dir(
                             out.push(c);
                         }
                     } else {
-                        deleted(view, &child_rel, &b, filters, out)?;
-                        added(view, dir, name, &child_rel, m, filters, out)?;
+                        deleted(view, &child_rel, &b, filters, out, depth + 1)?;
+                        added(view, dir, name, &child_rel, m, filters, out, depth + 1)?;
                     }
                     continue;
                 }
@@ -389,7 +428,7 @@ fn diff_dir(
                         out.push(c);
                     }
                     let d = merge::child_dir(view.store, dir, name, m)?;
-                    diff_dir(view, &d, &child_rel, filters, out)?;
+                    diff_dir(view, &d, &child_rel, filters, out, depth + 1)?;
                     continue;
                 }
                 if !selected(filters, &child_rel) {
@@ -475,7 +514,9 @@ fn deleted(
     st: &BaseStat,
     filters: &[Vec<u8>],
     out: &mut Vec<Change>,
+    depth: usize,
 ) -> OpResult<()> {
+    too_deep(depth)?;
     if selected(filters, rel) {
         let target = base_target(view, rel, st)?;
         let mut c = new_change(rel, ChangeKind::Deleted);
@@ -489,13 +530,14 @@ fn deleted(
         for e in entries {
             let child = join_rel(rel, &e.name);
             if let Some(cst) = view.base.stat(&child)? {
-                deleted(view, &child, &cst, filters, out)?;
+                deleted(view, &child, &cst, filters, out, depth + 1)?;
             }
         }
     }
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn added(
     view: &View<'_>,
     dir: &merge::Dir,
@@ -504,7 +546,9 @@ fn added(
     src: &Source,
     filters: &[Vec<u8>],
     out: &mut Vec<Change>,
+    depth: usize,
 ) -> OpResult<()> {
+    too_deep(depth)?;
     let info = view.info(src)?;
     let is_dir = info.kind == libc::S_IFDIR;
     if selected(filters, rel) {
@@ -519,13 +563,29 @@ fn added(
         let mut entries = merge::list(view.store, view.base, &d)?;
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         for (n, s) in entries {
-            added(view, &d, &n, &join_rel(rel, &n), &s, filters, out)?;
+            added(
+                view,
+                &d,
+                &n,
+                &join_rel(rel, &n),
+                &s,
+                filters,
+                out,
+                depth + 1,
+            )?;
         }
     }
     Ok(())
 }
 
 // ----- rendering -----
+
+/// A path as it may be shown on a terminal: quoted and escaped as git does when
+/// it holds control characters, quotes, backslashes or non-ASCII bytes, so an
+/// agent-chosen name can never carry terminal escapes or line breaks.
+pub fn display_path(raw: &[u8]) -> String {
+    quote_path("", raw)
+}
 
 /// Quotes a path the way git does when it has unusual bytes.
 pub fn quote_path(prefix: &str, path: &[u8]) -> String {
@@ -780,12 +840,44 @@ pub struct ApplyOptions {
     pub force: bool,
     /// Apply the non-conflicting changes even if some conflict.
     pub skip_conflicts: bool,
+    /// Also apply changes to git configuration and hooks (see [`protected`]).
+    pub allow_git_config: bool,
+}
+
+/// Why a path is refused by default: files that make the host run code the
+/// agent wrote the next time a human uses the repository, and that nobody reads
+/// in a diff. `.git/config` (`core.fsmonitor`, `core.sshCommand`, aliases,
+/// filters), `.git/hooks/**`, the same inside submodules (`.git/modules/**`), and
+/// `.git` itself turning into something other than a directory (a redirected
+/// `gitdir`).
+pub fn protected(c: &Change) -> Option<&'static str> {
+    let parts: Vec<&[u8]> = c.raw_path.split(|&b| b == b'/').collect();
+    let git = parts.iter().position(|p| *p == b".git")?;
+    let rest = &parts[git + 1..];
+    let reason = "git configuration and hooks make the host run code; review them, then pass --allow-git-config";
+    if rest.is_empty() {
+        let is_dir = |i: &Option<EntryInfo>| i.as_ref().is_none_or(|i| i.kind == libc::S_IFDIR);
+        return (!is_dir(&c.old) || !is_dir(&c.new)).then_some(reason);
+    }
+    let hooks_or_config = |r: &[&[u8]]| r.first() == Some(&&b"hooks"[..]) || r == [&b"config"[..]];
+    if hooks_or_config(rest) {
+        return Some(reason);
+    }
+    if rest.first() == Some(&&b"modules"[..])
+        && (rest.contains(&&b"hooks"[..]) || rest.last() == Some(&&b"config"[..]))
+    {
+        return Some(reason);
+    }
+    None
 }
 
 /// One line of an apply report.
 #[derive(Clone, Debug, Serialize)]
 pub struct ApplyItem {
     pub path: String,
+    /// The exact path bytes (for display with [`display_path`]).
+    #[serde(skip)]
+    pub raw_path: Vec<u8>,
     /// "write", "delete", "mkdir", "rmdir", "symlink", "mkfifo", "chmod".
     pub action: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -796,6 +888,8 @@ pub struct ApplyItem {
 #[derive(Clone, Debug, Serialize)]
 pub struct ApplyProblem {
     pub path: String,
+    #[serde(skip)]
+    pub raw_path: Vec<u8>,
     pub reason: String,
 }
 
@@ -858,12 +952,10 @@ struct Writer {
 
 impl Writer {
     fn open(base: &Base) -> OpResult<Self> {
+        // The base's pinned descriptor, not its path: a path could be swapped for
+        // a symlink between open and apply.
         Ok(Writer {
-            root: rustix::fs::open(
-                base.path(),
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?,
+            root: base.root_fd()?,
         })
     }
 
@@ -903,17 +995,41 @@ impl Writer {
         self.chmod(rel, mode)
     }
 
+    /// Changes the mode of a host file or directory. A regular file with more
+    /// than one link is rewritten as a new inode first, so that files hard-linked
+    /// to it elsewhere (a pnpm store, say) keep their mode; the overlay showed
+    /// base hard links as separate files, and apply keeps that promise.
     fn chmod(&self, rel: &[u8], mode: u32) -> OpResult<()> {
         let (d, name) = split_rel(rel);
         let fd = self.dir(d)?;
         let f = rustix::fs::openat2(
             &fd,
             name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
             CONFINED,
         )?;
-        rustix::fs::fchmod(&f, Mode::from_raw_mode(mode))?;
+        let st = rustix::fs::fstat(&f)?;
+        let kind = st.st_mode & libc::S_IFMT;
+        if kind != libc::S_IFREG && kind != libc::S_IFDIR {
+            return Err(Errno::EINVAL);
+        }
+        if kind == libc::S_IFREG && st.st_nlink > 1 {
+            let mut content = File::from(rustix::fs::openat2(
+                &fd,
+                name,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+                Mode::empty(),
+                CONFINED,
+            )?);
+            let mtime = Some((st.st_mtime, st.st_mtime_nsec as u32));
+            self.write(rel, mode, &mut content, mtime)?;
+            return Ok(());
+        }
+        // fchmod() refuses O_PATH descriptors; the /proc link reaches the very
+        // inode opened above (checked not to be a symlink), readable or not.
+        let proc = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f));
+        rustix::fs::chmod(proc.as_str(), Mode::from_raw_mode(mode))?;
         Ok(())
     }
 
@@ -1016,7 +1132,14 @@ fn touched(rel: &[u8], removed: &[Vec<u8>], written: &HashSet<Vec<u8>>) -> bool 
 
 /// Copies a base object (recursively for directories) into delta directory
 /// `parent` under `name`, keeping the node id it had.
-fn copy_base_into(view: &View<'_>, parent: i64, name: &[u8], rel: &[u8]) -> OpResult<()> {
+fn copy_base_into(
+    view: &View<'_>,
+    parent: i64,
+    name: &[u8],
+    rel: &[u8],
+    depth: usize,
+) -> OpResult<()> {
+    too_deep(depth)?;
     let Some(st) = view.base.stat(rel)? else {
         return Ok(());
     };
@@ -1050,8 +1173,8 @@ fn copy_base_into(view: &View<'_>, parent: i64, name: &[u8], rel: &[u8]) -> OpRe
     }
     match st.file_type() {
         libc::S_IFREG => {
-            let mut f = view.base.open_file(rel)?;
-            s.fill_from(ino, &mut f, st.size)?;
+            let f = view.base.open_file(rel)?;
+            s.fill_from(ino, &f, st.size)?;
         }
         libc::S_IFLNK => s.set_symlink_target(ino, &view.base.readlink(rel)?)?,
         libc::S_IFDIR => {
@@ -1062,7 +1185,7 @@ fn copy_base_into(view: &View<'_>, parent: i64, name: &[u8], rel: &[u8]) -> OpRe
                 if view.base.stat(&child)?.is_some_and(|c| c.is_dir()) {
                     subdirs += 1;
                 }
-                copy_base_into(view, ino, &e.name, &child)?;
+                copy_base_into(view, ino, &e.name, &child, depth + 1)?;
             }
             let mut r = s.inode_req(ino)?;
             r.nlink = 2 + subdirs;
@@ -1075,16 +1198,17 @@ fn copy_base_into(view: &View<'_>, parent: i64, name: &[u8], rel: &[u8]) -> OpRe
 
 /// Makes a merged directory self-contained: every entry it still reads from the
 /// base is copied into the delta, then the directory stops merging with the base.
-fn materialize_dir(view: &View<'_>, dir: &merge::Dir) -> OpResult<()> {
+fn materialize_dir(view: &View<'_>, dir: &merge::Dir, depth: usize) -> OpResult<()> {
+    too_deep(depth)?;
     let Some(ino) = dir.delta else { return Ok(()) };
     for (name, src) in merge::list(view.store, view.base, dir)? {
         match &src {
-            Source::Base { rel, .. } => copy_base_into(view, ino, &name, rel)?,
+            Source::Base { rel, .. } => copy_base_into(view, ino, &name, rel, depth + 1)?,
             Source::Delta { ino: child, mode } => {
                 if mode & libc::S_IFMT == libc::S_IFDIR {
                     let d = merge::child_dir(view.store, dir, &name, &src)?;
                     if d.lower.is_some() {
-                        materialize_dir(view, &d)?;
+                        materialize_dir(view, &d, depth + 1)?;
                     }
                 } else if let Some(rel) = view.store.metacopy(*child)? {
                     materialize_file(view, *child, &rel)?;
@@ -1099,8 +1223,8 @@ fn materialize_dir(view: &View<'_>, dir: &merge::Dir) -> OpResult<()> {
 /// Copies the bytes of a metacopy into the delta.
 fn materialize_file(view: &View<'_>, ino: i64, rel: &[u8]) -> OpResult<()> {
     let row = view.store.inode_req(ino)?;
-    let mut f = view.base.open_file(rel)?;
-    view.store.fill_from(ino, &mut f, row.size)?;
+    let f = view.base.open_file(rel)?;
+    view.store.fill_from(ino, &f, row.size)?;
     view.store.clear_metacopy(ino)
 }
 
@@ -1145,7 +1269,7 @@ fn detach(view: &View<'_>, changes: &[Change]) -> OpResult<()> {
                     lower: Some(redirect),
                     path,
                 };
-                materialize_dir(view, &dir)?;
+                materialize_dir(view, &dir, 0)?;
             }
         }
         for (ino, rel) in view.store.metacopies()? {
@@ -1173,10 +1297,26 @@ pub fn apply(
         dry_run: opts.dry_run,
         ..Default::default()
     };
-    // 1. Conflicts, for every non-directory path that would be written or removed.
+    // 1. Refusals: protected paths, then conflicts for every non-directory path
+    //    that would be written or removed.
     let mut blocked: HashSet<Vec<u8>> = HashSet::new();
+    if !opts.allow_git_config {
+        for c in &changes {
+            if let Some(reason) = protected(c) {
+                report.conflicts.push(ApplyProblem {
+                    path: c.path.clone(),
+                    raw_path: c.raw_path.clone(),
+                    reason: reason.into(),
+                });
+                blocked.insert(c.raw_path.clone());
+            }
+        }
+    }
     if !opts.force {
         for c in &changes {
+            if blocked.contains(&c.raw_path) {
+                continue;
+            }
             let is_dir_only = c.old.as_ref().is_none_or(|o| o.kind == libc::S_IFDIR)
                 && c.new.as_ref().is_none_or(|n| n.kind == libc::S_IFDIR);
             if is_dir_only {
@@ -1185,14 +1325,15 @@ pub fn apply(
             if let Some(reason) = conflict(view, &c.raw_path, session_start_ns).map_err(werr)? {
                 report.conflicts.push(ApplyProblem {
                     path: c.path.clone(),
+                    raw_path: c.raw_path.clone(),
                     reason,
                 });
                 blocked.insert(c.raw_path.clone());
             }
         }
-        if !blocked.is_empty() && !opts.skip_conflicts {
-            return Ok(report);
-        }
+    }
+    if !blocked.is_empty() && !opts.skip_conflicts {
+        return Ok(report);
     }
     if !opts.dry_run && !changes.is_empty() {
         detach(view, &changes).map_err(werr)?;
@@ -1204,6 +1345,7 @@ pub fn apply(
     let fail = |report: &mut ApplyReport, c: &Change, e: Errno| {
         report.failed.push(ApplyProblem {
             path: c.path.clone(),
+            raw_path: c.raw_path.clone(),
             reason: e.to_string(),
         })
     };
@@ -1234,6 +1376,7 @@ pub fn apply(
         }
         report.applied.push(ApplyItem {
             path: c.path.clone(),
+            raw_path: c.raw_path.clone(),
             action,
             note: None,
         });
@@ -1265,6 +1408,7 @@ pub fn apply(
             _ => {
                 report.skipped.push(ApplyProblem {
                     path: c.path.clone(),
+                    raw_path: c.raw_path.clone(),
                     reason: format!("{} nodes are never created on the host", n.kind_name),
                 });
                 continue;
@@ -1273,7 +1417,24 @@ pub fn apply(
         if !opts.dry_run {
             let r: OpResult<()> = match action {
                 "mkdir" => writer.mkdir(&c.raw_path, mode),
-                "chmod" => writer.chmod(&c.raw_path, mode),
+                "chmod" => writer.chmod(&c.raw_path, mode).and_then(|()| {
+                    // Keep what the overlay saw in step with the host, so a later
+                    // apply does not see its own chmod as a host change.
+                    let (Some(old), Some(st)) =
+                        (view.store.seen(&c.raw_path)?, view.base.stat(&c.raw_path)?)
+                    else {
+                        return Ok(());
+                    };
+                    view.store.replace_seen(&SeenRow {
+                        path: c.raw_path.clone(),
+                        kind: st.file_type(),
+                        size: st.size,
+                        mtime_ns: st.mtime_ns(),
+                        ctime_ns: st.ctime_ns(),
+                        ino: st.ino,
+                        sha256: old.sha256,
+                    })
+                }),
                 "symlink" => {
                     writer.symlink(&c.raw_path, n.target_bytes.as_deref().unwrap_or_default())
                 }
@@ -1307,6 +1468,7 @@ pub fn apply(
         }
         report.applied.push(ApplyItem {
             path: c.path.clone(),
+            raw_path: c.raw_path.clone(),
             action,
             note,
         });
@@ -1325,6 +1487,64 @@ mod tests {
         assert_eq!(quote_path("a/", b"src/main.rs"), "a/src/main.rs");
         assert_eq!(quote_path("a/", b"caf\xc3\xa9"), "\"a/caf\\303\\251\"");
         assert_eq!(quote_path("b/", b"t\"q"), "\"b/t\\\"q\"");
+    }
+
+    fn change(path: &[u8], old: Option<u32>, new: Option<u32>) -> Change {
+        let info = |kind| EntryInfo {
+            kind_name: kind_name(kind),
+            kind,
+            mode: 0o644,
+            size: 0,
+            uid: 0,
+            gid: 0,
+            target: None,
+            target_bytes: None,
+            rdev: 0,
+        };
+        let mut c = new_change(path, ChangeKind::Modified);
+        c.old = old.map(info);
+        c.new = new.map(info);
+        c
+    }
+
+    #[test]
+    fn git_configuration_and_hooks_are_protected() {
+        let f = Some(libc::S_IFREG);
+        let d = Some(libc::S_IFDIR);
+        for p in [
+            &b".git/config"[..],
+            b".git/hooks/pre-commit",
+            b"sub/.git/hooks",
+            b".git/modules/lib/config",
+            b".git/modules/lib/hooks/post-checkout",
+        ] {
+            assert!(
+                protected(&change(p, None, f)).is_some(),
+                "{}",
+                display_path(p)
+            );
+        }
+        assert!(protected(&change(b".git", d, Some(libc::S_IFLNK))).is_some());
+        for p in [
+            &b".git/objects/ab/cdef"[..],
+            b".git/refs/heads/main",
+            b".git/index",
+            b"src/config",
+            b"hooks/x",
+        ] {
+            assert!(
+                protected(&change(p, None, f)).is_none(),
+                "{}",
+                display_path(p)
+            );
+        }
+        assert!(protected(&change(b".git", d, d)).is_none());
+    }
+
+    #[test]
+    fn displayed_paths_cannot_carry_terminal_controls() {
+        let shown = display_path(b"a\x1b[2A\nb");
+        assert!(!shown.contains('\x1b') && !shown.contains('\n'), "{shown}");
     }
 
     #[test]

@@ -20,9 +20,16 @@ pub fn tar(view: &View<'_>, out: &mut dyn Write, progress: &mut dyn FnMut(u64)) 
         use std::os::unix::ffi::OsStrExt;
         let path = std::path::Path::new(std::ffi::OsStr::from_bytes(rel));
         let mut h = tar::Header::new_gnu();
-        h.set_mode(info.mode);
-        h.set_uid(u64::from(info.uid));
-        h.set_gid(u64::from(info.gid));
+        // Whoever extracts this (perhaps as root) must not get set-id programs or
+        // the agent's owners: modes without set-id bits, owner root, like `git archive`.
+        let mode = if info.kind == libc::S_IFDIR {
+            info.mode
+        } else {
+            info.mode & !(libc::S_ISUID | libc::S_ISGID)
+        };
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
         let mtime = match src {
             Source::Delta { ino, .. } => view
                 .store

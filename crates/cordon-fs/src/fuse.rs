@@ -51,6 +51,10 @@ pub struct ServeOptions {
     pub passthrough: bool,
     /// Name shown in /proc/mounts.
     pub fs_name: String,
+    /// Threads reading requests from the kernel. The overlay itself is behind
+    /// one lock; more threads overlap the kernel's request hand-offs, which is
+    /// what parallel clients (git's threaded lstat, make -j) wait on.
+    pub threads: usize,
 }
 
 impl Default for ServeOptions {
@@ -60,6 +64,7 @@ impl Default for ServeOptions {
             ttl: DEFAULT_TTL,
             passthrough: true,
             fs_name: "cordon".into(),
+            threads: 4,
         }
     }
 }
@@ -797,5 +802,8 @@ pub fn fuse_config(opts: &ServeOptions) -> Config {
     } else {
         SessionACL::Owner
     };
+    config.n_threads = Some(opts.threads.clamp(1, 64));
+    // Each thread gets its own /dev/fuse descriptor instead of contending on one.
+    config.clone_fd = opts.threads > 1;
     config
 }

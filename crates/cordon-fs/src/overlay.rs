@@ -50,6 +50,8 @@ pub const SYMLINK_MAX: usize = 4095;
 /// Longest extended attribute name and value accepted (as Linux `XATTR_*_MAX`).
 pub const XATTR_NAME_MAX: usize = 255;
 pub const XATTR_SIZE_MAX: usize = 65536;
+/// Most extended attributes on one inode.
+pub const XATTR_COUNT_MAX: usize = 1024;
 /// Most hard links to one inode.
 pub const LINK_MAX: u32 = 65000;
 
@@ -608,8 +610,11 @@ impl Overlay {
             Ident::Delta(ino) => return Ok(*ino),
             Ident::Base(rel) => rel.clone(),
         };
-        let (parent, name) = (n.parent, n.name.clone());
+        let (parent, name, ghost) = (n.parent, n.name.clone(), n.ghost.is_some());
         let st = self.base.stat(&rel)?.ok_or(Errno::ENOENT)?;
+        if ghost {
+            return self.copy_up_orphan(id, &rel, &st);
+        }
         let parent_ino = self.ensure_delta_dir(parent)?;
         let row = InodeRow {
             ino: 0,
@@ -657,6 +662,38 @@ impl Overlay {
         Ok(ino)
     }
 
+    /// Copies up a base file that was unlinked (or replaced) while still open:
+    /// an inode with no name and no link, so writes through the old descriptor
+    /// go somewhere without bringing the name back. Deleted at last close, or at
+    /// the next mount if the server dies first.
+    fn copy_up_orphan(&mut self, id: u64, rel: &[u8], st: &BaseStat) -> OpResult<i64> {
+        if !st.is_reg() {
+            return Err(Errno::ENOENT);
+        }
+        let ghost = self.node(id)?.ghost;
+        let row = InodeRow {
+            ino: 0,
+            mode: ghost.map_or(st.mode, |g| g.mode),
+            nlink: 0,
+            uid: st.uid,
+            gid: st.gid,
+            size: st.size,
+            atime: ts(st.atime),
+            mtime: ts(st.mtime),
+            ctime: ts(st.ctime),
+            rdev: 0,
+        };
+        let ino = self.store.tx(|s| {
+            let ino = s.insert_inode(&row)?;
+            s.set_metacopy(ino, rel)?;
+            Ok(ino)
+        })?;
+        let n = self.node_mut(id)?;
+        n.ident = Ident::Delta(ino);
+        n.ghost = None;
+        Ok(ino)
+    }
+
     /// Copies a file's bytes into the delta (first data write).
     fn copy_up_data(&mut self, id: u64) -> OpResult<i64> {
         let ino = self.copy_up_meta(id)?;
@@ -664,14 +701,14 @@ impl Overlay {
             return Ok(ino);
         };
         let row = self.store.inode_req(ino)?;
-        let mut file = self.base.open_file(&path)?;
+        let file = self.base.open_file(&path)?;
         let st_now = self.base.stat(&path)?;
         self.store.tx(|s| {
-            let sha = s.fill_from(ino, &mut file, row.size)?;
+            let sha = s.fill_from(ino, &file, row.size)?;
             s.clear_metacopy(ino)?;
             // The hash describes what the overlay first saw only if the base file is
             // still the one it saw.
-            if let (Some(seen), Some(st)) = (s.seen(&path)?, st_now)
+            if let (Some(sha), Some(seen), Some(st)) = (sha, s.seen(&path)?, st_now)
                 && seen.sha256.is_none()
                 && seen.size == st.size
                 && seen.mtime_ns == st.mtime_ns()
@@ -896,8 +933,7 @@ impl Overlay {
                 g.nlink = 0;
                 n.ghost = Some(g);
             }
-            if let Ident::Base(_) = n.ident {
-                let mut g = before.ok_or(Errno::ENOENT)?;
+            if let (Ident::Base(_), Some(mut g)) = (&n.ident, before) {
                 g.nlink = 0;
                 n.ghost = Some(g);
             }
@@ -1078,7 +1114,9 @@ impl Overlay {
                         row.nlink.saturating_sub(1)
                     };
                     row.ctime = Timestamp::now();
-                    if row.nlink == 0 && *opens == 0 {
+                    // A replaced directory is empty and has nothing left to read,
+                    // even through a descriptor that is still open.
+                    if row.nlink == 0 && (*opens == 0 || *is_dir) {
                         s.delete_inode(*dino)?;
                     } else {
                         dst_gone = row.nlink == 0;
@@ -1183,22 +1221,18 @@ impl Overlay {
         let ino = match req.size {
             Some(_) if kind == libc::S_IFDIR => return Err(Errno::EISDIR),
             Some(_) if kind != libc::S_IFREG => return Err(Errno::EINVAL),
-            Some(0) => {
-                // Truncation to zero needs none of the old bytes.
-                let ino = self.copy_up_meta(id)?;
-                self.store.tx(|s| {
-                    s.clear_metacopy(ino)?;
-                    let row = s.inode_req(ino)?;
-                    s.truncate_data(ino, row.size, 0)
-                })?;
-                ino
-            }
+            // Truncation to zero needs none of the old bytes: a metadata copy,
+            // then dropping the base reference and setting the size in one step.
+            Some(0) => self.copy_up_meta(id)?,
             Some(_) => self.copy_up_data(id)?,
             None => self.copy_up_meta(id)?,
         };
         let now = Timestamp::now();
         self.store.tx(|s| {
             let mut row = s.inode_req(ino)?;
+            if req.size == Some(0) {
+                s.clear_metacopy(ino)?;
+            }
             if let Some(size) = req.size {
                 s.truncate_data(ino, row.size, size)?;
                 if size != row.size {
@@ -1297,6 +1331,10 @@ impl Overlay {
             let exists = s.xattr(ino, name)?.is_some();
             if flags & libc::XATTR_CREATE != 0 && exists {
                 return Err(Errno::EEXIST);
+            }
+            if !exists && s.xattr_names(ino)?.len() >= XATTR_COUNT_MAX {
+                // Bounded per inode, like an ext4 xattr block.
+                return Err(Errno::ENOSPC);
             }
             if flags & libc::XATTR_REPLACE != 0 && !exists {
                 return Err(Errno::ENODATA);
@@ -1495,7 +1533,7 @@ impl Overlay {
                 let now = Timestamp::now();
                 if row.atime <= row.mtime
                     || row.atime <= row.ctime
-                    || now.sec - row.atime.sec > 86400
+                    || now.sec.saturating_sub(row.atime.sec) > 86400
                 {
                     row.atime = now;
                     self.store.update_inode(&row)?;
@@ -1998,6 +2036,50 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM fs_inode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 1, "released after the last close");
+    }
+
+    #[test]
+    fn writing_to_an_unlinked_open_base_file_does_not_bring_the_name_back() {
+        let f = fixture(project);
+        let mut ov = f.overlay();
+        let id = path_id(&mut ov, "top.txt").unwrap();
+        let o = ov.open(id, libc::O_RDWR).unwrap();
+        ov.unlink(ROOT_ID, b"top.txt").unwrap();
+        ov.write(o.fh, 0, b"TOP").unwrap();
+        assert_eq!(ov.read(o.fh, 0, 10).unwrap(), b"TOP");
+        assert_eq!(ov.lookup(ROOT_ID, b"top.txt").unwrap_err(), Errno::ENOENT);
+        // The name is free for a new file.
+        write_file(&mut ov, "", "top.txt", b"new");
+        ov.release(o.fh).unwrap();
+        assert_eq!(read_all(&mut ov, "top.txt"), b"new");
+        let orphans: i64 = ov
+            .store()
+            .conn()
+            .query_row("SELECT COUNT(*) FROM fs_inode WHERE nlink = 0", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(orphans, 0, "the orphan is gone after the last close");
+    }
+
+    #[test]
+    fn copying_up_a_huge_sparse_base_file_reads_only_its_data() {
+        let f = fixture(|b| {
+            let file = std::fs::File::create(b.join("sparse")).unwrap();
+            file.set_len(64 << 30).unwrap();
+            std::os::unix::fs::FileExt::write_all_at(&file, b"end", (64 << 30) - 3).unwrap();
+        });
+        let mut ov = f.overlay();
+        let id = path_id(&mut ov, "sparse").unwrap();
+        let o = ov.open(id, libc::O_WRONLY).unwrap();
+        ov.write(o.fh, 0, b"start").unwrap();
+        ov.release(o.fh).unwrap();
+        let o = ov.open(id, libc::O_RDONLY).unwrap();
+        assert_eq!(ov.read(o.fh, 0, 5).unwrap(), b"start");
+        assert_eq!(ov.read(o.fh, (64 << 30) - 3, 10).unwrap(), b"end");
+        assert_eq!(ov.read(o.fh, 1 << 30, 4).unwrap(), [0; 4]);
+        ov.release(o.fh).unwrap();
+        assert!(ov.getattr(id).unwrap().blocks < 1024, "holes were copied");
     }
 
     #[test]

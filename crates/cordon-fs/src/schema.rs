@@ -217,7 +217,9 @@ pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     conn.pragma_update(None, "cache_size", -65536)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // A snapshot of a large delta holds the write lock for a while; the agent's
+    // operations wait for it rather than fail.
+    conn.busy_timeout(std::time::Duration::from_secs(120))?;
     // Large writes must not stall on checkpoints (the default is every 1000 pages);
     // the mount checkpoints in the background when the workspace is idle.
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;

@@ -157,6 +157,21 @@ impl DataDir {
         })
     }
 
+    /// Finds a workspace or session by its exact id (for destructive commands).
+    pub fn resolve_exact(&self, id: &str) -> Result<Workspace> {
+        let ws = self.resolve(id)?;
+        if ws.id != id {
+            return Err(Error::Invalid {
+                what: "workspace id",
+                reason: format!(
+                    "{id:?} is a prefix of {}; give the full id to discard it",
+                    ws.id
+                ),
+            });
+        }
+        Ok(ws)
+    }
+
     /// Finds a workspace or session by id or unique id prefix.
     pub fn resolve(&self, id: &str) -> Result<Workspace> {
         if id.is_empty()
@@ -172,6 +187,11 @@ impl DataDir {
                 continue;
             };
             for e in rd.flatten() {
+                // A directory without a database is debris of an interrupted
+                // create; it is not a workspace.
+                if !e.path().join(DB_FILE).is_file() {
+                    continue;
+                }
                 let name = e.file_name().to_string_lossy().into_owned();
                 if name == id {
                     return Ok(Workspace {

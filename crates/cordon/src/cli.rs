@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use cordon_fs::base::user_rel_path;
-use cordon_fs::changes::{self, ApplyOptions, Change, ChangeKind, View};
+use cordon_fs::changes::{self, ApplyOptions, Change, ChangeKind, View, display_path};
 use cordon_fs::fuse::ServeOptions;
 use cordon_fs::workspace::{DataDir, Workspace};
 use cordon_fs::{Error, export, mount, schema};
@@ -111,6 +111,9 @@ struct MountArgs {
     /// Seconds the kernel may cache names and attributes.
     #[arg(long, default_value_t = 1.0)]
     ttl: f64,
+    /// Threads serving requests (1-64).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: u16,
     /// Let other users access the mount (default when run as root).
     #[arg(long, overrides_with = "no_allow_other")]
     allow_other: bool,
@@ -151,6 +154,9 @@ struct ApplyArgs {
     /// Apply the changes that do not conflict, and report the ones that do.
     #[arg(long)]
     skip_conflicts: bool,
+    /// Also apply changes to .git/config and .git/hooks (they run code on the host).
+    #[arg(long)]
+    allow_git_config: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -209,7 +215,7 @@ struct ForkArgs {
 
 #[derive(Args)]
 struct DiscardArgs {
-    /// Workspace or session id.
+    /// The full workspace or session id (no prefixes for a destructive command).
     id: String,
 }
 
@@ -232,13 +238,29 @@ impl From<std::io::Error> for CliError {
     }
 }
 
+/// Exit code after the reader of our output went away (128 + SIGPIPE), which
+/// is what a shell reports for tools killed by SIGPIPE.
+const EXIT_BROKEN_PIPE: i32 = 141;
+
+fn is_broken_pipe(e: &CliError) -> bool {
+    match e {
+        CliError::Output(e) => e.kind() == std::io::ErrorKind::BrokenPipe,
+        CliError::Fs(Error::Io { source, .. }) => source.kind() == std::io::ErrorKind::BrokenPipe,
+        _ => false,
+    }
+}
+
 pub fn main() -> i32 {
     let cli = Cli::parse();
     output::init_logging();
     let out = Out::new(cli.color);
     match run(cli.cmd, &out) {
         Ok(code) => code,
-        Err(CliError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) if is_broken_pipe(&e) => EXIT_BROKEN_PIPE,
+        Err(e @ (CliError::Usage(_) | CliError::Fs(Error::BadPath { .. }))) => {
+            out.error(&e.to_string());
+            2
+        }
         Err(e) => {
             out.error(&e.to_string());
             1
@@ -412,7 +434,7 @@ fn run(cmd: Cmd, out: &Out) -> CmdResult {
             Ok(0)
         }
         Cmd::Discard(a) => {
-            let (_, ws) = resolve(&a.id)?;
+            let ws = data_dir()?.resolve_exact(&a.id)?;
             let id = ws.id.clone();
             ws.discard()?;
             eprintln!("discarded workspace {id}");
@@ -432,6 +454,7 @@ fn mount_cmd(a: MountArgs, out: &Out) -> CmdResult {
     let mut opts = ServeOptions {
         ttl: std::time::Duration::from_secs_f64(a.ttl),
         passthrough: !a.no_passthrough,
+        threads: usize::from(a.threads),
         ..ServeOptions::default()
     };
     if a.allow_other {
@@ -549,7 +572,7 @@ fn print_stat(list: &[Change], out: &Out) -> std::io::Result<()> {
     let mut s = std::io::stdout().lock();
     let width = list
         .iter()
-        .map(|c| c.path.len() + 1)
+        .map(|c| display_path(&c.raw_path).len() + 1)
         .max()
         .unwrap_or(0)
         .min(60);
@@ -560,11 +583,8 @@ fn print_stat(list: &[Change], out: &Out) -> std::io::Result<()> {
             .as_ref()
             .or(c.old.as_ref())
             .is_some_and(|i| i.kind == libc::S_IFDIR);
-        let name = if is_dir {
-            format!("{}/", c.path)
-        } else {
-            c.path.clone()
-        };
+        let shown = display_path(&c.raw_path);
+        let name = if is_dir { format!("{shown}/") } else { shown };
         let detail = if is_dir {
             match c.kind {
                 ChangeKind::Added => "new directory".to_string(),
@@ -624,6 +644,7 @@ fn apply_cmd(a: ApplyArgs, out: &Out) -> CmdResult {
         dry_run: a.dry_run,
         force: a.force,
         skip_conflicts: a.skip_conflicts,
+        allow_git_config: a.allow_git_config,
     };
     let bar = out.progress(0, "applying");
     let report = changes::apply(&view, &f, &opts, epoch, &mut |done, total| {
@@ -642,24 +663,31 @@ fn apply_cmd(a: ApplyArgs, out: &Out) -> CmdResult {
                 .as_deref()
                 .map(|n| format!(" ({n})"))
                 .unwrap_or_default();
-            writeln!(s, "  {:<7} {}{note}", item.action, item.path)?;
+            let path = display_path(&item.raw_path);
+            writeln!(s, "  {:<7} {path}{note}", item.action)?;
         }
         for p in &report.skipped {
-            writeln!(s, "  skip    {}: {}", p.path, p.reason)?;
+            writeln!(s, "  skip    {}: {}", display_path(&p.raw_path), p.reason)?;
         }
         drop(s);
         for p in &report.conflicts {
-            out.warn(&format!("conflict: {}: {}", p.path, p.reason));
+            out.warn(&format!(
+                "refused: {}: {}",
+                display_path(&p.raw_path),
+                p.reason
+            ));
         }
         for p in &report.failed {
-            out.error(&format!("{}: {}", p.path, p.reason));
+            out.error(&format!("{}: {}", display_path(&p.raw_path), p.reason));
         }
         let verb = if a.dry_run { "would apply" } else { "applied" };
-        if refused {
+        if refused && a.skip_conflicts {
+            out.error("nothing applied: every change was refused (see above)");
+        } else if refused {
             out.error(&format!(
-                "nothing applied: {} file(s) changed on the host since the agent saw them. \
-                 Review them, then re-run with --force to overwrite, --skip-conflicts to apply the rest, \
-                 or name the paths to apply",
+                "nothing applied: {} path(s) refused (see above). Review them, then re-run with \
+                 --force to overwrite host changes, --allow-git-config for git configuration and \
+                 hooks, --skip-conflicts to apply the rest, or name the paths to apply",
                 report.conflicts.len()
             ));
         } else if report.applied.is_empty()

@@ -55,6 +55,7 @@ impl Out {
 
     /// A one-line error on stderr.
     pub fn error(&self, msg: &str) {
+        let msg = one_line(msg);
         eprintln!(
             "{} {msg}",
             self.paint(self.color_err, "1;31", "cordon: error:")
@@ -63,6 +64,7 @@ impl Out {
 
     /// A one-line warning on stderr.
     pub fn warn(&self, msg: &str) {
+        let msg = one_line(msg);
         eprintln!(
             "{} {msg}",
             self.paint(self.color_err, "1;33", "cordon: warning:")
@@ -182,6 +184,22 @@ impl Out {
         }
         bar
     }
+}
+
+/// Escapes control characters, so a message stays on one line and cannot
+/// drive the terminal, whatever path or name it quotes.
+pub fn one_line(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    for c in msg.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Logs to stderr; `CORDON_LOG=debug` (or any `tracing` filter) for more.

@@ -902,3 +902,114 @@ fn a_full_disk_fails_the_write_and_loses_nothing_stored() {
         "{stat}"
     );
 }
+
+#[test]
+fn apply_guards_git_hooks_hard_links_and_exports_without_set_id_bits() {
+    if !require_fuse() {
+        return;
+    }
+    let env = Env::new();
+    project(&env.base);
+    sh(&env.base, "git init -q -b main");
+    // A file hard-linked from outside the base (as a pnpm store does).
+    let store = env.dir.path().join("store-file");
+    fs::write(&store, "shared\n").unwrap();
+    fs::hard_link(&store, env.base.join("linked.js")).unwrap();
+    let id = env.create();
+    let m = env.mount(&id);
+    sh(
+        &env.mnt,
+        "printf '#!/bin/sh\\ncurl evil\\n' > .git/hooks/pre-commit && chmod +x .git/hooks/pre-commit
+         git config core.fsmonitor 'sh -c evil'
+         chmod 700 linked.js
+         cp bin/tool bin/suid && chmod 4755 bin/suid",
+    );
+    drop(m);
+    // Refused by default, and nothing is written.
+    let out = env.run(&["apply", &id]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(".git/hooks/pre-commit") && err.contains(".git/config"),
+        "{err}"
+    );
+    assert!(err.contains("--allow-git-config"), "{err}");
+    assert!(!env.base.join(".git/hooks/pre-commit").exists());
+    assert!(!env.base.join("bin/suid").exists());
+    // The rest can go in without them.
+    env.ok(&["apply", &id, "--skip-conflicts"]);
+    assert!(!env.base.join(".git/hooks/pre-commit").exists());
+    assert!(
+        !fs::read_to_string(env.base.join(".git/config"))
+            .unwrap()
+            .contains("evil")
+    );
+    assert_eq!(
+        fs::metadata(env.base.join("linked.js")).unwrap().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(
+        fs::metadata(&store).unwrap().mode() & 0o777,
+        0o644,
+        "the mode change must not reach files linked from outside the base"
+    );
+    assert_eq!(fs::read(env.base.join("linked.js")).unwrap(), b"shared\n");
+    // With explicit consent, they do.
+    env.ok(&["apply", &id, "--allow-git-config"]);
+    assert!(env.base.join(".git/hooks/pre-commit").exists());
+    // A tar export never carries set-id bits or the agent's owners.
+    let tar = env.dir.path().join("t.tar");
+    env.ok(&[
+        "export",
+        &id,
+        "--format",
+        "tar",
+        "-o",
+        tar.to_str().unwrap(),
+    ]);
+    let listing = sh(
+        env.dir.path(),
+        "tar tvf t.tar --numeric-owner | grep 'bin/suid'",
+    );
+    assert!(listing.starts_with("-rwxr-xr-x 0/0"), "{listing}");
+}
+
+#[test]
+fn hostile_names_cannot_drive_the_reviewers_terminal_and_usage_errors_exit_2() {
+    if !require_fuse() {
+        return;
+    }
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::new();
+    project(&env.base);
+    let id = env.create();
+    let m = env.mount(&id);
+    let evil = OsStr::from_bytes(b"innocent\x1b[2A\x1b[J\nREADME.md");
+    fs::write(env.mnt.join(evil), "x").unwrap();
+    drop(m);
+    for args in [
+        vec!["diff", id.as_str(), "--stat"],
+        vec!["apply", id.as_str(), "--dry-run"],
+        vec!["diff", id.as_str()],
+    ] {
+        let out = env.run(&args);
+        assert!(out.status.success());
+        for stream in [&out.stdout, &out.stderr] {
+            assert!(!stream.contains(&0x1b), "{args:?} printed an escape");
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.lines().all(|l| !l.starts_with("README.md")),
+            "{args:?} let a name break a line: {text}"
+        );
+    }
+    let usage = env.run(&["diff", &id, "/etc"]);
+    assert_eq!(usage.status.code(), Some(2));
+    let usage = env.run(&["workspace", "mount", &id, "/tmp", "--ttl", "-1"]);
+    assert_eq!(usage.status.code(), Some(2));
+    let prefix = env.run(&["discard", &id[..6]]);
+    assert_eq!(prefix.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&prefix.stderr).contains("full id"));
+    assert!(env.db(&id).exists(), "a prefix must not discard");
+}
