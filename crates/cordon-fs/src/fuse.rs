@@ -568,8 +568,16 @@ impl fuser::Filesystem for OverlayFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.ov().opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        // The kernel may cache a listing across opens: it drops that cache when
+        // it changes the directory itself, or sees its mtime change.
+        let mut ov = self.ov();
+        let flags = if ov.listing_cacheable(ino.0) {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        match ov.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), flags),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -612,8 +620,10 @@ impl fuser::Filesystem for OverlayFs {
             Ok(e) => e,
             Err(e) => return reply.error(errno(e)),
         };
+        // One descriptor of the lower directory for this whole batch of entries.
+        let lower = ov.open_lower(ino.0);
         for (next, e) in entries {
-            let (id, attr) = match ov.peek(ino.0, &e.name) {
+            let (id, attr) = match ov.peek(ino.0, &e.name, lower.as_ref()) {
                 Ok(x) => x,
                 // Vanished from the base since the listing was taken.
                 Err(_) => continue,

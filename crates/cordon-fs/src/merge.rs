@@ -7,7 +7,9 @@
 
 use std::collections::HashSet;
 
-use crate::base::{Base, join_rel};
+use std::os::fd::OwnedFd;
+
+use crate::base::{Base, BaseStat, join_rel};
 use crate::error::OpResult;
 use crate::store::{ROOT_INO, Store, join_path};
 
@@ -73,14 +75,31 @@ pub fn delta_dir_lower(
 
 /// Resolves one name: delta entry, else whiteout, else lower.
 pub fn lookup(store: &Store, base: &Base, dir: &Dir, name: &[u8]) -> OpResult<Option<Source>> {
+    Ok(lookup_at(store, base, dir, name, None)?.map(|(src, _)| src))
+}
+
+/// [`lookup`], also returning the `lstat` of a base entry. `lower_fd`, when
+/// given, is `dir`'s lower directory opened by the caller for this one request
+/// (a `readdirplus` resolves many names in one directory), which saves the
+/// confined path walk from the base root per name.
+pub fn lookup_at(
+    store: &Store,
+    base: &Base,
+    dir: &Dir,
+    name: &[u8],
+    lower_fd: Option<&OwnedFd>,
+) -> OpResult<Option<(Source, Option<BaseStat>)>> {
     if let Some(d) = dir.delta
         && let Some(ino) = store.dentry(d, name)?
     {
         let row = store.inode_req(ino)?;
-        return Ok(Some(Source::Delta {
-            ino,
-            mode: row.mode,
-        }));
+        return Ok(Some((
+            Source::Delta {
+                ino,
+                mode: row.mode,
+            },
+            None,
+        )));
     }
     let Some(lower) = &dir.lower else {
         return Ok(None);
@@ -89,10 +108,19 @@ pub fn lookup(store: &Store, base: &Base, dir: &Dir, name: &[u8]) -> OpResult<Op
         return Ok(None);
     }
     let rel = join_rel(lower, name);
-    Ok(base.stat(&rel)?.map(|st| Source::Base {
-        rel,
-        kind: st.file_type(),
-        ino: st.ino,
+    let st = match lower_fd {
+        Some(fd) => base.stat_in(fd, name)?,
+        None => base.stat(&rel)?,
+    };
+    Ok(st.map(|st| {
+        (
+            Source::Base {
+                rel,
+                kind: st.file_type(),
+                ino: st.ino,
+            },
+            Some(st),
+        )
     }))
 }
 

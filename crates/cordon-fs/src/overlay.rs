@@ -25,6 +25,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 
 use crate::base::{Base, BaseStat, join_rel};
@@ -160,7 +161,9 @@ struct Handle {
 
 struct DirHandle {
     node: u64,
-    entries: Vec<DirEntry>,
+    /// Listing taken at the first `readdir` of this handle (offset 0, or any
+    /// offset when the kernel served the start of the stream from its cache).
+    entries: Option<Vec<DirEntry>>,
 }
 
 /// Options of an overlay.
@@ -464,6 +467,17 @@ impl Overlay {
 
     /// Resolves `name` in directory `parent` and interns it, without counting a lookup.
     fn child(&mut self, parent: u64, name: &[u8]) -> OpResult<Option<u64>> {
+        Ok(self.child_at(parent, name, None)?.map(|(id, _)| id))
+    }
+
+    /// [`Self::child`], also returning the attributes when resolving them cost
+    /// nothing extra (a base entry's `lstat`). See [`merge::lookup_at`] for `lower_fd`.
+    fn child_at(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        lower_fd: Option<&OwnedFd>,
+    ) -> OpResult<Option<(u64, Option<Attr>)>> {
         check_name(name)?;
         let p = self.node(parent)?;
         if p.kind != libc::S_IFDIR {
@@ -473,7 +487,8 @@ impl Overlay {
             return Ok(None);
         }
         let dir = self.merged_dir(parent)?;
-        let Some(src) = merge::lookup(&self.store, &self.base, &dir, name)? else {
+        let Some((src, st)) = merge::lookup_at(&self.store, &self.base, &dir, name, lower_fd)?
+        else {
             return Ok(None);
         };
         let kind = src.kind();
@@ -485,13 +500,26 @@ impl Overlay {
         let (ident, id) = match src {
             Source::Delta { ino, .. } => (Ident::Delta(ino), self.delta_id(ino)?),
             Source::Base { rel, .. } => {
-                // The id needs the full stat (device, link count).
-                let st = self.base.stat(&rel)?.ok_or(Errno::ENOENT)?;
+                let st = st.ok_or(Errno::EIO)?;
                 let id = self.base_id(&rel, &st);
                 (Ident::Base(rel), id)
             }
         };
-        Ok(Some(self.intern(ident, id, kind, parent, name, lower)))
+        let id = self.intern(ident, id, kind, parent, name, lower);
+        // The id may be an existing node with other state (a ghost): only a
+        // plain base node can use the stat just made.
+        let attr = match (&self.node(id)?.ident, self.node(id)?.ghost, st) {
+            (Ident::Base(_), None, Some(st)) => Some(Self::attr_of_base(id, &st)),
+            _ => None,
+        };
+        Ok(Some((id, attr)))
+    }
+
+    /// The lower directory of directory node `id`, opened for one request's
+    /// worth of lookups (see [`merge::lookup_at`]).
+    pub fn open_lower(&self, id: u64) -> Option<OwnedFd> {
+        let lower = self.nodes.get(&id)?.lower.as_deref()?;
+        self.base.open_dir_path(lower).ok().flatten()
     }
 
     // ----- attributes -----
@@ -561,8 +589,8 @@ impl Overlay {
 
     /// Looks up `name` in `parent`, counting one kernel reference.
     pub fn lookup(&mut self, parent: u64, name: &[u8]) -> OpResult<Attr> {
-        let id = self.child(parent, name)?.ok_or(Errno::ENOENT)?;
-        match self.getattr(id) {
+        let (id, attr) = self.child_at(parent, name, None)?.ok_or(Errno::ENOENT)?;
+        match attr.map_or_else(|| self.getattr(id), Ok) {
             Ok(attr) => {
                 self.node_mut(id)?.lookups += 1;
                 Ok(attr)
@@ -1663,6 +1691,18 @@ impl Overlay {
 
     // ----- directories -----
 
+    /// Whether the kernel may cache the listing of directory `id` across opens.
+    /// Only when its entries have one source whose changes move the mtime we
+    /// report: a pure base directory (the host's mtime) or a delta directory
+    /// with no lower one (only we change it). A merged directory reports the
+    /// delta's mtime, which a change on the host side would not move.
+    pub fn listing_cacheable(&self, id: u64) -> bool {
+        self.nodes.get(&id).is_some_and(|n| match n.ident {
+            Ident::Base(_) => true,
+            Ident::Delta(_) => n.lower.is_none(),
+        })
+    }
+
     /// `opendir`.
     pub fn opendir(&mut self, id: u64) -> OpResult<u64> {
         let n = self.node_mut(id)?;
@@ -1676,7 +1716,7 @@ impl Overlay {
             fh,
             DirHandle {
                 node: id,
-                entries: Vec::new(),
+                entries: None,
             },
         );
         Ok(fh)
@@ -1709,8 +1749,9 @@ impl Overlay {
     /// Directory entries for `readdir` at `offset` (1-based positions; "." and ".."
     /// come first). The listing is taken when `offset` is 0 and kept for the handle.
     pub fn readdir(&mut self, fh: u64, offset: u64) -> OpResult<Vec<(u64, DirEntry)>> {
-        let id = self.dirs.get(&fh).ok_or(Errno::EBADF)?.node;
-        if offset == 0 {
+        let d = self.dirs.get(&fh).ok_or(Errno::EBADF)?;
+        let id = d.node;
+        if offset == 0 || d.entries.is_none() {
             let parent = self.node(id)?.parent;
             let mut entries = vec![
                 DirEntry {
@@ -1725,10 +1766,12 @@ impl Overlay {
                 },
             ];
             entries.extend(self.list(id)?);
-            self.dirs.get_mut(&fh).ok_or(Errno::EBADF)?.entries = entries;
+            self.dirs.get_mut(&fh).ok_or(Errno::EBADF)?.entries = Some(entries);
         }
         let d = self.dirs.get(&fh).ok_or(Errno::EBADF)?;
         Ok(d.entries
+            .as_deref()
+            .unwrap_or_default()
             .iter()
             .enumerate()
             .skip(offset as usize)
@@ -1738,7 +1781,12 @@ impl Overlay {
 
     /// Resolves a directory entry for `readdirplus` without counting a lookup.
     /// Returns the node id and attributes; call [`Self::add_lookup`] if it is used.
-    pub fn peek(&mut self, parent: u64, name: &[u8]) -> OpResult<(u64, Attr)> {
+    pub fn peek(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        lower_fd: Option<&OwnedFd>,
+    ) -> OpResult<(u64, Attr)> {
         if name == b"." {
             return Ok((parent, self.getattr(parent)?));
         }
@@ -1746,8 +1794,10 @@ impl Overlay {
             let p = self.node(parent)?.parent;
             return Ok((p, self.getattr(p)?));
         }
-        let id = self.child(parent, name)?.ok_or(Errno::ENOENT)?;
-        match self.getattr(id) {
+        let (id, attr) = self
+            .child_at(parent, name, lower_fd)?
+            .ok_or(Errno::ENOENT)?;
+        match attr.map_or_else(|| self.getattr(id), Ok) {
             Ok(a) => Ok((id, a)),
             Err(e) => {
                 self.maybe_evict(id);
@@ -1816,22 +1866,7 @@ mod tests {
         std::fs::create_dir(&base).unwrap();
         build(&base);
         let db = dir.path().join("w.db");
-        let conn = rusqlite::Connection::open(&db).unwrap();
-        crate::schema::configure(&conn).unwrap();
-        crate::schema::initialize(
-            &conn,
-            &crate::schema::NewDatabase {
-                workspace_id: "t",
-                base_path: &base,
-                chunk_size: 4096,
-                root_mode: libc::S_IFDIR | 0o755,
-                root_uid: 0,
-                root_gid: 0,
-                root_nlink: 2,
-                now: (1, 0),
-            },
-        )
-        .unwrap();
+        drop(crate::schema::test_database(&db, &base, 4096));
         Fixture {
             _dir: dir,
             base,

@@ -411,3 +411,25 @@ pub fn chunk_size(conn: &Connection) -> rusqlite::Result<u32> {
             )
         })
 }
+
+/// A fresh workspace database for unit tests, at `path` over `base`.
+#[cfg(test)]
+pub(crate) fn test_database(path: &Path, base: &Path, chunk_size: u32) -> Connection {
+    let conn = Connection::open(path).expect("create test database");
+    configure(&conn).expect("configure test database");
+    initialize(
+        &conn,
+        &NewDatabase {
+            workspace_id: "test",
+            base_path: base,
+            chunk_size,
+            root_mode: libc::S_IFDIR | 0o755,
+            root_uid: 0,
+            root_gid: 0,
+            root_nlink: 2,
+            now: (1, 0),
+        },
+    )
+    .expect("initialize test database");
+    conn
+}

@@ -973,22 +973,7 @@ mod tests {
     fn store(chunk: u32) -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
-        let conn = Connection::open(&path).unwrap();
-        schema::configure(&conn).unwrap();
-        schema::initialize(
-            &conn,
-            &schema::NewDatabase {
-                workspace_id: "t",
-                base_path: Path::new("/nonexistent"),
-                chunk_size: chunk,
-                root_mode: libc::S_IFDIR | 0o755,
-                root_uid: 0,
-                root_gid: 0,
-                root_nlink: 2,
-                now: (1, 0),
-            },
-        )
-        .unwrap();
+        let conn = schema::test_database(&path, Path::new("/nonexistent"), chunk);
         let s = Store::new(conn, &path).unwrap();
         (dir, s)
     }

@@ -29,11 +29,9 @@ fn content(w: u32, n: u32) -> Vec<u8> {
 
 #[test]
 fn kill_9_during_a_write_storm_twenty_times() {
-    if !require_fuse() {
+    let Some(env) = fuse_env(|b| write(&b.join("base.txt"), b"from the base\n")) else {
         return;
-    }
-    let env = Env::new();
-    write(&env.base.join("base.txt"), b"from the base\n");
+    };
     let id = env.create();
     // name -> expected bytes, for files whose fsync completed.
     let durable: Arc<Mutex<BTreeMap<String, Vec<u8>>>> = Arc::default();

@@ -25,11 +25,7 @@ fn project(base: &Path) {
 
 #[test]
 fn read_only_opens_never_copy_up_and_the_base_stays_byte_identical() {
-    if !require_fuse() {
-        return;
-    }
-    let env = Env::new();
-    project(&env.base);
+    let Some(env) = fuse_env(project) else { return };
     let before = tree_hash(&env.base);
     let id = env.create();
     let m = env.mount(&id);
@@ -61,11 +57,7 @@ fn read_only_opens_never_copy_up_and_the_base_stays_byte_identical() {
 
 #[test]
 fn changes_land_in_the_delta_and_the_base_stays_untouched() {
-    if !require_fuse() {
-        return;
-    }
-    let env = Env::new();
-    project(&env.base);
+    let Some(env) = fuse_env(project) else { return };
     let before = tree_hash(&env.base);
     let id = env.create();
     let m = env.mount(&id);
@@ -132,11 +124,7 @@ fn changes_land_in_the_delta_and_the_base_stays_untouched() {
 
 #[test]
 fn changes_and_inode_numbers_survive_a_remount() {
-    if !require_fuse() {
-        return;
-    }
-    let env = Env::new();
-    project(&env.base);
+    let Some(env) = fuse_env(project) else { return };
     let id = env.create();
     let m = env.mount(&id);
     sh(
@@ -175,11 +163,7 @@ fn changes_and_inode_numbers_survive_a_remount() {
 
 #[test]
 fn renamed_base_directories_keep_their_contents() {
-    if !require_fuse() {
-        return;
-    }
-    let env = Env::new();
-    project(&env.base);
+    let Some(env) = fuse_env(project) else { return };
     let before = tree_hash(&env.base);
     let id = env.create();
     let m = env.mount(&id);
@@ -243,11 +227,7 @@ fn renamed_base_directories_keep_their_contents() {
 
 #[test]
 fn git_works_through_the_mount() {
-    if !require_fuse() {
-        return;
-    }
-    let env = Env::new();
-    project(&env.base);
+    let Some(env) = fuse_env(project) else { return };
     // A repository on the host that the agent then works in.
     sh(
         &env.base,
@@ -298,10 +278,7 @@ fn git_works_through_the_mount() {
 
 #[test]
 fn untar_and_rm_rf_of_ten_thousand_files() {
-    if !require_fuse() {
-        return;
-    }
-    let env = Env::new();
+    let Some(env) = fuse_env(|_| {}) else { return };
     // A base tree of 10k files too, removed with rm -rf through the mount.
     sh(
         &env.base,
@@ -339,11 +316,7 @@ fn untar_and_rm_rf_of_ten_thousand_files() {
 
 #[test]
 fn apply_refuses_to_overwrite_host_changes() {
-    if !require_fuse() {
-        return;
-    }
-    let env = Env::new();
-    project(&env.base);
+    let Some(env) = fuse_env(project) else { return };
     let id = env.create();
     let m = env.mount(&id);
     sh(
@@ -403,11 +376,7 @@ fn apply_refuses_to_overwrite_host_changes() {
 
 #[test]
 fn apply_strips_setuid_and_never_escapes_the_base() {
-    if !require_fuse() {
-        return;
-    }
-    let env = Env::new();
-    project(&env.base);
+    let Some(env) = fuse_env(project) else { return };
     let outside = env.dir.path().join("outside");
     fs::create_dir(&outside).unwrap();
     let id = env.create();
@@ -435,10 +404,7 @@ fn apply_strips_setuid_and_never_escapes_the_base() {
 
 #[test]
 fn a_symlink_to_a_host_secret_shows_the_link_never_the_bytes() {
-    if !require_fuse() {
-        return;
-    }
-    let env = Env::new();
+    let Some(env) = fuse_env(|_| {}) else { return };
     let secret = env.dir.path().join("secret");
     fs::write(&secret, "host secret").unwrap();
     symlink(&secret, env.base.join("link")).unwrap();
@@ -488,12 +454,9 @@ fn a_symlink_to_a_host_secret_shows_the_link_never_the_bytes() {
 
 #[test]
 fn names_at_name_max_and_non_utf8_names() {
-    if !require_fuse() {
-        return;
-    }
     use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
-    let env = Env::new();
+    let Some(env) = fuse_env(|_| {}) else { return };
     let id = env.create();
     let m = env.mount(&id);
     let long = "n".repeat(255);
@@ -534,12 +497,8 @@ fn names_at_name_max_and_non_utf8_names() {
 
 #[test]
 fn sparse_files_xattrs_append_and_times_behave_like_ext4() {
-    if !require_fuse() {
-        return;
-    }
-    let env = Env::new();
+    let Some(env) = fuse_env(|_| {}) else { return };
     write(&env.base.join("old.txt"), b"old\n");
-    let old_mtime = fs::metadata(env.base.join("old.txt")).unwrap().mtime();
     let id = env.create();
     let m = env.mount(&id);
     let mnt = &env.mnt;
@@ -601,7 +560,6 @@ fn sparse_files_xattrs_append_and_times_behave_like_ext4() {
     let m = env.mount(&id);
     sh(mnt, "chmod 600 old.txt");
     drop(m);
-    let _ = old_mtime;
     assert_eq!(fs::read(env.base.join("old.txt")).unwrap(), b"old\n");
 }
 
@@ -617,10 +575,7 @@ impl ReadAtExact for fs::File {
 
 #[test]
 fn copy_up_keeps_mtime_and_owner_of_the_base_file() {
-    if !require_fuse() {
-        return;
-    }
-    let env = Env::new();
+    let Some(env) = fuse_env(|_| {}) else { return };
     write(&env.base.join("f"), b"data\n");
     sh(
         &env.base,
@@ -639,10 +594,7 @@ fn copy_up_keeps_mtime_and_owner_of_the_base_file() {
 
 #[test]
 fn unmodified_base_files_are_read_by_the_kernel_not_by_the_server() {
-    if !require_fuse() {
-        return;
-    }
-    let env = Env::new();
+    let Some(env) = fuse_env(|_| {}) else { return };
     let big = vec![7u8; 32 << 20];
     write(&env.base.join("big.bin"), &big);
     let id = env.create();
@@ -679,11 +631,7 @@ fn unmodified_base_files_are_read_by_the_kernel_not_by_the_server() {
 
 #[test]
 fn bad_mount_points_and_double_mounts_get_one_line_errors() {
-    if !require_fuse() {
-        return;
-    }
-    let env = Env::new();
-    project(&env.base);
+    let Some(env) = fuse_env(project) else { return };
     let id = env.create();
     let err_of = |args: &[&str]| -> String {
         let out = env.run(args);
@@ -720,11 +668,7 @@ fn bad_mount_points_and_double_mounts_get_one_line_errors() {
 
 #[test]
 fn snapshots_and_forks_capture_the_delta_at_a_point_in_time() {
-    if !require_fuse() {
-        return;
-    }
-    let env = Env::new();
-    project(&env.base);
+    let Some(env) = fuse_env(project) else { return };
     let id = env.create();
     let m = env.mount(&id);
     sh(&env.mnt, "echo one > state.txt; rm README.md");
@@ -768,11 +712,7 @@ fn snapshots_and_forks_capture_the_delta_at_a_point_in_time() {
 
 #[test]
 fn a_corrupt_or_foreign_database_or_missing_base_is_named_in_one_line() {
-    if !require_fuse() {
-        return;
-    }
-    let env = Env::new();
-    project(&env.base);
+    let Some(env) = fuse_env(project) else { return };
     let id = env.create();
     let m = env.mount(&id);
     sh(&env.mnt, "echo keep > keep.txt");
@@ -819,10 +759,7 @@ fn a_corrupt_or_foreign_database_or_missing_base_is_named_in_one_line() {
 
 #[test]
 fn a_full_disk_fails_the_write_and_loses_nothing_stored() {
-    if !require_fuse() {
-        return;
-    }
-    let env = Env::new();
+    let Some(env) = fuse_env(|_| {}) else { return };
     // The data directory on a 24 MiB tmpfs.
     let small = env.dir.path().join("small");
     fs::create_dir(&small).unwrap();
@@ -905,11 +842,7 @@ fn a_full_disk_fails_the_write_and_loses_nothing_stored() {
 
 #[test]
 fn apply_guards_git_hooks_hard_links_and_exports_without_set_id_bits() {
-    if !require_fuse() {
-        return;
-    }
-    let env = Env::new();
-    project(&env.base);
+    let Some(env) = fuse_env(project) else { return };
     sh(&env.base, "git init -q -b main");
     // A file hard-linked from outside the base (as a pnpm store does).
     let store = env.dir.path().join("store-file");
@@ -976,12 +909,9 @@ fn apply_guards_git_hooks_hard_links_and_exports_without_set_id_bits() {
 
 #[test]
 fn hostile_names_cannot_drive_the_reviewers_terminal_and_usage_errors_exit_2() {
-    if !require_fuse() {
-        return;
-    }
     use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
-    let env = Env::new();
+    let Some(env) = fuse_env(|_| {}) else { return };
     project(&env.base);
     let id = env.create();
     let m = env.mount(&id);
@@ -1012,4 +942,29 @@ fn hostile_names_cannot_drive_the_reviewers_terminal_and_usage_errors_exit_2() {
     assert_eq!(prefix.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&prefix.stderr).contains("full id"));
     assert!(env.db(&id).exists(), "a prefix must not discard");
+}
+
+#[test]
+fn cached_directory_listings_follow_changes_from_both_sides() {
+    let Some(env) = fuse_env(|b| write(&b.join("d/a"), b"a")) else {
+        return;
+    };
+    let id = env.create();
+    let m = env.mount(&id);
+    let list = || sh(&env.mnt, "ls -A d | tr '\\n' ' '");
+    assert_eq!(list(), "a ");
+    assert_eq!(
+        list(),
+        "a ",
+        "a second listing (served from the kernel's cache)"
+    );
+    // The agent's own changes show at once.
+    sh(&env.mnt, "touch d/agent; rm d/a");
+    assert_eq!(list(), "agent ");
+    // A change on the host shows once the kernel's cache expires (1 s TTL).
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    write(&env.base.join("d/host"), b"h");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(list(), "agent host ");
+    drop(m);
 }

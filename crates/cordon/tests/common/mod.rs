@@ -28,6 +28,17 @@ pub fn require_fuse() -> bool {
     );
 }
 
+/// The start of every FUSE test: `None` (after saying why) when FUSE tests are
+/// skipped on this machine, else a scratch area whose base `fill` populated.
+pub fn fuse_env(fill: impl FnOnce(&Path)) -> Option<Env> {
+    if !require_fuse() {
+        return None;
+    }
+    let env = Env::new();
+    fill(&env.base);
+    Some(env)
+}
+
 /// A scratch area: a base directory, a data directory and a mount point.
 pub struct Env {
     pub dir: tempfile::TempDir,
