@@ -416,6 +416,27 @@ impl Overlay {
         }
     }
 
+    /// Records that node `id` lost its last name. Its identity is dropped, so a
+    /// new object may take the name. While the delta keeps its row (a file still
+    /// open) `getattr` reads the row; otherwise, and for base objects, it answers
+    /// from the last attributes with a link count of 0.
+    fn retire(&mut self, id: u64, before: Option<Attr>, row_kept: bool) {
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if !row_kept {
+            n.ghost = before.map(|mut g| {
+                g.nlink = 0;
+                g
+            });
+        }
+        n.lower = None;
+        let ident = n.ident.clone();
+        if self.idents.get(&ident) == Some(&id) {
+            self.idents.remove(&ident);
+        }
+    }
+
     /// Absolute overlay path of a node ("/" for the root).
     fn path_of(&self, mut id: u64) -> OpResult<Vec<u8>> {
         let mut parts: Vec<&[u8]> = Vec::new();
@@ -954,22 +975,8 @@ impl Overlay {
             Ok(gone)
         })?;
         if gone {
-            let n = self.node_mut(id)?;
-            if n.opens == 0
-                && let Some(mut g) = before
-            {
-                g.nlink = 0;
-                n.ghost = Some(g);
-            }
-            if let (Ident::Base(_), Some(mut g)) = (&n.ident, before) {
-                g.nlink = 0;
-                n.ghost = Some(g);
-            }
-            // The name now resolves to nothing; a new object may take it.
-            let ident = n.ident.clone();
-            if self.idents.get(&ident) == Some(&id) {
-                self.idents.remove(&ident);
-            }
+            let row_kept = matches!(ident, Ident::Delta(_)) && opens > 0;
+            self.retire(id, before, row_kept);
         }
         self.maybe_evict(id);
         Ok(())
@@ -1023,16 +1030,7 @@ impl Overlay {
             self.touch_dir(parent_ino, -1)?;
             Ok(())
         })?;
-        let n = self.node_mut(id)?;
-        n.ghost = before.map(|mut g| {
-            g.nlink = 0;
-            g
-        });
-        n.lower = None;
-        let ident = n.ident.clone();
-        if self.idents.get(&ident) == Some(&id) {
-            self.idents.remove(&ident);
-        }
+        self.retire(id, before, false);
         self.maybe_evict(id);
         Ok(())
     }
@@ -1183,18 +1181,11 @@ impl Overlay {
             }
             Ok(dst_gone)
         })?;
-        if let Some((d, ident, _, _, before)) = dst_info
+        if let Some((d, ident, opens, is_dir, before)) = dst_info
             && dst_gone
         {
-            let n = self.node_mut(d)?;
-            n.ghost = before.map(|mut g| {
-                g.nlink = 0;
-                g
-            });
-            n.lower = None;
-            if self.idents.get(&ident) == Some(&d) {
-                self.idents.remove(&ident);
-            }
+            let row_kept = matches!(ident, Ident::Delta(_)) && opens > 0 && !is_dir;
+            self.retire(d, before, row_kept);
         }
         self.relocate(src, new_parent, new_name);
         Ok(())
@@ -1618,11 +1609,7 @@ impl Overlay {
             // Last close of a file unlinked while open.
             let before = self.getattr(h.node).ok();
             self.store.tx(|s| s.delete_inode(ino))?;
-            let n = self.node_mut(h.node)?;
-            n.ghost = before;
-            if self.idents.get(&ident) == Some(&h.node) {
-                self.idents.remove(&ident);
-            }
+            self.retire(h.node, before, false);
         }
         self.maybe_evict(h.node);
         Ok((h.node, h.passthrough, pt_left))
