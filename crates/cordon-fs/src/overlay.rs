@@ -35,7 +35,6 @@ use crate::store::{InodeRow, ROOT_INO, SeenRow, Store, Timestamp, join_path};
 
 /// Node id of the root directory (FUSE requires 1).
 pub const ROOT_ID: u64 = 1;
-const TAG_MASK: u64 = 3 << 61;
 const ID_MASK: u64 = (1 << 61) - 1;
 /// Node ids of objects that exist only in the delta.
 pub const DELTA_TAG: u64 = 1 << 61;
@@ -1822,16 +1821,6 @@ pub fn base_node_id(base_dev: u64, rel: &[u8], st: &BaseStat) -> u64 {
     HASH_TAG | (fnv1a(&[&st.dev.to_le_bytes(), &st.ino.to_le_bytes()]) & ID_MASK)
 }
 
-/// Kind of node id, for diagnostics.
-pub fn id_tag(id: u64) -> &'static str {
-    match id & TAG_MASK {
-        0 => "base",
-        DELTA_TAG => "delta",
-        HASH_TAG => "hashed",
-        _ => "fallback",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2102,6 +2091,32 @@ mod tests {
         assert_eq!(ov.read(o.fh, 1 << 30, 4).unwrap(), [0; 4]);
         ov.release(o.fh).unwrap();
         assert!(ov.getattr(id).unwrap().blocks < 1024, "holes were copied");
+    }
+
+    #[test]
+    fn forgotten_nodes_are_released() {
+        let f = fixture(project);
+        let mut ov = f.overlay();
+        let deep = path_id(&mut ov, "docs/deep/b.md").unwrap();
+        let docs = path_id(&mut ov, "docs").unwrap();
+        let mid = path_id(&mut ov, "docs/deep").unwrap();
+        assert_eq!(ov.live_nodes(), 4);
+        // Lookups so far: docs 3 (once per path through it), deep 2, b.md 1.
+        // A parent stays while a child is referenced, whatever its own count.
+        ov.forget(docs, 3);
+        ov.forget(mid, 1);
+        assert_eq!(ov.live_nodes(), 4);
+        ov.forget(mid, 1);
+        assert_eq!(ov.live_nodes(), 4);
+        ov.forget(deep, 1);
+        assert_eq!(ov.live_nodes(), 1, "only the root is left");
+        // An open file outlives its last lookup.
+        let id = path_id(&mut ov, "top.txt").unwrap();
+        let o = ov.open(id, libc::O_RDONLY).unwrap();
+        ov.forget(id, 1);
+        assert_eq!(ov.live_nodes(), 2);
+        ov.release(o.fh).unwrap();
+        assert_eq!(ov.live_nodes(), 1);
     }
 
     #[test]
