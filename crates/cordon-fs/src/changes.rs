@@ -1122,6 +1122,15 @@ impl Writer {
     }
 }
 
+/// Whether applying `c` removes what the base has at its path: a deletion, or
+/// the old side of a type change. `detach` and the removal step of `apply` must
+/// agree on this, or apply could remove a base path the workspace still reads.
+fn removes_base_entry(c: &Change) -> bool {
+    c.old.is_some()
+        && (c.kind == ChangeKind::Deleted
+            || c.new.as_ref().map(|n| n.kind) != c.old.as_ref().map(|o| o.kind))
+}
+
 /// Whether `rel` is one of `removed` or below one, or one of `written`.
 fn touched(rel: &[u8], removed: &[Vec<u8>], written: &HashSet<Vec<u8>>) -> bool {
     written.contains(rel)
@@ -1235,11 +1244,7 @@ fn materialize_file(view: &View<'_>, ino: i64, rel: &[u8]) -> OpResult<()> {
 fn detach(view: &View<'_>, changes: &[Change]) -> OpResult<()> {
     let removed: Vec<Vec<u8>> = changes
         .iter()
-        .filter(|c| {
-            c.old.is_some()
-                && (c.kind == ChangeKind::Deleted
-                    || c.new.as_ref().map(|n| n.kind) != c.old.as_ref().map(|o| o.kind))
-        })
+        .filter(|c| removes_base_entry(c))
         .map(|c| c.raw_path.clone())
         .collect();
     let written: HashSet<Vec<u8>> = changes
@@ -1350,14 +1355,7 @@ pub fn apply(
         })
     };
     // 2. Removals, deepest first: deleted paths and the old side of type changes.
-    let mut removals: Vec<&Change> = changes
-        .iter()
-        .filter(|c| {
-            c.old.is_some()
-                && (c.kind == ChangeKind::Deleted
-                    || c.new.as_ref().map(|n| n.kind) != c.old.as_ref().map(|o| o.kind))
-        })
-        .collect();
+    let mut removals: Vec<&Change> = changes.iter().filter(|c| removes_base_entry(c)).collect();
     removals.sort_by(|a, b| b.raw_path.cmp(&a.raw_path));
     for c in &removals {
         if blocked.contains(&c.raw_path) {

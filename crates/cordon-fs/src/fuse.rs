@@ -295,7 +295,7 @@ impl fuser::Filesystem for OverlayFs {
             Ok(a) => reply.entry(&self.ttl, &fuse_attr(&a), Generation(0)),
             Err(e) if e == Errno::ENOENT => {
                 // Negative entry: node id 0 with a timeout caches the miss.
-                let mut a = fuse_attr(&Attr {
+                let a = fuse_attr(&Attr {
                     ino: 0,
                     size: 0,
                     blocks: 0,
@@ -308,7 +308,6 @@ impl fuser::Filesystem for OverlayFs {
                     gid: 0,
                     rdev: 0,
                 });
-                a.ino = INodeNo(0);
                 reply.entry(&self.ttl, &a, Generation(0));
             }
             Err(e) => reply.error(errno(e)),
