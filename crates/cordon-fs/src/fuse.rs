@@ -55,6 +55,8 @@ pub struct ServeOptions {
     /// one lock; more threads overlap the kernel's request hand-offs, which is
     /// what parallel clients (git's threaded lstat, make -j) wait on.
     pub threads: usize,
+    /// Limit on the bytes the workspace's delta may hold.
+    pub quota: Option<std::sync::Arc<crate::overlay::Quota>>,
 }
 
 impl Default for ServeOptions {
@@ -65,6 +67,7 @@ impl Default for ServeOptions {
             passthrough: true,
             fs_name: "cordon".into(),
             threads: 4,
+            quota: None,
         }
     }
 }

@@ -156,6 +156,7 @@ pub fn mount(ws: &Workspace, mountpoint: &Path, opts: &ServeOptions) -> Result<M
         &lock,
         OverlayOptions {
             passthrough: opts.passthrough,
+            quota: opts.quota.clone(),
         },
     )?;
     let fs = OverlayFs::new(overlay, opts);

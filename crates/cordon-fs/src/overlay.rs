@@ -27,6 +27,8 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::base::{Base, BaseStat, join_rel};
 use crate::error::{Errno, OpResult};
@@ -170,6 +172,58 @@ struct DirHandle {
 pub struct OverlayOptions {
     /// The kernel can pass reads of unmodified base files straight to the base file.
     pub passthrough: bool,
+    /// A limit on the bytes the delta may hold, shared with whoever reports on it.
+    pub quota: Option<Arc<Quota>>,
+}
+
+/// A disk quota for one workspace: file bytes written into the delta (copied-up
+/// base files count with their full size). Growth past `limit` fails with
+/// `EDQUOT` and sets `hit`. Shrinking files gives bytes back; unlinking does not
+/// (the bytes may still be held by another link or an open descriptor), so the
+/// count errs on the side of the limit.
+#[derive(Debug)]
+pub struct Quota {
+    pub limit: u64,
+    used: AtomicU64,
+    hit: AtomicBool,
+}
+
+impl Quota {
+    pub fn new(limit: u64) -> Arc<Self> {
+        Arc::new(Quota {
+            limit,
+            used: AtomicU64::new(0),
+            hit: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether a write was refused because of the limit.
+    pub fn hit(&self) -> bool {
+        self.hit.load(Ordering::Relaxed)
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn charge(&self, grow: u64) -> OpResult<()> {
+        if grow == 0 {
+            return Ok(());
+        }
+        let used = self.used.load(Ordering::Relaxed);
+        if used.saturating_add(grow) > self.limit {
+            self.hit.store(true, Ordering::Relaxed);
+            return Err(Errno(libc::EDQUOT));
+        }
+        self.used.store(used + grow, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn refund(&self, shrink: u64) {
+        let used = self.used.load(Ordering::Relaxed);
+        self.used
+            .store(used.saturating_sub(shrink), Ordering::Relaxed);
+    }
 }
 
 /// A mounted (or mountable) merged view.
@@ -248,6 +302,9 @@ impl Overlay {
         } else {
             Some(redirect.unwrap_or_default())
         };
+        if let Some(q) = &opts.quota {
+            q.used.store(store.data_bytes()?, Ordering::Relaxed);
+        }
         let mut ov = Overlay {
             store,
             base,
@@ -749,6 +806,9 @@ impl Overlay {
             return Ok(ino);
         };
         let row = self.store.inode_req(ino)?;
+        if let Some(q) = &self.opts.quota {
+            q.charge(row.size)?;
+        }
         let file = self.base.open_file(&path)?;
         let st_now = self.base.stat(&path)?;
         self.store.tx(|s| {
@@ -1245,6 +1305,14 @@ impl Overlay {
             Some(_) => self.copy_up_data(id)?,
             None => self.copy_up_meta(id)?,
         };
+        if let (Some(q), Some(size)) = (&self.opts.quota, req.size) {
+            let old = self.store.inode_req(ino)?.size;
+            if size > old {
+                q.charge(size - old)?;
+            } else {
+                q.refund(old - size);
+            }
+        }
         let now = Timestamp::now();
         self.store.tx(|s| {
             let mut row = s.inode_req(ino)?;
@@ -1569,6 +1637,11 @@ impl Overlay {
         }
         let (id, append) = (h.node, h.flags & libc::O_APPEND != 0);
         let ino = self.copy_up_data(id)?;
+        if let Some(q) = &self.opts.quota {
+            let size = self.store.inode_req(ino)?.size;
+            let start = if append { size } else { offset };
+            q.charge(start.saturating_add(data.len() as u64).saturating_sub(size))?;
+        }
         self.store.tx(|s| {
             let mut row = s.inode_req(ino)?;
             let offset = if append { row.size } else { offset };
@@ -1632,6 +1705,12 @@ impl Overlay {
         }
         let id = h.node;
         let ino = self.copy_up_data(id)?;
+        if let Some(q) = &self.opts.quota {
+            let size = self.store.inode_req(ino)?.size;
+            if mode & KEEP_SIZE == 0 {
+                q.charge(end.saturating_sub(size))?;
+            }
+        }
         self.store.tx(|s| {
             let mut row = s.inode_req(ino)?;
             if mode & (PUNCH | ZERO) != 0 {
@@ -1857,7 +1936,10 @@ mod tests {
             Overlay::new(
                 store,
                 Base::open(&self.base).unwrap(),
-                OverlayOptions { passthrough: false },
+                OverlayOptions {
+                    passthrough: false,
+                    quota: None,
+                },
             )
             .unwrap()
         }

@@ -323,6 +323,19 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Bytes of file data the delta holds (sizes of regular files whose bytes are
+    /// in the store rather than still in the base): what a disk quota counts.
+    pub fn data_bytes(&self) -> OpResult<u64> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COALESCE(SUM(size), 0) FROM fs_inode
+             WHERE (mode & 61440) = 32768
+               AND ino NOT IN (SELECT ino FROM cordon_metacopy)",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n.max(0) as u64)
+    }
+
     // ----- directory entries -----
 
     /// Looks up a name in a delta directory.

@@ -37,6 +37,19 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run an agent command in a sandbox over a copy-on-write view of the project.
+    Run(crate::cmd_session::RunArgs),
+    /// List sessions.
+    Sessions(JsonArg),
+    /// Show a session's events.
+    Log(crate::cmd_session::LogArgs),
+    /// Verify a session's tamper-evident event log.
+    #[command(subcommand)]
+    Audit(crate::cmd_session::AuditCmd),
+    /// Delete a session: its workspace, changes and event log.
+    Rm(crate::cmd_session::RmArgs),
+    /// Report which kernel features and backends this machine supports.
+    Doctor(JsonArg),
     /// Create, list, inspect and mount workspaces.
     #[command(subcommand)]
     Workspace(WorkspaceCmd),
@@ -226,6 +239,8 @@ type CmdResult = Result<i32, CliError>;
 pub enum CliError {
     #[error(transparent)]
     Fs(#[from] Error),
+    #[error(transparent)]
+    Session(#[from] crate::cmd_session::SessionCliError),
     #[error("{0}")]
     Usage(String),
     #[error("writing output: {0}")]
@@ -254,7 +269,11 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     output::init_logging();
     let out = Out::new(cli.color);
-    match run(cli.cmd, &out) {
+    let cmd = match cli.cmd {
+        Cmd::Run(a) => return crate::cmd_session::run_cmd(a, &out),
+        other => other,
+    };
+    match run(cmd, &out) {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => EXIT_BROKEN_PIPE,
         Err(e @ (CliError::Usage(_) | CliError::Fs(Error::BadPath { .. }))) => {
@@ -292,7 +311,14 @@ fn filters(paths: &[OsString]) -> Result<Vec<Vec<u8>>, CliError> {
 }
 
 fn run(cmd: Cmd, out: &Out) -> CmdResult {
+    use crate::cmd_session as cs;
     match cmd {
+        Cmd::Run(_) => unreachable!("handled in main"),
+        Cmd::Sessions(a) => Ok(cs::sessions_cmd(a.json, out)?),
+        Cmd::Log(a) => Ok(cs::log_cmd(a, out)?),
+        Cmd::Audit(a) => Ok(cs::audit_cmd(a, out)?),
+        Cmd::Rm(a) => Ok(cs::rm_cmd(a)?),
+        Cmd::Doctor(a) => Ok(cs::doctor_cmd(a.json, out)?),
         Cmd::Workspace(WorkspaceCmd::Create(a)) => {
             let ws = data_dir()?.create_workspace(&a.base, a.chunk_size)?;
             if a.json {
@@ -434,9 +460,11 @@ fn run(cmd: Cmd, out: &Out) -> CmdResult {
             Ok(0)
         }
         Cmd::Discard(a) => {
-            let ws = data_dir()?.resolve_exact(&a.id)?;
+            let data = data_dir()?;
+            let ws = data.resolve_exact(&a.id)?;
             let id = ws.id.clone();
-            ws.discard()?;
+            cordon_sandbox::session::remove(&data, ws)
+                .map_err(crate::cmd_session::SessionCliError::from)?;
             eprintln!("discarded workspace {id}");
             Ok(0)
         }

@@ -45,6 +45,16 @@ impl Out {
         }
     }
 
+    /// `s` in an SGR style (e.g. "1;31") on stdout, when colour is on.
+    pub fn style(&self, code: &str, s: &str) -> String {
+        self.paint(self.color_out, code, s)
+    }
+
+    /// `s` in an SGR style on stderr, when colour is on there.
+    pub fn style_err(&self, code: &str, s: &str) -> String {
+        self.paint(self.color_err, code, s)
+    }
+
     pub fn green(&self, s: &str) -> String {
         self.paint(self.color_out, "32", s)
     }

@@ -1,0 +1,142 @@
+//! Workspace path patterns (`.env*`, `.git/hooks`, `config/*.key`).
+//!
+//! A pattern is a `/`-separated path relative to the workspace root; each
+//! segment may use `*` (any run of characters) and `?` (one character) but never
+//! matches across `/` and never matches `.` or `..`. Patterns are expanded
+//! against the workspace as it is when the session starts; a path the agent
+//! creates later under a hidden name is its own file, not a host secret.
+
+use std::path::{Path, PathBuf};
+
+/// Whether `name` matches one pattern segment.
+pub fn segment_matches(pattern: &[u8], name: &[u8]) -> bool {
+    // Iterative wildcard matching with single-star backtracking: linear in
+    // practice, no recursion on hostile names.
+    let (mut p, mut n) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while n < name.len() {
+        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == name[n]) {
+            p += 1;
+            n += 1;
+        } else if p < pattern.len() && pattern[p] == b'*' {
+            star = Some(p);
+            mark = n;
+            p += 1;
+        } else if let Some(s) = star {
+            p = s + 1;
+            mark += 1;
+            n = mark;
+        } else {
+            return false;
+        }
+    }
+    while p < pattern.len() && pattern[p] == b'*' {
+        p += 1;
+    }
+    p == pattern.len()
+}
+
+/// Whether a pattern is well formed: relative, no empty, `.` or `..` segments.
+pub fn check_pattern(pattern: &str) -> Result<(), String> {
+    if pattern.is_empty() || pattern.starts_with('/') {
+        return Err(format!(
+            "{pattern:?}: workspace patterns are relative to the workspace root"
+        ));
+    }
+    for seg in pattern.split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return Err(format!(
+                "{pattern:?}: empty, '.' and '..' segments are not allowed"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every existing path under `root` that matches `pattern`, without following
+/// symlinks while walking (a symlinked directory is matched as a name, not
+/// entered).
+pub fn expand(root: &Path, pattern: &str) -> Vec<PathBuf> {
+    if check_pattern(pattern).is_err() {
+        return Vec::new();
+    }
+    let mut current = vec![root.to_path_buf()];
+    let segs: Vec<&str> = pattern.split('/').collect();
+    for (i, seg) in segs.iter().enumerate() {
+        let last = i + 1 == segs.len();
+        let mut next = Vec::new();
+        for dir in &current {
+            if !seg.contains(['*', '?']) {
+                let p = dir.join(seg);
+                if let Ok(md) = p.symlink_metadata()
+                    && (last || md.is_dir())
+                {
+                    next.push(p);
+                }
+                continue;
+            }
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let bytes = std::os::unix::ffi::OsStrExt::as_bytes(name.as_os_str());
+                if !segment_matches(seg.as_bytes(), bytes) {
+                    continue;
+                }
+                let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                if last || is_dir {
+                    next.push(e.path());
+                }
+            }
+        }
+        current = next;
+        if current.is_empty() {
+            break;
+        }
+    }
+    current.sort();
+    current
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments() {
+        assert!(segment_matches(b".env*", b".env"));
+        assert!(segment_matches(b".env*", b".env.local"));
+        assert!(!segment_matches(b".env*", b"x.env"));
+        assert!(segment_matches(b"*.key", b"a.key"));
+        assert!(!segment_matches(b"*.key", b"a.keys"));
+        assert!(segment_matches(b"a?c", b"abc"));
+        assert!(!segment_matches(b"a?c", b"ac"));
+        assert!(segment_matches(b"*a*b*", b"xxaybzz"));
+        assert!(!segment_matches(b"*a*b*", b"xxbyazz"));
+    }
+
+    #[test]
+    fn patterns_are_checked() {
+        assert!(check_pattern(".env").is_ok());
+        assert!(check_pattern("/etc").is_err());
+        assert!(check_pattern("a/../b").is_err());
+        assert!(check_pattern("a//b").is_err());
+    }
+
+    #[test]
+    fn expands_against_a_tree() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join(".git/hooks")).unwrap();
+        std::fs::write(t.path().join(".env"), "A=1").unwrap();
+        std::fs::write(t.path().join(".env.prod"), "A=2").unwrap();
+        std::fs::write(t.path().join("env"), "").unwrap();
+        let got = expand(t.path(), ".env*");
+        assert_eq!(got, vec![t.path().join(".env"), t.path().join(".env.prod")]);
+        assert_eq!(
+            expand(t.path(), ".git/hooks"),
+            vec![t.path().join(".git/hooks")]
+        );
+        assert!(expand(t.path(), ".git/config").is_empty());
+    }
+}

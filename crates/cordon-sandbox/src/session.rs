@@ -1,0 +1,692 @@
+//! Sessions: one `cordon run` from policy to summary.
+//!
+//! A session is a workspace (the copy-on-write store from `cordon-fs`, same id)
+//! plus `<data>/sessions/<id>/`: `session.json` (what ran, when, how it ended),
+//! the hash-chained `events.jsonl` with its `events.head` anchor, `mnt/` (where
+//! the workspace is served on the host while it runs) and `root/` (the empty
+//! directory the native backend builds the agent's root on).
+//!
+//! [`run`] loads nothing itself: the caller passes the validated policy. It
+//! mounts the workspace, turns the policy into a [`SandboxSpec`], starts the
+//! backend, relays the streams within the output budget, enforces the
+//! wall-clock timeout, forwards the user's signals, and writes the summary.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant, SystemTime};
+
+use cordon_events::EventLog;
+use cordon_fs::fuse::ServeOptions;
+use cordon_fs::overlay::Quota;
+use cordon_fs::workspace::{DataDir, Workspace};
+use cordon_policy::Policy;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::{BackendKind, BindMount, EventSink, LimitKind, Limits, SandboxSpec, WorkspaceMount};
+
+/// Errors of the session layer.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Sandbox(#[from] crate::Error),
+    #[error(transparent)]
+    Fs(#[from] cordon_fs::Error),
+    #[error("event log: {0}")]
+    Events(#[from] cordon_events::Error),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SessionError {
+    let what = what.into();
+    move |source| SessionError::Io { what, source }
+}
+
+/// `session.json`.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct SessionMeta {
+    pub id: String,
+    pub base: PathBuf,
+    pub backend: BackendKind,
+    pub created: String,
+    pub runs: Vec<RunRecord>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct RunRecord {
+    pub argv: Vec<String>,
+    pub started: String,
+    pub ended: Option<String>,
+    pub exit_code: Option<i32>,
+    pub policy_sha256: Option<String>,
+}
+
+/// What the user sees at the end, and `--json` prints.
+#[derive(Serialize, Clone, Debug)]
+pub struct Summary {
+    pub session: String,
+    pub backend: BackendKind,
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    /// Why the sandbox was stopped early, when it was.
+    pub stopped: Option<String>,
+    pub duration_ms: u64,
+    pub files_changed: usize,
+    pub added: usize,
+    pub modified: usize,
+    pub deleted: usize,
+    pub events: u64,
+    pub violations: u64,
+    pub limits_hit: Vec<LimitKind>,
+    pub limit_enforcement: String,
+}
+
+/// The caller's choices for one run.
+pub struct RunOptions {
+    pub policy: Policy,
+    /// The policy file, if there was one (recorded, and kept read-only inside
+    /// the workspace when it lives there).
+    pub policy_path: Option<PathBuf>,
+    pub policy_sha256: Option<String>,
+    pub argv: Vec<String>,
+    /// Resume this session instead of creating one.
+    pub resume: Option<String>,
+    /// The project directory (the workspace's base).
+    pub project: PathBuf,
+    /// The working directory to start in (inside the project, else the project root).
+    pub cwd: PathBuf,
+    /// Use a pseudo-terminal (the caller decides: stdin and stdout are terminals).
+    pub terminal: bool,
+    pub backend: BackendKind,
+    /// Called once the session id is known, before the agent starts.
+    pub on_start: Box<dyn FnOnce(&str)>,
+    /// Host environment (passed in, so tests can control it).
+    pub host_env: Vec<(String, String)>,
+    /// For tests: the executable used as the native backend's stage 1.
+    pub helper: Option<PathBuf>,
+}
+
+/// The events sink a session gives its backend: appends to the chained log and
+/// counts failures (a sink cannot return errors into the sandbox).
+pub struct LogSink {
+    log: EventLog,
+    failures: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl LogSink {
+    pub fn append(&self, kind: &str, data: Map<String, Value>) {
+        if let Err(e) = self.log.append(kind, data) {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut g) = self.last_error.lock() {
+                *g = Some(e.to_string());
+            }
+        }
+    }
+}
+
+impl EventSink for LogSink {
+    fn event(&self, kind: &str, data: Map<String, Value>) {
+        self.append(kind, data);
+    }
+}
+
+fn obj(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+fn now() -> String {
+    cordon_events::format_timestamp(SystemTime::now())
+}
+
+/// `<data>/sessions/<id>`.
+pub fn session_dir(data: &DataDir, id: &str) -> PathBuf {
+    data.root().join("sessions").join(id)
+}
+
+pub fn read_meta(data: &DataDir, id: &str) -> Result<SessionMeta, SessionError> {
+    let p = session_dir(data, id).join("session.json");
+    let bytes = std::fs::read(&p).map_err(io(format!("cannot read {}", p.display())))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| SessionError::Invalid(format!("{} is damaged: {e}", p.display())))
+}
+
+fn write_meta(dir: &Path, meta: &SessionMeta) -> Result<(), SessionError> {
+    let tmp = dir.join("session.json.tmp");
+    let bytes =
+        serde_json::to_vec_pretty(meta).map_err(|e| SessionError::Invalid(e.to_string()))?;
+    std::fs::write(&tmp, bytes).map_err(io(format!("cannot write {}", tmp.display())))?;
+    std::fs::rename(&tmp, dir.join("session.json")).map_err(io("cannot save session.json"))
+}
+
+/// Every session with metadata, newest first.
+pub fn list(data: &DataDir) -> Result<Vec<SessionMeta>, SessionError> {
+    let dir = data.root().join("sessions");
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(out);
+    };
+    for e in entries.flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        if let Ok(m) = read_meta(data, &id) {
+            out.push(m);
+        }
+    }
+    out.sort_by(|a, b| b.created.cmp(&a.created));
+    Ok(out)
+}
+
+/// Remove a session: its workspace and its directory (events included).
+pub fn remove(data: &DataDir, ws: Workspace) -> Result<(), SessionError> {
+    let id = ws.id.clone();
+    ws.discard()?;
+    let dir = session_dir(data, &id);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(format!("cannot remove {}", dir.display()))(e)),
+    }
+}
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn env_name_matches(pattern: &str, name: &str) -> bool {
+    crate::glob::segment_matches(pattern.as_bytes(), name.as_bytes())
+}
+
+/// The agent's environment: empty, plus a minimal base, plus what the policy
+/// passes through or sets, plus the session id and secret placeholders.
+pub fn build_env(
+    policy: &Policy,
+    host: &[(String, String)],
+    session: &str,
+    home: &Path,
+    terminal: bool,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut set = |k: &str, v: String| {
+        env.retain(|(n, _)| n != k);
+        env.push((k.to_string(), v));
+    };
+    set("PATH", DEFAULT_PATH.into());
+    set("HOME", home.display().to_string());
+    let get = |k: &str| host.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    for k in ["USER", "LOGNAME"] {
+        if let Some(v) = get(k) {
+            set(k, v);
+        }
+    }
+    set("LANG", get("LANG").unwrap_or_else(|| "C.UTF-8".into()));
+    if terminal {
+        set(
+            "TERM",
+            get("TERM").unwrap_or_else(|| "xterm-256color".into()),
+        );
+    }
+    for pattern in &policy.sandbox.env {
+        for (k, v) in host {
+            if env_name_matches(pattern, k) {
+                set(k, v.clone());
+            }
+        }
+    }
+    for (k, v) in &policy.sandbox.set_env {
+        set(k, v.clone());
+    }
+    for (name, secret) in &policy.secrets {
+        set(
+            name,
+            secret.placeholder_or_default(name, session.as_bytes()),
+        );
+    }
+    set("CORDON_SESSION", session.into());
+    set("CORDON_SANDBOX", "native".into());
+    env
+}
+
+/// Run one session to its end.
+pub fn run(data: &DataDir, mut opts: RunOptions) -> Result<Summary, SessionError> {
+    let started = Instant::now();
+    let project = opts.project.canonicalize().map_err(io(format!(
+        "cannot open the project directory {}",
+        opts.project.display()
+    )))?;
+    let ws = match &opts.resume {
+        Some(id) => {
+            let ws = data.resolve(id)?;
+            let conn = ws.connect_read_only()?;
+            let base = ws.base_path(&conn)?;
+            if base != project {
+                return Err(SessionError::Invalid(format!(
+                    "session {} works on {}, not {}; run it from that directory or pass --workspace {}",
+                    ws.id,
+                    base.display(),
+                    project.display(),
+                    base.display()
+                )));
+            }
+            ws
+        }
+        None => data.create_workspace(&project, cordon_fs::schema::DEFAULT_CHUNK_SIZE)?,
+    };
+    let id = ws.id.clone();
+    let dir = session_dir(data, &id);
+    std::fs::create_dir_all(&dir).map_err(io(format!("cannot create {}", dir.display())))?;
+    let mut meta = match read_meta(data, &id) {
+        Ok(m) => m,
+        Err(_) => SessionMeta {
+            id: id.clone(),
+            base: project.clone(),
+            backend: opts.backend,
+            created: now(),
+            runs: Vec::new(),
+        },
+    };
+    meta.runs.push(RunRecord {
+        argv: opts.argv.clone(),
+        started: now(),
+        ended: None,
+        exit_code: None,
+        policy_sha256: opts.policy_sha256.clone(),
+    });
+    write_meta(&dir, &meta)?;
+    let log = if dir.join("events.jsonl").exists() {
+        EventLog::open_append(&dir, &id)?
+    } else {
+        EventLog::create(&dir, &id)?
+    };
+    let sink = Arc::new(LogSink {
+        log,
+        failures: AtomicU64::new(0),
+        last_error: Mutex::new(None),
+    });
+    let policy = &opts.policy;
+    let limits = Limits {
+        memory: policy.sandbox.memory,
+        pids: policy.sandbox.pids,
+        cpus: policy.sandbox.cpus,
+        timeout: policy.sandbox.timeout,
+        output: policy.sandbox.output_limit,
+        disk: policy.sandbox.disk_quota,
+    };
+    sink.append(
+        "session.start",
+        obj(json!({
+            "argv": opts.argv,
+            "backend": opts.backend,
+            "base": project,
+            "policy": opts.policy_path,
+            "policy_sha256": opts.policy_sha256,
+            "limits": limits,
+            "resumed": opts.resume.is_some(),
+            "uid": rustix::process::geteuid().as_raw(),
+        })),
+    );
+    let on_start = std::mem::replace(&mut opts.on_start, Box::new(|_| {}));
+    on_start(&id);
+
+    let result = run_mounted(
+        data,
+        &ws,
+        &dir,
+        &opts,
+        &project,
+        limits,
+        sink.clone(),
+        started,
+    );
+    let (summary, ended_at) = match result {
+        Ok(s) => (s, now()),
+        Err(e) => {
+            sink.append("session.error", obj(json!({ "error": e.to_string() })));
+            let _ = sink.log.sync();
+            return Err(e);
+        }
+    };
+    if let Some(last) = meta.runs.last_mut() {
+        last.ended = Some(ended_at);
+        last.exit_code = Some(summary.exit_code);
+    }
+    write_meta(&dir, &meta)?;
+    Ok(summary)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_mounted(
+    _data: &DataDir,
+    ws: &Workspace,
+    dir: &Path,
+    opts: &RunOptions,
+    project: &Path,
+    limits: Limits,
+    sink: Arc<LogSink>,
+    started: Instant,
+) -> Result<Summary, SessionError> {
+    let id = ws.id.clone();
+    let mnt = dir.join("mnt");
+    let scratch = dir.join("root");
+    for d in [&mnt, &scratch] {
+        std::fs::create_dir_all(d).map_err(io(format!("cannot create {}", d.display())))?;
+    }
+    let quota = limits.disk.map(Quota::new);
+    let serve = ServeOptions {
+        fs_name: format!("cordon:{id}"),
+        quota: quota.clone(),
+        ..ServeOptions::default()
+    };
+    let mounted = cordon_fs::mount::mount(ws, &mnt, &serve)?.spawn()?;
+
+    let policy = &opts.policy;
+    let home = opts
+        .host_env
+        .iter()
+        .find(|(k, _)| k == "HOME")
+        .map(|(_, v)| PathBuf::from(v))
+        .filter(|p| p.is_absolute() && p != Path::new("/"))
+        .unwrap_or_else(|| PathBuf::from("/home/agent"));
+    // Expand hidden and read-only patterns against the agent's view.
+    let mut read_only = Vec::new();
+    let mut hidden = Vec::new();
+    for pat in policy.workspace.effective_read_only() {
+        for p in crate::glob::expand(&mnt, pat) {
+            read_only.push(project.join(p.strip_prefix(&mnt).unwrap_or(&p)));
+        }
+    }
+    if let Some(pp) = &opts.policy_path
+        && let Ok(pp) = pp.canonicalize()
+        && let Ok(rel) = pp.strip_prefix(project)
+    {
+        // The agent must not rewrite the rules it runs under (for a resumed
+        // session the host file is read again anyway; this keeps it honest
+        // inside the run too).
+        for p in [
+            rel.to_path_buf(),
+            PathBuf::from(format!("{}.sig", rel.display())),
+        ] {
+            if mnt.join(&p).exists() {
+                read_only.push(project.join(p));
+            }
+        }
+    }
+    for pat in policy.workspace.effective_hidden() {
+        for p in crate::glob::expand(&mnt, pat) {
+            hidden.push(project.join(p.strip_prefix(&mnt).unwrap_or(&p)));
+        }
+    }
+    let mut mounts = Vec::new();
+    for m in &policy.mounts {
+        if !m.source.exists() {
+            if m.optional {
+                continue;
+            }
+            return Err(SessionError::Invalid(format!(
+                "mount source {} does not exist; create it or mark the mount `optional = true`",
+                m.source.display()
+            )));
+        }
+        mounts.push(BindMount {
+            source: m.source.clone(),
+            target: m.target_path().to_path_buf(),
+            writable: m.writable,
+        });
+    }
+    let cwd = if opts.cwd.starts_with(project) {
+        opts.cwd.clone()
+    } else {
+        project.to_path_buf()
+    };
+    let spec = SandboxSpec {
+        session: id.clone(),
+        argv: opts.argv.clone(),
+        env: build_env(policy, &opts.host_env, &id, &home, opts.terminal),
+        cwd,
+        hostname: policy.sandbox.hostname.clone(),
+        workspace: WorkspaceMount {
+            source: mnt.clone(),
+            target: project.to_path_buf(),
+            read_only,
+            hidden,
+        },
+        mounts,
+        home,
+        limits: limits.clone(),
+        scratch,
+    };
+    sink.append(
+        "policy.decision",
+        obj(json!({
+            "read_only": spec.workspace.read_only,
+            "hidden": spec.workspace.hidden,
+            "mounts": spec.mounts,
+            "env": spec.env.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            "network": "none (loopback only)",
+        })),
+    );
+
+    let backend: Box<dyn crate::Backend> = match (opts.backend, &opts.helper) {
+        (BackendKind::Native, Some(h)) => Box::new(crate::native::Native::with_helper(h.clone())),
+        (k, _) => crate::backend(k),
+    };
+    // Output budget: the relay kills the sandbox when it is exceeded.
+    let stop_reason: Arc<Mutex<Option<(LimitKind, String)>>> = Arc::new(Mutex::new(None));
+    let control_slot: Arc<Mutex<Option<Arc<dyn crate::Control>>>> = Arc::new(Mutex::new(None));
+    let budget = {
+        let stop = stop_reason.clone();
+        let slot = control_slot.clone();
+        let sink = sink.clone();
+        let limit = limits.output;
+        Arc::new(crate::stdio::Budget {
+            limit,
+            used: AtomicU64::new(0),
+            exceeded: AtomicBool::new(false),
+            over: Box::new(move || {
+                sink.append("limit.output", obj(json!({ "limit": limit })));
+                if let Ok(mut s) = stop.lock() {
+                    s.get_or_insert((
+                        LimitKind::Output,
+                        format!("output exceeded {} bytes", limit.unwrap_or(0)),
+                    ));
+                }
+                if let Some(c) = slot.lock().ok().and_then(|g| g.clone()) {
+                    c.kill();
+                }
+            }),
+        })
+    };
+    let (stdio, relay, master) = if opts.terminal {
+        let (s, r, m) =
+            crate::stdio::terminal(budget.clone()).map_err(io("cannot set up the terminal"))?;
+        (s, r, Some(m))
+    } else {
+        let (s, r) = crate::stdio::pipes(budget.clone(), false)
+            .map_err(io("cannot set up the output pipes"))?;
+        (s, r, None)
+    };
+    let sink_dyn: Arc<dyn EventSink> = sink.clone();
+    let mut running = match backend.start(&spec, stdio, sink_dyn) {
+        Ok(r) => r,
+        Err(e) => {
+            drop(relay);
+            let _ = mounted.unmount();
+            return Err(e.into());
+        }
+    };
+    let control = running.control();
+    if let Ok(mut g) = control_slot.lock() {
+        *g = Some(control.clone());
+    }
+    // Wall-clock timeout: TERM, a short grace, then KILL.
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let timer = limits.timeout.map(|t| {
+        let control = control.clone();
+        let stop = stop_reason.clone();
+        let sink = sink.clone();
+        std::thread::spawn(move || {
+            if done_rx.recv_timeout(t) != Err(mpsc::RecvTimeoutError::Timeout) {
+                return;
+            }
+            sink.append(
+                "limit.timeout",
+                obj(json!({ "timeout_s": t.as_secs_f64() })),
+            );
+            if let Ok(mut s) = stop.lock() {
+                s.get_or_insert((
+                    LimitKind::Timeout,
+                    format!("timed out after {}", humantime(t)),
+                ));
+            }
+            control.signal(libc::SIGTERM);
+            if done_rx.recv_timeout(Duration::from_secs(2)) == Err(mpsc::RecvTimeoutError::Timeout)
+            {
+                control.kill();
+            }
+        })
+    });
+    // The user's signals go to the agent; a terminal resize goes to its pty.
+    let signals = signal_hook::iterator::Signals::new([
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGWINCH,
+    ])
+    .ok();
+    let sig_handle = signals.as_ref().map(|s| s.handle());
+    let sig_thread = signals.map(|mut signals| {
+        let control = control.clone();
+        let sink = sink.clone();
+        std::thread::spawn(move || {
+            for sig in signals.forever() {
+                if sig == libc::SIGWINCH {
+                    if let Some(m) = &master {
+                        crate::stdio::resize(m);
+                    }
+                    continue;
+                }
+                sink.append("signal.forwarded", obj(json!({ "signal": sig })));
+                control.signal(sig);
+            }
+        })
+    });
+
+    let ended = running.wait();
+    drop(done_tx);
+    if let Some(t) = timer {
+        let _ = t.join();
+    }
+    if let Some(h) = sig_handle {
+        h.close();
+    }
+    if let Some(t) = sig_thread {
+        let _ = t.join();
+    }
+    relay.finish();
+    let ended = ended?;
+    let unmounted = mounted.unmount();
+
+    let mut limits_hit = ended.limits.clone();
+    let stopped = stop_reason.lock().ok().and_then(|g| g.clone());
+    if let Some((kind, _)) = &stopped
+        && !limits_hit.contains(kind)
+    {
+        limits_hit.push(*kind);
+    }
+    if quota.as_ref().is_some_and(|q| q.hit()) {
+        limits_hit.push(LimitKind::Disk);
+        sink.append(
+            "limit.disk",
+            obj(json!({ "limit": limits.disk, "used": quota.as_ref().map(|q| q.used()) })),
+        );
+    }
+    for l in &ended.limits {
+        let detail = match l {
+            LimitKind::Memory => json!({ "limit": limits.memory }),
+            LimitKind::Pids => json!({ "limit": limits.pids }),
+            LimitKind::Cpu => json!({ "limit_cpus": limits.cpus, "note": "throttled" }),
+            _ => json!({}),
+        };
+        sink.append(&format!("limit.{}", l.name()), obj(detail));
+    }
+    unmounted?;
+    // What changed, for the summary.
+    let (mut added, mut modified, mut deleted) = (0, 0, 0);
+    if let Ok((store, base)) = ws.open_view(true) {
+        let view = cordon_fs::changes::View {
+            store: &store,
+            base: &base,
+        };
+        if let Ok(changes) = cordon_fs::changes::compute(&view, &[]) {
+            for c in &changes {
+                match c.kind {
+                    cordon_fs::changes::ChangeKind::Added => added += 1,
+                    cordon_fs::changes::ChangeKind::Deleted => deleted += 1,
+                    _ => modified += 1,
+                }
+            }
+        }
+    }
+    sink.append(
+        "session.end",
+        obj(json!({
+            "exit_code": ended.code,
+            "signal": ended.signal,
+            "limits_hit": limits_hit,
+            "stopped": stopped.as_ref().map(|(_, why)| why),
+            "files_changed": added + modified + deleted,
+            "output_bytes": budget.used.load(Ordering::Relaxed),
+        })),
+    );
+    sink.log.sync()?;
+    if sink.failures.load(Ordering::Relaxed) > 0 {
+        let why = sink
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|g| g.clone())
+            .unwrap_or_default();
+        return Err(SessionError::Invalid(format!(
+            "{} events could not be written to the session log ({why})",
+            sink.failures.load(Ordering::Relaxed)
+        )));
+    }
+    let stats = sink.log.stats();
+    Ok(Summary {
+        session: id,
+        backend: opts.backend,
+        exit_code: ended.code,
+        signal: ended.signal,
+        stopped: stopped.map(|(_, why)| why),
+        duration_ms: started.elapsed().as_millis() as u64,
+        files_changed: added + modified + deleted,
+        added,
+        modified,
+        deleted,
+        events: stats.events,
+        violations: stats.violations,
+        limits_hit,
+        limit_enforcement: ended.enforcement,
+    })
+}
+
+fn humantime(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 && s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else if s >= 60 && s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        let s = format!("{:.3}", d.as_secs_f64());
+        format!("{}s", s.trim_end_matches('0').trim_end_matches('.'))
+    }
+}

@@ -1,0 +1,182 @@
+//! The host side of the agent's standard streams: pipes or a pseudo-terminal,
+//! relayed to the user's own streams with a byte budget.
+//!
+//! The agent never receives one of the host's descriptors for a terminal: with
+//! a terminal it gets the slave side of a fresh pty (so `TIOCSTI` on it could at
+//! most inject into its own input, and seccomp refuses that anyway); otherwise
+//! it gets pipes. Output is counted as it is relayed; past the limit, the relay
+//! stops copying and calls the `over` callback once (the session kills the
+//! sandbox and records `limit.output`).
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use crate::Stdio;
+
+/// Output accounting shared by the relay threads.
+pub struct Budget {
+    pub limit: Option<u64>,
+    pub used: AtomicU64,
+    pub exceeded: AtomicBool,
+    pub over: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Budget {
+    /// Account `n` bytes; returns how many may still be written.
+    fn take(&self, n: usize) -> usize {
+        let before = self.used.fetch_add(n as u64, Ordering::Relaxed);
+        let Some(limit) = self.limit else { return n };
+        if before + n as u64 <= limit {
+            return n;
+        }
+        if !self.exceeded.swap(true, Ordering::Relaxed) {
+            (self.over)();
+        }
+        limit.saturating_sub(before).min(n as u64) as usize
+    }
+}
+
+fn pump(mut from: impl Read, mut to: impl Write, budget: Option<Arc<Budget>>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // EIO: the pty's last slave closed.
+            Err(_) => break,
+        };
+        let allowed = budget.as_ref().map_or(n, |b| b.take(n));
+        if allowed > 0 && (to.write_all(&buf[..allowed]).is_err() || to.flush().is_err()) {
+            // The user's side went away (e.g. `| head`): keep draining so the
+            // agent does not block, but stop writing.
+            continue;
+        }
+    }
+}
+
+/// Relay threads for one run; `finish` waits for the output side.
+pub struct Relay {
+    output: Vec<JoinHandle<()>>,
+    _terminal: Option<RawMode>,
+}
+
+impl Relay {
+    pub fn finish(self) {
+        for h in self.output {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Plain pipes: the agent's stdin is the user's stdin (or /dev/null), stdout
+/// and stderr come back through pipes.
+pub fn pipes(budget: Arc<Budget>, stdin_null: bool) -> std::io::Result<(Stdio, Relay)> {
+    let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let stdin: OwnedFd = if stdin_null {
+        std::fs::File::open("/dev/null")?.into()
+    } else {
+        std::io::stdin().as_fd().try_clone_to_owned()?
+    };
+    let b1 = budget.clone();
+    let t1 =
+        std::thread::spawn(move || pump(std::fs::File::from(out_r), std::io::stdout(), Some(b1)));
+    let t2 = std::thread::spawn(move || {
+        pump(std::fs::File::from(err_r), std::io::stderr(), Some(budget))
+    });
+    Ok((
+        Stdio::Pipes {
+            stdin,
+            stdout: out_w,
+            stderr: err_w,
+        },
+        Relay {
+            output: vec![t1, t2],
+            _terminal: None,
+        },
+    ))
+}
+
+/// Puts the user's terminal in raw mode and restores it on drop.
+struct RawMode {
+    saved: rustix::termios::Termios,
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(
+            std::io::stdin(),
+            rustix::termios::OptionalActions::Now,
+            &self.saved,
+        );
+    }
+}
+
+/// A fresh pseudo-terminal sized like the user's, with the user's terminal in
+/// raw mode for the duration. Returns the master for resizing.
+pub fn terminal(budget: Arc<Budget>) -> std::io::Result<(Stdio, Relay, Arc<OwnedFd>)> {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let name = ptsname(&master, Vec::new())?;
+    let slave: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags_noctty()
+        .open(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name.as_bytes()))?
+        .into();
+    if let Ok(ws) = rustix::termios::tcgetwinsize(std::io::stdin()) {
+        let _ = rustix::termios::tcsetwinsize(&master, ws);
+    }
+    let saved = rustix::termios::tcgetattr(std::io::stdin())?;
+    let mut raw = saved.clone();
+    raw.make_raw();
+    rustix::termios::tcsetattr(
+        std::io::stdin(),
+        rustix::termios::OptionalActions::Now,
+        &raw,
+    )?;
+    let guard = RawMode { saved };
+    let master = Arc::new(master);
+    let m_in = master.clone();
+    // Input: not joined (a read of the user's terminal cannot be interrupted); it
+    // ends with the process.
+    let m_in = m_in.try_clone()?;
+    std::thread::spawn(move || pump(std::io::stdin(), std::fs::File::from(m_in), None));
+    let m_out = master.try_clone()?;
+    let t = std::thread::spawn(move || {
+        pump(std::fs::File::from(m_out), std::io::stdout(), Some(budget))
+    });
+    Ok((
+        Stdio::Terminal { slave },
+        Relay {
+            output: vec![t],
+            _terminal: Some(guard),
+        },
+        master,
+    ))
+}
+
+/// Copy the user's terminal size to the agent's pty (on SIGWINCH); the kernel
+/// then signals the agent's foreground process group itself.
+pub fn resize(master: &OwnedFd) {
+    if let Ok(ws) = rustix::termios::tcgetwinsize(std::io::stdin()) {
+        let _ = rustix::termios::tcsetwinsize(master, ws);
+    }
+}
+
+trait NoCtty {
+    fn custom_flags_noctty(&mut self) -> &mut Self;
+}
+
+impl NoCtty for std::fs::OpenOptions {
+    fn custom_flags_noctty(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+    }
+}
