@@ -101,7 +101,7 @@ impl fmt::Display for WithPath<'_> {
 /// line and column.
 pub(crate) struct Collector<'s> {
     src: &'s str,
-    found: Vec<(usize, Diagnostic)>,
+    found: Vec<(usize, String)>,
 }
 
 impl<'s> Collector<'s> {
@@ -115,16 +115,8 @@ impl<'s> Collector<'s> {
     /// Records `message` at the start of `span` (or at the start of the file
     /// when the parser kept no position).
     pub(crate) fn error(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
-        let offset = span.map_or(0, |s| s.start);
-        let (line, column) = line_col(self.src, offset);
-        self.found.push((
-            offset,
-            Diagnostic {
-                line,
-                column,
-                message: message.into(),
-            },
-        ));
+        self.found
+            .push((span.map_or(0, |s| s.start), message.into()));
     }
 
     /// `Ok(value)` when nothing was recorded, else every diagnostic in file order.
@@ -134,39 +126,61 @@ impl<'s> Collector<'s> {
         }
         // Stable: two errors at the same place keep the order they were found in.
         self.found.sort_by_key(|(offset, _)| *offset);
-        Err(Diagnostics(
-            self.found.into_iter().map(|(_, d)| d).collect(),
-        ))
+        // One pass over the text for all positions, so a large file with many
+        // errors costs its length, not its length times the number of errors.
+        let mut diagnostics = Vec::with_capacity(self.found.len());
+        let (mut line, mut column, mut at) = (1, 1, 0);
+        for (offset, message) in self.found {
+            let offset = clamp_to_char_boundary(self.src, offset);
+            for c in self.src[at..offset].chars() {
+                if c == '\n' {
+                    line += 1;
+                    column = 1;
+                } else {
+                    column += 1;
+                }
+            }
+            at = offset;
+            diagnostics.push(Diagnostic {
+                line,
+                column,
+                message,
+            });
+        }
+        Err(Diagnostics(diagnostics))
     }
 }
 
-/// 1-based line and character column of byte `offset` in `src`. Offsets past
-/// the end or inside a multi-byte character are clamped.
-pub(crate) fn line_col(src: &str, offset: usize) -> (usize, usize) {
+fn clamp_to_char_boundary(src: &str, offset: usize) -> usize {
     let mut offset = offset.min(src.len());
     while !src.is_char_boundary(offset) {
         offset -= 1;
     }
-    let before = &src[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = before[line_start..].chars().count() + 1;
-    (line, column)
+    offset
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn position(src: &str, offset: usize) -> (usize, usize) {
+        let mut c = Collector::new(src);
+        c.error(Some(offset..offset), "x");
+        let d = c.finish(()).unwrap_err();
+        (d.0[0].line, d.0[0].column)
+    }
+
     #[test]
-    fn line_col_counts_characters_from_one() {
+    fn positions_count_characters_from_one() {
         let src = "ab\nçd = 1\n";
-        assert_eq!(line_col(src, 0), (1, 1));
-        assert_eq!(line_col(src, 2), (1, 3));
-        assert_eq!(line_col(src, 3), (2, 1));
+        assert_eq!(position(src, 0), (1, 1));
+        assert_eq!(position(src, 2), (1, 3));
+        assert_eq!(position(src, 3), (2, 1));
         // `d` is byte 5 (ç is two bytes) but the second character.
-        assert_eq!(line_col(src, 5), (2, 2));
-        assert_eq!(line_col(src, 999), (3, 1));
+        assert_eq!(position(src, 5), (2, 2));
+        // Inside ç: clamped to its start.
+        assert_eq!(position(src, 4), (2, 1));
+        assert_eq!(position(src, 999), (3, 1));
     }
 
     #[test]

@@ -50,12 +50,22 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
-    /// Every backend with its policy spelling.
-    pub const ALL: [(&'static str, BackendKind); 4] = [
-        ("native", BackendKind::Native),
-        ("gvisor", BackendKind::Gvisor),
-        ("microvm", BackendKind::Microvm),
-        ("wasm", BackendKind::Wasm),
+    /// The policy spelling: `"native"`, `"gvisor"`, `"microvm"` or `"wasm"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Native => "native",
+            BackendKind::Gvisor => "gvisor",
+            BackendKind::Microvm => "microvm",
+            BackendKind::Wasm => "wasm",
+        }
+    }
+
+    /// Every backend.
+    pub const ALL: [BackendKind; 4] = [
+        BackendKind::Native,
+        BackendKind::Gvisor,
+        BackendKind::Microvm,
+        BackendKind::Wasm,
     ];
 }
 

@@ -227,7 +227,10 @@ impl<'s> Walker<'s> {
                 let span = t.key(key).and_then(|k| k.span());
                 self.error(
                     span,
-                    format!("empty key in {where_}; valid keys are: {}", valid.join(", ")),
+                    format!(
+                        "empty key in {where_}; valid keys are: {}",
+                        valid.join(", ")
+                    ),
                 );
                 continue;
             }
@@ -507,15 +510,14 @@ impl<'s> Walker<'s> {
         let mut s = Sandbox::default();
         if let Some(b) = self.field(t, &name, "backend", |w, item, span, n| {
             let text = w.string(item, span.clone(), n, "a string")?;
-            let found = BackendKind::ALL
-                .iter()
-                .find(|(k, _)| *k == text)
-                .map(|(_, b)| *b);
+            let found = BackendKind::ALL.into_iter().find(|b| b.name() == text);
             if found.is_none() {
+                let names: Vec<&str> = BackendKind::ALL.iter().map(|b| b.name()).collect();
                 w.error(
                     span,
                     format!(
-                        "{n}: unknown backend {text:?}; choose one of native, gvisor, microvm, wasm"
+                        "{n}: unknown backend {text:?}; choose one of {}",
+                        names.join(", ")
                     ),
                 );
             }
@@ -607,6 +609,16 @@ impl<'s> Walker<'s> {
                     span,
                     format!(
                         "{n} must be a directory path; use \".\" for the policy file's directory"
+                    ),
+                );
+                return None;
+            }
+            if p.starts_with('~') {
+                w.error(
+                    span,
+                    format!(
+                        "{n}: ~ is not expanded here; write an absolute path, or one relative to \
+                         the policy file's directory"
                     ),
                 );
                 return None;

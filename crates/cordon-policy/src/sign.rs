@@ -80,13 +80,14 @@ pub enum KeyError {
     },
     /// Not a cordon key line at all.
     #[error(
-        "not a cordon {expected}: expected one line `{} <base64>`, found {found:?}",
+        "not a cordon {expected}: expected one line `{} <base64>`, found {found}",
         .expected.prefix()
     )]
     WrongFormat {
         /// What was needed.
         expected: KeyKind,
-        /// The start of what was given.
+        /// A description of what was given (its first word when that is
+        /// safe to show).
         found: String,
     },
     /// The base64 part does not decode.
@@ -317,8 +318,28 @@ fn parse_key_text(text: &str, kind: KeyKind) -> Result<[u8; 32], KeyError> {
 }
 
 fn wrong_format(text: &str, expected: KeyKind) -> KeyError {
-    let found: String = text.trim().chars().take(40).collect();
-    KeyError::WrongFormat { expected, found }
+    KeyError::WrongFormat {
+        expected,
+        found: describe_first_word(text),
+    }
+}
+
+/// The first word of `text` for an error message, but only when it looks like
+/// a format tag: the file may be some other secret, and its contents must not
+/// end up on the terminal.
+fn describe_first_word(text: &str) -> String {
+    let word = text.split_whitespace().next().unwrap_or("");
+    let looks_like_tag = word.len() <= 32
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if word.is_empty() {
+        "an empty file".to_string()
+    } else if looks_like_tag {
+        format!("text starting with `{word}`")
+    } else {
+        "something else".to_string()
+    }
 }
 
 /// A detached signature over one policy file.
@@ -342,8 +363,7 @@ impl Signature {
             )));
         };
         if *prefix != SIGNATURE_PREFIX {
-            let shown: String = prefix.chars().take(40).collect();
-            return Err(malformed(format!("it starts with {shown:?}")));
+            return Err(malformed(format!("found {}", describe_first_word(text))));
         }
         let key_id = KeyId::parse(id)
             .ok_or_else(|| malformed(format!("the key id {id:?} is not 16 hex digits")))?;
@@ -605,10 +625,15 @@ mod tests {
                 found: KeyKind::Public
             }
         );
-        assert!(matches!(
-            PublicKey::parse("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA"),
-            Err(KeyError::WrongFormat { .. })
-        ));
+        let err = PublicKey::parse("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA").unwrap_err();
+        assert!(matches!(err, KeyError::WrongFormat { .. }));
+        assert!(
+            err.to_string().contains("starting with `ssh-ed25519`"),
+            "{err}"
+        );
+        // Some other secret passed by mistake is not echoed.
+        let err = PublicKey::parse("GITHUB_TOKEN=ghp_abcdef123 x").unwrap_err();
+        assert!(!err.to_string().contains("ghp_"), "{err}");
         assert!(matches!(
             PublicKey::parse("cordon-ed25519-public"),
             Err(KeyError::WrongFormat { .. })

@@ -307,6 +307,11 @@ fn workspace_patterns_and_path() {
         &["outside the workspace"],
     );
     one_error("[workspace]\npath = \"\"\n", (2, 8), &["directory path"]);
+    one_error(
+        "[workspace]\npath = \"~/src/app\"\n",
+        (2, 8),
+        &["~ is not expanded"],
+    );
 }
 
 #[test]
@@ -628,5 +633,21 @@ fn json_uses_the_file_names_and_units() {
     assert_eq!(
         serde_json::to_value(&d).unwrap()[0],
         serde_json::json!({"line": 1, "column": 1, "message": d.0[0].message})
+    );
+}
+
+#[test]
+fn many_errors_on_one_long_line_are_all_reported_quickly() {
+    let n = 50_000;
+    let text = format!("[network]\nallow = [{}]\n", vec!["\"a b\""; n].join(","));
+    let start = std::time::Instant::now();
+    let d = errors(&text);
+    assert_eq!(d.len(), n);
+    // Entry i starts at column 10 + 6 * i.
+    assert_eq!(positions(&d)[n - 1], (2, 10 + 6 * (n - 1)));
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        start.elapsed()
     );
 }

@@ -72,12 +72,16 @@ pub fn parse_size(text: &str) -> Result<u64, InvalidValue> {
         .ok_or_else(too_large)?;
     if !frac_part.is_empty() {
         // Exact decimal arithmetic: 0.1G must not become 107374182.39999.
-        let digits = frac_part.len().min(30) as u32;
+        // Digits beyond the 18th are below a byte even for terabytes, and
+        // 10^18 * 2^40 still fits in a u128.
+        let digits = frac_part.len().min(18) as u32;
         let frac: u128 = frac_part[..digits as usize]
             .parse()
             .map_err(|_| too_large())?;
         let scale = 10u128.pow(digits);
-        bytes += frac * u128::from(multiplier) / scale;
+        bytes = bytes
+            .checked_add(frac * u128::from(multiplier) / scale)
+            .ok_or_else(too_large)?;
     }
     u64::try_from(bytes).map_err(|_| too_large())
 }
@@ -90,6 +94,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, InvalidValue> {
     let t = text.trim();
     if t.is_empty() {
         return invalid(format!("invalid duration {text:?}: {hint}"));
+    }
+    if t.contains('.') {
+        return invalid(format!(
+            "invalid duration {text:?}: durations take whole numbers; use a smaller unit, such as \
+             \"90s\" rather than \"1.5m\""
+        ));
     }
     if t.bytes().all(|b| b.is_ascii_digit()) {
         return t
@@ -441,6 +451,10 @@ mod tests {
         assert_eq!(parse_size("10B"), Ok(10));
         assert_eq!(parse_size("1.5G"), Ok(3 << 29));
         assert_eq!(parse_size("0.1K"), Ok(102));
+        let many_nines = format!("1.{}T", "9".repeat(40));
+        assert_eq!(parse_size(&many_nines), Ok((2 << 40) - 1));
+        assert_eq!(parse_size("18446744073709551615"), Ok(u64::MAX));
+        assert!(parse_size("18446744073709551616").is_err());
         for bad in [
             "",
             "G",
@@ -483,6 +497,12 @@ mod tests {
                 .unwrap_err()
                 .0
                 .contains("whole seconds")
+        );
+        assert!(
+            parse_duration("1.5m")
+                .unwrap_err()
+                .0
+                .contains("whole numbers")
         );
         assert_eq!(format_duration(Duration::from_secs(7200)), "2h");
         assert_eq!(format_duration(Duration::from_secs(90)), "90s");

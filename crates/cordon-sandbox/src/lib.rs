@@ -128,6 +128,8 @@ pub trait Control: Send + Sync {
 /// A started sandbox.
 pub trait Running: Send {
     fn control(&self) -> Arc<dyn Control>;
+    /// The master side of the agent's terminal, once (with [`Stdio::Terminal`]).
+    fn terminal(&mut self) -> Option<std::os::fd::OwnedFd>;
     /// Block until the sandbox has ended; returns how the agent ended and which
     /// limits were hit.
     fn wait(&mut self) -> Result<Ended>;

@@ -504,25 +504,44 @@ fn run_mounted(
             }),
         })
     };
-    let (stdio, relay, master) = if opts.terminal {
-        let (s, r, m) =
-            crate::stdio::terminal(budget.clone()).map_err(io("cannot set up the terminal"))?;
-        (s, r, Some(m))
-    } else {
-        let (s, r) = crate::stdio::pipes(budget.clone(), false)
-            .map_err(io("cannot set up the output pipes"))?;
-        (s, r, None)
+    let (stdio, pipe_relay) = match opts.terminal.then(crate::stdio::size).flatten() {
+        Some((rows, cols)) => (crate::Stdio::Terminal { rows, cols }, None),
+        None => {
+            let (s, r) = crate::stdio::pipes(budget.clone(), false)
+                .map_err(io("cannot set up the output pipes"))?;
+            (s, Some(r))
+        }
     };
     let sink_dyn: Arc<dyn EventSink> = sink.clone();
     let mut running = match backend.start(&spec, stdio, sink_dyn) {
         Ok(r) => r,
         Err(e) => {
-            drop(relay);
+            drop(pipe_relay);
             let _ = mounted.unmount();
             return Err(e.into());
         }
     };
     let control = running.control();
+    let (relay, master) = match (pipe_relay, running.terminal()) {
+        (Some(r), _) => (r, None),
+        (None, Some(m)) => match crate::stdio::terminal(m, budget.clone()) {
+            Ok((r, m)) => (r, Some(m)),
+            Err(e) => {
+                control.kill();
+                let _ = running.wait();
+                let _ = mounted.unmount();
+                return Err(io("cannot put the terminal in raw mode")(e));
+            }
+        },
+        (None, None) => {
+            control.kill();
+            let _ = running.wait();
+            let _ = mounted.unmount();
+            return Err(SessionError::Invalid(
+                "the sandbox did not provide a terminal".into(),
+            ));
+        }
+    };
     if let Ok(mut g) = control_slot.lock() {
         *g = Some(control.clone());
     }
@@ -543,7 +562,10 @@ fn run_mounted(
             if let Ok(mut s) = stop.lock() {
                 s.get_or_insert((
                     LimitKind::Timeout,
-                    format!("timed out after {}", humantime(t)),
+                    format!(
+                        "timed out after {}",
+                        cordon_policy::values::format_duration(t)
+                    ),
                 ));
             }
             control.signal(libc::SIGTERM);
@@ -677,16 +699,4 @@ fn run_mounted(
         limits_hit,
         limit_enforcement: ended.enforcement,
     })
-}
-
-fn humantime(d: Duration) -> String {
-    let s = d.as_secs();
-    if s >= 3600 && s % 3600 == 0 {
-        format!("{}h", s / 3600)
-    } else if s >= 60 && s % 60 == 0 {
-        format!("{}m", s / 60)
-    } else {
-        let s = format!("{:.3}", d.as_secs_f64());
-        format!("{}s", s.trim_end_matches('0').trim_end_matches('.'))
-    }
 }

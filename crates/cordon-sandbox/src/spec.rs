@@ -71,9 +71,11 @@ pub enum Stdio {
         stdout: OwnedFd,
         stderr: OwnedFd,
     },
-    /// A pseudo-terminal: the agent gets the slave side as its controlling
-    /// terminal on all three streams.
-    Terminal { slave: OwnedFd },
+    /// A pseudo-terminal of this size (rows, columns), created inside the
+    /// sandbox so the agent's `/dev/pts` names it; the backend hands the master
+    /// side out through [`crate::Running::terminal`]. The host's own terminal is
+    /// never passed in.
+    Terminal { rows: u16, cols: u16 },
 }
 
 /// A limit that stopped or constrained the agent.

@@ -116,23 +116,16 @@ impl Drop for RawMode {
     }
 }
 
-/// A fresh pseudo-terminal sized like the user's, with the user's terminal in
-/// raw mode for the duration. Returns the master for resizing.
-pub fn terminal(budget: Arc<Budget>) -> std::io::Result<(Stdio, Relay, Arc<OwnedFd>)> {
-    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
-    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
-    grantpt(&master)?;
-    unlockpt(&master)?;
-    let name = ptsname(&master, Vec::new())?;
-    let slave: OwnedFd = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags_noctty()
-        .open(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name.as_bytes()))?
-        .into();
-    if let Ok(ws) = rustix::termios::tcgetwinsize(std::io::stdin()) {
-        let _ = rustix::termios::tcsetwinsize(&master, ws);
-    }
+/// The user's terminal size (rows, columns), if stdin is a terminal.
+pub fn size() -> Option<(u16, u16)> {
+    rustix::termios::tcgetwinsize(std::io::stdin())
+        .ok()
+        .map(|w| (w.ws_row, w.ws_col))
+}
+
+/// Relay between the user's terminal (in raw mode for the duration) and the
+/// master side of the agent's pty.
+pub fn terminal(master: OwnedFd, budget: Arc<Budget>) -> std::io::Result<(Relay, Arc<OwnedFd>)> {
     let saved = rustix::termios::tcgetattr(std::io::stdin())?;
     let mut raw = saved.clone();
     raw.make_raw();
@@ -142,23 +135,20 @@ pub fn terminal(budget: Arc<Budget>) -> std::io::Result<(Stdio, Relay, Arc<Owned
         &raw,
     )?;
     let guard = RawMode { saved };
-    let master = Arc::new(master);
-    let m_in = master.clone();
+    let m_in = master.try_clone()?;
     // Input: not joined (a read of the user's terminal cannot be interrupted); it
     // ends with the process.
-    let m_in = m_in.try_clone()?;
     std::thread::spawn(move || pump(std::io::stdin(), std::fs::File::from(m_in), None));
     let m_out = master.try_clone()?;
     let t = std::thread::spawn(move || {
         pump(std::fs::File::from(m_out), std::io::stdout(), Some(budget))
     });
     Ok((
-        Stdio::Terminal { slave },
         Relay {
             output: vec![t],
             _terminal: Some(guard),
         },
-        master,
+        Arc::new(master),
     ))
 }
 
@@ -167,16 +157,5 @@ pub fn terminal(budget: Arc<Budget>) -> std::io::Result<(Stdio, Relay, Arc<Owned
 pub fn resize(master: &OwnedFd) {
     if let Ok(ws) = rustix::termios::tcgetwinsize(std::io::stdin()) {
         let _ = rustix::termios::tcsetwinsize(master, ws);
-    }
-}
-
-trait NoCtty {
-    fn custom_flags_noctty(&mut self) -> &mut Self;
-}
-
-impl NoCtty for std::fs::OpenOptions {
-    fn custom_flags_noctty(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
     }
 }

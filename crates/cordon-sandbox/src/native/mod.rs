@@ -86,16 +86,16 @@ impl Backend for Native {
         };
         let uid = rustix::process::geteuid().as_raw();
         let gid = rustix::process::getegid().as_raw();
-        let tty = matches!(stdio, Stdio::Terminal { .. });
+        let tty = match stdio {
+            Stdio::Terminal { rows, cols } => Some((rows, cols)),
+            Stdio::Pipes { .. } => None,
+        };
         let cfg = init::InitConfig {
             spec: spec.clone(),
             uid,
             gid,
             tty,
-            rlimits: cgroup::rlimits(&spec.limits, with_cgroup)
-                .into_iter()
-                .map(|(r, v)| (r as u32, v))
-                .collect(),
+            rlimits: cgroup::rlimits(&spec.limits, with_cgroup),
         };
         let cfg_bytes = serde_json::to_vec(&cfg).map_err(|e| Error::Spec(e.to_string()))?;
         let (host_ctl, child_ctl) = crate::sys::socketpair_seqpacket()
@@ -111,13 +111,12 @@ impl Backend for Native {
             } => {
                 cmd.stdin(stdin).stdout(stdout).stderr(stderr);
             }
-            Stdio::Terminal { slave } => {
-                let dup = |f: &OwnedFd| {
-                    f.try_clone()
-                        .map_err(|e| Error::io("cannot duplicate the terminal", e))
-                };
-                let (a, b) = (dup(&slave)?, dup(&slave)?);
-                cmd.stdin(slave).stdout(a).stderr(b);
+            Stdio::Terminal { .. } => {
+                // The agent's terminal is made inside; nothing of the host's
+                // goes in, not even its stderr.
+                cmd.stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null());
             }
         }
         // Everything the child does before exec is prepared here: it may not
@@ -197,6 +196,7 @@ impl Backend for Native {
             init_pid,
             enforcement,
             supervisor: None,
+            terminal: None,
         };
         if let Err(e) = crate::sys::send_msg(host_ctl.as_fd(), &cfg_bytes, None) {
             running.kill();
@@ -210,6 +210,7 @@ impl Backend for Native {
             match crate::sys::recv_msg(host_ctl.as_fd(), &mut buf) {
                 Ok(Some((n, fd))) => match serde_json::from_slice::<init::Msg>(&buf[..n]) {
                     Ok(init::Msg::Init { pid }) => running.init_pid.store(pid, Ordering::SeqCst),
+                    Ok(init::Msg::Terminal) => running.terminal = fd,
                     Ok(init::Msg::Error { msg }) => break Err(msg),
                     Ok(init::Msg::Seccomp) => match fd {
                         Some(fd) => break Ok(fd),
@@ -248,6 +249,7 @@ struct NativeRunning {
     control: Arc<NativeControl>,
     enforcement: Enforcement,
     supervisor: Option<std::thread::JoinHandle<()>>,
+    terminal: Option<OwnedFd>,
 }
 
 impl NativeRunning {
@@ -299,6 +301,10 @@ impl Control for NativeControl {
 impl Running for NativeRunning {
     fn control(&self) -> Arc<dyn Control> {
         self.control.clone()
+    }
+
+    fn terminal(&mut self) -> Option<OwnedFd> {
+        self.terminal.take()
     }
 
     fn wait(&mut self) -> Result<Ended> {

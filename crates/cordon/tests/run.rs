@@ -1,0 +1,552 @@
+//! `cordon run` end to end on the native backend: exit codes, signals, the
+//! terminal, sessions (resume, list, rm), the event log (follow, verify,
+//! tampering), policy-driven mounts and environment, and rootless runs.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Env;
+use serde_json::Value;
+
+fn env() -> Option<Env> {
+    common::fuse_env(|base| {
+        std::fs::write(base.join("a.txt"), "original\n").unwrap();
+    })
+}
+
+fn summary(out: &Output) -> Value {
+    let err = String::from_utf8_lossy(&out.stderr);
+    err.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON summary in:\n{err}"))
+}
+
+fn run(env: &Env, flags: &[&str], script: &str) -> Output {
+    env.cmd()
+        .current_dir(&env.base)
+        .args(["run", "--json", "--no-tty"])
+        .args(flags)
+        .args(["--", "sh", "-c", script])
+        .output()
+        .unwrap()
+}
+
+fn events(env: &Env, id: &str) -> Vec<Value> {
+    env.ok(&["log", id, "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn exit_codes_are_the_agents() {
+    let Some(env) = env() else { return };
+    let out = run(&env, &[], "echo hello; exit 7");
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+    let s = summary(&out);
+    assert_eq!(s["exit_code"], 7);
+    // Killed by a signal: 128 + N.
+    let out = run(&env, &[], "kill -TERM $$");
+    assert_eq!(out.status.code(), Some(143));
+    assert_eq!(summary(&out)["signal"], 15);
+    // A command that does not exist: 127, with a clear message.
+    let out = env
+        .cmd()
+        .current_dir(&env.base)
+        .args(["run", "--no-tty", "--", "no-such-agent-binary"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot run no-such-agent-binary"));
+}
+
+#[test]
+fn identity_and_view_inside() {
+    let Some(env) = env() else { return };
+    let out = run(
+        &env,
+        &[],
+        "hostname; pwd; echo $HOME; ls -A $HOME | wc -l; cat /proc/self/status | grep -E '^(CapEff|NoNewPrivs|Seccomp):'; \
+         ls /proc | grep -c '^[0-9]'; ip -o link 2>/dev/null | wc -l || true",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "cordon");
+    assert_eq!(Path::new(lines[1]), env.base.canonicalize().unwrap());
+    assert_eq!(lines[3], "0", "the private home is empty");
+    assert!(text.contains("CapEff:\t0000000000000000"), "{text}");
+    assert!(text.contains("NoNewPrivs:\t1"), "{text}");
+    assert!(text.contains("Seccomp:\t2"), "{text}");
+    let procs: u32 = lines[7].trim().parse().unwrap();
+    assert!(procs <= 6, "the sandbox sees {procs} processes");
+}
+
+#[test]
+fn init_reaps_orphans() {
+    let Some(env) = env() else { return };
+    let out = run(
+        &env,
+        &[],
+        "for i in 1 2 3 4 5; do (sleep 0.05 &) ; done; sleep 0.5; \
+         grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l",
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
+}
+
+#[test]
+fn signals_are_forwarded_to_the_agent() {
+    let Some(env) = env() else { return };
+    let mut child = env
+        .cmd()
+        .current_dir(&env.base)
+        .args(["run", "--json", "--no-tty", "--", "sh", "-c"])
+        .arg("trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 0.05; done")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut buf = [0u8; 6];
+    stdout.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ready\n");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(rest, "got-term\n");
+    assert_eq!(out.status.code(), Some(42));
+}
+
+#[test]
+fn terminal_with_size() {
+    // A real pty around `cordon run`, 37 rows by 101 columns: the agent gets its
+    // own pty of that size as its controlling terminal.
+    let Some(env) = env() else { return };
+    let script = format!(
+        "import os, pty, fcntl, termios, struct, sys\n\
+         pid, fd = pty.fork()\n\
+         if pid == 0:\n\
+         \x20   os.chdir({base:?})\n\
+         \x20   os.execv({bin:?}, [{bin:?}, 'run', '--', 'sh', '-c', 'tty; stty size; test -t 0 && echo is-a-tty'])\n\
+         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack('HHHH', 37, 101, 0, 0))\n\
+         out = b''\n\
+         while True:\n\
+         \x20   try:\n\
+         \x20       b = os.read(fd, 4096)\n\
+         \x20   except OSError:\n\
+         \x20       break\n\
+         \x20   if not b: break\n\
+         \x20   out += b\n\
+         _, st = os.waitpid(pid, 0)\n\
+         sys.stdout.write(out.decode(errors='replace'))\n\
+         sys.exit(os.waitstatus_to_exitcode(st))\n",
+        base = env.base.to_str().unwrap(),
+        bin = env!("CARGO_BIN_EXE_cordon"),
+    );
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(&script)
+        .env("CORDON_HOME", &env.home)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("/dev/pts/"), "{text}");
+    assert!(text.contains("37 101"), "{text}");
+    assert!(text.contains("is-a-tty"), "{text}");
+}
+
+#[test]
+fn sessions_resume_list_and_remove() {
+    let Some(env) = env() else { return };
+    let out = run(&env, &[], "echo one > b.txt");
+    let id = summary(&out)["session"].as_str().unwrap().to_string();
+    // Resume: the earlier change is there; the host is untouched.
+    let out = run(&env, &["--session", &id], "cat b.txt; echo two >> b.txt");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\n");
+    assert_eq!(summary(&out)["session"], id.as_str());
+    assert!(!env.base.join("b.txt").exists());
+    let list: Value = serde_json::from_str(&env.ok(&["sessions", "--json"])).unwrap();
+    let me = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(me["runs"].as_array().unwrap().len(), 2);
+    // diff works on the session id.
+    let diff = env.ok(&["diff", &id]);
+    assert!(diff.contains("+one") && diff.contains("+two"), "{diff}");
+    // The log is one chain across both runs.
+    let ev = events(&env, &id);
+    assert_eq!(
+        ev.iter().filter(|e| e["kind"] == "session.start").count(),
+        2
+    );
+    env.ok(&["audit", "verify", &id]);
+    env.ok(&["rm", &id]);
+    assert!(!env.home.join("sessions").join(&id).exists());
+    assert!(env.run(&["log", &id]).status.code() != Some(0));
+}
+
+#[test]
+fn log_follow_streams_while_running() {
+    let Some(env) = env() else { return };
+    let mut agent = env
+        .cmd()
+        .current_dir(&env.base)
+        .args([
+            "run",
+            "--no-tty",
+            "--",
+            "sh",
+            "-c",
+            "echo started; sleep 1; /bin/true; sleep 1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 8];
+    agent
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    let sessions: Value = serde_json::from_str(&env.ok(&["sessions", "--json"])).unwrap();
+    let id = sessions[0]["id"].as_str().unwrap().to_string();
+    let t = Instant::now();
+    let follow = env
+        .cmd()
+        .args(["log", &id, "--follow", "--json"])
+        .output()
+        .unwrap();
+    agent.wait().unwrap();
+    let text = String::from_utf8_lossy(&follow.stdout);
+    // It returned only once the session ended, with everything in between.
+    assert!(
+        t.elapsed() >= Duration::from_millis(800),
+        "follow returned early"
+    );
+    assert!(text.contains("\"path\":\"/bin/true\""), "{text}");
+    assert!(
+        text.lines().last().unwrap().contains("session.end"),
+        "{text}"
+    );
+}
+
+#[test]
+fn audit_detects_tampering() {
+    let Some(env) = env() else { return };
+    let out = run(&env, &[], "true; true; true");
+    let id = summary(&out)["session"].as_str().unwrap().to_string();
+    let log = env.home.join("sessions").join(&id).join("events.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let edited = text.replacen("\"code\":0", "\"code\":1", 1);
+    assert_ne!(edited, text);
+    std::fs::write(&log, edited).unwrap();
+    let v = env.run(&["audit", "verify", &id]);
+    assert_eq!(v.status.code(), Some(1));
+    let report = String::from_utf8_lossy(&v.stdout);
+    assert!(report.contains("edited"), "{report}");
+    // Deleting the last event is caught by the anchor.
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.pop();
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let v = env.run(&["audit", "verify", &id, "--json"]);
+    assert_eq!(v.status.code(), Some(1));
+    let r: Value = serde_json::from_slice(&v.stdout).unwrap();
+    assert_eq!(r["ok"], false);
+    assert!(
+        r["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["kind"] == "truncated"),
+        "{r}"
+    );
+}
+
+#[test]
+fn policy_mounts_env_and_writable_overrides() {
+    let Some(env) = env() else { return };
+    let shared = env.dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("data.txt"), "shared\n").unwrap();
+    let single = env.dir.path().join("tool.conf");
+    std::fs::write(&single, "conf\n").unwrap();
+    let out_dir = env.dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    std::fs::create_dir_all(env.base.join(".git")).unwrap();
+    std::fs::write(env.base.join(".git/config"), "[core]\n").unwrap();
+    let policy = format!(
+        "[sandbox]\nenv = [\"CORDON_PASS_*\"]\n[sandbox.set_env]\nFIXED = \"yes\"\n\
+         [workspace]\nwritable = [\".git/config\"]\n\
+         [[mount]]\nsource = {shared:?}\n\
+         [[mount]]\nsource = {single:?}\ntarget = \"/etc/tool.conf\"\n\
+         [[mount]]\nsource = {out:?}\nwritable = true\n",
+        shared = shared.to_str().unwrap(),
+        single = single.to_str().unwrap(),
+        out = out_dir.to_str().unwrap(),
+    );
+    std::fs::write(env.base.join("cordon.toml"), policy).unwrap();
+    let out = env
+        .cmd()
+        .current_dir(&env.base)
+        .env("CORDON_PASS_A", "passed")
+        .env("CORDON_OTHER", "kept-out")
+        .args(["run", "--json", "--no-tty", "--", "sh", "-c"])
+        .arg(format!(
+            "echo $CORDON_PASS_A $FIXED ${{CORDON_OTHER:-none}}; cat {s}/data.txt /etc/tool.conf; \
+             echo x > {s}/new 2>/dev/null || echo ro-mount; echo y > {o}/made && echo rw-mount; \
+             echo '[x]' >> .git/config && echo git-config-writable; echo z >> cordon.toml 2>/dev/null || echo policy-ro",
+            s = shared.to_str().unwrap(),
+            o = out_dir.to_str().unwrap()
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        text,
+        "passed yes none\nshared\nconf\nro-mount\nrw-mount\ngit-config-writable\npolicy-ro\n"
+    );
+    assert!(!shared.join("new").exists());
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("made")).unwrap(),
+        "y\n"
+    );
+}
+
+#[test]
+fn bad_policy_is_refused_with_line_and_column() {
+    let Some(env) = env() else { return };
+    std::fs::write(env.base.join("cordon.toml"), "[sandbox]\nmemroy = \"1G\"\n").unwrap();
+    let out = run(&env, &[], "true");
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cordon.toml:2:1"), "{err}");
+    assert!(err.contains("memroy"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn doctor_reports_native_ready() {
+    let Some(env) = env() else { return };
+    let v: Value = serde_json::from_str(&env.ok(&["doctor", "--json"])).unwrap();
+    let native = v["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["backend"] == "native")
+        .unwrap();
+    assert_eq!(native["available"], true, "{v}");
+    let names: Vec<&str> = v["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    for n in [
+        "user namespaces",
+        "landlock",
+        "seccomp user notification",
+        "cgroups",
+    ] {
+        assert!(names.contains(&n), "{names:?}");
+    }
+}
+
+/// Runs `cordon run` as the unprivileged test user.
+fn rootless(env: &Env, flags: &[&str], script: &str) -> Output {
+    let bin = env!("CARGO_BIN_EXE_cordon");
+    for p in [&env.base, &env.home] {
+        Command::new("chown")
+            .args(["-R", "tests:tests"])
+            .arg(p)
+            .status()
+            .unwrap();
+    }
+    Command::new("runuser")
+        .args(["-u", "tests", "--", "env", "-i"])
+        .arg(format!("CORDON_HOME={}", env.home.display()))
+        .arg(format!(
+            "HOME={}",
+            env.dir.path().join("tests-home").display()
+        ))
+        .arg("PATH=/usr/bin:/bin")
+        .arg(bin)
+        .args(["run", "--json", "--no-tty"])
+        .args(flags)
+        .args(["--", "sh", "-c", script])
+        .current_dir(&env.base)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn rootless_run() {
+    let Some(env) = env() else { return };
+    let out = rootless(
+        &env,
+        &["--memory", "512M", "--pids", "200"],
+        "id -u; echo changed > a.txt; cat /proc/self/status | grep CapEff; \
+         python3 -c 'import ctypes; l=ctypes.CDLL(None, use_errno=True); print(\"ptrace\", l.ptrace(16, 1, 0, 0), ctypes.get_errno())'; \
+         echo x > /etc/x 2>/dev/null || echo etc-ro",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}{err}");
+    let uid = Command::new("id").args(["-u", "tests"]).output().unwrap();
+    assert!(
+        text.starts_with(String::from_utf8_lossy(&uid.stdout).as_ref()),
+        "{text}"
+    );
+    assert!(text.contains("CapEff:\t0000000000000000"));
+    assert!(
+        text.contains(&format!("ptrace -1 {}", libc::EPERM)),
+        "{text}"
+    );
+    assert!(text.contains("etc-ro"));
+    assert_eq!(
+        std::fs::read_to_string(env.base.join("a.txt")).unwrap(),
+        "original\n"
+    );
+    let s = summary(&out);
+    assert_eq!(s["files_changed"], 1);
+    // Without a delegated cgroup the limits fall back to rlimits, and say so.
+    assert!(
+        s["limit_enforcement"]
+            .as_str()
+            .unwrap()
+            .starts_with("rlimits"),
+        "{s}"
+    );
+    let id = s["session"].as_str().unwrap();
+    let ev = events(&env, id);
+    assert!(
+        ev.iter()
+            .any(|e| e["kind"] == "syscall.denied" && e["data"]["syscall"] == "ptrace")
+    );
+}
+
+#[test]
+fn rootless_fork_bomb_meets_the_rlimit() {
+    let Some(env) = env() else { return };
+    let out = rootless(
+        &env,
+        &["--pids", "32", "--timeout", "20s"],
+        "n=0; while [ $n -lt 200 ]; do sleep 5 & n=$((n+1)); done; echo done",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("fork") || err.contains("Resource temporarily unavailable"),
+        "{err}"
+    );
+}
+
+#[allow(dead_code)]
+fn write_stdin(child: &mut std::process::Child, data: &[u8]) {
+    child.stdin.as_mut().unwrap().write_all(data).unwrap();
+}
+
+#[test]
+fn signed_policies_with_a_trust_key() {
+    let Some(env) = env() else { return };
+    let keys = env.dir.path().join("team");
+    env.ok(&["policy", "keygen", "--out", keys.to_str().unwrap()]);
+    let key = format!("{}.key", keys.display());
+    let public = format!("{}.pub", keys.display());
+    let policy = env.base.join("cordon.toml");
+    std::fs::write(&policy, "[sandbox]\ntimeout = \"5m\"\n").unwrap();
+    let trust = |env: &Env| {
+        env.cmd()
+            .current_dir(&env.base)
+            .args([
+                "run", "--json", "--no-tty", "--trust", &public, "--", "true",
+            ])
+            .output()
+            .unwrap()
+    };
+    // Unsigned: refused, and nothing ran.
+    let out = trust(&env);
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not signed") && err.contains("cordon policy sign"),
+        "{err}"
+    );
+    assert!(!env.home.join("sessions").exists());
+    // Signed: runs.
+    env.ok(&["policy", "sign", "--key", &key, policy.to_str().unwrap()]);
+    env.ok(&[
+        "policy",
+        "verify",
+        "--key",
+        &public,
+        policy.to_str().unwrap(),
+    ]);
+    let out = trust(&env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Altered after signing: refused with a clear message.
+    std::fs::write(&policy, "[sandbox]\ntimeout = \"9h\"\n").unwrap();
+    let out = trust(&env);
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not verify"), "{err}");
+    assert_eq!(
+        env.run(&[
+            "policy",
+            "verify",
+            "--key",
+            &public,
+            policy.to_str().unwrap()
+        ])
+        .status
+        .code(),
+        Some(1)
+    );
+    // The same through the user config file instead of --trust.
+    let cfg = env.dir.path().join("xdg/cordon");
+    std::fs::create_dir_all(&cfg).unwrap();
+    std::fs::write(cfg.join("config.toml"), format!("trust = [{public:?}]\n")).unwrap();
+    let out = env
+        .cmd()
+        .current_dir(&env.base)
+        .env("XDG_CONFIG_HOME", env.dir.path().join("xdg"))
+        .args(["run", "--no-tty", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(125),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
