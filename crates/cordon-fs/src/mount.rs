@@ -1,7 +1,6 @@
 //! Mounting a workspace: the checks before the mount and the session after it.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,7 +22,8 @@ pub struct Mounted {
 /// idle, so writes only ever append to the WAL. A busy workspace is still
 /// checkpointed every few seconds (passive checkpoints never block the server).
 struct Checkpointer {
-    stop: Arc<AtomicBool>,
+    /// Dropping the sender wakes the thread at once (no waiting out a tick).
+    stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -37,8 +37,7 @@ impl Checkpointer {
         let mut wal = db.as_os_str().to_owned();
         wal.push("-wal");
         let wal = PathBuf::from(wal);
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let (stop, wake) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("cordon-checkpoint".into())
             .spawn(move || {
@@ -46,8 +45,9 @@ impl Checkpointer {
                 let mut seen: Option<SystemTime> = modified(&wal);
                 let mut dirty = false;
                 let mut busy_since: Option<Instant> = None;
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(Self::TICK);
+                while wake.recv_timeout(Self::TICK)
+                    == Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                {
                     let now = modified(&wal);
                     let changed = now != seen;
                     seen = now;
@@ -74,7 +74,7 @@ impl Checkpointer {
             })
             .ok()?;
         Some(Checkpointer {
-            stop,
+            stop: Some(stop),
             thread: Some(thread),
         })
     }
@@ -82,7 +82,7 @@ impl Checkpointer {
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -209,6 +209,12 @@ fn snapshot_ddl() -> String {
 }
 
 /// Applies the connection settings every workspace connection uses.
+/// Sets the page size on a brand-new, still empty database file; must run before
+/// [`configure`] writes the first page.
+pub fn prepare_new(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "page_size", PAGE_SIZE)
+}
+
 pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // WAL: readers (diff, snapshot) never block the FUSE server's writes. NORMAL: a
     // commit is durable against a crash of this process (the WAL is in the page
@@ -244,11 +250,16 @@ pub struct NewDatabase<'a> {
 
 /// Creates the schema in an empty database and fills the configuration rows.
 pub fn initialize(conn: &Connection, new: &NewDatabase<'_>) -> rusqlite::Result<()> {
-    // The page size is fixed by the first table; in WAL mode it cannot change later.
-    conn.pragma_update(None, "journal_mode", "DELETE")?;
-    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
-    conn.execute_batch("VACUUM")?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // The page size is fixed by the first table; in WAL mode it cannot change
+    // later. A new file gets it from `prepare_new` before anything is written;
+    // an existing one is rebuilt (slow: several syncs).
+    let page_size: u32 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+    if page_size != PAGE_SIZE {
+        conn.pragma_update(None, "journal_mode", "DELETE")?;
+        conn.pragma_update(None, "page_size", PAGE_SIZE)?;
+        conn.execute_batch("VACUUM")?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+    }
     let tx = conn.unchecked_transaction()?;
     tx.execute_batch(AGENTFS_DDL)?;
     tx.execute_batch(CORDON_DDL)?;

@@ -128,6 +128,7 @@ impl DataDir {
         let result = (|| {
             let st = rustix::fs::stat(&base_path).map_err(|e| Error::io(&base_path, e.into()))?;
             let conn = Connection::open(&db_path).map_err(|e| Error::sqlite(&db_path, e))?;
+            schema::prepare_new(&conn).map_err(|e| Error::sqlite(&db_path, e))?;
             schema::configure(&conn).map_err(|e| Error::sqlite(&db_path, e))?;
             let now = Timestamp::now();
             schema::initialize(

@@ -157,6 +157,7 @@ pub fn probe_all() -> Vec<Feature> {
                 }
                 Ok(format!("{s}: memory, pids and cpu limits enforced"))
             }
+            Enforcement::Unlimited => Err("the probe asked for no limits".into()),
             Enforcement::Rlimits(why) => Err(format!(
                 "{why}; limits fall back to rlimits (memory per process, pids per user namespace, no cpu limit)"
             )),

@@ -84,6 +84,8 @@ pub struct Summary {
     pub modified: usize,
     pub deleted: usize,
     pub events: u64,
+    /// Events observed but not written because the log budget ran out.
+    pub events_suppressed: u64,
     pub violations: u64,
     pub limits_hit: Vec<LimitKind>,
     pub limit_enforcement: String,
@@ -280,6 +282,7 @@ pub fn run(data: &DataDir, mut opts: RunOptions) -> Result<Summary, SessionError
         }
         None => data.create_workspace(&project, cordon_fs::schema::DEFAULT_CHUNK_SIZE)?,
     };
+    tracing::debug!(id = %ws.id, "workspace ready");
     let id = ws.id.clone();
     let dir = session_dir(data, &id);
     std::fs::create_dir_all(&dir).map_err(io(format!("cannot create {}", dir.display())))?;
@@ -333,6 +336,7 @@ pub fn run(data: &DataDir, mut opts: RunOptions) -> Result<Summary, SessionError
             "uid": rustix::process::geteuid().as_raw(),
         })),
     );
+    tracing::debug!("session log open");
     let on_start = std::mem::replace(&mut opts.on_start, Box::new(|_| {}));
     on_start(&id);
 
@@ -362,6 +366,31 @@ pub fn run(data: &DataDir, mut opts: RunOptions) -> Result<Summary, SessionError
     Ok(summary)
 }
 
+/// The paths a protected pattern covers, as the agent sees them (under
+/// `project`): every match, and for a match that is a symbolic link, also what
+/// it points to when that is inside the workspace (a mount cannot cover the
+/// link itself, so `.env -> config/app.env` protects `config/app.env`).
+fn protected(mnt: &Path, project: &Path, pattern: &str) -> Vec<PathBuf> {
+    let to_project = |p: &Path| project.join(p.strip_prefix(mnt).unwrap_or(p));
+    let mut out = Vec::new();
+    for p in crate::glob::expand(mnt, pattern) {
+        let is_link = p
+            .symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink());
+        if is_link && let Ok(target) = p.canonicalize() {
+            // A relative link resolves within the mount; an absolute one names
+            // the project's own path, which on the host is the base directory.
+            if target.starts_with(mnt) {
+                out.push(to_project(&target));
+            } else if target.starts_with(project) {
+                out.push(target);
+            }
+        }
+        out.push(to_project(&p));
+    }
+    out
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run_mounted(
     _data: &DataDir,
@@ -386,6 +415,7 @@ fn run_mounted(
         ..ServeOptions::default()
     };
     let mounted = cordon_fs::mount::mount(ws, &mnt, &serve)?.spawn()?;
+    tracing::debug!("workspace mounted");
 
     let policy = &opts.policy;
     let home = opts
@@ -399,9 +429,7 @@ fn run_mounted(
     let mut read_only = Vec::new();
     let mut hidden = Vec::new();
     for pat in policy.workspace.effective_read_only() {
-        for p in crate::glob::expand(&mnt, pat) {
-            read_only.push(project.join(p.strip_prefix(&mnt).unwrap_or(&p)));
-        }
+        read_only.extend(protected(&mnt, project, pat));
     }
     if let Some(pp) = &opts.policy_path
         && let Ok(pp) = pp.canonicalize()
@@ -420,9 +448,7 @@ fn run_mounted(
         }
     }
     for pat in policy.workspace.effective_hidden() {
-        for p in crate::glob::expand(&mnt, pat) {
-            hidden.push(project.join(p.strip_prefix(&mnt).unwrap_or(&p)));
-        }
+        hidden.extend(protected(&mnt, project, pat));
     }
     let mut mounts = Vec::new();
     for m in &policy.mounts {
@@ -507,12 +533,13 @@ fn run_mounted(
     let (stdio, pipe_relay) = match opts.terminal.then(crate::stdio::size).flatten() {
         Some((rows, cols)) => (crate::Stdio::Terminal { rows, cols }, None),
         None => {
-            let (s, r) = crate::stdio::pipes(budget.clone(), false)
+            let (s, r) = crate::stdio::pipes(budget.clone())
                 .map_err(io("cannot set up the output pipes"))?;
             (s, Some(r))
         }
     };
     let sink_dyn: Arc<dyn EventSink> = sink.clone();
+    tracing::debug!("starting the backend");
     let mut running = match backend.start(&spec, stdio, sink_dyn) {
         Ok(r) => r,
         Err(e) => {
@@ -522,6 +549,7 @@ fn run_mounted(
         }
     };
     let control = running.control();
+    tracing::debug!("agent started");
     let (relay, master) = match (pipe_relay, running.terminal()) {
         (Some(r), _) => (r, None),
         (None, Some(m)) => match crate::stdio::terminal(m, budget.clone()) {
@@ -667,6 +695,7 @@ fn run_mounted(
             "stopped": stopped.as_ref().map(|(_, why)| why),
             "files_changed": added + modified + deleted,
             "output_bytes": budget.used.load(Ordering::Relaxed),
+            "events_suppressed": ended.events_suppressed,
         })),
     );
     sink.log.sync()?;
@@ -695,6 +724,7 @@ fn run_mounted(
         modified,
         deleted,
         events: stats.events,
+        events_suppressed: ended.events_suppressed,
         violations: stats.violations,
         limits_hit,
         limit_enforcement: ended.enforcement,

@@ -113,6 +113,8 @@ pub struct Ended {
     pub limits: Vec<LimitKind>,
     /// How the backend enforced limits here (e.g. "cgroup v1", "rlimit").
     pub enforcement: String,
+    /// Events the backend observed but did not record (its log budget ran out).
+    pub events_suppressed: u64,
 }
 
 impl SandboxSpec {

@@ -9,7 +9,7 @@
 //! sandbox and records `limit.output`).
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -72,16 +72,16 @@ impl Relay {
     }
 }
 
-/// Plain pipes: the agent's stdin is the user's stdin (or /dev/null), stdout
-/// and stderr come back through pipes.
-pub fn pipes(budget: Arc<Budget>, stdin_null: bool) -> std::io::Result<(Stdio, Relay)> {
-    let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-    let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-    let stdin: OwnedFd = if stdin_null {
-        std::fs::File::open("/dev/null")?.into()
-    } else {
-        std::io::stdin().as_fd().try_clone_to_owned()?
-    };
+/// Plain pipes on all three streams: the agent never holds one of the user's
+/// own descriptors (which may be a terminal it could resize, retitle or read
+/// past its session). Input is copied in by a thread that is not joined (a
+/// read of the user's stdin cannot be interrupted); it ends with the process.
+pub fn pipes(budget: Arc<Budget>) -> std::io::Result<(Stdio, Relay)> {
+    use rustix::pipe::{PipeFlags, pipe_with};
+    let (in_r, in_w) = pipe_with(PipeFlags::CLOEXEC)?;
+    let (out_r, out_w) = pipe_with(PipeFlags::CLOEXEC)?;
+    let (err_r, err_w) = pipe_with(PipeFlags::CLOEXEC)?;
+    std::thread::spawn(move || pump(std::io::stdin(), std::fs::File::from(in_w), None));
     let b1 = budget.clone();
     let t1 =
         std::thread::spawn(move || pump(std::fs::File::from(out_r), std::io::stdout(), Some(b1)));
@@ -90,7 +90,7 @@ pub fn pipes(budget: Arc<Budget>, stdin_null: bool) -> std::io::Result<(Stdio, R
     });
     Ok((
         Stdio::Pipes {
-            stdin,
+            stdin: in_r,
             stdout: out_w,
             stderr: err_w,
         },

@@ -359,6 +359,12 @@ fn print_summary(s: &Summary, json: bool, out: &Out) {
         "0".into()
     };
     eprintln!("  events: {}, violations: {v}", s.events);
+    if s.events_suppressed > 0 {
+        eprintln!(
+            "  {} more events were observed but not logged (log budget reached)",
+            out.style_err("1;33", &s.events_suppressed.to_string())
+        );
+    }
     if !s.limits_hit.is_empty() {
         let names: Vec<&str> = s.limits_hit.iter().map(|l: &LimitKind| l.name()).collect();
         eprintln!("  limits hit: {}", out.style_err("1;31", &names.join(", ")));

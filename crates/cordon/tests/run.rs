@@ -381,7 +381,11 @@ fn doctor_reports_native_ready() {
 
 /// Runs `cordon run` as the unprivileged test user.
 fn rootless(env: &Env, flags: &[&str], script: &str) -> Output {
-    let bin = env!("CARGO_BIN_EXE_cordon");
+    // A copy the test user can reach (the build directory may be under /root).
+    let bin = env.dir.path().join("cordon");
+    if !bin.exists() {
+        std::fs::copy(env!("CARGO_BIN_EXE_cordon"), &bin).unwrap();
+    }
     for p in [&env.base, &env.home] {
         Command::new("chown")
             .args(["-R", "tests:tests"])
@@ -397,7 +401,7 @@ fn rootless(env: &Env, flags: &[&str], script: &str) -> Output {
             env.dir.path().join("tests-home").display()
         ))
         .arg("PATH=/usr/bin:/bin")
-        .arg(bin)
+        .arg(&bin)
         .args(["run", "--json", "--no-tty"])
         .args(flags)
         .args(["--", "sh", "-c", script])
@@ -549,4 +553,57 @@ fn signed_policies_with_a_trust_key() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn pipe_mode_never_hands_over_the_users_terminal() {
+    // `cordon run --no-tty` from a terminal: the agent's stdin is a pipe fed
+    // from the terminal, not the terminal itself (which it could resize or
+    // retitle behind the relay's back).
+    let Some(env) = env() else { return };
+    let script = format!(
+        "import os, pty, sys\n\
+         pid, fd = pty.fork()\n\
+         if pid == 0:\n\
+         \x20   os.chdir({base:?})\n\
+         \x20   os.execv({bin:?}, [{bin:?}, 'run', '--no-tty', '--', 'sh', '-c', 'for f in 0 1 2; do test -t $f && echo tty$f; done; read line; echo got:$line'])\n\
+         os.write(fd, b'typed\\n')\n\
+         out = b''\n\
+         while True:\n\
+         \x20   try:\n\
+         \x20       b = os.read(fd, 4096)\n\
+         \x20   except OSError:\n\
+         \x20       break\n\
+         \x20   if not b: break\n\
+         \x20   out += b\n\
+         os.waitpid(pid, 0)\n\
+         sys.stdout.write(out.decode(errors='replace'))\n",
+        base = env.base.to_str().unwrap(),
+        bin = env!("CARGO_BIN_EXE_cordon"),
+    );
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(&script)
+        .env("CORDON_HOME", &env.home)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("got:typed"), "{text}");
+    assert!(
+        !text.contains("tty0") && !text.contains("tty1") && !text.contains("tty2"),
+        "{text}"
+    );
+}
+
+#[test]
+fn unenforceable_limits_fail_closed() {
+    // Without a cgroup (an unprivileged user here), a CPU limit cannot hold:
+    // the run is refused rather than run unlimited.
+    let Some(env) = env() else { return };
+    let out = rootless(&env, &["--cpus", "1"], "echo should-not-run");
+    assert_eq!(out.status.code(), Some(125));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("should-not-run"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cpus limit cannot be enforced"), "{err}");
 }

@@ -11,13 +11,17 @@
 //! `RLIMIT_NPROC` — weaker (per process, per user namespace) — and CPU is not
 //! limited; [`Enforcement`] tells the summary and `cordon doctor` which.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::{LimitKind, Limits};
 
 /// How limits are enforced for one session.
 pub enum Enforcement {
+    /// No memory, pids or cpu limit was asked for. Joining a cgroup costs a
+    /// synchronize_rcu() on cgroup v1 (about 15-20 ms here, measured), so a
+    /// session without such limits does not pay for one; the PID namespace
+    /// still ends every process when the sandbox's init exits.
+    Unlimited,
     Cgroup(Cgroups),
     /// Why no cgroup could be used.
     Rlimits(String),
@@ -26,6 +30,7 @@ pub enum Enforcement {
 impl Enforcement {
     pub fn describe(&self) -> String {
         match self {
+            Enforcement::Unlimited => "no memory/pids/cpu limits set".into(),
             Enforcement::Cgroup(c) => format!("cgroup {}", if c.v2 { "v2" } else { "v1" }),
             Enforcement::Rlimits(why) => format!("rlimits ({why})"),
         }
@@ -77,7 +82,17 @@ fn keyed(text: &str, key: &str) -> u64 {
 impl Cgroups {
     /// Create the session's cgroups and apply the limits, or say why not.
     pub fn create(session: &str, limits: &Limits) -> Enforcement {
-        let name = format!("cordon-{session}");
+        if limits.memory.is_none() && limits.pids.is_none() && limits.cpus.is_none() {
+            return Enforcement::Unlimited;
+        }
+        // A run-unique name: a run killed with -9 leaves its directory behind,
+        // and a resumed session must not trip over it (or, worse, silently
+        // fall back to weaker limits).
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!("cordon-{session}-{:x}{nanos:x}", std::process::id());
+        Self::remove_stale(session);
         let result = if Path::new(ROOT).join("cgroup.controllers").exists() {
             Self::create_v2(&name, limits)
         } else {
@@ -192,16 +207,38 @@ impl Cgroups {
         Ok(cg)
     }
 
-    /// `cgroup.procs` of every hierarchy, opened for writing so a forked child can
-    /// join with a plain write(2) before it execs.
-    pub fn procs_files(&self) -> std::io::Result<Vec<File>> {
+    /// Remove empty cgroups of earlier runs of this session (left by a killed
+    /// `cordon`; their processes died with the sandbox's init).
+    fn remove_stale(session: &str) {
+        let prefix = format!("cordon-{session}");
+        let mut parents = Vec::new();
+        if Path::new(ROOT).join("cgroup.controllers").exists() {
+            parents.push(
+                Path::new(ROOT).join(own_path("").unwrap_or_default().trim_start_matches('/')),
+            );
+        } else {
+            for ctrl in ["memory", "pids", "cpu"] {
+                let own = own_path(ctrl).unwrap_or_default();
+                parents.push(Path::new(ROOT).join(ctrl).join(own.trim_start_matches('/')));
+            }
+        }
+        for p in parents {
+            let Ok(entries) = std::fs::read_dir(&p) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+    }
+
+    /// `cgroup.procs` of every hierarchy: stage 1 writes itself into each.
+    pub fn procs_paths(&self) -> Vec<PathBuf> {
         self.dirs
             .iter()
-            .map(|(_, d)| {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(d.join("cgroup.procs"))
-            })
+            .map(|(_, d)| d.join("cgroup.procs"))
             .collect()
     }
 

@@ -44,6 +44,8 @@ pub struct InitConfig {
     /// Rows and columns of the terminal to create, if any.
     pub tty: Option<(u16, u16)>,
     pub rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+    /// `cgroup.procs` files stage 1 joins before unsharing anything.
+    pub cgroup_procs: Vec<PathBuf>,
 }
 
 /// Messages from the sandbox to the host.
@@ -79,8 +81,31 @@ fn fail(msg: String, code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Entry point of stage 1. Never returns.
+/// Entry point of stage 1 (`cordon __cordon-sandbox-init FD`). Never returns.
 pub fn stage1_main() -> ! {
+    // The control socket arrives as descriptor FD; move it to CTL_FD and close
+    // everything else but the standard streams.
+    let fd: i32 = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(-1);
+    // SAFETY: dup2/close_range/prctl/getppid/setsid on integers; nothing here
+    // relies on descriptors other than 0..=3 afterwards.
+    unsafe {
+        if fd < 0 || (fd != CTL_FD && libc::dup2(fd, CTL_FD) < 0) {
+            libc::_exit(125);
+        }
+        if fd != CTL_FD {
+            libc::close(fd);
+        }
+        libc::syscall(libc::SYS_close_range, CTL_FD as u32 + 1, u32::MAX, 0u32);
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        // The host may have died before the line above took effect.
+        if libc::getppid() == 1 {
+            libc::_exit(125);
+        }
+        libc::setsid();
+    }
     let mut buf = vec![0u8; 1 << 20];
     let cfg: InitConfig = match sys::recv_msg(ctl(), &mut buf) {
         Ok(Some((n, _))) => match serde_json::from_slice(&buf[..n]) {
@@ -90,6 +115,9 @@ pub fn stage1_main() -> ! {
         _ => fail("no sandbox configuration received".into(), 125),
     };
     drop(buf);
+    if let Err(e) = enter_namespaces(&cfg) {
+        fail(e, 125);
+    }
     // Block the signals we forward before forking, so none is lost in between.
     let set = forwarded_sigset();
     // SAFETY: sigprocmask with a valid set; no old set requested.
@@ -110,6 +138,28 @@ pub fn stage1_main() -> ! {
     // SAFETY: close(2) on the control socket, which stage 1 no longer needs.
     unsafe { libc::close(CTL_FD) };
     wait_forwarding(pid, None)
+}
+
+/// Join the session's cgroups, then enter a new user namespace in which the
+/// invoking user is root, then new mount, PID, network, IPC, UTS and cgroup
+/// namespaces (the cgroup namespace last joined is the session's own).
+fn enter_namespaces(cfg: &InitConfig) -> Result<(), String> {
+    for p in &cfg.cgroup_procs {
+        sys::write_file(p, "0")
+            .map_err(|e| format!("cannot join the cgroup {}: {e}", p.display()))?;
+    }
+    sys::unshare(libc::CLONE_NEWUSER)
+        .map_err(|e| format!("cannot create a user namespace: {e}"))?;
+    write_maps(0, cfg.uid, 0, cfg.gid).map_err(|e| format!("cannot map the invoking user: {e}"))?;
+    sys::unshare(
+        libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNET
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWCGROUP,
+    )
+    .map_err(|e| format!("cannot create the sandbox's namespaces: {e}"))
 }
 
 fn forwarded_sigset() -> libc::sigset_t {
@@ -182,7 +232,7 @@ fn wait_forwarding(main: i32, reap_all: Option<()>) -> ! {
 fn init_main(cfg: InitConfig) -> ! {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    if let Err(e) = setup_root(&cfg.spec) {
+    if let Err(e) = setup_root(&cfg.spec, cfg.uid == 0) {
         fail(e, 125);
     }
     // SAFETY: the init is single-threaded; see stage1_main.
@@ -374,12 +424,43 @@ fn tmpfs(dst: &Path, mode: &str, extra: libc::c_ulong) -> Result<(), String> {
     )
 }
 
-fn under(root: &Path, p: &Path) -> PathBuf {
-    root.join(p.strip_prefix("/").unwrap_or(p))
+/// `p` (absolute, as the agent sees it) under the new root `root`, refusing a
+/// path with `..` or a symbolic link in any component that already exists.
+/// Setup runs before `pivot_root`, so following a link planted in the workspace
+/// (`build -> /etc`) would create or cover files on the host.
+fn under(root: &Path, p: &Path) -> Result<PathBuf, String> {
+    use std::path::Component;
+    let mut out = root.to_path_buf();
+    for c in p.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(n) => {
+                out.push(n);
+                match std::fs::symlink_metadata(&out) {
+                    Ok(md) if md.file_type().is_symlink() => {
+                        return Err(format!(
+                            "{} has a symbolic link in it ({}); mount targets and protected \
+                             paths must be real files and directories",
+                            p.display(),
+                            out.strip_prefix(root).unwrap_or(&out).display()
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(format!("{} is not a plain absolute path", p.display()));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Build the agent's root file system on `spec.scratch` and pivot into it.
-fn setup_root(spec: &SandboxSpec) -> Result<(), String> {
+/// `root_invoker`: the agent will be host uid 0 (without capabilities), so
+/// files readable only by root must be masked explicitly; for any other user
+/// the kernel's permission checks already keep them out.
+fn setup_root(spec: &SandboxSpec, root_invoker: bool) -> Result<(), String> {
     let r = spec.scratch.as_path();
     step(
         || "cannot make the mount tree private".into(),
@@ -392,6 +473,13 @@ fn setup_root(spec: &SandboxSpec) -> Result<(), String> {
         ),
     )?;
     tmpfs(r, "0755", 0)?;
+    // One empty file to bind over masked files; unlinked before the pivot (the
+    // binds keep it alive, nothing names it).
+    let empty_file = r.join(".cordon-empty");
+    step(
+        || "cannot create the empty file".into(),
+        std::fs::write(&empty_file, b""),
+    )?;
     for d in SYSTEM_DIRS {
         let host = Path::new("/").join(d);
         let Ok(md) = std::fs::symlink_metadata(&host) else {
@@ -412,7 +500,7 @@ fn setup_root(spec: &SandboxSpec) -> Result<(), String> {
             bind(&host, &inside, true, false)?;
         }
     }
-    setup_etc(r)?;
+    setup_etc(r, &empty_file, root_invoker)?;
     // /proc: a fresh instance for the new PID namespace, with the knobs that
     // reach the host read-only or masked.
     let proc_dir = r.join("proc");
@@ -427,21 +515,33 @@ fn setup_root(spec: &SandboxSpec) -> Result<(), String> {
             None,
         ),
     )?;
-    for p in [
-        "sys",
-        "sysrq-trigger",
-        "irq",
-        "bus",
-        "fs",
-        "latency_stats",
-        "timer_list",
-        "kcore",
-        "keys",
-        "kmsg",
-    ] {
+    for p in ["sys", "sysrq-trigger", "irq", "bus", "fs"] {
         let path = proc_dir.join(p);
         if path.exists() {
             bind(&path, &path, true, false)?;
+        }
+    }
+    // Kernel memory and address layout: empty.
+    for p in [
+        "kcore",
+        "keys",
+        "key-users",
+        "kmsg",
+        "timer_list",
+        "latency_stats",
+        "sched_debug",
+        "vmallocinfo",
+        "slabinfo",
+        "pagetypeinfo",
+        "kpagecount",
+        "kpageflags",
+        "kpagecgroup",
+        "mtrr",
+        "config.gz",
+    ] {
+        let path = proc_dir.join(p);
+        if path.is_file() {
+            mask(&path, false, &empty_file)?;
         }
     }
     // /sys: a fresh read-only sysfs for the new network namespace (no host
@@ -465,41 +565,36 @@ fn setup_root(spec: &SandboxSpec) -> Result<(), String> {
     }
     mount_point(&r.join("var"), false)?;
     let _ = std::os::unix::fs::symlink("../tmp", r.join("var/tmp"));
-    let home = under(r, &spec.home);
+    let home = under(r, &spec.home)?;
     mount_point(&home, false)?;
     tmpfs(&home, "0700", 0)?;
     // The workspace, at the project's own path, then its read-only and hidden
     // parts on top.
-    let ws = under(r, &spec.workspace.target);
+    let ws = under(r, &spec.workspace.target)?;
     mount_point(&ws, false)?;
     bind(&spec.workspace.source, &ws, false, false)?;
+    // Protected paths that are (or pass through) symlinks are skipped here: the
+    // session resolved them and listed their targets inside the workspace too.
     for p in &spec.workspace.read_only {
-        let inside = under(r, p);
+        let Ok(inside) = under(r, p) else { continue };
         if inside.exists() {
             bind(&inside, &inside, true, false)?;
         }
     }
-    let empty_file = r.join("dev/.cordon-empty");
-    step(
-        || "cannot create the empty file".into(),
-        std::fs::write(&empty_file, b""),
-    )?;
     for p in &spec.workspace.hidden {
-        let inside = under(r, p);
+        let Ok(inside) = under(r, p) else { continue };
         match std::fs::symlink_metadata(&inside) {
             Ok(md) if md.is_dir() => {
                 tmpfs(&inside, "0555", libc::MS_RDONLY)?;
             }
             Ok(md) if md.is_file() => bind(&empty_file, &inside, true, false)?,
-            // Symlinks and special files: a mount cannot cover a symlink itself,
-            // so it stays, but what it points to is not mounted in the sandbox
-            // unless it is inside the workspace, where it gets its own rules.
+            // Special files (fifos, sockets): nothing to read; left as they are.
             _ => {}
         }
     }
     let _ = std::fs::remove_file(&empty_file);
     for m in &spec.mounts {
-        let inside = under(r, &m.target);
+        let inside = under(r, &m.target)?;
         let is_file = std::fs::metadata(&m.source)
             .map(|md| !md.is_dir())
             .unwrap_or(false);
@@ -548,11 +643,70 @@ fn lock_top(path: &Path) -> std::io::Result<()> {
     )
 }
 
-fn setup_etc(r: &Path) -> Result<(), String> {
+/// Whether "other" may read a file (or list and enter a directory).
+fn world_readable(md: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = md.permissions().mode();
+    if md.is_dir() {
+        mode & 0o005 == 0o005
+    } else {
+        mode & 0o004 != 0
+    }
+}
+
+/// Cover `inside` (the sandbox's view of a host path) with something empty.
+fn mask(inside: &Path, is_dir: bool, empty_file: &Path) -> Result<(), String> {
+    if is_dir {
+        tmpfs(inside, "0555", libc::MS_RDONLY)
+    } else {
+        bind(empty_file, inside, true, false)
+    }
+}
+
+/// Files below `dir` (host) that are not world-readable, as paths relative to
+/// it; bounded in depth and entries so a huge /etc cannot stall the start.
+fn private_entries(
+    dir: &Path,
+    rel: &Path,
+    depth: u32,
+    budget: &mut u32,
+    out: &mut Vec<(PathBuf, bool)>,
+) {
+    if depth == 0 {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if *budget == 0 {
+            return;
+        }
+        *budget -= 1;
+        let Ok(md) = e.path().symlink_metadata() else {
+            continue;
+        };
+        let r = rel.join(e.file_name());
+        if md.file_type().is_symlink() {
+            continue;
+        }
+        if !world_readable(&md) {
+            out.push((r, md.is_dir()));
+        } else if md.is_dir() {
+            private_entries(&e.path(), &r, depth - 1, budget, out);
+        }
+    }
+}
+
+/// `/etc` as a tmpfs of read-only binds of the host's entries, minus the
+/// deny-list (absent, not empty), minus what is not world-readable.
+fn setup_etc(r: &Path, empty_file: &Path, root_invoker: bool) -> Result<(), String> {
     let etc = r.join("etc");
     mount_point(&etc, false)?;
     tmpfs(&etc, "0755", 0)?;
     let entries = step(|| "cannot list /etc".into(), std::fs::read_dir("/etc"))?;
+    let mut nested = Vec::new();
+    let mut budget = 20_000;
     for e in entries.flatten() {
         let name = e.file_name();
         let name_str = name.to_string_lossy();
@@ -561,23 +715,36 @@ fn setup_etc(r: &Path) -> Result<(), String> {
         }
         let host = e.path();
         let inside = etc.join(&name);
-        let Ok(ft) = e.file_type() else { continue };
-        if ft.is_symlink() {
+        let Ok(md) = host.symlink_metadata() else {
+            continue;
+        };
+        if md.file_type().is_symlink() {
             if let Ok(t) = std::fs::read_link(&host) {
                 let _ = std::os::unix::fs::symlink(t, &inside);
             }
-        } else if ft.is_dir() {
+            continue;
+        }
+        if !world_readable(&md) {
+            continue;
+        }
+        if md.is_dir() {
             mount_point(&inside, false)?;
             bind(&host, &inside, true, false)?;
-        } else if ft.is_file() {
+            if root_invoker {
+                private_entries(&host, Path::new(&name), 6, &mut budget, &mut nested);
+            }
+        } else if md.is_file() {
             mount_point(&inside, true)?;
             bind(&host, &inside, true, false)?;
         }
     }
     // TLS private keys live inside an otherwise useful directory.
     let private = etc.join("ssl/private");
-    if private.is_dir() {
-        tmpfs(&private, "0555", libc::MS_RDONLY)?;
+    if private.is_dir() && !nested.iter().any(|(p, _)| p == Path::new("ssl/private")) {
+        mask(&private, true, empty_file)?;
+    }
+    for (rel, is_dir) in nested {
+        mask(&etc.join(rel), is_dir, empty_file)?;
     }
     Ok(())
 }
@@ -602,7 +769,9 @@ fn setup_dev(r: &Path) -> Result<(), String> {
         }
         let inside = dev.join(name);
         mount_point(&inside, true)?;
-        bind(&host, &inside, false, true)?;
+        // Read-only mount: the device still reads and writes, but its inode
+        // (the host's /dev node) cannot be chmod-ed or touched.
+        bind(&host, &inside, true, true)?;
     }
     let pts = dev.join("pts");
     mount_point(&pts, false)?;
@@ -747,6 +916,7 @@ fn agent_main(cfg: &InitConfig) -> ! {
         Ok(p) => p,
         Err(e) => fail(format!("cannot build the seccomp filter: {e}"), 125),
     };
+    let program = resolve_program(&spec.argv[0], &spec.env);
     let argv: Vec<CString> = spec
         .argv
         .iter()
@@ -776,11 +946,12 @@ fn agent_main(cfg: &InitConfig) -> ! {
     };
     send(&Msg::Seccomp, Some(listener.as_fd()));
     drop(listener);
-    // SAFETY: closing our copy of the control socket before exec.
-    unsafe { libc::close(CTL_FD) };
+    // SAFETY: close_range(2) on integers: the agent starts with its three
+    // standard streams and nothing else (the control socket included).
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
     // SAFETY: argv_p and env_p are NULL-terminated arrays of valid C strings that
     // outlive the call; PATH lookup uses the agent's environment.
-    unsafe { execvpe_env(argv_p[0], argv_p.as_ptr(), env_p.as_ptr(), &spec.env) };
+    unsafe { libc::execve(program.as_ptr(), argv_p.as_ptr(), env_p.as_ptr()) };
     let err = std::io::Error::last_os_error();
     let _ = writeln!(
         std::io::stderr(),
@@ -845,44 +1016,30 @@ fn make_terminal(rows: u16, cols: u16) -> std::io::Result<()> {
     Ok(())
 }
 
-/// `execvpe` that searches the agent's `PATH` (from `env`), not ours.
-///
-/// # Safety
-/// `file`, `argv` and `envp` must be valid, NULL-terminated C data.
-unsafe fn execvpe_env(
-    file: *const libc::c_char,
-    argv: *const *const libc::c_char,
-    envp: *const *const libc::c_char,
-    env: &[(String, String)],
-) {
-    // SAFETY: the caller guarantees `file` is a valid C string.
-    let name = unsafe { std::ffi::CStr::from_ptr(file) }.to_bytes();
-    if name.contains(&b'/') {
-        // SAFETY: forwarded from the caller's guarantees.
-        unsafe { libc::execve(file, argv, envp) };
-        return;
+/// The file `name` runs: itself when it contains a `/`, else the first
+/// executable match in the agent's `PATH` (resolved before the seccomp filter
+/// goes in, so the agent's start is one `execve` and one event).
+fn resolve_program(name: &str, env: &[(String, String)]) -> CString {
+    let fallback = || CString::new(name.as_bytes()).unwrap_or_default();
+    if name.contains('/') {
+        return fallback();
     }
     let path = env
         .iter()
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.as_str())
         .unwrap_or("/usr/local/bin:/usr/bin:/bin");
-    let mut last = libc::ENOENT;
     for dir in path.split(':') {
         let dir = if dir.is_empty() { "." } else { dir };
-        let mut full = dir.as_bytes().to_vec();
-        full.push(b'/');
-        full.extend_from_slice(name);
-        let Ok(c) = CString::new(full) else { continue };
-        // SAFETY: `c` is a valid C string; argv/envp as guaranteed by the caller.
-        unsafe { libc::execve(c.as_ptr(), argv, envp) };
-        let e = std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::ENOENT);
-        if e != libc::ENOENT && e != libc::ENOTDIR {
-            last = e;
+        let Ok(c) = CString::new(format!("{dir}/{name}")) else {
+            continue;
+        };
+        // SAFETY: access(2) on a valid C string.
+        if unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0
+            && std::fs::metadata(Path::new(dir).join(name)).is_ok_and(|m| m.is_file())
+        {
+            return c;
         }
     }
-    // SAFETY: errno is thread-local; setting it reports the most telling error.
-    unsafe { *libc::__errno_location() = last };
+    fallback()
 }

@@ -16,9 +16,7 @@ pub mod cgroup;
 pub mod init;
 pub mod seccomp;
 
-use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::Arc;
@@ -77,12 +75,28 @@ impl Backend for Native {
                 .map_err(|e| Error::io("cannot find the cordon executable", e))?,
         };
         let enforcement = Cgroups::create(&spec.session, &spec.limits);
+        let uid0 = rustix::process::geteuid().is_root();
+        if let Enforcement::Rlimits(why) = &enforcement {
+            // Fail closed: a limit the user asked for must hold. rlimits cannot
+            // cap CPU, and the kernel exempts uid 0 from RLIMIT_NPROC.
+            let unenforceable = if spec.limits.cpus.is_some() {
+                Some("cpus")
+            } else if uid0 && spec.limits.pids.is_some() {
+                Some("pids")
+            } else {
+                None
+            };
+            if let Some(what) = unenforceable {
+                return Err(Error::Setup(format!(
+                    "the {what} limit cannot be enforced without a cgroup ({why}); give this user a \
+                     delegated cgroup (systemd-run --user --scope -p Delegate=yes) or remove the limit"
+                )));
+            }
+        }
         let with_cgroup = matches!(enforcement, Enforcement::Cgroup(_));
-        let procs = match &enforcement {
-            Enforcement::Cgroup(c) => c
-                .procs_files()
-                .map_err(|e| Error::io("cannot open the session cgroup", e))?,
-            Enforcement::Rlimits(_) => Vec::new(),
+        let cgroup_procs = match &enforcement {
+            Enforcement::Cgroup(c) => c.procs_paths(),
+            Enforcement::Rlimits(_) | Enforcement::Unlimited => Vec::new(),
         };
         let uid = rustix::process::geteuid().as_raw();
         let gid = rustix::process::getegid().as_raw();
@@ -95,6 +109,7 @@ impl Backend for Native {
             uid,
             gid,
             tty,
+            cgroup_procs,
             rlimits: cgroup::rlimits(&spec.limits, with_cgroup),
         };
         let cfg_bytes = serde_json::to_vec(&cfg).map_err(|e| Error::Spec(e.to_string()))?;
@@ -119,64 +134,14 @@ impl Backend for Native {
                     .stderr(std::process::Stdio::null());
             }
         }
-        // Everything the child does before exec is prepared here: it may not
-        // allocate (the parent has other threads).
-        let setgroups = CString::new("/proc/self/setgroups").expect("static");
-        let uid_map = CString::new("/proc/self/uid_map").expect("static");
-        let gid_map = CString::new("/proc/self/gid_map").expect("static");
-        let uid_line = format!("0 {uid} 1");
-        let gid_line = format!("0 {gid} 1");
-        let ctl_raw = child_ctl.as_raw_fd();
-        let proc_raw: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
-        // SAFETY: the closure runs in the forked child before exec and only makes
-        // async-signal-safe system calls on data prepared above.
-        unsafe {
-            cmd.pre_exec(move || {
-                let fail = || Err(std::io::Error::last_os_error());
-                if libc::setsid() < 0 {
-                    return fail();
-                }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                    return fail();
-                }
-                for fd in &proc_raw {
-                    if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
-                        return fail();
-                    }
-                }
-                if libc::unshare(libc::CLONE_NEWUSER) < 0 {
-                    return fail();
-                }
-                for (path, line) in [
-                    (&setgroups, "deny"),
-                    (&uid_map, uid_line.as_str()),
-                    (&gid_map, gid_line.as_str()),
-                ] {
-                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        return fail();
-                    }
-                    let n = libc::write(fd, line.as_ptr().cast(), line.len());
-                    libc::close(fd);
-                    if n != line.len() as isize {
-                        return fail();
-                    }
-                }
-                let ns = libc::CLONE_NEWNS
-                    | libc::CLONE_NEWPID
-                    | libc::CLONE_NEWNET
-                    | libc::CLONE_NEWIPC
-                    | libc::CLONE_NEWUTS
-                    | libc::CLONE_NEWCGROUP;
-                if libc::unshare(ns) < 0 {
-                    return fail();
-                }
-                if libc::dup2(ctl_raw, init::CTL_FD) < 0 {
-                    return fail();
-                }
-                Ok(())
-            });
-        }
+        // No pre_exec: that would make std fork this (large, threaded) process;
+        // without it the child is spawned with vfork semantics, and stage 1 —
+        // a fresh, small, single-threaded process — joins the cgroups and
+        // unshares the namespaces itself. The control socket is the one
+        // descriptor we let it inherit; stage 1 closes everything else.
+        rustix::io::fcntl_setfd(&child_ctl, rustix::io::FdFlags::empty())
+            .map_err(|e| Error::io("cannot pass the control socket", e.into()))?;
+        cmd.arg(child_ctl.as_raw_fd().to_string());
         let child = cmd.spawn().map_err(|e| {
             if let Enforcement::Cgroup(c) = &enforcement {
                 c.remove();
@@ -184,19 +149,20 @@ impl Backend for Native {
             Error::Setup(format!("cannot start the sandbox (namespaces): {e}"))
         })?;
         drop(child_ctl);
-        drop(procs);
+        tracing::debug!(pid = child.id(), "stage 1 spawned");
         let init_pid = Arc::new(AtomicI32::new(0));
         let mut running = NativeRunning {
             control: Arc::new(NativeControl {
-                init_pid: init_pid.clone(),
-                stage1: child.id() as i32,
-                ended: Default::default(),
+                stage1: rustix::process::Pid::from_raw(child.id() as i32).and_then(|p| {
+                    rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+                }),
             }),
             child,
             init_pid,
             enforcement,
             supervisor: None,
             terminal: None,
+            counters: Default::default(),
         };
         if let Err(e) = crate::sys::send_msg(host_ctl.as_fd(), &cfg_bytes, None) {
             running.kill();
@@ -228,7 +194,7 @@ impl Backend for Native {
                 let sup = seccomp::Supervisor {
                     listener,
                     events: events.clone(),
-                    counters: Arc::new(seccomp::Counters::default()),
+                    counters: running.counters.clone(),
                 };
                 running.supervisor = Some(std::thread::spawn(move || sup.run()));
                 Ok(Box::new(running))
@@ -250,6 +216,7 @@ struct NativeRunning {
     enforcement: Enforcement,
     supervisor: Option<std::thread::JoinHandle<()>>,
     terminal: Option<OwnedFd>,
+    counters: Arc<seccomp::Counters>,
 }
 
 impl NativeRunning {
@@ -261,11 +228,12 @@ impl NativeRunning {
     }
 }
 
+/// Signals go to stage 1 through a pidfd (no pid-reuse race, whatever the
+/// timing of reaping); stage 1 forwards them to the init, the init to the
+/// agent. SIGKILL to stage 1 takes the init down with it (parent-death
+/// signal), and with the init the whole PID namespace.
 struct NativeControl {
-    init_pid: Arc<AtomicI32>,
-    stage1: i32,
-    /// Set once stage 1 has been reaped: its pid may be reused from then on.
-    ended: std::sync::atomic::AtomicBool,
+    stage1: Option<OwnedFd>,
 }
 
 impl NativeRunning {
@@ -274,27 +242,22 @@ impl NativeRunning {
     }
 }
 
+impl NativeControl {
+    fn send(&self, signal: i32) {
+        let Some(fd) = &self.stage1 else { return };
+        if let Some(sig) = rustix::process::Signal::from_named_raw(signal) {
+            let _ = rustix::process::pidfd_send_signal(fd, sig);
+        }
+    }
+}
+
 impl Control for NativeControl {
     fn signal(&self, signal: i32) {
-        let pid = self.init_pid.load(Ordering::SeqCst);
-        if pid > 0 && !self.ended.load(Ordering::SeqCst) {
-            // SAFETY: kill(2) to the sandbox's init, which forwards to the agent.
-            unsafe { libc::kill(pid, signal) };
-        }
+        self.send(signal);
     }
 
     fn kill(&self) {
-        if self.ended.load(Ordering::SeqCst) {
-            return;
-        }
-        let pid = self.init_pid.load(Ordering::SeqCst);
-        if pid > 0 {
-            // SAFETY: SIGKILL to PID 1 of the sandbox ends its whole PID namespace.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        // SAFETY: stage 1 is our child (not yet reaped while a Control exists for
-        // a running sandbox); killing it too is harmless.
-        unsafe { libc::kill(self.stage1, libc::SIGKILL) };
+        self.send(libc::SIGKILL);
     }
 }
 
@@ -315,7 +278,6 @@ impl Running for NativeRunning {
                 Err(e) => return Err(Error::io("waiting for the sandbox", e)),
             }
         };
-        self.control.ended.store(true, Ordering::SeqCst);
         use std::os::unix::process::ExitStatusExt;
         let code = status
             .code()
@@ -323,7 +285,7 @@ impl Running for NativeRunning {
         let signal = (code > 128 && code < 128 + 65).then_some(code - 128);
         let limits = match &self.enforcement {
             Enforcement::Cgroup(c) => c.hits(),
-            Enforcement::Rlimits(_) => Vec::new(),
+            Enforcement::Rlimits(_) | Enforcement::Unlimited => Vec::new(),
         };
         let enforcement = self.enforcement.describe();
         self.cleanup();
@@ -336,6 +298,7 @@ impl Running for NativeRunning {
             signal,
             limits,
             enforcement,
+            events_suppressed: self.counters.suppressed.load(Ordering::Relaxed),
         })
     }
 }

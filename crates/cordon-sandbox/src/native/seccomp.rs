@@ -117,7 +117,31 @@ pub const DENIED: &[(i64, &str)] = &[
     #[cfg(target_arch = "x86_64")]
     (libc::SYS_ioperm, "ioperm"),
     (libc::SYS_vhangup, "vhangup"),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_modify_ldt, "modify_ldt"),
+    (SYS_OPEN_TREE_ATTR, "open_tree_attr"),
 ];
+
+/// `open_tree_attr` (Linux 6.15) is newer than the libc crate's table; its
+/// number is the same on every architecture (the unified syscall table).
+const SYS_OPEN_TREE_ATTR: i64 = 467;
+
+/// System calls numbered above this are unknown to this filter and fail with
+/// `ENOSYS` (new kernels add calls that could reach around the list above).
+pub const HIGHEST_KNOWN_SYSCALL: u32 = 470;
+
+/// Address families a sandboxed socket may use; anything else (vsock, which
+/// is not namespaced; packet; alg; xdp; bluetooth; ...) is refused.
+const ALLOWED_FAMILIES: [u64; 4] = [
+    libc::AF_UNIX as u64,
+    libc::AF_INET as u64,
+    libc::AF_INET6 as u64,
+    libc::AF_NETLINK as u64,
+];
+
+/// personality(2) values allowed: PER_LINUX, the query 0xffffffff, and
+/// ADDR_NO_RANDOMIZE (used by debuggers). READ_IMPLIES_EXEC and friends are not.
+const ALLOWED_PERSONALITIES: [u64; 3] = [0, 0xffff_ffff, 0x0004_0000];
 
 /// System calls refused only for some arguments.
 fn conditional_rules() -> Vec<(i64, &'static str, Vec<SeccompRule>)> {
@@ -152,9 +176,35 @@ fn conditional_rules() -> Vec<(i64, &'static str, Vec<SeccompRule>)> {
             ],
         ),
         (
+            libc::SYS_personality,
+            "personality",
+            vec![rule(
+                ALLOWED_PERSONALITIES
+                    .iter()
+                    .map(|v| dword(0, Op::Ne, *v))
+                    .collect(),
+            )],
+        ),
+        (
+            libc::SYS_socketpair,
+            "socketpair",
+            vec![rule(
+                ALLOWED_FAMILIES
+                    .iter()
+                    .map(|f| dword(0, Op::Ne, *f))
+                    .collect(),
+            )],
+        ),
+        (
             libc::SYS_socket,
             "socket",
             vec![
+                rule(
+                    ALLOWED_FAMILIES
+                        .iter()
+                        .map(|f| dword(0, Op::Ne, *f))
+                        .collect(),
+                ),
                 rule(vec![dword(0, Op::Eq, libc::AF_PACKET as u64)]),
                 rule(vec![dword(1, Op::MaskedEq(0xf), libc::SOCK_RAW as u64)]),
                 rule(vec![dword(1, Op::MaskedEq(0xf), 10 /* SOCK_PACKET */)]),
@@ -311,9 +361,7 @@ impl Programs {
     /// Install all three filters in the calling process (which must already have
     /// `no_new_privs`) and return the notification listener.
     pub fn install(&self) -> io::Result<OwnedFd> {
-        if !self.x32.is_empty() {
-            install(&self.x32, 0)?;
-        }
+        install(&self.x32, 0)?;
         install(&self.clone3, 0)?;
         let fd = install(&self.notify, SECCOMP_FILTER_FLAG_NEW_LISTENER)?;
         // SAFETY: with NEW_LISTENER, seccomp returns a new descriptor we now own.
@@ -347,15 +395,23 @@ struct NotifResp {
     flags: u32,
 }
 
-/// Events the supervisor records before it starts summarising: a fork bomb or a
-/// build that runs a million compilers must not fill the disk with the log.
+/// Events and bytes the supervisor records before it starts only counting: a
+/// fork bomb, or a build that runs a million compilers, must not fill the disk
+/// with the log. What is not recorded is counted and reported at the end.
 const EVENT_BUDGET: u64 = 20_000;
+const BYTE_BUDGET: u64 = 16 << 20;
+/// Bounds on what one exec event carries.
+const MAX_PATH: usize = 1024;
+const MAX_ARGS: u64 = 32;
+const MAX_ARG: usize = 256;
 
 /// Counters the session summary reads.
 #[derive(Default)]
 pub struct Counters {
     pub denied: AtomicU64,
     pub execs: AtomicU64,
+    pub exits: AtomicU64,
+    /// Events counted but not written (budget exhausted).
     pub suppressed: AtomicU64,
 }
 
@@ -371,6 +427,7 @@ pub struct Supervisor {
 impl Supervisor {
     pub fn run(self) {
         let mut emitted = 0u64;
+        let mut bytes = 0u64;
         loop {
             let mut pfd = libc::pollfd {
                 fd: self.listener.as_raw_fd(),
@@ -405,6 +462,7 @@ impl Supervisor {
             if observed {
                 if nr == libc::SYS_exit_group {
                     kind = "proc.exit";
+                    self.counters.exits.fetch_add(1, Ordering::Relaxed);
                     data.insert("pid".into(), json!(n.pid));
                     data.insert("code".into(), json!(n.data.args[0] as i32));
                 } else {
@@ -420,7 +478,7 @@ impl Supervisor {
                     if let Some(mem) = &mem {
                         data.insert(
                             "path".into(),
-                            Value::String(read_cstr(mem, path_ptr, 4096).unwrap_or_default()),
+                            Value::String(read_cstr(mem, path_ptr, MAX_PATH).unwrap_or_default()),
                         );
                         data.insert(
                             "argv".into(),
@@ -472,8 +530,16 @@ impl Supervisor {
             if !valid {
                 continue;
             }
-            if emitted < EVENT_BUDGET || kind == "syscall.denied" && emitted < 2 * EVENT_BUDGET {
+            let size = serde_json::to_string(&data).map_or(0, |t| t.len() as u64);
+            let within = emitted < EVENT_BUDGET && bytes + size < BYTE_BUDGET;
+            // Denied calls keep a reserve of their own: they are what an
+            // attacker would most like to drown.
+            let reserve = kind == "syscall.denied"
+                && emitted < 2 * EVENT_BUDGET
+                && bytes + size < 2 * BYTE_BUDGET;
+            if within || reserve {
                 emitted += 1;
+                bytes += size;
                 self.events.event(kind, data);
             } else {
                 self.counters.suppressed.fetch_add(1, Ordering::Relaxed);
@@ -508,7 +574,7 @@ fn read_argv(mem: &std::fs::File, addr: u64) -> Vec<String> {
     if addr == 0 {
         return out;
     }
-    for i in 0..64u64 {
+    for i in 0..MAX_ARGS {
         let mut p = [0u8; 8];
         if mem.read_at(&mut p, addr + i * 8).ok() != Some(8) {
             break;
@@ -517,7 +583,7 @@ fn read_argv(mem: &std::fs::File, addr: u64) -> Vec<String> {
         if ptr == 0 {
             break;
         }
-        match read_cstr(mem, ptr, 1024) {
+        match read_cstr(mem, ptr, MAX_ARG) {
             Some(s) => out.push(s),
             None => break,
         }

@@ -12,7 +12,7 @@ NR = dict(ptrace=101, mount=165, umount2=166, pivot_root=155, chroot=161,
           delete_module=176, keyctl=250, add_key=248, bpf=321,
           io_uring_setup=425, open_by_handle_at=304, perf_event_open=298,
           kexec_load=246, userfaultfd=323, process_vm_readv=310, mknodat=259,
-          clone=56)
+          clone=56, modify_ldt=154, personality=135, open_tree_attr=467)
 
 
 def sys_call(name, *args):
@@ -297,6 +297,58 @@ def attack(name, args):
             out.write(line)
         out.flush()
         print("ESCAPED: flooded 100 MiB")
+    elif name == "inherited_fds":
+        hits = []
+        for fd in range(3, 256):
+            try:
+                os.write(fd, b"written from inside\n")
+                hits.append(fd)
+            except OSError:
+                pass
+        print(("ESCAPED" if hits else "BLOCKED") + f": writable inherited descriptors {hits}")
+    elif name == "vsock":
+        try:
+            socket.socket(40, socket.SOCK_STREAM)  # AF_VSOCK
+            print("ESCAPED: vsock socket")
+        except OSError as e:
+            print(f"BLOCKED: vsock: {e.strerror}")
+    elif name == "dev_chmod":
+        for d in ("/dev/null", "/dev/full"):
+            try:
+                os.chmod(d, 0o600)
+                print(f"ESCAPED: chmod {d}")
+            except OSError as e:
+                print(f"BLOCKED: chmod {d}: {e.strerror}")
+    elif name == "hidden_through_symlink":
+        for p in (".env", "config/app.env"):
+            try:
+                data = open(p, "rb").read()
+                print(("ESCAPED" if data else "BLOCKED") + f": {p} holds {len(data)} bytes")
+            except OSError as e:
+                print(f"BLOCKED: {p}: {e.strerror}")
+    elif name == "etc_private":
+        for p in args:
+            try:
+                data = open(p, "rb").read()
+                print(("ESCAPED" if data else "BLOCKED") + f": {p} holds {len(data)} bytes")
+            except OSError as e:
+                print(f"BLOCKED: read {p}: {e.strerror}")
+    elif name == "odd_syscalls":
+        r, e = sys_call("modify_ldt", 0, ctypes.create_string_buffer(16), 16)
+        expect_fail("modify_ldt", r, e)
+        r, e = sys_call("personality", 0x0400000)  # READ_IMPLIES_EXEC
+        expect_fail("personality(READ_IMPLIES_EXEC)", r, e)
+        r, e = sys_call("open_tree_attr", -100, ctypes.c_char_p(b"/"), 0, 0, 0)
+        expect_fail("open_tree_attr", r, e)
+        ctypes.set_errno(0)
+        r = libc.syscall(ctypes.c_long(1000))
+        expect_fail("unknown syscall 1000", r, ctypes.get_errno())
+    elif name == "flood_exec_args":
+        pid = os.fork()
+        if pid == 0:
+            os.execv("/bin/true", ["/bin/true"] + ["A" * 4000] * 100)
+        os.waitpid(pid, 0)
+        print("BLOCKED: exec with 100 arguments of 4000 bytes logged within bounds")
     else:
         print(f"unknown attack {name}")
         sys.exit(2)

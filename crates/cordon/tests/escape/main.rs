@@ -563,3 +563,150 @@ fn output_flood() {
     assert!(run.has("limit.output"));
     assert_eq!(run.code, Some(137));
 }
+
+#[test]
+fn inherited_descriptors_do_not_reach_the_agent() {
+    // cordon started with descriptors 7 (a host file, for append) and 8 (a
+    // host directory) open: the agent must hold neither.
+    let Some(env) = env() else { return };
+    let victim = env.dir.path().join("outside.txt");
+    std::fs::write(&victim, "host\n").unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 7>>{v} 8</etc; exec {bin} run --json --no-tty -- python3 attacks.py inherited_fds",
+            v = victim.display(),
+            bin = env!("CARGO_BIN_EXE_cordon")
+        ))
+        .current_dir(&env.base)
+        .env("CORDON_HOME", &env.home)
+        .output()
+        .unwrap();
+    let run = parse(&env, out);
+    run.assert_blocked();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "host\n");
+}
+
+#[test]
+fn vsock_is_refused() {
+    attack("vsock", &[], &["socket"]);
+}
+
+#[test]
+fn host_device_nodes_cannot_be_chmod() {
+    use std::os::unix::fs::PermissionsExt;
+    let before = std::fs::metadata("/dev/full").unwrap().permissions().mode();
+    attack("dev_chmod", &[], &[]);
+    assert_eq!(
+        std::fs::metadata("/dev/full").unwrap().permissions().mode(),
+        before
+    );
+}
+
+#[test]
+fn hidden_files_behind_a_symlink() {
+    let Some(env) = env() else { return };
+    std::fs::remove_file(env.base.join(".env")).unwrap();
+    common::write(&env.base.join("config/app.env"), b"DB_PASSWORD=hunter2\n");
+    std::os::unix::fs::symlink("config/app.env", env.base.join(".env")).unwrap();
+    let run = agent(&env, &[], "hidden_through_symlink", &[]);
+    run.assert_blocked();
+    assert_eq!(run.stdout.matches("BLOCKED").count(), 2, "{}", run.stdout);
+}
+
+#[test]
+fn mount_targets_through_workspace_symlinks_are_refused() {
+    // A link planted in the project must not steer setup (which runs before
+    // pivot_root) into creating files on the host.
+    let Some(env) = env() else { return };
+    let victim = env.dir.path().join("victim-dir");
+    std::fs::create_dir(&victim).unwrap();
+    std::os::unix::fs::symlink(&victim, env.base.join("build")).unwrap();
+    let tool = env.dir.path().join("tool.cfg");
+    std::fs::write(&tool, "x").unwrap();
+    std::fs::write(
+        env.base.join("cordon.toml"),
+        format!(
+            "[[mount]]\nsource = {:?}\ntarget = {:?}\n",
+            tool.to_str().unwrap(),
+            env.base.join("build/tool.cfg").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = env
+        .cmd()
+        .current_dir(&env.base)
+        .args(["run", "--no-tty", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&victim).unwrap().count(),
+        0,
+        "setup wrote through the link"
+    );
+}
+
+#[test]
+fn root_only_files_in_etc_are_absent_or_empty() {
+    // The agent of a root invoker is host uid 0 without capabilities: files only
+    // root may read must not be readable in the sandbox.
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let top = Path::new("/etc/cordon-escape-private.key");
+    let dir = Path::new("/etc/cordon-escape-dir");
+    std::fs::write(top, "top secret").unwrap();
+    std::fs::set_permissions(top, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("server.key"), "nested secret").unwrap();
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let result = std::panic::catch_unwind(|| {
+        attack(
+            "etc_private",
+            &[
+                "/etc/cordon-escape-private.key",
+                "/etc/cordon-escape-dir/server.key",
+            ],
+            &[],
+        )
+        .map(|r| r.stdout)
+    });
+    let _ = std::fs::remove_file(top);
+    let _ = std::fs::remove_dir_all(dir);
+    let stdout = result.unwrap();
+    if let Some(stdout) = stdout {
+        // Absent (top level) or empty (nested, masked): never the bytes.
+        assert!(!stdout.contains("secret"), "{stdout}");
+    }
+}
+
+#[test]
+fn odd_syscalls_are_refused() {
+    attack(
+        "odd_syscalls",
+        &[],
+        &["modify_ldt", "personality", "open_tree_attr"],
+    );
+}
+
+#[test]
+fn exec_events_are_bounded() {
+    let Some(env) = env() else { return };
+    let run = agent(&env, &[], "flood_exec_args", &[]);
+    let exec = run
+        .events
+        .iter()
+        .find(|e| e["kind"] == "proc.exec" && e["data"]["path"] == "/bin/true")
+        .expect("exec of /bin/true logged");
+    let argv = exec["data"]["argv"].as_array().unwrap();
+    assert!(argv.len() <= 32, "{} arguments logged", argv.len());
+    assert!(argv.iter().all(|a| a.as_str().unwrap().len() <= 256));
+}
