@@ -31,3 +31,11 @@ ensure_test_users() {
     getent group nogroup >/dev/null || as_root groupadd nogroup
     getent passwd nobody >/dev/null || as_root useradd -M -N -g nogroup -s /usr/sbin/nologin nobody
 }
+
+# /dev/fuse usable by every user, as Debian's fuse3 udev rule makes it.
+ensure_fuse_device() {
+    if [ -c /dev/fuse ] && [ "$(stat -c %a /dev/fuse)" != 666 ]; then
+        echo "making /dev/fuse usable by ordinary users (mode 0666, as udev does)" >&2
+        as_root chmod 0666 /dev/fuse
+    fi
+}

@@ -212,7 +212,10 @@ fn snapshot_ddl() -> String {
 /// Sets the page size on a brand-new, still empty database file; must run before
 /// [`configure`] writes the first page.
 pub fn prepare_new(conn: &Connection) -> rusqlite::Result<()> {
-    conn.pragma_update(None, "page_size", PAGE_SIZE)
+    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
+    // The switch to WAL in `configure` writes the first page; the caller syncs
+    // the new files itself once they are complete.
+    conn.pragma_update(None, "synchronous", "OFF")
 }
 
 pub fn configure(conn: &Connection) -> rusqlite::Result<()> {

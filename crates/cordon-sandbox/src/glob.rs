@@ -99,6 +99,68 @@ pub fn expand(root: &Path, pattern: &str) -> Vec<PathBuf> {
     current
 }
 
+/// [`expand`] over a workspace's merged view read in-process (store + base),
+/// without going through its FUSE mount: relative paths and their `S_IFMT`
+/// type. Used for resumed sessions, where the view differs from the project.
+pub fn expand_view(
+    store: &cordon_fs::store::Store,
+    base: &cordon_fs::base::Base,
+    pattern: &str,
+) -> Vec<(PathBuf, u32)> {
+    use cordon_fs::merge;
+    use std::os::unix::ffi::OsStrExt;
+    if check_pattern(pattern).is_err() {
+        return Vec::new();
+    }
+    let Ok(root) = merge::root(store) else {
+        return Vec::new();
+    };
+    let segs: Vec<&str> = pattern.split('/').collect();
+    let mut current: Vec<(PathBuf, merge::Dir)> = vec![(PathBuf::new(), root)];
+    let mut found = Vec::new();
+    for (i, seg) in segs.iter().enumerate() {
+        let last = i + 1 == segs.len();
+        let mut next = Vec::new();
+        for (rel, dir) in &current {
+            let entries: Vec<(Vec<u8>, merge::Source)> = if seg.contains(['*', '?']) {
+                merge::list(store, base, dir)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(n, _)| segment_matches(seg.as_bytes(), n))
+                    .collect()
+            } else {
+                match merge::lookup(store, base, dir, seg.as_bytes()) {
+                    Ok(Some(src)) => vec![(seg.as_bytes().to_vec(), src)],
+                    _ => Vec::new(),
+                }
+            };
+            for (name, src) in entries {
+                let mut kind = src.kind();
+                let path = rel.join(std::ffi::OsStr::from_bytes(&name));
+                if kind == 0
+                    && let cordon_fs::merge::Source::Base { rel: brel, .. } = &src
+                    && let Ok(Some(st)) = base.stat(brel)
+                {
+                    kind = st.mode & libc::S_IFMT;
+                }
+                if last {
+                    found.push((path, kind));
+                } else if kind == libc::S_IFDIR
+                    && let Ok(child) = merge::child_dir(store, dir, &name, &src)
+                {
+                    next.push((path, child));
+                }
+            }
+        }
+        current = next;
+        if current.is_empty() && !last {
+            break;
+        }
+    }
+    found.sort();
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -260,6 +260,9 @@ pub fn build_env(
 /// Run one session to its end.
 pub fn run(data: &DataDir, mut opts: RunOptions) -> Result<Summary, SessionError> {
     let started = Instant::now();
+    if opts.backend == BackendKind::Native {
+        crate::native::prepare(opts.helper.as_deref());
+    }
     let project = opts.project.canonicalize().map_err(io(format!(
         "cannot open the project directory {}",
         opts.project.display()
@@ -280,12 +283,35 @@ pub fn run(data: &DataDir, mut opts: RunOptions) -> Result<Summary, SessionError
             }
             ws
         }
-        None => data.create_workspace(&project, cordon_fs::schema::DEFAULT_CHUNK_SIZE)?,
+        None => data.create_workspace_unsynced(&project, cordon_fs::schema::DEFAULT_CHUNK_SIZE)?,
     };
+    // A new workspace's files reach the disk while the sandbox starts.
+    let syncer = opts.resume.is_none().then(|| {
+        let ws = ws.clone();
+        std::thread::spawn(move || ws.sync_files())
+    });
     tracing::debug!(id = %ws.id, "workspace ready");
     let id = ws.id.clone();
     let dir = session_dir(data, &id);
     std::fs::create_dir_all(&dir).map_err(io(format!("cannot create {}", dir.display())))?;
+    // The FUSE mount comes up on its own thread while the session's records
+    // are written.
+    let mnt = dir.join("mnt");
+    for d in [&mnt, &dir.join("root")] {
+        std::fs::create_dir_all(d).map_err(io(format!("cannot create {}", d.display())))?;
+    }
+    let quota = opts.policy.sandbox.disk_quota.map(Quota::new);
+    let mounting = {
+        let serve = ServeOptions {
+            fs_name: format!("cordon:{id}"),
+            quota: quota.clone(),
+            ..ServeOptions::default()
+        };
+        let (ws, mnt) = (ws.clone(), mnt.clone());
+        PendingMount(Some(std::thread::spawn(move || {
+            cordon_fs::mount::mount(&ws, &mnt, &serve).and_then(|m| m.spawn())
+        })))
+    };
     let mut meta = match read_meta(data, &id) {
         Ok(m) => m,
         Err(_) => SessionMeta {
@@ -340,6 +366,7 @@ pub fn run(data: &DataDir, mut opts: RunOptions) -> Result<Summary, SessionError
     let on_start = std::mem::replace(&mut opts.on_start, Box::new(|_| {}));
     on_start(&id);
 
+    let fresh = opts.resume.is_none();
     let result = run_mounted(
         data,
         &ws,
@@ -349,7 +376,13 @@ pub fn run(data: &DataDir, mut opts: RunOptions) -> Result<Summary, SessionError
         limits,
         sink.clone(),
         started,
+        fresh,
+        mounting,
+        quota,
     );
+    if let Some(Ok(Err(e))) = syncer.map(|t| t.join()) {
+        return Err(e.into());
+    }
     let (summary, ended_at) = match result {
         Ok(s) => (s, now()),
         Err(e) => {
@@ -364,6 +397,34 @@ pub fn run(data: &DataDir, mut opts: RunOptions) -> Result<Summary, SessionError
     }
     write_meta(&dir, &meta)?;
     Ok(summary)
+}
+
+/// A workspace mount coming up on another thread. Dropped without
+/// [`PendingMount::wait`] (an error before the sandbox started), it still waits
+/// for the mount and unmounts it, so no stale mount outlives `cordon`.
+struct PendingMount(
+    Option<std::thread::JoinHandle<cordon_fs::Result<cordon_fs::mount::BackgroundMount>>>,
+);
+
+impl PendingMount {
+    fn wait(mut self) -> Result<cordon_fs::mount::BackgroundMount, SessionError> {
+        match self.0.take().map(|t| t.join()) {
+            Some(Ok(r)) => Ok(r?),
+            _ => Err(SessionError::Invalid(
+                "the workspace mount thread failed".into(),
+            )),
+        }
+    }
+}
+
+impl Drop for PendingMount {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take()
+            && let Ok(Ok(m)) = t.join()
+        {
+            let _ = m.unmount();
+        }
+    }
 }
 
 /// The paths a protected pattern covers, as the agent sees them (under
@@ -401,20 +462,14 @@ fn run_mounted(
     limits: Limits,
     sink: Arc<LogSink>,
     started: Instant,
+    fresh: bool,
+    mounting: PendingMount,
+    quota: Option<Arc<Quota>>,
 ) -> Result<Summary, SessionError> {
     let id = ws.id.clone();
     let mnt = dir.join("mnt");
     let scratch = dir.join("root");
-    for d in [&mnt, &scratch] {
-        std::fs::create_dir_all(d).map_err(io(format!("cannot create {}", d.display())))?;
-    }
-    let quota = limits.disk.map(Quota::new);
-    let serve = ServeOptions {
-        fs_name: format!("cordon:{id}"),
-        quota: quota.clone(),
-        ..ServeOptions::default()
-    };
-    let mounted = cordon_fs::mount::mount(ws, &mnt, &serve)?.spawn()?;
+    let mounted = mounting.wait()?;
     tracing::debug!("workspace mounted");
 
     let policy = &opts.policy;
@@ -425,11 +480,36 @@ fn run_mounted(
         .map(|(_, v)| PathBuf::from(v))
         .filter(|p| p.is_absolute() && p != Path::new("/"))
         .unwrap_or_else(|| PathBuf::from("/home/agent"));
-    // Expand hidden and read-only patterns against the agent's view.
+    // Expand hidden and read-only patterns against the agent's view: a new
+    // workspace shows exactly the project, so the project is read directly; a
+    // resumed one is read from its store and base in-process (no FUSE round
+    // trips either way).
+    let resumed_view = if fresh {
+        None
+    } else {
+        Some(ws.open_view(true)?)
+    };
+    let expand = |pat: &str| -> Vec<PathBuf> {
+        match &resumed_view {
+            None => protected(project, project, pat),
+            Some((store, base)) => {
+                let mut out = Vec::new();
+                for (rel, kind) in crate::glob::expand_view(store, base, pat) {
+                    if kind == libc::S_IFLNK {
+                        // Resolve the link the way the agent will, through the view.
+                        out.extend(protected(&mnt, project, &rel.to_string_lossy()));
+                    } else {
+                        out.push(project.join(rel));
+                    }
+                }
+                out
+            }
+        }
+    };
     let mut read_only = Vec::new();
     let mut hidden = Vec::new();
     for pat in policy.workspace.effective_read_only() {
-        read_only.extend(protected(&mnt, project, pat));
+        read_only.extend(expand(pat));
     }
     if let Some(pp) = &opts.policy_path
         && let Ok(pp) = pp.canonicalize()
@@ -442,14 +522,13 @@ fn run_mounted(
             rel.to_path_buf(),
             PathBuf::from(format!("{}.sig", rel.display())),
         ] {
-            if mnt.join(&p).exists() {
-                read_only.push(project.join(p));
-            }
+            read_only.extend(expand(&p.to_string_lossy()));
         }
     }
     for pat in policy.workspace.effective_hidden() {
-        hidden.extend(protected(&mnt, project, pat));
+        hidden.extend(expand(pat));
     }
+    drop(resumed_view);
     let mut mounts = Vec::new();
     for m in &policy.mounts {
         if !m.source.exists() {

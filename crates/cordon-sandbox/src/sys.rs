@@ -158,13 +158,19 @@ pub fn socketpair_seqpacket() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Send one message, optionally carrying a file descriptor.
 pub fn send_msg(sock: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    match fd {
+        Some(fd) => send_msg_fds(sock, bytes, &[fd]),
+        None => send_msg_fds(sock, bytes, &[]),
+    }
+}
+
+/// Send one message carrying up to three descriptors.
+pub fn send_msg_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
-    let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
     let mut anc = SendAncillaryBuffer::new(&mut space);
-    let fds;
-    if let Some(fd) = fd {
-        fds = [fd];
-        anc.push(SendAncillaryMessage::ScmRights(&fds));
+    if !fds.is_empty() {
+        anc.push(SendAncillaryMessage::ScmRights(fds));
     }
     sendmsg(
         sock,
@@ -181,8 +187,16 @@ pub fn recv_msg(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
 ) -> io::Result<Option<(usize, Option<OwnedFd>)>> {
+    Ok(recv_msg_fds(sock, buf)?.map(|(n, fds)| (n, fds.into_iter().next())))
+}
+
+/// Receive one message and the descriptors it carries (at most three kept).
+pub fn recv_msg_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
     use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
-    let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
     let mut anc = RecvAncillaryBuffer::new(&mut space);
     let r = recvmsg(
         sock,
@@ -190,18 +204,18 @@ pub fn recv_msg(
         &mut anc,
         RecvFlags::CMSG_CLOEXEC,
     )?;
-    let mut got = None;
+    let mut got = Vec::new();
     for msg in anc.drain() {
         if let RecvAncillaryMessage::ScmRights(fds) = msg {
             for fd in fds {
-                // Keep the first descriptor; extra ones are dropped (closed).
-                if got.is_none() {
-                    got = Some(fd);
+                // Extra descriptors beyond three are dropped (closed).
+                if got.len() < 3 {
+                    got.push(fd);
                 }
             }
         }
     }
-    if r.bytes == 0 && got.is_none() {
+    if r.bytes == 0 && got.is_empty() {
         return Ok(None);
     }
     Ok(Some((r.bytes, got)))

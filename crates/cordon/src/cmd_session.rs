@@ -267,6 +267,7 @@ pub fn run_cmd(a: RunArgs, out: &Out) -> i32 {
 }
 
 fn run_inner(a: RunArgs, out: &Out) -> R {
+    tracing::debug!("cordon run: start");
     let data = DataDir::from_env()?;
     let cwd = std::env::current_dir()
         .map_err(|e| usage(format!("cannot read the current directory: {e}")))?;

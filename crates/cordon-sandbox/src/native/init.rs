@@ -46,6 +46,9 @@ pub struct InitConfig {
     pub rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
     /// `cgroup.procs` files stage 1 joins before unsharing anything.
     pub cgroup_procs: Vec<PathBuf>,
+    /// Entries below /etc (relative, with "is a directory") that only root
+    /// may read, to mask when the agent is host uid 0 (see [`etc_private`]).
+    pub etc_private: Vec<(PathBuf, bool)>,
 }
 
 /// Messages from the sandbox to the host.
@@ -107,14 +110,36 @@ pub fn stage1_main() -> ! {
         libc::setsid();
     }
     let mut buf = vec![0u8; 1 << 20];
-    let cfg: InitConfig = match sys::recv_msg(ctl(), &mut buf) {
-        Ok(Some((n, _))) => match serde_json::from_slice(&buf[..n]) {
-            Ok(c) => c,
+    // The configuration arrives with the agent's stdin, stdout and stderr (pipe
+    // mode) or with none (terminal mode, /dev/null stays). Stage 1 may have
+    // been started before the session knew either.
+    let (cfg, stdio): (InitConfig, Vec<OwnedFd>) = match sys::recv_msg_fds(ctl(), &mut buf) {
+        Ok(Some((n, fds))) => match serde_json::from_slice(&buf[..n]) {
+            Ok(c) => (c, fds),
             Err(e) => fail(format!("bad sandbox configuration: {e}"), 125),
         },
-        _ => fail("no sandbox configuration received".into(), 125),
+        _ => {
+            // The host went away before starting a sandbox: nothing to report.
+            // SAFETY: plain exit of a process that never started anything.
+            unsafe { libc::_exit(125) }
+        }
     };
     drop(buf);
+    if stdio.len() == 3 {
+        for (target, fd) in stdio.iter().enumerate() {
+            // SAFETY: dup2 of a descriptor we own onto 0, 1 or 2.
+            if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(fd), target as i32) } < 0 {
+                fail(
+                    format!(
+                        "cannot set up the standard streams: {}",
+                        std::io::Error::last_os_error()
+                    ),
+                    125,
+                );
+            }
+        }
+    }
+    drop(stdio);
     if let Err(e) = enter_namespaces(&cfg) {
         fail(e, 125);
     }
@@ -232,7 +257,7 @@ fn wait_forwarding(main: i32, reap_all: Option<()>) -> ! {
 fn init_main(cfg: InitConfig) -> ! {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    if let Err(e) = setup_root(&cfg.spec, cfg.uid == 0) {
+    if let Err(e) = setup_root(&cfg.spec, &cfg.etc_private) {
         fail(e, 125);
     }
     // SAFETY: the init is single-threaded; see stage1_main.
@@ -358,6 +383,15 @@ fn lock_down(path: &Path, dev: bool) -> std::io::Result<()> {
     )
 }
 
+/// A recursive bind with no attribute changes (the caller locks the tree down
+/// with one recursive `mount_setattr` afterwards).
+fn bind_raw(src: &Path, dst: &Path) -> Result<(), String> {
+    step(
+        || format!("cannot bind {} at {}", src.display(), dst.display()),
+        mount(Some(src), dst, None, libc::MS_BIND | libc::MS_REC, None),
+    )
+}
+
 fn bind(src: &Path, dst: &Path, read_only: bool, dev: bool) -> Result<(), String> {
     step(
         || format!("cannot bind {} at {}", src.display(), dst.display()),
@@ -457,10 +491,10 @@ fn under(root: &Path, p: &Path) -> Result<PathBuf, String> {
 }
 
 /// Build the agent's root file system on `spec.scratch` and pivot into it.
-/// `root_invoker`: the agent will be host uid 0 (without capabilities), so
-/// files readable only by root must be masked explicitly; for any other user
-/// the kernel's permission checks already keep them out.
-fn setup_root(spec: &SandboxSpec, root_invoker: bool) -> Result<(), String> {
+/// `etc_private`: files below /etc only root may read, masked because the agent
+/// of a root invoker is host uid 0 (without capabilities); for any other user
+/// the kernel's permission checks already keep them out and the list is empty.
+fn setup_root(spec: &SandboxSpec, etc_private: &[(PathBuf, bool)]) -> Result<(), String> {
     let r = spec.scratch.as_path();
     step(
         || "cannot make the mount tree private".into(),
@@ -500,7 +534,19 @@ fn setup_root(spec: &SandboxSpec, root_invoker: bool) -> Result<(), String> {
             bind(&host, &inside, true, false)?;
         }
     }
-    setup_etc(r, &empty_file, root_invoker)?;
+    setup_etc(r, &empty_file, etc_private, &spec.mounts)?;
+    // Mount points for extra mounts under /etc exist before /etc is locked.
+    for m in &spec.mounts {
+        if m.target.starts_with("/etc") {
+            let is_file = std::fs::metadata(&m.source).is_ok_and(|md| !md.is_dir());
+            mount_point(&under(r, &m.target)?, is_file)?;
+        }
+    }
+    // One recursive call makes /etc and every bind in it read-only, nosuid, nodev.
+    step(
+        || "cannot make /etc read-only".into(),
+        lock_down(&r.join("etc"), false),
+    )?;
     // /proc: a fresh instance for the new PID namespace, with the knobs that
     // reach the host read-only or masked.
     let proc_dir = r.join("proc");
@@ -643,6 +689,117 @@ fn lock_top(path: &Path) -> std::io::Result<()> {
     )
 }
 
+/// `/etc` as one read-only overlay: the host's /etc below a layer of whiteouts
+/// for everything that must be absent (the deny-list, entries only root may
+/// read). One mount instead of one bind per entry; a whiteout makes the entry
+/// absent, not empty. The whiteout layer is a tmpfs detached right after the
+/// overlay takes it, so nothing in the sandbox names it. Returns `Ok(false)`
+/// when the kernel refuses (no overlayfs in user namespaces), so the caller
+/// builds /etc from binds instead.
+fn etc_overlay(
+    r: &Path,
+    etc: &Path,
+    etc_private: &[(PathBuf, bool)],
+    mounts: &[crate::BindMount],
+) -> Result<bool, String> {
+    let layer = r.join(".cordon-etc-layer");
+    let layer_s = layer.to_string_lossy();
+    if layer_s.contains([',', ':', '\\']) {
+        return Ok(false);
+    }
+    mount_point(&layer, false)?;
+    tmpfs(&layer, "0755", 0)?;
+    let whiteout = |rel: &Path| -> Result<(), String> {
+        let path = layer.join(rel);
+        if let Some(parent) = path.parent() {
+            step(
+                || format!("cannot create {}", parent.display()),
+                std::fs::create_dir_all(parent),
+            )?;
+        }
+        let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| "NUL in path".to_string())?;
+        // SAFETY: mknod(2) of a 0/0 character device (an overlayfs whiteout) at a
+        // valid path in our own tmpfs.
+        if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, libc::makedev(0, 0)) } != 0 {
+            return Err(format!(
+                "cannot create a whiteout for {}: {}",
+                rel.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(())
+    };
+    let entries = step(|| "cannot list /etc".into(), std::fs::read_dir("/etc"))?;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let denied = ETC_DENY.iter().any(|d| **d == *name.to_string_lossy());
+        let private = e
+            .path()
+            .symlink_metadata()
+            .is_ok_and(|md| !md.file_type().is_symlink() && !world_readable(&md));
+        if denied || private {
+            whiteout(Path::new(&name))?;
+        }
+    }
+    if Path::new("/etc/ssl/private").is_dir() {
+        whiteout(Path::new("ssl/private"))?;
+    }
+    for (rel, _) in etc_private {
+        if rel != Path::new("ssl/private") && !layer.join(rel).exists() {
+            whiteout(rel)?;
+        }
+    }
+    // Mount points for extra mounts under /etc that the host's /etc lacks: in
+    // the top layer, so they exist in the (read-only) overlay.
+    for m in mounts {
+        let Ok(rel) = m.target.strip_prefix("/etc") else {
+            continue;
+        };
+        if rel.as_os_str().is_empty() || Path::new("/etc").join(rel).exists() {
+            continue;
+        }
+        let is_file = std::fs::metadata(&m.source).is_ok_and(|md| !md.is_dir());
+        mount_point(&under(&layer, rel)?, is_file)?;
+    }
+    let opts = format!("lowerdir={layer_s}:/etc");
+    let mounted = mount(
+        Some(Path::new("overlay")),
+        etc,
+        Some("overlay"),
+        libc::MS_RDONLY | MS_NOSUID | MS_NODEV,
+        Some(&opts),
+    );
+    let _ = sys::umount_detach(&layer);
+    let _ = std::fs::remove_dir(&layer);
+    if mounted.is_err() {
+        return Ok(false);
+    }
+    // Host mounts inside /etc (resolv.conf, hosts in some setups) are not part
+    // of the overlay's lower layer: put them back, unless denied.
+    if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
+        for line in info.lines() {
+            let Some(point) = line.split(' ').nth(4) else {
+                continue;
+            };
+            let Some(rel) = point.strip_prefix("/etc/") else {
+                continue;
+            };
+            if rel.contains('\\')
+                || ETC_DENY
+                    .iter()
+                    .any(|d| rel == *d || rel.starts_with(&format!("{d}/")))
+            {
+                continue;
+            }
+            let inside = etc.join(rel);
+            if inside.exists() {
+                bind_raw(Path::new(point), &inside)?;
+            }
+        }
+    }
+    Ok(true)
+}
+
 /// Whether "other" may read a file (or list and enter a directory).
 fn world_readable(md: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::PermissionsExt;
@@ -661,6 +818,31 @@ fn mask(inside: &Path, is_dir: bool, empty_file: &Path) -> Result<(), String> {
     } else {
         bind(empty_file, inside, true, false)
     }
+}
+
+/// Entries below the host's /etc that only root may read (inside world-readable
+/// top-level directories; top-level entries are filtered by `setup_etc`
+/// itself). Runs on the host, on its own thread, while the workspace is
+/// prepared: the walk costs several milliseconds.
+pub fn etc_private() -> Vec<(PathBuf, bool)> {
+    let mut out = Vec::new();
+    let mut budget = 20_000;
+    let Ok(entries) = std::fs::read_dir("/etc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if ETC_DENY.iter().any(|d| **d == *name.to_string_lossy()) {
+            continue;
+        }
+        if let Ok(md) = e.path().symlink_metadata()
+            && md.is_dir()
+            && world_readable(&md)
+        {
+            private_entries(&e.path(), Path::new(&name), 6, &mut budget, &mut out);
+        }
+    }
+    out
 }
 
 /// Files below `dir` (host) that are not world-readable, as paths relative to
@@ -700,13 +882,19 @@ fn private_entries(
 
 /// `/etc` as a tmpfs of read-only binds of the host's entries, minus the
 /// deny-list (absent, not empty), minus what is not world-readable.
-fn setup_etc(r: &Path, empty_file: &Path, root_invoker: bool) -> Result<(), String> {
+fn setup_etc(
+    r: &Path,
+    empty_file: &Path,
+    etc_private: &[(PathBuf, bool)],
+    mounts: &[crate::BindMount],
+) -> Result<(), String> {
     let etc = r.join("etc");
     mount_point(&etc, false)?;
+    if etc_overlay(r, &etc, etc_private, mounts)? {
+        return Ok(());
+    }
     tmpfs(&etc, "0755", 0)?;
     let entries = step(|| "cannot list /etc".into(), std::fs::read_dir("/etc"))?;
-    let mut nested = Vec::new();
-    let mut budget = 20_000;
     for e in entries.flatten() {
         let name = e.file_name();
         let name_str = name.to_string_lossy();
@@ -729,22 +917,28 @@ fn setup_etc(r: &Path, empty_file: &Path, root_invoker: bool) -> Result<(), Stri
         }
         if md.is_dir() {
             mount_point(&inside, false)?;
-            bind(&host, &inside, true, false)?;
-            if root_invoker {
-                private_entries(&host, Path::new(&name), 6, &mut budget, &mut nested);
-            }
+            bind_raw(&host, &inside)?;
         } else if md.is_file() {
             mount_point(&inside, true)?;
-            bind(&host, &inside, true, false)?;
+            bind_raw(&host, &inside)?;
         }
     }
     // TLS private keys live inside an otherwise useful directory.
     let private = etc.join("ssl/private");
-    if private.is_dir() && !nested.iter().any(|(p, _)| p == Path::new("ssl/private")) {
+    if private.is_dir()
+        && !etc_private
+            .iter()
+            .any(|(p, _)| p == Path::new("ssl/private"))
+    {
         mask(&private, true, empty_file)?;
     }
-    for (rel, is_dir) in nested {
-        mask(&etc.join(rel), is_dir, empty_file)?;
+    for (rel, is_dir) in etc_private {
+        // Only below entries that made it in (not denied, world-readable).
+        if let Ok(inside) = under(&etc, rel)
+            && inside.symlink_metadata().is_ok()
+        {
+            mask(&inside, *is_dir, empty_file)?;
+        }
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ pub mod init;
 pub mod seccomp;
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -27,6 +27,85 @@ use crate::{
 };
 use cgroup::{Cgroups, Enforcement};
 pub use init::{STAGE1_ARG, stage1_main};
+
+type EtcScan = std::thread::JoinHandle<Vec<(PathBuf, bool)>>;
+/// A stage 1 started ahead of time by [`prepare`]: the helper path, the child
+/// and the host's end of its control socket.
+type Prespawned = (PathBuf, Child, OwnedFd);
+static PRESPAWNED: std::sync::Mutex<Option<Prespawned>> = std::sync::Mutex::new(None);
+
+/// Start stage 1 (`helper __cordon-sandbox-init FD`) with /dev/null for its
+/// standard streams; it waits for its configuration on the control socket.
+///
+/// No pre_exec: that would make std fork this (large, threaded) process;
+/// without it the child is spawned with vfork semantics, and stage 1 — a
+/// fresh, small, single-threaded process — joins the cgroups and unshares the
+/// namespaces itself. The control socket is the one descriptor it inherits;
+/// stage 1 closes everything else.
+fn spawn_stage1(helper: &Path) -> Result<(Child, OwnedFd)> {
+    let (host_ctl, child_ctl) = crate::sys::socketpair_seqpacket()
+        .map_err(|e| Error::io("cannot create the control socket", e))?;
+    rustix::io::fcntl_setfd(&child_ctl, rustix::io::FdFlags::empty())
+        .map_err(|e| Error::io("cannot pass the control socket", e.into()))?;
+    let child = Command::new(helper)
+        .arg(init::STAGE1_ARG)
+        .arg(child_ctl.as_raw_fd().to_string())
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| Error::Setup(format!("cannot start {}: {e}", helper.display())))?;
+    Ok((child, host_ctl))
+}
+
+fn take_prespawned(helper: &Path) -> Option<(Child, OwnedFd)> {
+    let (h, mut child, ctl) = PRESPAWNED.lock().ok()?.take()?;
+    if h == helper && matches!(child.try_wait(), Ok(None)) {
+        Some((child, ctl))
+    } else {
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+}
+static ETC_SCAN: std::sync::Mutex<Option<EtcScan>> = std::sync::Mutex::new(None);
+
+/// Start the host-side work the native backend will need while the session
+/// prepares the workspace: stage 1 (its exec and runtime start), and, when
+/// running as root, the scan of /etc for root-only files on a thread.
+/// Optional: `start` does the work itself if this was not called.
+pub fn prepare(helper: Option<&Path>) {
+    let helper = match helper {
+        Some(h) => h.to_path_buf(),
+        None => match std::env::current_exe() {
+            Ok(h) => h,
+            Err(_) => return,
+        },
+    };
+    if let Ok(mut slot) = PRESPAWNED.lock()
+        && slot.is_none()
+        && let Ok((child, ctl)) = spawn_stage1(&helper)
+    {
+        *slot = Some((helper, child, ctl));
+    }
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    if let Ok(mut slot) = ETC_SCAN.lock()
+        && slot.is_none()
+    {
+        *slot = Some(std::thread::spawn(init::etc_private));
+    }
+}
+
+fn take_etc_scan() -> Vec<(PathBuf, bool)> {
+    let pending = ETC_SCAN.lock().ok().and_then(|mut s| s.take());
+    match pending {
+        Some(h) => h.join().unwrap_or_else(|_| init::etc_private()),
+        None => init::etc_private(),
+    }
+}
 
 /// The native backend. `helper` is the executable re-run as stage 1 (the
 /// `cordon` binary itself, which must dispatch [`STAGE1_ARG`] to
@@ -110,45 +189,25 @@ impl Backend for Native {
             gid,
             tty,
             cgroup_procs,
+            etc_private: if uid0 { take_etc_scan() } else { Vec::new() },
             rlimits: cgroup::rlimits(&spec.limits, with_cgroup),
         };
         let cfg_bytes = serde_json::to_vec(&cfg).map_err(|e| Error::Spec(e.to_string()))?;
-        let (host_ctl, child_ctl) = crate::sys::socketpair_seqpacket()
-            .map_err(|e| Error::io("cannot create the control socket", e))?;
 
-        let mut cmd = Command::new(&helper);
-        cmd.arg(init::STAGE1_ARG).env_clear();
-        match stdio {
+        let (child, host_ctl) = match take_prespawned(&helper) {
+            Some(p) => p,
+            None => spawn_stage1(&helper)?,
+        };
+        let stdio_fds: Vec<OwnedFd> = match stdio {
             Stdio::Pipes {
                 stdin,
                 stdout,
                 stderr,
-            } => {
-                cmd.stdin(stdin).stdout(stdout).stderr(stderr);
-            }
-            Stdio::Terminal { .. } => {
-                // The agent's terminal is made inside; nothing of the host's
-                // goes in, not even its stderr.
-                cmd.stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null());
-            }
-        }
-        // No pre_exec: that would make std fork this (large, threaded) process;
-        // without it the child is spawned with vfork semantics, and stage 1 —
-        // a fresh, small, single-threaded process — joins the cgroups and
-        // unshares the namespaces itself. The control socket is the one
-        // descriptor we let it inherit; stage 1 closes everything else.
-        rustix::io::fcntl_setfd(&child_ctl, rustix::io::FdFlags::empty())
-            .map_err(|e| Error::io("cannot pass the control socket", e.into()))?;
-        cmd.arg(child_ctl.as_raw_fd().to_string());
-        let child = cmd.spawn().map_err(|e| {
-            if let Enforcement::Cgroup(c) = &enforcement {
-                c.remove();
-            }
-            Error::Setup(format!("cannot start the sandbox (namespaces): {e}"))
-        })?;
-        drop(child_ctl);
+            } => vec![stdin, stdout, stderr],
+            // The agent's terminal is made inside; nothing of the host's goes
+            // in, not even its stderr: stage 1 keeps its /dev/null.
+            Stdio::Terminal { .. } => Vec::new(),
+        };
         tracing::debug!(pid = child.id(), "stage 1 spawned");
         let init_pid = Arc::new(AtomicI32::new(0));
         let mut running = NativeRunning {
@@ -164,7 +223,10 @@ impl Backend for Native {
             terminal: None,
             counters: Default::default(),
         };
-        if let Err(e) = crate::sys::send_msg(host_ctl.as_fd(), &cfg_bytes, None) {
+        let borrowed: Vec<_> = stdio_fds.iter().map(|f| f.as_fd()).collect();
+        let sent = crate::sys::send_msg_fds(host_ctl.as_fd(), &cfg_bytes, &borrowed);
+        drop(stdio_fds);
+        if let Err(e) = sent {
             running.kill();
             let _ = running.child.wait();
             running.cleanup();
@@ -175,10 +237,17 @@ impl Backend for Native {
         let outcome: std::result::Result<OwnedFd, String> = loop {
             match crate::sys::recv_msg(host_ctl.as_fd(), &mut buf) {
                 Ok(Some((n, fd))) => match serde_json::from_slice::<init::Msg>(&buf[..n]) {
-                    Ok(init::Msg::Init { pid }) => running.init_pid.store(pid, Ordering::SeqCst),
+                    Ok(init::Msg::Init { pid }) => {
+                        tracing::debug!(pid, "sandbox init forked");
+                        running.init_pid.store(pid, Ordering::SeqCst)
+                    }
                     Ok(init::Msg::Terminal) => running.terminal = fd,
                     Ok(init::Msg::Error { msg }) => break Err(msg),
                     Ok(init::Msg::Seccomp) => match fd {
+                        Some(fd) if tracing::enabled!(tracing::Level::DEBUG) => {
+                            tracing::debug!("seccomp listener received");
+                            break Ok(fd);
+                        }
                         Some(fd) => break Ok(fd),
                         None => break Err("the seccomp listener did not arrive".into()),
                     },
