@@ -607,3 +607,71 @@ fn unenforceable_limits_fail_closed() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cpus limit cannot be enforced"), "{err}");
 }
+
+#[test]
+fn cpu_limit_throttles_and_is_reported() {
+    let Some(env) = env() else { return };
+    let out = run(
+        &env,
+        &["--cpus", "0.2"],
+        "python3 -c 'import time\nt=time.time()\nwhile time.time()-t<1.5: pass'",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = summary(&out);
+    assert!(
+        s["limits_hit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l == "cpu"),
+        "{s}"
+    );
+    assert!(
+        s["limit_enforcement"]
+            .as_str()
+            .unwrap()
+            .starts_with("cgroup"),
+        "{s}"
+    );
+}
+
+#[test]
+fn terminal_resize_reaches_the_agent() {
+    let Some(env) = env() else { return };
+    let script = format!(
+        "import os, pty, fcntl, termios, struct, sys, time\n\
+         pid, fd = pty.fork()\n\
+         if pid == 0:\n\
+         \x20   os.chdir({base:?})\n\
+         \x20   os.execv({bin:?}, [{bin:?}, 'run', '--', 'sh', '-c', \"trap 'stty size; exit 0' WINCH; echo ready; while :; do sleep 0.05; done\"])\n\
+         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack('HHHH', 20, 60, 0, 0))\n\
+         out = b''\n\
+         while b'ready' not in out:\n\
+         \x20   out += os.read(fd, 4096)\n\
+         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack('HHHH', 33, 77, 0, 0))\n\
+         while True:\n\
+         \x20   try:\n\
+         \x20       b = os.read(fd, 4096)\n\
+         \x20   except OSError:\n\
+         \x20       break\n\
+         \x20   if not b: break\n\
+         \x20   out += b\n\
+         os.waitpid(pid, 0)\n\
+         sys.stdout.write(out.decode(errors='replace'))\n",
+        base = env.base.to_str().unwrap(),
+        bin = env!("CARGO_BIN_EXE_cordon"),
+    );
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(&script)
+        .env("CORDON_HOME", &env.home)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("33 77"), "{text}");
+}

@@ -604,16 +604,23 @@ fn setup_root(spec: &SandboxSpec, etc_private: &[(PathBuf, bool)]) -> Result<(),
     );
     setup_dev(r)?;
     // Scratch space: /tmp, /run, $HOME are private and empty.
+    // Scratch tmpfs sizes follow the disk quota (each of /tmp, /run and
+    // $HOME may hold up to it; their pages also count against the memory
+    // limit, as tmpfs is memory).
+    let sized = |mode: &str| match spec.limits.disk {
+        Some(q) => format!("{mode},size={}", q.max(4096)),
+        None => mode.to_string(),
+    };
     for (p, mode) in [("tmp", "1777"), ("run", "0755")] {
         let d = r.join(p);
         mount_point(&d, false)?;
-        tmpfs(&d, mode, 0)?;
+        tmpfs(&d, &sized(mode), 0)?;
     }
     mount_point(&r.join("var"), false)?;
     let _ = std::os::unix::fs::symlink("../tmp", r.join("var/tmp"));
     let home = under(r, &spec.home)?;
     mount_point(&home, false)?;
-    tmpfs(&home, "0700", 0)?;
+    tmpfs(&home, &sized("0700"), 0)?;
     // The workspace, at the project's own path, then its read-only and hidden
     // parts on top.
     let ws = under(r, &spec.workspace.target)?;
