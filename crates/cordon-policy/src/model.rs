@@ -35,7 +35,7 @@ pub struct Policy {
 }
 
 /// How the sandbox is isolated from the host.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// Linux namespaces, seccomp and Landlock on the host kernel.

@@ -62,15 +62,8 @@ fn userns() -> std::result::Result<(), String> {
     probe_in_child(|| {
         crate::sys::unshare(libc::CLONE_NEWUSER)
             .map_err(|e| format!("unshare(CLONE_NEWUSER): {e}"))?;
-        crate::sys::unshare(
-            libc::CLONE_NEWNS
-                | libc::CLONE_NEWPID
-                | libc::CLONE_NEWNET
-                | libc::CLONE_NEWIPC
-                | libc::CLONE_NEWUTS
-                | libc::CLONE_NEWCGROUP,
-        )
-        .map_err(|e| format!("unshare of mount/pid/net/ipc/uts/cgroup namespaces: {e}"))
+        crate::sys::unshare(crate::sys::SANDBOX_NAMESPACES)
+            .map_err(|e| format!("unshare of mount/pid/net/ipc/uts/cgroup namespaces: {e}"))
     })
 }
 

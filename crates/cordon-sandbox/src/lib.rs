@@ -69,33 +69,9 @@ impl EventSink for NullSink {
     fn event(&self, _kind: &str, _data: serde_json::Map<String, serde_json::Value>) {}
 }
 
-/// The four isolation engines. Every one implements [`Backend`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendKind {
-    Native,
-    Gvisor,
-    Microvm,
-    Wasm,
-}
-
-impl BackendKind {
-    pub const ALL: [BackendKind; 4] = [
-        BackendKind::Native,
-        BackendKind::Gvisor,
-        BackendKind::Microvm,
-        BackendKind::Wasm,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendKind::Native => "native",
-            BackendKind::Gvisor => "gvisor",
-            BackendKind::Microvm => "microvm",
-            BackendKind::Wasm => "wasm",
-        }
-    }
-}
+/// The four isolation engines (the policy's `[sandbox] backend`). Every one
+/// implements [`Backend`].
+pub use cordon_policy::BackendKind;
 
 /// One isolation engine.
 ///

@@ -23,6 +23,14 @@ fn check(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// The namespaces a sandbox gets besides its user namespace.
+pub const SANDBOX_NAMESPACES: libc::c_int = libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWCGROUP;
+
 pub fn unshare(flags: libc::c_int) -> io::Result<()> {
     // SAFETY: unshare takes flags only and has no memory-safety preconditions.
     check(unsafe { libc::unshare(flags) }).map(drop)

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use cordon_events::{Event, ProblemKind};
+use cordon_events::Event;
 use cordon_fs::workspace::DataDir;
 use cordon_policy::{Policy, UserConfig};
 use cordon_sandbox::session::{self, RunOptions, Summary};
@@ -141,12 +141,10 @@ fn host_env() -> Vec<(String, String)> {
 }
 
 fn backend_kind(name: &str) -> BackendKind {
-    match name {
-        "gvisor" => BackendKind::Gvisor,
-        "microvm" => BackendKind::Microvm,
-        "wasm" => BackendKind::Wasm,
-        _ => BackendKind::Native,
-    }
+    BackendKind::ALL
+        .into_iter()
+        .find(|k| k.name() == name)
+        .unwrap_or_default()
 }
 
 /// Load the policy and check its signature when a trust key is configured.
@@ -287,12 +285,7 @@ fn run_inner(a: RunArgs, out: &Out) -> R {
     };
     let backend = match &a.backend {
         Some(b) => backend_kind(b),
-        None => backend_kind(match policy.sandbox.backend {
-            cordon_policy::BackendKind::Native => "native",
-            cordon_policy::BackendKind::Gvisor => "gvisor",
-            cordon_policy::BackendKind::Microvm => "microvm",
-            cordon_policy::BackendKind::Wasm => "wasm",
-        }),
+        None => policy.sandbox.backend,
     };
     let terminal = !a.no_tty && std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let quiet_start = a.json;
@@ -529,17 +522,7 @@ pub fn audit_cmd(cmd: AuditCmd, out: &Out) -> R {
         );
     } else {
         for p in &report.problems {
-            let kind = match p.kind {
-                ProblemKind::Edited => "edited",
-                ProblemKind::Inserted => "inserted",
-                ProblemKind::Deleted => "deleted",
-                ProblemKind::Reordered => "reordered",
-                ProblemKind::BrokenLink => "broken link",
-                ProblemKind::Truncated => "truncated",
-                ProblemKind::Malformed => "malformed",
-                ProblemKind::WrongSession => "wrong session",
-                ProblemKind::AnchorMissing => "anchor missing",
-            };
+            let kind = p.kind;
             println!("{} {kind}: {}", out.red("FAIL"), p.message);
         }
         println!(

@@ -134,40 +134,18 @@ fn terminal_with_size() {
     // A real pty around `cordon run`, 37 rows by 101 columns: the agent gets its
     // own pty of that size as its controlling terminal.
     let Some(env) = env() else { return };
-    let script = format!(
-        "import os, pty, fcntl, termios, struct, sys\n\
-         pid, fd = pty.fork()\n\
-         if pid == 0:\n\
-         \x20   os.chdir({base:?})\n\
-         \x20   os.execv({bin:?}, [{bin:?}, 'run', '--', 'sh', '-c', 'tty; stty size; test -t 0 && echo is-a-tty'])\n\
-         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack('HHHH', 37, 101, 0, 0))\n\
-         out = b''\n\
-         while True:\n\
-         \x20   try:\n\
-         \x20       b = os.read(fd, 4096)\n\
-         \x20   except OSError:\n\
-         \x20       break\n\
-         \x20   if not b: break\n\
-         \x20   out += b\n\
-         _, st = os.waitpid(pid, 0)\n\
-         sys.stdout.write(out.decode(errors='replace'))\n\
-         sys.exit(os.waitstatus_to_exitcode(st))\n",
-        base = env.base.to_str().unwrap(),
-        bin = env!("CARGO_BIN_EXE_cordon"),
+    let (text, status) = under_pty(
+        &env,
+        &[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "tty; stty size; test -t 0 && echo is-a-tty",
+        ],
+        "winsize(37, 101)",
     );
-    let out = Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(&script)
-        .env("CORDON_HOME", &env.home)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(status.success(), "{text}");
     assert!(text.contains("/dev/pts/"), "{text}");
     assert!(text.contains("37 101"), "{text}");
     assert!(text.contains("is-a-tty"), "{text}");
@@ -561,34 +539,18 @@ fn pipe_mode_never_hands_over_the_users_terminal() {
     // from the terminal, not the terminal itself (which it could resize or
     // retitle behind the relay's back).
     let Some(env) = env() else { return };
-    let script = format!(
-        "import os, pty, sys\n\
-         pid, fd = pty.fork()\n\
-         if pid == 0:\n\
-         \x20   os.chdir({base:?})\n\
-         \x20   os.execv({bin:?}, [{bin:?}, 'run', '--no-tty', '--', 'sh', '-c', 'for f in 0 1 2; do test -t $f && echo tty$f; done; read line; echo got:$line'])\n\
-         os.write(fd, b'typed\\n')\n\
-         out = b''\n\
-         while True:\n\
-         \x20   try:\n\
-         \x20       b = os.read(fd, 4096)\n\
-         \x20   except OSError:\n\
-         \x20       break\n\
-         \x20   if not b: break\n\
-         \x20   out += b\n\
-         os.waitpid(pid, 0)\n\
-         sys.stdout.write(out.decode(errors='replace'))\n",
-        base = env.base.to_str().unwrap(),
-        bin = env!("CARGO_BIN_EXE_cordon"),
+    let (text, _) = under_pty(
+        &env,
+        &[
+            "run",
+            "--no-tty",
+            "--",
+            "sh",
+            "-c",
+            "for f in 0 1 2; do test -t $f && echo tty$f; done; read line; echo got:$line",
+        ],
+        "os.write(fd, b'typed\\n')",
     );
-    let out = Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(&script)
-        .env("CORDON_HOME", &env.home)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("got:typed"), "{text}");
     assert!(
         !text.contains("tty0") && !text.contains("tty1") && !text.contains("tty2"),
@@ -642,17 +604,39 @@ fn cpu_limit_throttles_and_is_reported() {
 #[test]
 fn terminal_resize_reaches_the_agent() {
     let Some(env) = env() else { return };
+    let (text, _) = under_pty(
+        &env,
+        &[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "trap 'stty size; exit 0' WINCH; echo ready; while :; do sleep 0.05; done",
+        ],
+        "winsize(20, 60)\n\
+         while b'ready' not in out:\n\
+         \x20   out += os.read(fd, 4096)\n\
+         winsize(33, 77)",
+    );
+    assert!(text.contains("33 77"), "{text}");
+}
+
+/// Runs `cordon ARGS` in the project directory under a real pty (Python's
+/// `pty.fork`); `drive` is Python run in the parent first (`fd` is the master,
+/// `out` the bytes read so far, `winsize(rows, cols)` resizes). Returns
+/// everything cordon wrote to the terminal and its exit status.
+fn under_pty(env: &Env, args: &[&str], drive: &str) -> (String, std::process::ExitStatus) {
+    let args = serde_json::to_string(args).unwrap();
     let script = format!(
-        "import os, pty, fcntl, termios, struct, sys, time\n\
+        "import os, pty, fcntl, termios, struct, sys\n\
          pid, fd = pty.fork()\n\
          if pid == 0:\n\
          \x20   os.chdir({base:?})\n\
-         \x20   os.execv({bin:?}, [{bin:?}, 'run', '--', 'sh', '-c', \"trap 'stty size; exit 0' WINCH; echo ready; while :; do sleep 0.05; done\"])\n\
-         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack('HHHH', 20, 60, 0, 0))\n\
+         \x20   os.execv({bin:?}, [{bin:?}] + {args})\n\
+         def winsize(r, c):\n\
+         \x20   fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack('HHHH', r, c, 0, 0))\n\
          out = b''\n\
-         while b'ready' not in out:\n\
-         \x20   out += os.read(fd, 4096)\n\
-         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack('HHHH', 33, 77, 0, 0))\n\
+         {drive}\n\
          while True:\n\
          \x20   try:\n\
          \x20       b = os.read(fd, 4096)\n\
@@ -660,8 +644,9 @@ fn terminal_resize_reaches_the_agent() {
          \x20       break\n\
          \x20   if not b: break\n\
          \x20   out += b\n\
-         os.waitpid(pid, 0)\n\
-         sys.stdout.write(out.decode(errors='replace'))\n",
+         _, st = os.waitpid(pid, 0)\n\
+         sys.stdout.write(out.decode(errors='replace'))\n\
+         sys.exit(os.waitstatus_to_exitcode(st))\n",
         base = env.base.to_str().unwrap(),
         bin = env!("CARGO_BIN_EXE_cordon"),
     );
@@ -672,6 +657,8 @@ fn terminal_resize_reaches_the_agent() {
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("33 77"), "{text}");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status,
+    )
 }

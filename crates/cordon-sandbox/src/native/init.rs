@@ -147,15 +147,7 @@ pub fn stage1_main() -> ! {
     let set = forwarded_sigset();
     // SAFETY: sigprocmask with a valid set; no old set requested.
     unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    // SAFETY: stage 1 is single-threaded (it was just exec'd and started no
-    // threads), so the child may run arbitrary code.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        fail(
-            format!("fork failed: {}", std::io::Error::last_os_error()),
-            125,
-        );
-    }
+    let pid = fork_or_fail();
     if pid == 0 {
         init_main(cfg);
     }
@@ -176,15 +168,23 @@ fn enter_namespaces(cfg: &InitConfig) -> Result<(), String> {
     sys::unshare(libc::CLONE_NEWUSER)
         .map_err(|e| format!("cannot create a user namespace: {e}"))?;
     write_maps(0, cfg.uid, 0, cfg.gid).map_err(|e| format!("cannot map the invoking user: {e}"))?;
-    sys::unshare(
-        libc::CLONE_NEWNS
-            | libc::CLONE_NEWPID
-            | libc::CLONE_NEWNET
-            | libc::CLONE_NEWIPC
-            | libc::CLONE_NEWUTS
-            | libc::CLONE_NEWCGROUP,
-    )
-    .map_err(|e| format!("cannot create the sandbox's namespaces: {e}"))
+    sys::unshare(sys::SANDBOX_NAMESPACES)
+        .map_err(|e| format!("cannot create the sandbox's namespaces: {e}"))
+}
+
+/// fork(2) in stage 1 or the init, reporting a failure to the host.
+fn fork_or_fail() -> libc::pid_t {
+    // SAFETY: stage 1 and the init are single-threaded (stage 1 was just exec'd
+    // and starts no threads; the init is its forked child), so the child may
+    // run arbitrary code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        fail(
+            format!("fork failed: {}", std::io::Error::last_os_error()),
+            125,
+        );
+    }
+    pid
 }
 
 fn forwarded_sigset() -> libc::sigset_t {
@@ -260,14 +260,7 @@ fn init_main(cfg: InitConfig) -> ! {
     if let Err(e) = setup_root(&cfg.spec, &cfg.etc_private) {
         fail(e, 125);
     }
-    // SAFETY: the init is single-threaded; see stage1_main.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        fail(
-            format!("fork failed: {}", std::io::Error::last_os_error()),
-            125,
-        );
-    }
+    let pid = fork_or_fail();
     if pid == 0 {
         agent_main(&cfg);
     }
