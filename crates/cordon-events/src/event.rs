@@ -36,6 +36,12 @@ pub struct Event {
 pub mod kind {
     pub const SESSION_START: &str = "session.start";
     pub const SESSION_END: &str = "session.end";
+    /// Cordon itself failed during a run (setup, log, sync).
+    pub const SESSION_ERROR: &str = "session.error";
+    /// The sandbox is in place (isolation features in force) and the agent starts.
+    pub const SANDBOX_READY: &str = "sandbox.ready";
+    /// A signal the user sent to `cordon` was passed to the agent.
+    pub const SIGNAL_FORWARDED: &str = "signal.forwarded";
     pub const PROC_EXEC: &str = "proc.exec";
     pub const PROC_EXIT: &str = "proc.exit";
     /// Prefix shared by every resource-limit kind; all of them are violations.
@@ -62,6 +68,9 @@ pub mod kind {
     pub const ALL: &[&str] = &[
         SESSION_START,
         SESSION_END,
+        SESSION_ERROR,
+        SANDBOX_READY,
+        SIGNAL_FORWARDED,
         PROC_EXEC,
         PROC_EXIT,
         LIMIT_MEMORY,

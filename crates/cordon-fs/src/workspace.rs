@@ -106,6 +106,23 @@ impl DataDir {
     /// must call [`Workspace::sync_files`] (e.g. on another thread, while a
     /// sandbox starts) before relying on the workspace surviving a power loss.
     pub fn create_workspace_unsynced(&self, base: &Path, chunk_size: u32) -> Result<Workspace> {
+        self.create_in("workspace", "workspaces", base, chunk_size)
+    }
+
+    /// Creates the workspace of a new `cordon run` session
+    /// (`sessions/<id>/workspace.db`; the session keeps its records beside it),
+    /// without waiting for the disk (see [`Self::create_workspace_unsynced`]).
+    pub fn create_session_unsynced(&self, base: &Path, chunk_size: u32) -> Result<Workspace> {
+        self.create_in("session", "sessions", base, chunk_size)
+    }
+
+    fn create_in(
+        &self,
+        kind: &'static str,
+        subdir: &str,
+        base: &Path,
+        chunk_size: u32,
+    ) -> Result<Workspace> {
         if !schema::CHUNK_SIZE_RANGE.contains(&chunk_size) || !chunk_size.is_power_of_two() {
             return Err(Error::Invalid {
                 what: "chunk size",
@@ -118,7 +135,7 @@ impl DataDir {
         }
         let base_dir = Base::open(base)?;
         let base_path = base_dir.path().to_path_buf();
-        let parent = self.root.join("workspaces");
+        let parent = self.root.join(subdir);
         std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
         let data_canon = self
             .root
@@ -174,11 +191,7 @@ impl DataDir {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
-        Ok(Workspace {
-            id,
-            kind: "workspace",
-            dir,
-        })
+        Ok(Workspace { id, kind, dir })
     }
 
     /// Finds a workspace or session by its exact id (for destructive commands).

@@ -636,7 +636,7 @@ impl<'s> Walker<'s> {
         ] {
             if let Some(v) = self.field(t, &name, key, |w, item, span, n| {
                 w.list(item, span, n, |p| {
-                    check_workspace_pattern(p).map(|()| p.to_string())
+                    values::check_workspace_pattern(p).map(|()| p.to_string())
                 })
             }) {
                 *list = v;
@@ -1031,24 +1031,6 @@ fn string_spans<'t>(root: &'t dyn TableLike, path: &[&str]) -> HashMap<&'t str, 
         }
     }
     out
-}
-
-fn check_workspace_pattern(p: &str) -> Result<(), InvalidValue> {
-    if p.is_empty() || p.contains('\0') {
-        return Err(InvalidValue(format!("{p:?} is not a usable pattern")));
-    }
-    if p.starts_with('/') || p.starts_with('~') {
-        return Err(InvalidValue(format!(
-            "{p:?}: patterns are relative to the workspace root; write it without the leading {}",
-            &p[..1]
-        )));
-    }
-    if p.split('/').any(|c| c == "..") {
-        return Err(InvalidValue(format!(
-            "{p:?}: patterns cannot reach outside the workspace with .."
-        )));
-    }
-    Ok(())
 }
 
 /// Parses `env:NAME`, `file:PATH` or `command:CMD`.

@@ -651,3 +651,14 @@ fn many_errors_on_one_long_line_are_all_reported_quickly() {
         start.elapsed()
     );
 }
+
+#[test]
+fn workspace_patterns_the_sandbox_would_ignore_are_errors() {
+    for bad in ["secrets/", "./.env", "a//b", "config/./x"] {
+        let text = format!("[workspace]\nhidden = [{bad:?}]\n");
+        let err = Policy::parse(&text).expect_err(bad);
+        assert_eq!(err.len(), 1, "{bad}: {err}");
+        assert!(err.to_string().contains("empty or"), "{bad}: {err}");
+    }
+    assert!(Policy::parse("[workspace]\nhidden = [\"secrets\", \"config/*.key\"]\n").is_ok());
+}

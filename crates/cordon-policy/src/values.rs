@@ -434,6 +434,38 @@ pub fn is_header_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// A workspace path pattern (`.env*`, `.git/hooks`, `config/*.key`): relative
+/// to the workspace root, `/`-separated, no empty, `.` or `..` segments (so
+/// `secrets/`, `./.env` and `a//b` are errors, not patterns that silently
+/// match nothing). The sandbox expands patterns with exactly these rules.
+pub fn check_workspace_pattern(p: &str) -> Result<(), InvalidValue> {
+    if p.is_empty() || p.contains('\0') {
+        return Err(InvalidValue(format!("{p:?} is not a usable pattern")));
+    }
+    if p.starts_with('/') || p.starts_with('~') {
+        return Err(InvalidValue(format!(
+            "{p:?}: patterns are relative to the workspace root; write it without the leading {}",
+            &p[..1]
+        )));
+    }
+    for seg in p.split('/') {
+        match seg {
+            ".." => {
+                return Err(InvalidValue(format!(
+                    "{p:?}: patterns cannot reach outside the workspace with .."
+                )));
+            }
+            "" | "." => {
+                return Err(InvalidValue(format!(
+                    "{p:?}: write the path without empty or \".\" parts (no leading ./, trailing / or //)"
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,21 +36,10 @@ pub fn segment_matches(pattern: &[u8], name: &[u8]) -> bool {
     p == pattern.len()
 }
 
-/// Whether a pattern is well formed: relative, no empty, `.` or `..` segments.
+/// Whether a pattern is well formed (the policy's own rule, so a pattern the
+/// policy accepts is never silently ignored here).
 pub fn check_pattern(pattern: &str) -> Result<(), String> {
-    if pattern.is_empty() || pattern.starts_with('/') {
-        return Err(format!(
-            "{pattern:?}: workspace patterns are relative to the workspace root"
-        ));
-    }
-    for seg in pattern.split('/') {
-        if seg.is_empty() || seg == "." || seg == ".." {
-            return Err(format!(
-                "{pattern:?}: empty, '.' and '..' segments are not allowed"
-            ));
-        }
-    }
-    Ok(())
+    cordon_policy::values::check_workspace_pattern(pattern).map_err(|e| e.to_string())
 }
 
 /// Every existing path under `root` that matches `pattern`, without following

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
-use cordon_events::EventLog;
+use cordon_events::{EventLog, kind};
 use cordon_fs::fuse::ServeOptions;
 use cordon_fs::overlay::Quota;
 use cordon_fs::workspace::{DataDir, Workspace};
@@ -57,6 +57,11 @@ pub struct SessionMeta {
     pub base: PathBuf,
     pub backend: BackendKind,
     pub created: String,
+    /// Random bytes (hex) from which this session's secret placeholders are
+    /// derived: stable across its runs (the agent may have written them into
+    /// files), unguessable from anything the agent sees.
+    #[serde(default)]
+    pub placeholder_nonce: String,
     pub runs: Vec<RunRecord>,
 }
 
@@ -66,6 +71,9 @@ pub struct RunRecord {
     pub started: String,
     pub ended: Option<String>,
     pub exit_code: Option<i32>,
+    /// Why the run failed, when Cordon itself failed (setup, log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     pub policy_sha256: Option<String>,
 }
 
@@ -209,13 +217,27 @@ fn env_name_matches(pattern: &str, name: &str) -> bool {
 
 /// The agent's environment: empty, plus a minimal base, plus what the policy
 /// passes through or sets, plus the session id and secret placeholders.
+///
+/// A host variable that a secret is read from (`from = "env:NAME"`) is never
+/// passed through, whatever `[sandbox] env` or `--env` says: the sandbox only
+/// ever holds the placeholder.
 pub fn build_env(
     policy: &Policy,
     host: &[(String, String)],
     session: &str,
+    placeholder_nonce: &[u8],
     home: &Path,
     terminal: bool,
+    backend: BackendKind,
 ) -> Vec<(String, String)> {
+    let secret_sources: Vec<&str> = policy
+        .secrets
+        .values()
+        .filter_map(|s| match &s.from {
+            cordon_policy::SecretSource::Env(name) => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
     let mut env: Vec<(String, String)> = Vec::new();
     let mut set = |k: &str, v: String| {
         env.retain(|(n, _)| n != k);
@@ -238,7 +260,7 @@ pub fn build_env(
     }
     for pattern in &policy.sandbox.env {
         for (k, v) in host {
-            if env_name_matches(pattern, k) {
+            if env_name_matches(pattern, k) && !secret_sources.contains(&k.as_str()) {
                 set(k, v.clone());
             }
         }
@@ -247,13 +269,10 @@ pub fn build_env(
         set(k, v.clone());
     }
     for (name, secret) in &policy.secrets {
-        set(
-            name,
-            secret.placeholder_or_default(name, session.as_bytes()),
-        );
+        set(name, secret.placeholder_or_default(name, placeholder_nonce));
     }
     set("CORDON_SESSION", session.into());
-    set("CORDON_SANDBOX", "native".into());
+    set("CORDON_SANDBOX", backend.name().into());
     env
 }
 
@@ -267,6 +286,24 @@ pub fn run(data: &DataDir, mut opts: RunOptions) -> Result<Summary, SessionError
         "cannot open the project directory {}",
         opts.project.display()
     )))?;
+    // Checks that need nothing on disk come first, so a bad invocation leaves
+    // no debris behind.
+    for m in &opts.policy.mounts {
+        if !m.optional && !m.source.exists() {
+            return Err(SessionError::Invalid(format!(
+                "mount source {} does not exist; create it or mark the mount `optional = true`",
+                m.source.display()
+            )));
+        }
+    }
+    opts.policy
+        .workspace
+        .effective_hidden()
+        .into_iter()
+        .chain(opts.policy.workspace.effective_read_only())
+        .try_for_each(crate::glob::check_pattern)
+        .map_err(SessionError::Invalid)?;
+    let fresh = opts.resume.is_none();
     let ws = match &opts.resume {
         Some(id) => {
             let ws = data.resolve(id)?;
@@ -283,23 +320,71 @@ pub fn run(data: &DataDir, mut opts: RunOptions) -> Result<Summary, SessionError
             }
             ws
         }
-        None => data.create_workspace_unsynced(&project, cordon_fs::schema::DEFAULT_CHUNK_SIZE)?,
+        None => data.create_session_unsynced(&project, cordon_fs::schema::DEFAULT_CHUNK_SIZE)?,
     };
+    tracing::debug!(id = %ws.id, "workspace ready");
+    let on_start = std::mem::replace(&mut opts.on_start, Box::new(|_| {}));
+    let agent_started = std::cell::Cell::new(false);
+    let result = run_session(
+        data,
+        &ws,
+        &opts,
+        &project,
+        started,
+        on_start,
+        &agent_started,
+    );
+    if result.is_err() && fresh && !agent_started.get() {
+        // Nothing ran: a session that never started is not worth keeping.
+        let _ = remove(data, ws);
+    }
+    result
+}
+
+/// Everything one run needs once its workspace exists.
+struct Ctx<'a> {
+    opts: &'a RunOptions,
+    ws: &'a Workspace,
+    project: &'a Path,
+    dir: PathBuf,
+    limits: Limits,
+    sink: Arc<LogSink>,
+    started: Instant,
+    quota: Option<Arc<Quota>>,
+    placeholder_nonce: String,
+    agent_started: &'a std::cell::Cell<bool>,
+}
+
+fn run_session(
+    data: &DataDir,
+    ws: &Workspace,
+    opts: &RunOptions,
+    project: &Path,
+    started: Instant,
+    on_start: Box<dyn FnOnce(&str)>,
+    agent_started: &std::cell::Cell<bool>,
+) -> Result<Summary, SessionError> {
+    let id = ws.id.clone();
+    let dir = session_dir(data, &id);
     // A new workspace's files reach the disk while the sandbox starts.
     let syncer = opts.resume.is_none().then(|| {
         let ws = ws.clone();
         std::thread::spawn(move || ws.sync_files())
     });
-    tracing::debug!(id = %ws.id, "workspace ready");
-    let id = ws.id.clone();
-    let dir = session_dir(data, &id);
-    std::fs::create_dir_all(&dir).map_err(io(format!("cannot create {}", dir.display())))?;
-    // The FUSE mount comes up on its own thread while the session's records
-    // are written.
+    // The log's lock is the session's: a second `cordon run --session` on a
+    // running session stops here, before it changes anything.
+    let log = if dir.join(cordon_events::LOG_FILE).exists() {
+        EventLog::open_append(&dir, &id)?
+    } else {
+        EventLog::create(&dir, &id)?
+    };
     let mnt = dir.join("mnt");
+    clear_stale_mount(ws, &mnt);
     for d in [&mnt, &dir.join("root")] {
         std::fs::create_dir_all(d).map_err(io(format!("cannot create {}", d.display())))?;
     }
+    // The FUSE mount comes up on its own thread while the session's records
+    // are written.
     let quota = opts.policy.sandbox.disk_quota.map(Quota::new);
     let mounting = {
         let serve = ServeOptions {
@@ -312,29 +397,29 @@ pub fn run(data: &DataDir, mut opts: RunOptions) -> Result<Summary, SessionError
             cordon_fs::mount::mount(&ws, &mnt, &serve).and_then(|m| m.spawn())
         })))
     };
-    let mut meta = match read_meta(data, &id) {
-        Ok(m) => m,
-        Err(_) => SessionMeta {
-            id: id.clone(),
-            base: project.clone(),
-            backend: opts.backend,
-            created: now(),
-            runs: Vec::new(),
-        },
-    };
+    let mut meta = read_meta(data, &id).unwrap_or_else(|_| SessionMeta {
+        id: id.clone(),
+        base: project.to_path_buf(),
+        backend: opts.backend,
+        created: now(),
+        placeholder_nonce: String::new(),
+        runs: Vec::new(),
+    });
+    if meta.placeholder_nonce.is_empty() {
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce)
+            .map_err(|e| SessionError::Invalid(format!("no randomness for the session: {e}")))?;
+        meta.placeholder_nonce = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    }
     meta.runs.push(RunRecord {
         argv: opts.argv.clone(),
         started: now(),
         ended: None,
         exit_code: None,
+        error: None,
         policy_sha256: opts.policy_sha256.clone(),
     });
     write_meta(&dir, &meta)?;
-    let log = if dir.join("events.jsonl").exists() {
-        EventLog::open_append(&dir, &id)?
-    } else {
-        EventLog::create(&dir, &id)?
-    };
     let sink = Arc::new(LogSink {
         log,
         failures: AtomicU64::new(0),
@@ -350,7 +435,7 @@ pub fn run(data: &DataDir, mut opts: RunOptions) -> Result<Summary, SessionError
         disk: policy.sandbox.disk_quota,
     };
     sink.append(
-        "session.start",
+        kind::SESSION_START,
         obj(json!({
             "argv": opts.argv,
             "backend": opts.backend,
@@ -363,40 +448,67 @@ pub fn run(data: &DataDir, mut opts: RunOptions) -> Result<Summary, SessionError
         })),
     );
     tracing::debug!("session log open");
-    let on_start = std::mem::replace(&mut opts.on_start, Box::new(|_| {}));
     on_start(&id);
-
-    let fresh = opts.resume.is_none();
-    let result = run_mounted(
-        data,
-        &ws,
-        &dir,
-        &opts,
-        &project,
+    let ctx = Ctx {
+        opts,
+        ws,
+        project,
+        dir: dir.clone(),
         limits,
-        sink.clone(),
+        sink: sink.clone(),
         started,
-        fresh,
-        mounting,
         quota,
-    );
-    if let Some(Ok(Err(e))) = syncer.map(|t| t.join()) {
-        return Err(e.into());
-    }
-    let (summary, ended_at) = match result {
-        Ok(s) => (s, now()),
-        Err(e) => {
-            sink.append("session.error", obj(json!({ "error": e.to_string() })));
-            let _ = sink.log.sync();
-            return Err(e);
-        }
+        placeholder_nonce: meta.placeholder_nonce.clone(),
+        agent_started,
     };
-    if let Some(last) = meta.runs.last_mut() {
-        last.ended = Some(ended_at);
-        last.exit_code = Some(summary.exit_code);
+    let mut result = run_mounted(&ctx, mounting);
+    if let Some(Ok(Err(e))) = syncer.map(|t| t.join()) {
+        // The run's outcome stands; the user hears that its workspace may not
+        // survive a power loss.
+        tracing::warn!(error = %e, "could not sync the new workspace to disk");
+        sink.append(
+            kind::SESSION_ERROR,
+            obj(json!({ "error": format!("sync: {e}") })),
+        );
     }
-    write_meta(&dir, &meta)?;
-    Ok(summary)
+    if let Err(e) = &result {
+        sink.append(kind::SESSION_ERROR, obj(json!({ "error": e.to_string() })));
+        if let Err(sync) = sink.log.sync() {
+            tracing::warn!(error = %sync, "could not sync the session log");
+        }
+    }
+    if let Some(last) = meta.runs.last_mut() {
+        last.ended = Some(now());
+        match &result {
+            Ok(summary) => last.exit_code = Some(summary.exit_code),
+            Err(e) => last.error = Some(e.to_string()),
+        }
+    }
+    if let Err(e) = write_meta(&dir, &meta)
+        && result.is_ok()
+    {
+        result = Err(e);
+    }
+    result
+}
+
+/// A FUSE mount left at the session's mount point by a `cordon` that was
+/// killed: detached, once the workspace lock shows no server is alive.
+fn clear_stale_mount(ws: &Workspace, mnt: &Path) {
+    let stale = std::fs::metadata(mnt)
+        .err()
+        .is_some_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
+    if !stale {
+        return;
+    }
+    let Ok(lock) = ws.lock() else { return };
+    if crate::sys::umount_detach(mnt).is_err() {
+        let _ = std::process::Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(mnt)
+            .status();
+    }
+    drop(lock);
 }
 
 /// A workspace mount coming up on another thread. Dropped without
@@ -419,10 +531,9 @@ impl PendingMount {
 
 impl Drop for PendingMount {
     fn drop(&mut self) {
-        if let Some(t) = self.0.take()
-            && let Ok(Ok(m)) = t.join()
-        {
-            let _ = m.unmount();
+        // Joining is enough: the mount's own Drop unmounts it.
+        if let Some(t) = self.0.take() {
+            let _ = t.join();
         }
     }
 }
@@ -452,23 +563,22 @@ fn protected(mnt: &Path, project: &Path, pattern: &str) -> Vec<PathBuf> {
     out
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_mounted(
-    _data: &DataDir,
-    ws: &Workspace,
-    dir: &Path,
-    opts: &RunOptions,
-    project: &Path,
-    limits: Limits,
-    sink: Arc<LogSink>,
-    started: Instant,
-    fresh: bool,
-    mounting: PendingMount,
-    quota: Option<Arc<Quota>>,
-) -> Result<Summary, SessionError> {
+fn run_mounted(ctx: &Ctx<'_>, mounting: PendingMount) -> Result<Summary, SessionError> {
+    let Ctx {
+        opts,
+        ws,
+        project,
+        limits,
+        sink,
+        started,
+        quota,
+        ..
+    } = ctx;
+    let (limits, sink, started) = (limits.clone(), sink.clone(), *started);
     let id = ws.id.clone();
-    let mnt = dir.join("mnt");
-    let scratch = dir.join("root");
+    let fresh = opts.resume.is_none();
+    let mnt = ctx.dir.join("mnt");
+    let scratch = ctx.dir.join("root");
     let mounted = mounting.wait()?;
     tracing::debug!("workspace mounted");
 
@@ -482,8 +592,8 @@ fn run_mounted(
         .unwrap_or_else(|| PathBuf::from("/home/agent"));
     // Expand hidden and read-only patterns against the agent's view: a new
     // workspace shows exactly the project, so the project is read directly; a
-    // resumed one is read from its store and base in-process (no FUSE round
-    // trips either way).
+    // resumed one is read from its store and base in-process (a FUSE lookup
+    // only for matches that are symlinks, resolved the way the agent will).
     let resumed_view = if fresh {
         None
     } else {
@@ -554,7 +664,15 @@ fn run_mounted(
     let spec = SandboxSpec {
         session: id.clone(),
         argv: opts.argv.clone(),
-        env: build_env(policy, &opts.host_env, &id, &home, opts.terminal),
+        env: build_env(
+            policy,
+            &opts.host_env,
+            &id,
+            ctx.placeholder_nonce.as_bytes(),
+            &home,
+            opts.terminal,
+            opts.backend,
+        ),
         cwd,
         hostname: policy.sandbox.hostname.clone(),
         workspace: WorkspaceMount {
@@ -569,7 +687,7 @@ fn run_mounted(
         scratch,
     };
     sink.append(
-        "policy.decision",
+        kind::POLICY_DECISION,
         obj(json!({
             "read_only": spec.workspace.read_only,
             "hidden": spec.workspace.hidden,
@@ -596,7 +714,7 @@ fn run_mounted(
             used: AtomicU64::new(0),
             exceeded: AtomicBool::new(false),
             over: Box::new(move || {
-                sink.append("limit.output", obj(json!({ "limit": limit })));
+                sink.append(kind::LIMIT_OUTPUT, obj(json!({ "limit": limit })));
                 if let Ok(mut s) = stop.lock() {
                     s.get_or_insert((
                         LimitKind::Output,
@@ -623,12 +741,20 @@ fn run_mounted(
         Ok(r) => r,
         Err(e) => {
             drop(pipe_relay);
-            let _ = mounted.unmount();
             return Err(e.into());
         }
     };
+    ctx.agent_started.set(true);
     let control = running.control();
     tracing::debug!("agent started");
+    // From here the output budget can stop the sandbox; output that arrived
+    // before this point and overran the budget stops it now.
+    if let Ok(mut g) = control_slot.lock() {
+        *g = Some(control.clone());
+    }
+    if budget.exceeded.load(Ordering::Relaxed) {
+        control.kill();
+    }
     let (relay, master) = match (pipe_relay, running.terminal()) {
         (Some(r), _) => (r, None),
         (None, Some(m)) => match crate::stdio::terminal(m, budget.clone()) {
@@ -636,22 +762,17 @@ fn run_mounted(
             Err(e) => {
                 control.kill();
                 let _ = running.wait();
-                let _ = mounted.unmount();
                 return Err(io("cannot put the terminal in raw mode")(e));
             }
         },
         (None, None) => {
             control.kill();
             let _ = running.wait();
-            let _ = mounted.unmount();
             return Err(SessionError::Invalid(
                 "the sandbox did not provide a terminal".into(),
             ));
         }
     };
-    if let Ok(mut g) = control_slot.lock() {
-        *g = Some(control.clone());
-    }
     // Wall-clock timeout: TERM, a short grace, then KILL.
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let timer = limits.timeout.map(|t| {
@@ -663,7 +784,7 @@ fn run_mounted(
                 return;
             }
             sink.append(
-                "limit.timeout",
+                kind::LIMIT_TIMEOUT,
                 obj(json!({ "timeout_s": t.as_secs_f64() })),
             );
             if let Ok(mut s) = stop.lock() {
@@ -703,7 +824,7 @@ fn run_mounted(
                     }
                     continue;
                 }
-                sink.append("signal.forwarded", obj(json!({ "signal": sig })));
+                sink.append(kind::SIGNAL_FORWARDED, obj(json!({ "signal": sig })));
                 control.signal(sig);
             }
         })
@@ -734,7 +855,7 @@ fn run_mounted(
     if quota.as_ref().is_some_and(|q| q.hit()) {
         limits_hit.push(LimitKind::Disk);
         sink.append(
-            "limit.disk",
+            kind::LIMIT_DISK,
             obj(json!({ "limit": limits.disk, "used": quota.as_ref().map(|q| q.used()) })),
         );
     }
@@ -766,7 +887,7 @@ fn run_mounted(
         }
     }
     sink.append(
-        "session.end",
+        kind::SESSION_END,
         obj(json!({
             "exit_code": ended.code,
             "signal": ended.signal,

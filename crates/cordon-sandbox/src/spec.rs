@@ -164,10 +164,16 @@ impl SandboxSpec {
         if self.workspace.target == std::path::Path::new("/") {
             return bad("the workspace cannot be /".into());
         }
-        for (k, _) in &self.env {
+        for (k, v) in &self.env {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
                 return bad(format!("invalid environment variable name {k:?}"));
             }
+            if v.contains('\0') {
+                return bad(format!("the value of {k} contains a NUL byte"));
+            }
+        }
+        if let Some(a) = self.argv.iter().find(|a| a.contains('\0')) {
+            return bad(format!("the command argument {a:?} contains a NUL byte"));
         }
         if self.hostname.is_empty() || self.hostname.len() > 64 {
             return bad("hostname must be 1 to 64 bytes".into());

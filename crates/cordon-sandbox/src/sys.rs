@@ -62,6 +62,41 @@ pub fn mount(
     .map(drop)
 }
 
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// mount_setattr(2) with `AT_RECURSIVE`: set `attrs` on the mount at `path`
+/// and every mount below it.
+pub fn mount_setattr_recursive(path: &Path, attrs: u64) -> io::Result<()> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let c = cstr(path)?;
+    let attr = MountAttr {
+        attr_set: attrs,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: a valid C string and a mount_attr of the size passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check(r as libc::c_int).map(drop)
+}
+
 pub fn umount_detach(target: &Path) -> io::Result<()> {
     let t = cstr(target)?;
     // SAFETY: `t` is a valid C string for the duration of the call.
@@ -164,6 +199,10 @@ pub fn socketpair_seqpacket() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// Descriptors one control message carries at most (a configuration file and
+/// three standard streams).
+const MAX_FDS: usize = 4;
+
 /// Send one message, optionally carrying a file descriptor.
 pub fn send_msg(sock: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
     match fd {
@@ -172,10 +211,11 @@ pub fn send_msg(sock: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'_>>) 
     }
 }
 
-/// Send one message carrying up to three descriptors.
+/// Send one message carrying up to four descriptors.
 pub fn send_msg_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
-    let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
+    let mut space =
+        [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut anc = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() {
         anc.push(SendAncillaryMessage::ScmRights(fds));
@@ -198,13 +238,14 @@ pub fn recv_msg(
     Ok(recv_msg_fds(sock, buf)?.map(|(n, fds)| (n, fds.into_iter().next())))
 }
 
-/// Receive one message and the descriptors it carries (at most three kept).
+/// Receive one message and the descriptors it carries (at most four kept).
 pub fn recv_msg_fds(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
 ) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
     use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
-    let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
+    let mut space =
+        [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut anc = RecvAncillaryBuffer::new(&mut space);
     let r = recvmsg(
         sock,
@@ -216,8 +257,8 @@ pub fn recv_msg_fds(
     for msg in anc.drain() {
         if let RecvAncillaryMessage::ScmRights(fds) = msg {
             for fd in fds {
-                // Extra descriptors beyond three are dropped (closed).
-                if got.len() < 3 {
+                // Extra descriptors are dropped (closed).
+                if got.len() < MAX_FDS {
                     got.push(fd);
                 }
             }

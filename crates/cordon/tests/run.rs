@@ -55,6 +55,10 @@ fn exit_codes_are_the_agents() {
     let out = run(&env, &[], "kill -TERM $$");
     assert_eq!(out.status.code(), Some(143));
     assert_eq!(summary(&out)["signal"], 15);
+    // An exit code above 128 is an exit code, not a signal.
+    let out = run(&env, &[], "exit 130");
+    assert_eq!(out.status.code(), Some(130));
+    assert_eq!(summary(&out)["signal"], Value::Null);
     // A command that does not exist: 127, with a clear message.
     let out = env
         .cmd()
@@ -661,4 +665,67 @@ fn under_pty(env: &Env, args: &[&str], drive: &str) -> (String, std::process::Ex
         String::from_utf8_lossy(&out.stdout).into_owned(),
         out.status,
     )
+}
+
+#[test]
+fn secrets_sources_never_pass_through_and_placeholders_are_per_session() {
+    let Some(env) = env() else { return };
+    std::fs::write(
+        env.base.join("cordon.toml"),
+        "[sandbox]\nenv = [\"REAL_*\"]\n\
+         [secrets.API_TOKEN]\nfrom = \"env:REAL_TOKEN\"\nhosts = [\"api.example.com\"]\n\
+         inject = [\"header:authorization\"]\n",
+    )
+    .unwrap();
+    let go = |flags: &[&str]| {
+        env.cmd()
+            .current_dir(&env.base)
+            .env("REAL_TOKEN", "s3cr3t-value")
+            .env("REAL_OTHER", "passed")
+            .args(["run", "--json", "--no-tty"])
+            .args(flags)
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "echo ${REAL_TOKEN:-absent} $REAL_OTHER $API_TOKEN",
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = go(&[]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("s3cr3t-value"), "{text}");
+    let words: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(words[..2], ["absent", "passed"], "{text}");
+    let placeholder = words[2].to_string();
+    assert!(placeholder.contains("API_TOKEN"), "{text}");
+    // The same placeholder when the session is resumed, a different one in a
+    // new session.
+    let id = summary(&out)["session"].as_str().unwrap().to_string();
+    let again = go(&["--session", &id]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains(&placeholder));
+    let other = go(&[]);
+    assert!(!String::from_utf8_lossy(&other.stdout).contains(&placeholder));
+}
+
+#[test]
+fn sandbox_ready_records_the_isolation_in_force() {
+    let Some(env) = env() else { return };
+    let out = run(&env, &[], "true");
+    let id = summary(&out)["session"].as_str().unwrap().to_string();
+    let ev = events(&env, &id);
+    let ready = ev
+        .iter()
+        .find(|e| e["kind"] == "sandbox.ready")
+        .expect("sandbox.ready");
+    assert!(
+        ["full", "partial"].contains(&ready["data"]["landlock"].as_str().unwrap()),
+        "{ready}"
+    );
 }

@@ -3,8 +3,8 @@
 //! Each session gets its own cgroup under the cgroup the `cordon` process is in
 //! (so host-level limits still apply above it): `memory`, `pids` and `cpu` on
 //! v1 hierarchies, or one directory with those controllers on the v2 hierarchy.
-//! The agent joins it before it unshares its namespaces, so everything it forks
-//! is accounted. After the run the counters say which limits were hit.
+//! Stage 1 joins it before it unshares its namespaces, so everything the
+//! sandbox forks is accounted. After the run the counters say which limits were hit.
 //!
 //! When no cgroup can be created (an unprivileged user without a delegated
 //! subtree), memory and process counts fall back to `RLIMIT_AS` and
@@ -293,7 +293,7 @@ impl Cgroups {
     }
 
     /// Remove the session's cgroups (retrying briefly while the last processes
-    /// are being reaped).
+    /// are being reaped). Also done on drop.
     pub fn remove(&self) {
         for (_, d) in &self.dirs {
             for _ in 0..50 {
@@ -320,6 +320,13 @@ pub fn rlimits(limits: &Limits, with_cgroup: bool) -> Vec<(libc::__rlimit_resour
         }
     }
     v
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        self.kill_all();
+        self.remove();
+    }
 }
 
 #[cfg(test)]

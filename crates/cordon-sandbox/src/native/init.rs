@@ -1,15 +1,19 @@
 //! What runs inside the native sandbox: stage 1, the init (PID 1) and the agent
 //! launcher.
 //!
-//! Stage 1 is `cordon` re-executed by the host with the `__cordon-sandbox-init`
-//! argument, already in a new user namespace (uid 0 there = the invoking user
-//! outside) and new mount, PID, network, IPC, UTS and cgroup namespaces. Because
-//! `unshare(CLONE_NEWPID)` only moves the caller's *children*, stage 1 forks the
-//! init, waits for it and exits with its status.
+//! Stage 1 is `cordon` re-executed by the host (`__cordon-sandbox-init FD`,
+//! possibly before the session is ready). It keeps only the control socket,
+//! receives its configuration (a memfd) and the agent's standard streams, joins
+//! the session's cgroups, enters a new user namespace (uid 0 there = the
+//! invoking user outside), then new mount, PID, network, IPC, UTS and cgroup
+//! namespaces. Because `unshare(CLONE_NEWPID)` only moves the caller's
+//! *children*, stage 1 forks the init, forwards signals to it, waits for it and
+//! exits with its status.
 //!
 //! The init builds the new root (see [`setup_root`]), pivots into it, forks the
-//! agent, forwards signals to it, reaps every orphan and exits with the agent's
-//! status; when PID 1 exits the kernel kills whatever is left.
+//! agent, forwards signals to it, reaps every orphan, reports the agent's end
+//! to the host and exits with the agent's status; when PID 1 exits the kernel
+//! kills whatever is left.
 //!
 //! The agent process enters one more user namespace that maps the invoking user's
 //! ids onto the outer namespace's root, so the agent sees its own uid and holds no
@@ -35,6 +39,10 @@ pub const STAGE1_ARG: &str = "__cordon-sandbox-init";
 /// The control socket is always this descriptor in stage 1, init and agent.
 pub const CTL_FD: i32 = 3;
 
+/// Largest configuration stage 1 reads (the spec, the environment, the list
+/// of root-only files in /etc).
+pub const MAX_CONFIG: u64 = 16 << 20;
+
 /// What the host sends stage 1.
 #[derive(Serialize, Deserialize)]
 pub struct InitConfig {
@@ -55,19 +63,22 @@ pub struct InitConfig {
 #[derive(Serialize, Deserialize, Debug)]
 #[serde(tag = "t", rename_all = "lowercase")]
 pub enum Msg {
-    /// Stage 1 forked the init; its pid in the host's PID namespace.
-    Init { pid: i32 },
     /// Setup failed; the message names the step and path.
     Error { msg: String },
     /// The master side of the agent's terminal travels with this message.
     Terminal,
     /// The seccomp listener travels with this message; the agent execs next.
-    Seccomp,
+    /// `landlock` says how much of the Landlock ruleset the kernel enforces.
+    Seccomp { landlock: String },
+    /// The agent ended: its exit code, or the signal that killed it (sent by
+    /// the init, so an exit code of 130 is not mistaken for SIGINT).
+    Exit { code: i32, signal: Option<i32> },
 }
 
 fn ctl() -> BorrowedFd<'static> {
-    // SAFETY: CTL_FD is set up by the host before exec and stays open until the
-    // agent closes it right before its own exec.
+    // SAFETY: stage 1 moves the control socket to CTL_FD first thing; stage 1
+    // and the init keep it open for their lifetime, the agent closes it (with
+    // everything above stderr) right before its exec.
     unsafe { BorrowedFd::borrow_raw(CTL_FD) }
 }
 
@@ -109,22 +120,31 @@ pub fn stage1_main() -> ! {
         }
         libc::setsid();
     }
-    let mut buf = vec![0u8; 1 << 20];
-    // The configuration arrives with the agent's stdin, stdout and stderr (pipe
-    // mode) or with none (terminal mode, /dev/null stays). Stage 1 may have
-    // been started before the session knew either.
-    let (cfg, stdio): (InitConfig, Vec<OwnedFd>) = match sys::recv_msg_fds(ctl(), &mut buf) {
-        Ok(Some((n, fds))) => match serde_json::from_slice(&buf[..n]) {
-            Ok(c) => (c, fds),
-            Err(e) => fail(format!("bad sandbox configuration: {e}"), 125),
-        },
+    // The configuration arrives as a memfd, with the agent's stdin, stdout and
+    // stderr (pipe mode) or without them (terminal mode: /dev/null stays).
+    // Stage 1 may have been started before the session knew any of it.
+    let mut buf = [0u8; 64];
+    let mut fds = match sys::recv_msg_fds(ctl(), &mut buf) {
+        Ok(Some((_, fds))) if !fds.is_empty() => fds,
         _ => {
             // The host went away before starting a sandbox: nothing to report.
             // SAFETY: plain exit of a process that never started anything.
             unsafe { libc::_exit(125) }
         }
     };
-    drop(buf);
+    let stdio = fds.split_off(1);
+    let cfg: InitConfig = {
+        use std::io::Read;
+        let mut text = Vec::new();
+        let mut file = std::fs::File::from(fds.remove(0));
+        match Read::take(&mut file, MAX_CONFIG).read_to_end(&mut text) {
+            Ok(_) => match serde_json::from_slice(&text) {
+                Ok(c) => c,
+                Err(e) => fail(format!("bad sandbox configuration: {e}"), 125),
+            },
+            Err(e) => fail(format!("cannot read the sandbox configuration: {e}"), 125),
+        }
+    };
     if stdio.len() == 3 {
         for (target, fd) in stdio.iter().enumerate() {
             // SAFETY: dup2 of a descriptor we own onto 0, 1 or 2.
@@ -151,10 +171,9 @@ pub fn stage1_main() -> ! {
     if pid == 0 {
         init_main(cfg);
     }
-    send(&Msg::Init { pid }, None);
     // SAFETY: close(2) on the control socket, which stage 1 no longer needs.
     unsafe { libc::close(CTL_FD) };
-    wait_forwarding(pid, None)
+    wait_forwarding(pid, false)
 }
 
 /// Join the session's cgroups, then enter a new user namespace in which the
@@ -214,7 +233,9 @@ const FORWARDED: &[i32] = &[
 
 /// Wait for `main` while forwarding signals to it and, when `reap_all`, reaping
 /// every other child. Exits with `main`'s status (128+N for signal N).
-fn wait_forwarding(main: i32, reap_all: Option<()>) -> ! {
+fn wait_forwarding(main: i32, reap_all: bool) -> ! {
+    // The init (which reaps all) tells the host how the agent ended.
+    let report = reap_all;
     let set = forwarded_sigset();
     loop {
         // SAFETY: siginfo_t is plain data; sigwaitinfo fills it.
@@ -231,21 +252,24 @@ fn wait_forwarding(main: i32, reap_all: Option<()>) -> ! {
         }
         loop {
             let mut status = 0;
-            let flags = libc::WNOHANG | if reap_all.is_some() { libc::__WALL } else { 0 };
-            let who = if reap_all.is_some() { -1 } else { main };
+            let flags = libc::WNOHANG | if reap_all { libc::__WALL } else { 0 };
+            let who = if reap_all { -1 } else { main };
             // SAFETY: waitpid with a valid status pointer.
             let r = unsafe { libc::waitpid(who, &mut status, flags) };
             if r <= 0 {
                 break;
             }
             if r == main {
-                let code = if libc::WIFEXITED(status) {
-                    libc::WEXITSTATUS(status)
+                let (code, signal) = if libc::WIFEXITED(status) {
+                    (libc::WEXITSTATUS(status), None)
                 } else if libc::WIFSIGNALED(status) {
-                    128 + libc::WTERMSIG(status)
+                    (128 + libc::WTERMSIG(status), Some(libc::WTERMSIG(status)))
                 } else {
                     continue;
                 };
+                if report {
+                    send(&Msg::Exit { code, signal }, None);
+                }
                 // SAFETY: leaving the process; as PID 1 this also ends every
                 // process left in the namespace.
                 unsafe { libc::_exit(code) };
@@ -264,9 +288,10 @@ fn init_main(cfg: InitConfig) -> ! {
     if pid == 0 {
         agent_main(&cfg);
     }
-    // SAFETY: the init no longer needs the control socket.
-    unsafe { libc::close(CTL_FD) };
-    wait_forwarding(pid, Some(()))
+    // The init keeps the control socket to report how the agent ended; the
+    // agent cannot reach the init's descriptors (other user namespace, no
+    // ptrace, Landlock's signal and abstract-socket scoping).
+    wait_forwarding(pid, true)
 }
 
 fn step<T>(what: impl FnOnce() -> String, r: std::io::Result<T>) -> Result<T, String> {
@@ -312,68 +337,16 @@ const MS_NOSUID: libc::c_ulong = libc::MS_NOSUID;
 const MS_NODEV: libc::c_ulong = libc::MS_NODEV;
 const MS_NOEXEC: libc::c_ulong = libc::MS_NOEXEC;
 
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const MOUNT_ATTR_NOSUID: u64 = 0x2;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
-
 /// Make the mount at `path` and every mount below it read-only, nosuid and
 /// (unless `dev`) nodev.
 fn lock_down(path: &Path, dev: bool) -> std::io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | if dev { 0 } else { MOUNT_ATTR_NODEV },
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    // SAFETY: mount_setattr(2) with a valid path and a correctly sized mount_attr.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::AT_RECURSIVE as libc::c_uint,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r == 0 {
-        return Ok(());
-    }
-    // Older kernels: remount the top mount only, keeping its locked flags.
-    // SAFETY: statvfs fills a local struct.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid path and out pointer.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let keep = st.f_flag as libc::c_ulong
-        & (libc::MS_NOSUID
-            | libc::MS_NODEV
-            | libc::MS_NOEXEC
-            | libc::MS_NOATIME
-            | libc::MS_NODIRATIME
-            | libc::MS_RELATIME);
-    mount(
-        None,
-        path,
-        None,
-        libc::MS_REMOUNT
-            | libc::MS_BIND
-            | libc::MS_RDONLY
-            | MS_NOSUID
-            | if dev { 0 } else { MS_NODEV }
-            | keep,
-        None,
-    )
+    // mount_setattr(2) (Linux 5.12; Landlock needs 5.13 anyway) changes every
+    // mount below `path` in one call. There is no fallback: remounting only
+    // the top would leave the binds below it writable.
+    let set = sys::MOUNT_ATTR_RDONLY
+        | sys::MOUNT_ATTR_NOSUID
+        | if dev { 0 } else { sys::MOUNT_ATTR_NODEV };
+    sys::mount_setattr_recursive(path, set)
 }
 
 /// A recursive bind with no attribute changes (the caller locks the tree down
@@ -386,37 +359,21 @@ fn bind_raw(src: &Path, dst: &Path) -> Result<(), String> {
 }
 
 fn bind(src: &Path, dst: &Path, read_only: bool, dev: bool) -> Result<(), String> {
-    step(
-        || format!("cannot bind {} at {}", src.display(), dst.display()),
-        mount(Some(src), dst, None, libc::MS_BIND | libc::MS_REC, None),
-    )?;
+    bind_raw(src, dst)?;
     if read_only {
         step(
             || format!("cannot make {} read-only", dst.display()),
             lock_down(dst, dev),
-        )?;
+        )
     } else if !dev {
         // Writable binds still lose setuid and device semantics.
-        let c = CString::new(dst.as_os_str().as_bytes()).map_err(|_| "NUL in path".to_string())?;
-        let attr = MountAttr {
-            attr_set: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-            attr_clr: 0,
-            propagation: 0,
-            userns_fd: 0,
-        };
-        // SAFETY: as in lock_down.
-        unsafe {
-            libc::syscall(
-                libc::SYS_mount_setattr,
-                libc::AT_FDCWD,
-                c.as_ptr(),
-                libc::AT_RECURSIVE as libc::c_uint,
-                &attr as *const MountAttr,
-                std::mem::size_of::<MountAttr>(),
-            )
-        };
+        step(
+            || format!("cannot make {} nosuid,nodev", dst.display()),
+            sys::mount_setattr_recursive(dst, sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV),
+        )
+    } else {
+        Ok(())
     }
-    Ok(())
 }
 
 /// Create `path` (and its parents) as directories, or as an empty file when
@@ -821,7 +778,7 @@ fn mask(inside: &Path, is_dir: bool, empty_file: &Path) -> Result<(), String> {
 }
 
 /// Entries below the host's /etc that only root may read (inside world-readable
-/// top-level directories; top-level entries are filtered by `setup_etc`
+/// top-level directories; top-level entries are filtered by `etc_overlay`
 /// itself). Runs on the host, on its own thread, while the workspace is
 /// prepared: the walk costs several milliseconds.
 pub fn etc_private() -> Vec<(PathBuf, bool)> {
@@ -1100,9 +1057,18 @@ fn agent_main(cfg: &InitConfig) -> ! {
     if let Err(e) = sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1) {
         fail(format!("cannot set no_new_privs: {e}"), 125);
     }
-    if let Err(e) = landlock(spec) {
-        fail(e, 125);
-    }
+    // Landlock is one of the layers the design counts on: a kernel without
+    // it (or with it disabled) does not get a weaker sandbox silently.
+    let landlock_status = match landlock(spec) {
+        Ok(s) if s == "none" => fail(
+            "Landlock is not enabled in this kernel (cordon doctor shows why); the native \
+             backend requires it"
+                .into(),
+            125,
+        ),
+        Ok(s) => s,
+        Err(e) => fail(e, 125),
+    };
     if let Err(e) = sys::drop_all_capabilities() {
         fail(format!("cannot drop capabilities: {e}"), 125);
     }
@@ -1138,7 +1104,17 @@ fn agent_main(cfg: &InitConfig) -> ! {
         Ok(l) => l,
         Err(e) => fail(format!("cannot install the seccomp filter: {e}"), 125),
     };
-    send(&Msg::Seccomp, Some(listener.as_fd()));
+    // The host must hold the listener before the agent runs: without a
+    // supervisor (the host died), the agent does not start.
+    let handed_over = serde_json::to_vec(&Msg::Seccomp {
+        landlock: landlock_status,
+    })
+    .ok()
+    .and_then(|b| sys::send_msg(ctl(), &b, Some(listener.as_fd())).ok());
+    if handed_over.is_none() {
+        // SAFETY: leave without running anything; the host is gone.
+        unsafe { libc::_exit(125) };
+    }
     drop(listener);
     // SAFETY: close_range(2) on integers: the agent starts with its three
     // standard streams and nothing else (the control socket included).

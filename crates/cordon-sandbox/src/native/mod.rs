@@ -2,10 +2,13 @@
 //! and cgroups, with no external dependency.
 //!
 //! The host side (this module) prepares cgroups, starts stage 1 (the `cordon`
-//! binary re-executed, see [`init`]) inside new user, mount, PID, network, IPC,
-//! UTS and cgroup namespaces, sends it the spec over a `SOCK_SEQPACKET` control
-//! socket, receives the seccomp listener and runs the [`seccomp::Supervisor`].
-//! [`Native::start`] returns only after the agent's filters are installed.
+//! binary re-executed, see [`init`]; spawned without forking this process,
+//! possibly ahead of time by [`prepare`]), sends it its configuration and the
+//! agent's streams over a `SOCK_SEQPACKET` control socket, receives the seccomp
+//! listener and runs the [`seccomp::Supervisor`]. Stage 1 enters the
+//! namespaces itself. [`Native::start`] returns only after the agent's filters
+//! are installed; the init later reports on the same socket how the agent
+//! ended.
 //!
 //! Rootless: the first user namespace maps the invoking user to root (one id,
 //! which an unprivileged process may write for itself), so the same code path
@@ -20,7 +23,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::Ordering;
 
 use crate::{
     Backend, BackendKind, Control, Ended, Error, EventSink, Result, Running, SandboxSpec, Stdio,
@@ -192,24 +195,26 @@ impl Backend for Native {
             etc_private: if uid0 { take_etc_scan() } else { Vec::new() },
             rlimits: cgroup::rlimits(&spec.limits, with_cgroup),
         };
-        let cfg_bytes = serde_json::to_vec(&cfg).map_err(|e| Error::Spec(e.to_string()))?;
-
+        // The configuration travels in a memfd: a socket message is capped at
+        // the socket buffer (about 208 KiB), a long environment or /etc list
+        // is not.
+        let config = config_memfd(&cfg)?;
         let (child, host_ctl) = match take_prespawned(&helper) {
             Some(p) => p,
             None => spawn_stage1(&helper)?,
         };
-        let stdio_fds: Vec<OwnedFd> = match stdio {
+        let mut fds: Vec<OwnedFd> = vec![config];
+        match stdio {
             Stdio::Pipes {
                 stdin,
                 stdout,
                 stderr,
-            } => vec![stdin, stdout, stderr],
+            } => fds.extend([stdin, stdout, stderr]),
             // The agent's terminal is made inside; nothing of the host's goes
             // in, not even its stderr: stage 1 keeps its /dev/null.
-            Stdio::Terminal { .. } => Vec::new(),
-        };
+            Stdio::Terminal { .. } => {}
+        }
         tracing::debug!(pid = child.id(), "stage 1 spawned");
-        let init_pid = Arc::new(AtomicI32::new(0));
         let mut running = NativeRunning {
             control: Arc::new(NativeControl {
                 stage1: rustix::process::Pid::from_raw(child.id() as i32).and_then(|p| {
@@ -217,40 +222,33 @@ impl Backend for Native {
                 }),
             }),
             child,
-            init_pid,
+            host_ctl,
             enforcement,
             supervisor: None,
             terminal: None,
             counters: Default::default(),
         };
-        let borrowed: Vec<_> = stdio_fds.iter().map(|f| f.as_fd()).collect();
-        let sent = crate::sys::send_msg_fds(host_ctl.as_fd(), &cfg_bytes, &borrowed);
-        drop(stdio_fds);
+        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        let sent = crate::sys::send_msg_fds(running.host_ctl.as_fd(), b"config", &borrowed);
+        drop(fds);
         if let Err(e) = sent {
-            running.kill();
-            let _ = running.child.wait();
-            running.cleanup();
+            running.abort();
             return Err(Error::io("cannot send the sandbox configuration", e));
         }
         // Wait for the listener (the agent is about to exec) or an error.
         let mut buf = vec![0u8; 64 * 1024];
-        let outcome: std::result::Result<OwnedFd, String> = loop {
-            match crate::sys::recv_msg(host_ctl.as_fd(), &mut buf) {
+        let outcome: std::result::Result<(OwnedFd, String), String> = loop {
+            match crate::sys::recv_msg(running.host_ctl.as_fd(), &mut buf) {
                 Ok(Some((n, fd))) => match serde_json::from_slice::<init::Msg>(&buf[..n]) {
-                    Ok(init::Msg::Init { pid }) => {
-                        tracing::debug!(pid, "sandbox init forked");
-                        running.init_pid.store(pid, Ordering::SeqCst)
-                    }
                     Ok(init::Msg::Terminal) => running.terminal = fd,
                     Ok(init::Msg::Error { msg }) => break Err(msg),
-                    Ok(init::Msg::Seccomp) => match fd {
-                        Some(fd) if tracing::enabled!(tracing::Level::DEBUG) => {
-                            tracing::debug!("seccomp listener received");
-                            break Ok(fd);
-                        }
-                        Some(fd) => break Ok(fd),
+                    Ok(init::Msg::Seccomp { landlock }) => match fd {
+                        Some(fd) => break Ok((fd, landlock)),
                         None => break Err("the seccomp listener did not arrive".into()),
                     },
+                    Ok(init::Msg::Exit { .. }) => {
+                        break Err("the agent ended before it started".into());
+                    }
                     Err(e) => break Err(format!("unreadable message from the sandbox: {e}")),
                 },
                 Ok(None) => break Err("the sandbox ended during setup".into()),
@@ -258,29 +256,55 @@ impl Backend for Native {
                 Err(e) => break Err(format!("control socket: {e}")),
             }
         };
-        match outcome {
-            Ok(listener) => {
-                let sup = seccomp::Supervisor {
-                    listener,
-                    events: events.clone(),
-                    counters: running.counters.clone(),
-                };
-                running.supervisor = Some(std::thread::spawn(move || sup.run()));
-                Ok(Box::new(running))
-            }
+        let (listener, landlock) = match outcome {
+            Ok(got) => got,
             Err(msg) => {
-                running.kill();
-                let _ = running.child.wait();
-                running.cleanup();
-                Err(Error::Setup(msg))
+                running.abort();
+                return Err(Error::Setup(msg));
             }
-        }
+        };
+        tracing::debug!("seccomp listener received");
+        let mut ready = serde_json::Map::new();
+        ready.insert("backend".into(), "native".into());
+        ready.insert("landlock".into(), landlock.into());
+        ready.insert("seccomp".into(), "user notification + deny-list".into());
+        ready.insert("limits".into(), running.enforcement.describe().into());
+        ready.insert("network".into(), "loopback only".into());
+        events.event(cordon_events::kind::SANDBOX_READY, ready);
+        let sup = seccomp::Supervisor {
+            listener,
+            events,
+            counters: running.counters.clone(),
+        };
+        running.supervisor = Some(std::thread::spawn(move || sup.run()));
+        Ok(Box::new(running))
     }
+}
+
+/// The configuration as a sealed-size anonymous file stage 1 reads.
+fn config_memfd(cfg: &init::InitConfig) -> Result<OwnedFd> {
+    use std::io::{Seek, Write};
+    let bytes = serde_json::to_vec(cfg).map_err(|e| Error::Spec(e.to_string()))?;
+    if bytes.len() as u64 > init::MAX_CONFIG {
+        return Err(Error::Spec(format!(
+            "the sandbox configuration is {} bytes, more than the {} stage 1 accepts",
+            bytes.len(),
+            init::MAX_CONFIG
+        )));
+    }
+    let fd = rustix::fs::memfd_create("cordon-config", rustix::fs::MemfdFlags::CLOEXEC)
+        .map_err(|e| Error::io("cannot create the configuration file", e.into()))?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(&bytes)
+        .and_then(|()| file.rewind())
+        .map_err(|e| Error::io("cannot write the configuration file", e))?;
+    Ok(file.into())
 }
 
 struct NativeRunning {
     child: Child,
-    init_pid: Arc<AtomicI32>,
+    /// Kept after start: the init reports the agent's end on it.
+    host_ctl: OwnedFd,
     control: Arc<NativeControl>,
     enforcement: Enforcement,
     supervisor: Option<std::thread::JoinHandle<()>>,
@@ -289,10 +313,32 @@ struct NativeRunning {
 }
 
 impl NativeRunning {
-    fn cleanup(&mut self) {
-        if let Enforcement::Cgroup(c) = &self.enforcement {
-            c.kill_all();
-            c.remove();
+    /// Stop a sandbox that failed to start (its cgroups go with `enforcement`).
+    fn abort(&mut self) {
+        self.control.kill();
+        let _ = self.child.wait();
+    }
+
+    /// How the agent ended, as the init reported it (`None` when the init
+    /// itself died first, e.g. killed with the whole sandbox).
+    fn reported_exit(&self) -> Option<(i32, Option<i32>)> {
+        let mut buf = [0u8; 256];
+        loop {
+            let ready = rustix::event::poll(
+                &mut [rustix::event::PollFd::new(
+                    &self.host_ctl,
+                    rustix::event::PollFlags::IN,
+                )],
+                Some(&rustix::event::Timespec::default()),
+            )
+            .ok()?;
+            if ready == 0 {
+                return None;
+            }
+            let (n, _) = crate::sys::recv_msg(self.host_ctl.as_fd(), &mut buf).ok()??;
+            if let Ok(init::Msg::Exit { code, signal }) = serde_json::from_slice(&buf[..n]) {
+                return Some((code, signal));
+            }
         }
     }
 }
@@ -303,12 +349,6 @@ impl NativeRunning {
 /// signal), and with the init the whole PID namespace.
 struct NativeControl {
     stage1: Option<OwnedFd>,
-}
-
-impl NativeRunning {
-    fn kill(&self) {
-        self.control.kill();
-    }
 }
 
 impl NativeControl {
@@ -348,16 +388,23 @@ impl Running for NativeRunning {
             }
         };
         use std::os::unix::process::ExitStatusExt;
-        let code = status
-            .code()
-            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-        let signal = (code > 128 && code < 128 + 65).then_some(code - 128);
+        let (code, signal) = self.reported_exit().unwrap_or_else(|| {
+            // The init did not report (the sandbox was killed as a whole):
+            // stage 1's status says how.
+            match (status.code(), status.signal()) {
+                (Some(c), _) => (c, None),
+                (None, Some(sig)) => (128 + sig, Some(sig)),
+                (None, None) => (128, None),
+            }
+        });
         let limits = match &self.enforcement {
             Enforcement::Cgroup(c) => c.hits(),
             Enforcement::Rlimits(_) | Enforcement::Unlimited => Vec::new(),
         };
         let enforcement = self.enforcement.describe();
-        self.cleanup();
+        if let Enforcement::Cgroup(c) = &self.enforcement {
+            c.kill_all();
+        }
         if let Some(s) = self.supervisor.take() {
             // The listener reports hang-up once no process holds the filter.
             let _ = s.join();

@@ -13,10 +13,12 @@
 //!    fails with `ENOSYS`: the filter fails closed.
 //! 2. `clone3` → `ENOSYS`, because its flags live in memory a filter cannot read;
 //!    libc falls back to `clone`, whose namespace flags filter 1 inspects.
-//! 3. a four-instruction hand-written filter that refuses the x32 system call
-//!    range (`nr >= 0x40000000`), which shares the x86-64 audit architecture and
-//!    would otherwise bypass number-based rules. `seccompiler` has no way to
-//!    express a range.
+//! 3. a six-instruction hand-written filter that refuses the x32 system call
+//!    range (`nr >= 0x40000000`, which shares the x86-64 audit architecture and
+//!    would otherwise bypass number-based rules) with `EPERM`, and every number
+//!    above the newest call this filter knows with `ENOSYS` (a call added by a
+//!    newer kernel could reach around the deny-list). `seccompiler` has no way
+//!    to express a range.
 //!
 //! The supervisor reads exec paths and arguments from `/proc/PID/mem` for the log
 //! only: the call continues with whatever is in memory at that time, so these
@@ -41,6 +43,7 @@ use crate::EventSink;
 const NOTIFY_MARKER: u32 = 0xcd0;
 const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
 const SECCOMP_RET_USER_NOTIF: u32 = 0x7fc0_0000;
+const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
 const SECCOMP_SET_MODE_FILTER: libc::c_ulong = 1;
 const SECCOMP_FILTER_FLAG_NEW_LISTENER: libc::c_ulong = 1 << 3;
 const NOTIF_RECV: libc::c_ulong = 0xc050_2100;
@@ -128,7 +131,7 @@ const SYS_OPEN_TREE_ATTR: i64 = 467;
 
 /// System calls numbered above this are unknown to this filter and fail with
 /// `ENOSYS` (new kernels add calls that could reach around the list above).
-pub const HIGHEST_KNOWN_SYSCALL: u32 = 470;
+pub const HIGHEST_KNOWN_SYSCALL: u32 = 469;
 
 /// Address families a sandboxed socket may use; anything else (vsock, which
 /// is not namespaced; packet; alg; xdp; bluetooth; ...) is refused.
@@ -297,38 +300,22 @@ pub fn build() -> Result<Programs, String> {
     .map_err(|e| e.to_string())?
     .try_into()
     .map_err(|e: seccompiler::BackendError| e.to_string())?;
-    let x32 = if cfg!(target_arch = "x86_64") {
-        vec![
-            // A = seccomp_data.nr
-            sock_filter {
-                code: 0x20,
-                jt: 0,
-                jf: 0,
-                k: 0,
-            },
-            // if A >= 0x40000000 (x32 bit) fall through to deny, else allow
-            sock_filter {
-                code: 0x35,
-                jt: 0,
-                jf: 1,
-                k: 0x4000_0000,
-            },
-            sock_filter {
-                code: 0x06,
-                jt: 0,
-                jf: 0,
-                k: SECCOMP_RET_ERRNO | libc::EPERM as u32,
-            },
-            sock_filter {
-                code: 0x06,
-                jt: 0,
-                jf: 0,
-                k: 0x7fff_0000,
-            },
-        ]
-    } else {
-        Vec::new()
-    };
+    // A = seccomp_data.nr; x32 numbers (bit 30) fail with EPERM, numbers this
+    // filter does not know fail with ENOSYS, the rest go on to the other
+    // filters (whose architecture check kills foreign-ABI calls).
+    let ins = |code: u16, jt: u8, jf: u8, k: u32| sock_filter { code, jt, jf, k };
+    const LD_NR: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JGE: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+    const JGT: u16 = 0x25; // BPF_JMP | BPF_JGT | BPF_K
+    const RET: u16 = 0x06; // BPF_RET | BPF_K
+    let x32 = vec![
+        ins(LD_NR, 0, 0, 0),
+        ins(JGE, 0, 1, 0x4000_0000),
+        ins(RET, 0, 0, SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        ins(JGT, 0, 1, HIGHEST_KNOWN_SYSCALL),
+        ins(RET, 0, 0, SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+        ins(RET, 0, 0, SECCOMP_RET_ALLOW),
+    ];
     Ok(Programs {
         notify,
         clone3,
@@ -612,6 +599,39 @@ mod tests {
             p.clone3
                 .iter()
                 .any(|i| i.code == 0x06 && i.k == SECCOMP_RET_ERRNO | libc::ENOSYS as u32)
+        );
+    }
+
+    /// Runs the hand-written program on a system call number (it only loads
+    /// `nr`, compares and returns).
+    fn run_x32(prog: &[sock_filter], nr: u32) -> u32 {
+        let (mut pc, mut a) = (0usize, 0u32);
+        loop {
+            let i = &prog[pc];
+            match i.code {
+                0x20 => a = nr,
+                0x35 | 0x25 => {
+                    let hit = if i.code == 0x35 { a >= i.k } else { a > i.k };
+                    pc += usize::from(if hit { i.jt } else { i.jf });
+                }
+                0x06 => return i.k,
+                other => panic!("unexpected opcode {other:#x}"),
+            }
+            pc += 1;
+        }
+    }
+
+    #[test]
+    fn unknown_and_x32_numbers_are_refused() {
+        let p = build().unwrap();
+        let enosys = SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+        assert_eq!(run_x32(&p.x32, 0), SECCOMP_RET_ALLOW);
+        assert_eq!(run_x32(&p.x32, HIGHEST_KNOWN_SYSCALL), SECCOMP_RET_ALLOW);
+        assert_eq!(run_x32(&p.x32, HIGHEST_KNOWN_SYSCALL + 1), enosys);
+        assert_eq!(run_x32(&p.x32, 1000), enosys);
+        assert_eq!(
+            run_x32(&p.x32, 0x4000_0000 | 1),
+            SECCOMP_RET_ERRNO | libc::EPERM as u32
         );
     }
 

@@ -340,9 +340,6 @@ def attack(name, args):
         expect_fail("personality(READ_IMPLIES_EXEC)", r, e)
         r, e = sys_call("open_tree_attr", -100, ctypes.c_char_p(b"/"), 0, 0, 0)
         expect_fail("open_tree_attr", r, e)
-        ctypes.set_errno(0)
-        r = libc.syscall(ctypes.c_long(1000))
-        expect_fail("unknown syscall 1000", r, ctypes.get_errno())
     elif name == "flood_exec_args":
         pid = os.fork()
         if pid == 0:
