@@ -106,6 +106,33 @@ pub fn native_ready() -> std::result::Result<(), String> {
     seccomp_notify()
 }
 
+/// The features the native backend cannot run without.
+pub const NATIVE_REQUIRES: [&str; 3] = ["user namespaces", "landlock", "seccomp user notification"];
+
+/// Whether each backend can run here, from probes already made (the native
+/// backend's verdict is the first failed required feature).
+pub fn backends(
+    features: &[Feature],
+) -> Vec<(crate::BackendKind, std::result::Result<(), String>)> {
+    crate::BackendKind::ALL
+        .into_iter()
+        .map(|k| {
+            let r = if k == crate::BackendKind::Native {
+                match features
+                    .iter()
+                    .find(|f| NATIVE_REQUIRES.contains(&f.name) && !f.ok)
+                {
+                    Some(f) => Err(format!("{}: {}", f.name, f.detail)),
+                    None => Ok(()),
+                }
+            } else {
+                crate::backend(k).available()
+            };
+            (k, r)
+        })
+        .collect()
+}
+
 /// Every probe, for `cordon doctor`.
 pub fn probe_all() -> Vec<Feature> {
     let mut v = Vec::new();

@@ -628,10 +628,7 @@ fn run_mounted(ctx: &Ctx<'_>, mounting: PendingMount) -> Result<Summary, Session
         // The agent must not rewrite the rules it runs under (for a resumed
         // session the host file is read again anyway; this keeps it honest
         // inside the run too).
-        for p in [
-            rel.to_path_buf(),
-            PathBuf::from(format!("{}.sig", rel.display())),
-        ] {
+        for p in [rel.to_path_buf(), cordon_policy::signature_path(rel)] {
             read_only.extend(expand(&p.to_string_lossy()));
         }
     }

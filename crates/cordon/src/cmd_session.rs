@@ -35,7 +35,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     workspace: Option<PathBuf>,
     /// Isolation backend. Overrides `[sandbox] backend`.
-    #[arg(long, value_parser = ["native", "gvisor", "microvm", "wasm"])]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(BackendKind::ALL.map(|k| k.name())))]
     backend: Option<String>,
     /// Wall-clock limit, e.g. 90s, 30m. Overrides `[sandbox] timeout`.
     #[arg(long, value_name = "DURATION")]
@@ -536,11 +536,9 @@ pub fn audit_cmd(cmd: AuditCmd, out: &Out) -> R {
 
 pub fn doctor_cmd(json: bool, out: &Out) -> R {
     let features = cordon_sandbox::doctor::probe_all();
-    let backends: Vec<_> = BackendKind::ALL
-        .iter()
-        .map(|k| {
-            let b = cordon_sandbox::backend(*k);
-            let r = b.available();
+    let backends: Vec<_> = cordon_sandbox::doctor::backends(&features)
+        .into_iter()
+        .map(|(k, r)| {
             json!({ "backend": k.name(), "available": r.is_ok(), "detail": r.err().unwrap_or_else(|| "ready".into()) })
         })
         .collect();
