@@ -264,6 +264,13 @@ impl Backend for Native {
             }
         };
         tracing::debug!("seccomp listener received");
+        // The supervisor first: the agent's first execve waits for it.
+        let sup = seccomp::Supervisor {
+            listener,
+            events: events.clone(),
+            counters: running.counters.clone(),
+        };
+        running.supervisor = Some(std::thread::spawn(move || sup.run()));
         let mut ready = serde_json::Map::new();
         ready.insert("backend".into(), "native".into());
         ready.insert("landlock".into(), landlock.into());
@@ -271,12 +278,6 @@ impl Backend for Native {
         ready.insert("limits".into(), running.enforcement.describe().into());
         ready.insert("network".into(), "loopback only".into());
         events.event(cordon_events::kind::SANDBOX_READY, ready);
-        let sup = seccomp::Supervisor {
-            listener,
-            events,
-            counters: running.counters.clone(),
-        };
-        running.supervisor = Some(std::thread::spawn(move || sup.run()));
         Ok(Box::new(running))
     }
 }
