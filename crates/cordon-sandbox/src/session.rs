@@ -281,6 +281,7 @@ pub fn run(data: &DataDir, mut opts: RunOptions) -> Result<Summary, SessionError
     let started = Instant::now();
     if opts.backend == BackendKind::Native {
         crate::native::prepare(opts.helper.as_deref());
+        tracing::debug!("backend prepared");
     }
     let project = opts.project.canonicalize().map_err(io(format!(
         "cannot open the project directory {}",
