@@ -369,32 +369,14 @@ impl<'s> Walker<'s> {
 
     /// A size: an integer number of bytes or a string like `"2G"`; never zero.
     fn size(&mut self, item: &Item, span: Span, name: &str) -> Option<u64> {
-        let bytes = match (item.as_integer(), item.as_str()) {
-            (Some(n), _) => match u64::try_from(n) {
-                Ok(n) => n,
-                Err(_) => {
-                    self.error(span, format!("{name} must not be negative"));
-                    return None;
-                }
-            },
-            (None, Some(s)) => match values::parse_size(s) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.error(span, format!("{name}: {e}"));
-                    return None;
-                }
-            },
-            (None, None) => {
-                self.error(
-                    span,
-                    format!(
-                        "{name} must be a size such as \"512M\" or \"2G\", or a number of bytes, not {}",
-                        type_name(item)
-                    ),
-                );
-                return None;
-            }
-        };
+        let bytes = self.count_or_text(
+            item,
+            span.clone(),
+            name,
+            |n| n,
+            values::parse_size,
+            "a size such as \"512M\" or \"2G\", or a number of bytes",
+        )?;
         if bytes == 0 {
             self.error(
                 span,
@@ -407,38 +389,55 @@ impl<'s> Walker<'s> {
 
     /// A duration: an integer number of seconds or a string like `"30m"`; never zero.
     fn duration(&mut self, item: &Item, span: Span, name: &str) -> Option<Duration> {
-        let d = match (item.as_integer(), item.as_str()) {
-            (Some(n), _) => match u64::try_from(n) {
-                Ok(n) => Duration::from_secs(n),
-                Err(_) => {
-                    self.error(span, format!("{name} must not be negative"));
-                    return None;
-                }
-            },
-            (None, Some(s)) => match values::parse_duration(s) {
-                Ok(d) => d,
-                Err(e) => {
-                    self.error(span, format!("{name}: {e}"));
-                    return None;
-                }
-            },
-            (None, None) => {
-                self.error(
-                    span,
-                    format!(
-                        "{name} must be a duration such as \"90s\", \"30m\" or \"2h\", or a number \
-                         of seconds, not {}",
-                        type_name(item)
-                    ),
-                );
-                return None;
-            }
-        };
+        let d = self.count_or_text(
+            item,
+            span.clone(),
+            name,
+            Duration::from_secs,
+            values::parse_duration,
+            "a duration such as \"90s\", \"30m\" or \"2h\", or a number of seconds",
+        )?;
         if d.is_zero() {
             self.error(span, format!("{name} must be greater than zero"));
             return None;
         }
         Some(d)
+    }
+
+    /// A value written either as a non-negative integer (`from_count`) or as a
+    /// string (`parse`); `expected` completes "NAME must be ..." for anything else.
+    fn count_or_text<T>(
+        &mut self,
+        item: &Item,
+        span: Span,
+        name: &str,
+        from_count: impl Fn(u64) -> T,
+        parse: impl Fn(&str) -> Result<T, InvalidValue>,
+        expected: &str,
+    ) -> Option<T> {
+        match (item.as_integer(), item.as_str()) {
+            (Some(n), _) => match u64::try_from(n) {
+                Ok(n) => Some(from_count(n)),
+                Err(_) => {
+                    self.error(span, format!("{name} must not be negative"));
+                    None
+                }
+            },
+            (None, Some(s)) => match parse(s) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    self.error(span, format!("{name}: {e}"));
+                    None
+                }
+            },
+            (None, None) => {
+                self.error(
+                    span,
+                    format!("{name} must be {expected}, not {}", type_name(item)),
+                );
+                None
+            }
+        }
     }
 
     /// An array of strings, each with its position; wrong elements are reported and skipped.

@@ -61,6 +61,14 @@ fn own_path(controller: &str) -> Option<String> {
     None
 }
 
+/// The CFS period both cgroup versions use here, in microseconds.
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// The CPU time per period that `cpus` cores allow (at least 1 ms).
+fn cpu_quota_us(cpus: f64) -> u64 {
+    (cpus * CPU_PERIOD_US as f64).round().max(1000.0) as u64
+}
+
 fn write(dir: &Path, file: &str, value: &str) -> Result<(), String> {
     crate::sys::write_file(&dir.join(file), value)
         .map_err(|e| format!("cannot write {value} to {}: {e}", dir.join(file).display()))
@@ -144,12 +152,8 @@ impl Cgroups {
             }
             let cpu = dir("cpu").ok_or("no cpu cgroup")?;
             if let Some(c) = limits.cpus {
-                write(&cpu, "cpu.cfs_period_us", "100000")?;
-                write(
-                    &cpu,
-                    "cpu.cfs_quota_us",
-                    &((c * 100_000.0).round().max(1000.0) as u64).to_string(),
-                )?;
+                write(&cpu, "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
+                write(&cpu, "cpu.cfs_quota_us", &cpu_quota_us(c).to_string())?;
             }
             Ok(())
         };
@@ -195,7 +199,7 @@ impl Cgroups {
                 write(
                     &dir,
                     "cpu.max",
-                    &format!("{} 100000", (c * 100_000.0).round().max(1000.0) as u64),
+                    &format!("{} {CPU_PERIOD_US}", cpu_quota_us(c)),
                 )?;
             }
             Ok(())
