@@ -304,6 +304,16 @@ pub fn run(data: &DataDir, mut opts: RunOptions) -> Result<Summary, SessionError
         .chain(opts.policy.workspace.effective_read_only())
         .try_for_each(crate::glob::check_pattern)
         .map_err(SessionError::Invalid)?;
+    // From here on, the user's signals are caught (and later forwarded to the
+    // agent) instead of killing `cordon` half-way through setting up.
+    let signals = signal_hook::iterator::Signals::new([
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGWINCH,
+    ])
+    .ok();
     let fresh = opts.resume.is_none();
     let ws = match &opts.resume {
         Some(id) => {
@@ -334,6 +344,7 @@ pub fn run(data: &DataDir, mut opts: RunOptions) -> Result<Summary, SessionError
         started,
         on_start,
         &agent_started,
+        signals,
     );
     if result.is_err() && fresh && !agent_started.get() {
         // Nothing ran: a session that never started is not worth keeping.
@@ -354,8 +365,11 @@ struct Ctx<'a> {
     quota: Option<Arc<Quota>>,
     placeholder_nonce: String,
     agent_started: &'a std::cell::Cell<bool>,
+    /// The user's signals, registered before anything was set up.
+    signals: Mutex<Option<signal_hook::iterator::Signals>>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_session(
     data: &DataDir,
     ws: &Workspace,
@@ -364,6 +378,7 @@ fn run_session(
     started: Instant,
     on_start: Box<dyn FnOnce(&str)>,
     agent_started: &std::cell::Cell<bool>,
+    signals: Option<signal_hook::iterator::Signals>,
 ) -> Result<Summary, SessionError> {
     let id = ws.id.clone();
     let dir = session_dir(data, &id);
@@ -461,6 +476,7 @@ fn run_session(
         quota,
         placeholder_nonce: meta.placeholder_nonce.clone(),
         agent_started,
+        signals: Mutex::new(signals),
     };
     let mut result = run_mounted(&ctx, mounting);
     if let Some(Ok(Err(e))) = syncer.map(|t| t.join()) {
@@ -801,15 +817,9 @@ fn run_mounted(ctx: &Ctx<'_>, mounting: PendingMount) -> Result<Summary, Session
             }
         })
     });
-    // The user's signals go to the agent; a terminal resize goes to its pty.
-    let signals = signal_hook::iterator::Signals::new([
-        libc::SIGINT,
-        libc::SIGTERM,
-        libc::SIGHUP,
-        libc::SIGQUIT,
-        libc::SIGWINCH,
-    ])
-    .ok();
+    // The user's signals go to the agent (those that came during start-up
+    // were queued and go now); a terminal resize goes to its pty.
+    let signals = ctx.signals.lock().ok().and_then(|mut s| s.take());
     let sig_handle = signals.as_ref().map(|s| s.handle());
     let sig_thread = signals.map(|mut signals| {
         let control = control.clone();
