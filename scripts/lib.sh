@@ -39,3 +39,16 @@ ensure_fuse_device() {
         as_root chmod 0666 /dev/fuse
     fi
 }
+
+# /dev/net/tun usable by every user, as systemd's udev rules make it (opening
+# it grants nothing: creating a device needs CAP_NET_ADMIN in the network
+# namespace, which a rootless sandbox has only in its own).
+ensure_tun_device() {
+    if [ ! -c /dev/net/tun ]; then
+        as_root mkdir -p /dev/net
+        as_root mknod -m 0666 /dev/net/tun c 10 200
+    elif [ "$(stat -c %a /dev/net/tun)" != 666 ]; then
+        echo "making /dev/net/tun usable by ordinary users (mode 0666, as udev does)" >&2
+        as_root chmod 0666 /dev/net/tun
+    fi
+}

@@ -56,7 +56,14 @@ pub mod kind {
     pub const POLICY_VIOLATION: &str = "policy.violation";
     pub const SYSCALL_DENIED: &str = "syscall.denied";
     pub const FS_WRITE: &str = "fs.write";
+    /// A DNS query the gateway answered (allowed names) or refused (NXDOMAIN).
+    pub const NET_DNS: &str = "net.dns";
+    /// A TCP connection through the gateway ended (bytes each way, how it was handled).
+    pub const NET_CONNECT: &str = "net.connect";
+    /// One HTTP request through the gateway (method, host, path, status, bytes, rule).
     pub const NET_REQUEST: &str = "net.request";
+    /// A request that waits for `cordon approve` / `cordon deny`.
+    pub const NET_PENDING: &str = "net.pending";
     pub const NET_BLOCKED: &str = "net.blocked";
     pub const SECRET_INJECTED: &str = "secret.injected";
     pub const SECRET_BLOCKED: &str = "secret.blocked";
@@ -83,7 +90,10 @@ pub mod kind {
         POLICY_VIOLATION,
         SYSCALL_DENIED,
         FS_WRITE,
+        NET_DNS,
+        NET_CONNECT,
         NET_REQUEST,
+        NET_PENDING,
         NET_BLOCKED,
         SECRET_INJECTED,
         SECRET_BLOCKED,

@@ -27,9 +27,9 @@ use std::path::{Path, PathBuf};
 
 pub use diag::{Diagnostic, Diagnostics, WithPath};
 pub use model::{
-    BackendKind, DEFAULT_ASK_TIMEOUT, DEFAULT_HIDDEN, DEFAULT_HOSTNAME, DEFAULT_READ_ONLY,
-    HTTP_METHODS, Injection, Mount, Network, OnUnknown, Policy, Rule, RuleAction, Sandbox, Secret,
-    SecretSource, Workspace,
+    BackendKind, DEFAULT_ASK_TIMEOUT, DEFAULT_HIDDEN, DEFAULT_HOSTNAME, DEFAULT_MAX_REQUEST_BODY,
+    DEFAULT_READ_ONLY, HTTP_METHODS, Injection, Mount, Network, OnUnknown, Policy, Rule,
+    RuleAction, Sandbox, Secret, SecretSource, SocketAddrOrIp, Workspace,
 };
 pub use parse::{MAX_POLICY_BYTES, parse_injection, parse_secret_source};
 pub use sign::{
@@ -37,7 +37,7 @@ pub use sign::{
     sign, signature_path, verify, verify_any,
 };
 pub use user_config::{TrustEntry, UserConfig};
-pub use values::HostPattern;
+pub use values::{HostPattern, parse_host_address};
 
 /// A commented policy file showing every section and key. It parses to
 /// exactly [`Policy::default()`]: every line that would change something is

@@ -236,6 +236,37 @@ pub struct Network {
     /// Private address ranges (CIDR) the sandbox may reach; private, loopback
     /// and link-local addresses are refused otherwise, even for allowed names.
     pub allow_private: Vec<String>,
+    /// `[network.hosts]`: fixed addresses for names (tests, private
+    /// deployments); the gateway dials these instead of resolving the name.
+    pub hosts: BTreeMap<String, SocketAddrOrIp>,
+    /// PEM files with extra root certificates trusted for upstream TLS, besides
+    /// the host's roots. Relative paths are relative to the policy file.
+    pub upstream_ca: Vec<PathBuf>,
+    /// Largest request body the gateway forwards, in bytes.
+    pub max_request_body: u64,
+    /// Requests per minute allowed to each host; `None` for no limit.
+    pub requests_per_minute: Option<u32>,
+}
+
+/// Default for `[network] max_request_body`: 64 MiB.
+pub const DEFAULT_MAX_REQUEST_BODY: u64 = 64 << 20;
+
+/// An address in `[network.hosts]`: an IP with an optional port (the
+/// connection's own port when absent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct SocketAddrOrIp {
+    pub ip: std::net::IpAddr,
+    pub port: Option<u16>,
+}
+
+impl std::fmt::Display for SocketAddrOrIp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.ip, self.port) {
+            (ip, None) => write!(f, "{ip}"),
+            (std::net::IpAddr::V6(ip), Some(p)) => write!(f, "[{ip}]:{p}"),
+            (ip, Some(p)) => write!(f, "{ip}:{p}"),
+        }
+    }
 }
 
 impl Default for Network {
@@ -247,6 +278,10 @@ impl Default for Network {
             ask_timeout: DEFAULT_ASK_TIMEOUT,
             passthrough: Vec::new(),
             allow_private: Vec::new(),
+            hosts: BTreeMap::new(),
+            upstream_ca: Vec::new(),
+            max_request_body: DEFAULT_MAX_REQUEST_BODY,
+            requests_per_minute: None,
         }
     }
 }
@@ -387,6 +422,12 @@ pub struct Rule {
     pub path: Option<String>,
     /// What to do.
     pub action: RuleAction,
+    /// Largest request body for matching requests, in bytes; `None` for the
+    /// network-wide `max_request_body`.
+    pub max_body: Option<u64>,
+    /// Requests per minute allowed to each host through this rule; `None` for
+    /// the network-wide limit.
+    pub requests_per_minute: Option<u32>,
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

@@ -55,9 +55,20 @@ pub(crate) const NETWORK_KEYS: &[&str] = &[
     "ask_timeout",
     "passthrough",
     "allow_private",
+    "hosts",
+    "upstream_ca",
+    "max_request_body",
+    "requests_per_minute",
 ];
 pub(crate) const SECRET_KEYS: &[&str] = &["from", "hosts", "inject", "placeholder", "ttl"];
-pub(crate) const RULE_KEYS: &[&str] = &["host", "methods", "path", "action"];
+pub(crate) const RULE_KEYS: &[&str] = &[
+    "host",
+    "methods",
+    "path",
+    "action",
+    "max_body",
+    "requests_per_minute",
+];
 
 /// Headers that frame or route the request; a secret placed in them could
 /// redirect or split the request, so they cannot carry one.
@@ -764,7 +775,73 @@ impl<'s> Walker<'s> {
         }) {
             net.allow_private = v;
         }
+        if let Some((hosts, _, hosts_name)) = self.sub_table(t, &name, "hosts") {
+            for (key, item) in hosts.iter() {
+                let key_span = hosts.key(key).and_then(|k| k.span());
+                let field = join(&hosts_name, key);
+                let host = match HostPattern::parse(key) {
+                    Ok(h) if h.port.is_none() && !h.host.starts_with("*.") => h.host,
+                    Ok(_) => {
+                        self.error(
+                            key_span,
+                            format!("{field}: the key is one host name, without port or *"),
+                        );
+                        continue;
+                    }
+                    Err(e) => {
+                        self.error(key_span, format!("{field}: {e}"));
+                        continue;
+                    }
+                };
+                let span = item.span().or(key_span);
+                let Some(v) = self.string(
+                    item,
+                    span.clone(),
+                    &field,
+                    "an address like \"127.0.0.1:8443\"",
+                ) else {
+                    continue;
+                };
+                match values::parse_host_address(&v) {
+                    Ok(addr) => {
+                        net.hosts.insert(host, addr);
+                    }
+                    Err(e) => self.error(span, format!("{field}: {e}")),
+                }
+            }
+        }
+        if let Some(v) = self.field(t, &name, "upstream_ca", |w, item, span, n| {
+            w.list(item, span, n, |s| {
+                if s.is_empty() || s.contains('\0') {
+                    return Err(InvalidValue(format!(
+                        "{s:?} is not a file path; give a PEM file with the extra root certificates"
+                    )));
+                }
+                Ok(PathBuf::from(s))
+            })
+        }) {
+            net.upstream_ca = v;
+        }
+        if let Some(v) = self.field(t, &name, "max_request_body", Self::size) {
+            net.max_request_body = v;
+        }
+        net.requests_per_minute = self.field(t, &name, "requests_per_minute", Self::rate);
         net
+    }
+
+    /// A rate: a whole number of requests per minute, at least 1 and at most 1,000,000.
+    fn rate(&mut self, item: &Item, span: Span, name: &str) -> Option<u32> {
+        let n = self.positive_integer(item, span.clone(), name)?;
+        match u32::try_from(n) {
+            Ok(n) if n <= 1_000_000 => Some(n),
+            _ => {
+                self.error(
+                    span,
+                    format!("{name} must be at most 1000000 requests per minute"),
+                );
+                None
+            }
+        }
     }
 
     fn secret(&mut self, t: &dyn TableLike, span: Span, name: &str) -> Option<Secret> {
@@ -932,11 +1009,15 @@ impl<'s> Walker<'s> {
                 );
             }
         }
+        let max_body = self.field(t, name, "max_body", Self::size);
+        let requests_per_minute = self.field(t, name, "requests_per_minute", Self::rate);
         Some(Rule {
             host: host?,
             methods: methods.unwrap_or_default(),
             path,
             action: action?,
+            max_body,
+            requests_per_minute,
         })
     }
 

@@ -64,6 +64,14 @@ fn default_toml_examples_are_valid_and_cover_every_key() {
         SecretSource::Command("gh auth token".into())
     );
     assert_eq!(p.rules[0].action, RuleAction::Deny);
+    assert_eq!(p.rules[0].max_body, Some(1 << 20));
+    assert_eq!(p.rules[0].requests_per_minute, Some(60));
+    assert_eq!(
+        p.network.hosts["api.internal.test"].to_string(),
+        "10.1.2.3:8443"
+    );
+    assert_eq!(p.network.max_request_body, 64 << 20);
+    assert_eq!(p.network.requests_per_minute, Some(600));
 
     let root = toml_edit::Document::parse(text.as_str()).unwrap();
     let keys_of = |path: &[&str]| -> Vec<String> {
@@ -661,4 +669,34 @@ fn workspace_patterns_the_sandbox_would_ignore_are_errors() {
         assert!(err.to_string().contains("empty or"), "{bad}: {err}");
     }
     assert!(Policy::parse("[workspace]\nhidden = [\"secrets\", \"config/*.key\"]\n").is_ok());
+}
+
+#[test]
+fn network_hosts_and_rates_are_checked() {
+    one_error(
+        "[network]\nhosts = { \"api.test\" = \"localhost:80\" }\n",
+        (2, 24),
+        &["network.hosts.api.test", "not an address"],
+    );
+    one_error(
+        "[network]\nhosts = { \"*.test\" = \"127.0.0.1\" }\n",
+        (2, 11),
+        &["one host name"],
+    );
+    one_error(
+        "[network]\nrequests_per_minute = 0\n",
+        (2, 23),
+        &["at least 1"],
+    );
+    one_error(
+        "[[rule]]\nhost = \"a.test\"\naction = \"allow\"\nmax_body = \"1Q\"\n",
+        (4, 12),
+        &["max_body"],
+    );
+    let p = Policy::parse(
+        "[network]\nallow = [\"api.test\"]\nhosts = { \"API.test\" = \"[::1]:8443\", \"b.test\" = \"10.0.0.1\" }\n",
+    )
+    .unwrap();
+    assert_eq!(p.network.hosts["api.test"].port, Some(8443));
+    assert_eq!(p.network.hosts["b.test"].port, None);
 }

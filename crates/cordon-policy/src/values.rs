@@ -466,6 +466,23 @@ pub fn check_workspace_pattern(p: &str) -> Result<(), InvalidValue> {
     Ok(())
 }
 
+/// Parses a `[network.hosts]` address: `IP`, `IP:PORT` or `[IPv6]:PORT`.
+pub fn parse_host_address(text: &str) -> Result<crate::model::SocketAddrOrIp, InvalidValue> {
+    use crate::model::SocketAddrOrIp;
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(SocketAddrOrIp { ip, port: None });
+    }
+    match text.parse::<std::net::SocketAddr>() {
+        Ok(sa) if sa.port() != 0 => Ok(SocketAddrOrIp {
+            ip: sa.ip(),
+            port: Some(sa.port()),
+        }),
+        _ => Err(InvalidValue(format!(
+            "{text:?} is not an address; write an IP with an optional port, like \"127.0.0.1:8443\" or \"[::1]:8443\""
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

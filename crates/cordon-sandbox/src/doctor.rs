@@ -192,7 +192,21 @@ pub fn probe_all() -> Vec<Feature> {
         fuse.map(|_| "/dev/fuse usable".into())
             .map_err(|e| format!("/dev/fuse: {e}")),
     );
+    push("network gateway", gateway_probe());
     v
+}
+
+/// Whether a sandbox can get its gateway interface: a TAP device made in a
+/// fresh user + network namespace, as the sandbox's init makes it.
+fn gateway_probe() -> std::result::Result<String, String> {
+    probe_in_child(|| {
+        crate::sys::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET)
+            .map_err(|e| format!("unshare(CLONE_NEWUSER|CLONE_NEWNET): {e}"))?;
+        cordon_net::tap::create_tap("probe0")
+            .map(drop)
+            .map_err(|e| format!("{e}; policies with [network] allow cannot run"))
+    })
+    .map(|()| "TAP devices in a sandbox network namespace (userspace TCP/IP stack)".into())
 }
 
 use crate::native::cgroup::{Cgroups, Enforcement};

@@ -19,6 +19,7 @@
 pub mod doctor;
 pub mod glob;
 pub mod native;
+pub mod network;
 pub mod session;
 mod spec;
 mod stdio;
@@ -106,6 +107,12 @@ pub trait Running: Send {
     fn control(&self) -> Arc<dyn Control>;
     /// The master side of the agent's terminal, once (with [`Stdio::Terminal`]).
     fn terminal(&mut self) -> Option<std::os::fd::OwnedFd>;
+    /// The host side of the sandbox's network interface, once (with
+    /// [`NetworkMode::Gateway`]): a TAP device's descriptor for the native
+    /// backend.
+    fn network_link(&mut self) -> Option<std::os::fd::OwnedFd> {
+        None
+    }
     /// Block until the sandbox has ended; returns how the agent ended and which
     /// limits were hit.
     fn wait(&mut self) -> Result<Ended>;

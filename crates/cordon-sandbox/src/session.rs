@@ -97,6 +97,8 @@ pub struct Summary {
     pub violations: u64,
     pub limits_hit: Vec<LimitKind>,
     pub limit_enforcement: String,
+    /// What the gateway let through and refused; `None` without network.
+    pub network: Option<cordon_net::l7::GatewayStats>,
 }
 
 /// The caller's choices for one run.
@@ -670,23 +672,50 @@ fn run_mounted(ctx: &Ctx<'_>, mounting: PendingMount) -> Result<Summary, Session
             writable: m.writable,
         });
     }
+    let net = if crate::network::enabled(policy) {
+        let policy_dir = opts
+            .policy_path
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| project.to_path_buf());
+        let net = crate::network::prepare(
+            policy,
+            &policy_dir,
+            &id,
+            &ctx.placeholder_nonce,
+            &ctx.dir,
+            sink.clone(),
+        )?;
+        mounts.extend(net.mounts.iter().cloned());
+        Some(net)
+    } else {
+        None
+    };
     let cwd = if opts.cwd.starts_with(project) {
         opts.cwd.clone()
     } else {
         project.to_path_buf()
     };
+    let mut env = build_env(
+        policy,
+        &opts.host_env,
+        &id,
+        ctx.placeholder_nonce.as_bytes(),
+        &home,
+        opts.terminal,
+        opts.backend,
+    );
+    if let Some(net) = &net {
+        for (k, v) in &net.env {
+            env.retain(|(n, _)| n != k);
+            env.push((k.clone(), v.clone()));
+        }
+    }
     let spec = SandboxSpec {
         session: id.clone(),
         argv: opts.argv.clone(),
-        env: build_env(
-            policy,
-            &opts.host_env,
-            &id,
-            ctx.placeholder_nonce.as_bytes(),
-            &home,
-            opts.terminal,
-            opts.backend,
-        ),
+        env,
         cwd,
         hostname: policy.sandbox.hostname.clone(),
         workspace: WorkspaceMount {
@@ -699,6 +728,11 @@ fn run_mounted(ctx: &Ctx<'_>, mounting: PendingMount) -> Result<Summary, Session
         home,
         limits: limits.clone(),
         scratch,
+        network: if net.is_some() {
+            crate::NetworkMode::Gateway
+        } else {
+            crate::NetworkMode::Loopback
+        },
     };
     sink.append(
         kind::POLICY_DECISION,
@@ -707,7 +741,18 @@ fn run_mounted(ctx: &Ctx<'_>, mounting: PendingMount) -> Result<Summary, Session
             "hidden": spec.workspace.hidden,
             "mounts": spec.mounts,
             "env": spec.env.iter().map(|(k, _)| k).collect::<Vec<_>>(),
-            "network": "none (loopback only)",
+            "network": if net.is_some() {
+                json!({
+                    "allow": policy.network.allow.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+                    "deny": policy.network.deny.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+                    "on_unknown": policy.network.on_unknown,
+                    "passthrough": policy.network.passthrough.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+                    "secrets": policy.secrets.keys().collect::<Vec<_>>(),
+                    "rules": policy.rules.len(),
+                })
+            } else {
+                json!("none (loopback only)")
+            },
         })),
     );
 
@@ -760,6 +805,33 @@ fn run_mounted(ctx: &Ctx<'_>, mounting: PendingMount) -> Result<Summary, Session
     };
     ctx.agent_started.set(true);
     let control = running.control();
+    // The gateway goes live on the interface the sandbox handed out. Frames
+    // the agent sends before this wait in the TAP device's queue.
+    let gateway = match net {
+        None => None,
+        Some(net) => {
+            let attached = running
+                .network_link()
+                .ok_or_else(|| SessionError::Invalid("the sandbox has no network link".into()))
+                .and_then(|fd| {
+                    net.prepared
+                        .attach(
+                            cordon_net::stack::Link::Tap(fd),
+                            &ctx.dir.join(cordon_net::control::SOCKET_FILE),
+                        )
+                        .map_err(io("cannot start the network gateway"))
+                });
+            match attached {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    control.kill();
+                    let _ = running.wait();
+                    return Err(e);
+                }
+            }
+        }
+    };
+    tracing::debug!("gateway attached");
     tracing::debug!("agent started");
     // From here the output budget can stop the sandbox; output that arrived
     // before this point and overran the budget stops it now.
@@ -850,6 +922,7 @@ fn run_mounted(ctx: &Ctx<'_>, mounting: PendingMount) -> Result<Summary, Session
         let _ = t.join();
     }
     relay.finish();
+    let net_stats = gateway.map(|g| g.shutdown());
     let ended = ended?;
     let unmounted = mounted.unmount();
 
@@ -904,6 +977,7 @@ fn run_mounted(ctx: &Ctx<'_>, mounting: PendingMount) -> Result<Summary, Session
             "files_changed": added + modified + deleted,
             "output_bytes": budget.used.load(Ordering::Relaxed),
             "events_suppressed": ended.events_suppressed,
+            "network": net_stats,
         })),
     );
     sink.log.sync()?;
@@ -936,5 +1010,6 @@ fn run_mounted(ctx: &Ctx<'_>, mounting: PendingMount) -> Result<Summary, Session
         violations: stats.violations,
         limits_hit,
         limit_enforcement: ended.enforcement,
+        network: net_stats,
     })
 }

@@ -28,6 +28,21 @@ pub struct SandboxSpec {
     /// An empty directory owned by the session that the backend may use as
     /// scratch (the native backend mounts the new root on it).
     pub scratch: PathBuf,
+    /// Whether the sandbox gets an interface to the gateway.
+    pub network: NetworkMode,
+}
+
+/// The sandbox's network.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// Loopback only: nothing leaves the sandbox.
+    #[default]
+    Loopback,
+    /// Loopback plus one interface whose far end is the gateway's userspace
+    /// stack: the backend creates it inside the sandbox and hands its host
+    /// side out through [`crate::Running::network_link`].
+    Gateway,
 }
 
 /// The project as the agent sees it.

@@ -48,6 +48,12 @@ enum Cmd {
     Audit(crate::cmd_session::AuditCmd),
     /// Delete a session: its workspace, changes and event log.
     Rm(crate::cmd_session::RmArgs),
+    /// List network requests waiting for a decision (policy `ask`).
+    Pending(crate::cmd_net::PendingArgs),
+    /// Let a waiting network request through.
+    Approve(crate::cmd_net::DecideArgs),
+    /// Refuse a waiting network request.
+    Deny(crate::cmd_net::DecideArgs),
     /// Report which kernel features and backends this machine supports.
     Doctor(JsonArg),
     /// Write, check, sign and verify policy files (cordon.toml).
@@ -329,6 +335,9 @@ fn run(cmd: Cmd, out: &Out) -> CmdResult {
         Cmd::Run(_) | Cmd::Policy(_) => unreachable!("handled in main"),
         Cmd::Sessions(a) => Ok(cs::sessions_cmd(a.json, out)?),
         Cmd::Log(a) => Ok(cs::log_cmd(a, out)?),
+        Cmd::Pending(a) => Ok(crate::cmd_net::pending_cmd(a, out)?),
+        Cmd::Approve(a) => Ok(crate::cmd_net::decide_cmd(a, true, out)?),
+        Cmd::Deny(a) => Ok(crate::cmd_net::decide_cmd(a, false, out)?),
         Cmd::Audit(a) => Ok(cs::audit_cmd(a, out)?),
         Cmd::Rm(a) => Ok(cs::rm_cmd(a)?),
         Cmd::Doctor(a) => Ok(cs::doctor_cmd(a.json, out)?),

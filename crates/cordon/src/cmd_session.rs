@@ -364,6 +364,17 @@ fn print_summary(s: &Summary, json: bool, out: &Out) {
         eprintln!("  limits hit: {}", out.style_err("1;31", &names.join(", ")));
     }
     eprintln!("  limits enforced by: {}", s.limit_enforcement);
+    if let Some(n) = &s.network {
+        let blocked = if n.requests_blocked > 0 {
+            out.style_err("1;33", &n.requests_blocked.to_string())
+        } else {
+            "0".into()
+        };
+        eprintln!(
+            "  network: {} connections, {} requests allowed, {blocked} blocked, {} secrets injected",
+            n.connections, n.requests_allowed, n.secrets_injected
+        );
+    }
     if s.files_changed > 0 {
         eprintln!(
             "  review: cordon diff {id}   apply: cordon apply {id}   discard: cordon rm {id}",

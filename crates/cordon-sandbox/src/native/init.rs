@@ -59,6 +59,9 @@ pub struct InitConfig {
     pub etc_private: Vec<(PathBuf, bool)>,
 }
 
+/// Name of the sandbox's network interface.
+const TAP_NAME: &str = "eth0";
+
 /// Messages from the sandbox to the host.
 #[derive(Serialize, Deserialize, Debug)]
 #[serde(tag = "t", rename_all = "lowercase")]
@@ -70,6 +73,8 @@ pub enum Msg {
     /// The seccomp listener travels with this message; the agent execs next.
     /// `landlock` says how much of the Landlock ruleset the kernel enforces.
     Seccomp { landlock: String },
+    /// The host side of the sandbox's TAP device travels with this message.
+    Tap,
     /// The agent ended: its exit code, or the signal that killed it (sent by
     /// the init, so an exit code of 130 is not mistaken for SIGINT).
     Exit { code: i32, signal: Option<i32> },
@@ -617,6 +622,21 @@ fn setup_root(spec: &SandboxSpec, etc_private: &[(PathBuf, bool)]) -> Result<(),
         || "cannot bring up the loopback interface".into(),
         sys::loopback_up(),
     )?;
+    if spec.network == crate::NetworkMode::Gateway {
+        // The only other interface: a TAP device whose other end is the
+        // gateway's userspace stack on the host. Its descriptor leaves; the
+        // sandbox keeps only the interface.
+        use cordon_net::stack::{GATEWAY_IP, MTU, PREFIX_LEN, SANDBOX_IP};
+        let tap = step(
+            || "cannot create the network interface (/dev/net/tun)".into(),
+            cordon_net::tap::create_tap(TAP_NAME),
+        )?;
+        step(
+            || "cannot configure the network interface".into(),
+            cordon_net::tap::configure(TAP_NAME, SANDBOX_IP, PREFIX_LEN, MTU, GATEWAY_IP),
+        )?;
+        send(&Msg::Tap, Some(tap.as_fd()));
+    }
     // pivot_root(".", ".") stacks the old root under the new one; detaching it
     // leaves only the new root, with no directory needed to hold the old one.
     step(
@@ -712,7 +732,10 @@ fn etc_overlay(
         let Ok(rel) = m.target.strip_prefix("/etc") else {
             continue;
         };
-        if rel.as_os_str().is_empty() || Path::new("/etc").join(rel).exists() {
+        // A host entry that is a symlink (resolv.conf under systemd-resolved)
+        // is replaced by a plain mount point in the layer above it.
+        let host = std::fs::symlink_metadata(Path::new("/etc").join(rel));
+        if rel.as_os_str().is_empty() || host.is_ok_and(|md| !md.file_type().is_symlink()) {
             continue;
         }
         let is_file = std::fs::metadata(&m.source).is_ok_and(|md| !md.is_dir());

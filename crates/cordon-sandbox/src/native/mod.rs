@@ -226,6 +226,7 @@ impl Backend for Native {
             enforcement,
             supervisor: None,
             terminal: None,
+            link: None,
             counters: Default::default(),
         };
         let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
@@ -241,6 +242,7 @@ impl Backend for Native {
             match crate::sys::recv_msg(running.host_ctl.as_fd(), &mut buf) {
                 Ok(Some((n, fd))) => match serde_json::from_slice::<init::Msg>(&buf[..n]) {
                     Ok(init::Msg::Terminal) => running.terminal = fd,
+                    Ok(init::Msg::Tap) => running.link = fd,
                     Ok(init::Msg::Error { msg }) => break Err(msg),
                     Ok(init::Msg::Seccomp { landlock }) => match fd {
                         Some(fd) => break Ok((fd, landlock)),
@@ -276,7 +278,20 @@ impl Backend for Native {
         ready.insert("landlock".into(), landlock.into());
         ready.insert("seccomp".into(), "user notification + deny-list".into());
         ready.insert("limits".into(), running.enforcement.describe().into());
-        ready.insert("network".into(), "loopback only".into());
+        ready.insert(
+            "network".into(),
+            match spec.network {
+                crate::NetworkMode::Loopback => "loopback only",
+                crate::NetworkMode::Gateway => "gateway (tap eth0)",
+            }
+            .into(),
+        );
+        if spec.network == crate::NetworkMode::Gateway && running.link.is_none() {
+            running.abort();
+            return Err(Error::Setup(
+                "the sandbox's network interface did not arrive".into(),
+            ));
+        }
         events.event(cordon_events::kind::SANDBOX_READY, ready);
         Ok(Box::new(running))
     }
@@ -310,6 +325,8 @@ struct NativeRunning {
     enforcement: Enforcement,
     supervisor: Option<std::thread::JoinHandle<()>>,
     terminal: Option<OwnedFd>,
+    /// The TAP device's descriptor, until the session takes it.
+    link: Option<OwnedFd>,
     counters: Arc<seccomp::Counters>,
 }
 
@@ -378,6 +395,10 @@ impl Running for NativeRunning {
 
     fn terminal(&mut self) -> Option<OwnedFd> {
         self.terminal.take()
+    }
+
+    fn network_link(&mut self) -> Option<OwnedFd> {
+        self.link.take()
     }
 
     fn wait(&mut self) -> Result<Ended> {

@@ -1,0 +1,101 @@
+//! Running the gateway for one session: its own tokio runtime, the stack on
+//! the link the sandbox hands out, the L7 gateway behind it, and the control
+//! socket.
+//!
+//! The session prepares the gateway before the sandbox starts (the sandbox
+//! needs the CA certificate in its trust store), then attaches the link once
+//! the backend passes it out, and shuts everything down when the agent ends.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::Emit;
+use crate::l7::{Gateway, GatewayConfig, GatewayError, GatewayStats};
+use crate::stack::{self, Link, StackConfig};
+
+/// Worker threads of the gateway's runtime. The agent runs on the same
+/// machine; two workers keep TLS and the stack from waiting on each other
+/// without taking every core.
+const WORKERS: usize = 2;
+
+/// A gateway ready for its link.
+pub struct Prepared {
+    rt: tokio::runtime::Runtime,
+    gateway: Arc<Gateway>,
+    emit: Emit,
+}
+
+/// Makes the session's gateway: CA, roots, secrets (fails closed when one
+/// cannot be read).
+pub fn prepare(cfg: GatewayConfig, emit: Emit) -> Result<Prepared, GatewayError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKERS)
+        .thread_name("cordon-gateway")
+        .enable_all()
+        .build()
+        .map_err(|e| GatewayError::Runtime(e.to_string()))?;
+    let gateway = {
+        let _guard = rt.enter();
+        Gateway::new(cfg, emit.clone())?
+    };
+    Ok(Prepared { rt, gateway, emit })
+}
+
+impl Prepared {
+    /// The session CA certificate the sandbox must trust (PEM).
+    pub fn ca_cert_pem(&self) -> String {
+        self.gateway.ca_cert_pem()
+    }
+
+    /// Starts the stack on `link`, the gateway behind it, and the control
+    /// socket at `control`.
+    pub fn attach(self, link: Link, control: &Path) -> std::io::Result<Attached> {
+        let Prepared { rt, gateway, emit } = self;
+        let _guard = rt.enter();
+        let cfg = StackConfig {
+            emit,
+            dns_allows: {
+                let g = gateway.clone();
+                Arc::new(move |name: &str| g.dns_allows(name))
+            },
+            direct_allows: {
+                let g = gateway.clone();
+                Arc::new(move |ip, port| g.direct_allows(ip, port))
+            },
+        };
+        let (stack, flows) = stack::spawn(link, cfg)?;
+        rt.spawn(gateway.clone().serve(flows));
+        crate::control::serve(gateway.clone(), control)?;
+        drop(_guard);
+        Ok(Attached {
+            rt,
+            gateway,
+            stack,
+            control: control.to_path_buf(),
+        })
+    }
+}
+
+/// A running gateway.
+pub struct Attached {
+    rt: tokio::runtime::Runtime,
+    gateway: Arc<Gateway>,
+    stack: stack::StackHandle,
+    control: std::path::PathBuf,
+}
+
+impl Attached {
+    pub fn stats(&self) -> GatewayStats {
+        self.gateway.stats()
+    }
+
+    /// Stops the stack, every connection and the control socket.
+    pub fn shutdown(self) -> GatewayStats {
+        let stats = self.gateway.stats();
+        self.stack.stop();
+        let _ = std::fs::remove_file(&self.control);
+        self.rt
+            .shutdown_timeout(std::time::Duration::from_millis(500));
+        stats
+    }
+}
