@@ -145,15 +145,26 @@ impl AnchorState {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(AnchorState::Missing),
             Err(e) => return Err(Error::io("open", path, e)),
         };
-        // A real anchor is under 100 bytes; read a little more to notice junk.
-        let mut body = Vec::new();
-        file.take(4096)
-            .read_to_end(&mut body)
-            .map_err(|e| Error::io("read", path, e))?;
-        Ok(match serde_json::from_slice::<Anchor>(&body) {
-            Ok(anchor) => AnchorState::Valid(anchor),
-            Err(e) => AnchorState::Invalid(e.to_string()),
-        })
+        // A real anchor is 128 bytes; read a little more to notice junk. The
+        // writer overwrites it in place, so a read racing a write may see a mix
+        // of two records: read again before calling it invalid.
+        let mut last = String::new();
+        for attempt in 0..3 {
+            if attempt > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            let mut body = Vec::new();
+            (&file)
+                .take(4096)
+                .read_to_end(&mut body)
+                .map_err(|e| Error::io("read", path, e))?;
+            match serde_json::from_slice::<Anchor>(&body) {
+                Ok(anchor) => return Ok(AnchorState::Valid(anchor)),
+                Err(e) => last = e.to_string(),
+            }
+            std::io::Seek::rewind(&mut &file).map_err(|e| Error::io("read", path, e))?;
+        }
+        Ok(AnchorState::Invalid(last))
     }
 }
 

@@ -778,3 +778,29 @@ fn the_log_can_be_shared_between_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<EventLog>();
 }
+
+#[test]
+fn anchor_is_one_fixed_size_record_rewritten_in_place() {
+    let (dir, events) = log_with(3);
+    let head = fs::read(dir.path().join(ANCHOR_FILE)).unwrap();
+    assert_eq!(head.len(), 128, "{}", String::from_utf8_lossy(&head));
+    let anchor: Value = serde_json::from_slice(&head).unwrap();
+    assert_eq!(anchor["seq"], 2);
+    assert_eq!(anchor["hash"], events[2].hash.as_str());
+    // An anchor from an older writer (compact, written by rename) is read,
+    // and replaced by the fixed-size record on the next append.
+    let compact = format!(
+        "{{\"seq\":2,\"hash\":\"{}\"}}\n{}",
+        events[2].hash,
+        " ".repeat(300)
+    );
+    fs::write(dir.path().join(ANCHOR_FILE), compact).unwrap();
+    let log = EventLog::open_append(dir.path(), SESSION).unwrap();
+    log.append(kind::PROC_EXIT, sample(3)).unwrap();
+    drop(log);
+    let head = fs::read(dir.path().join(ANCHOR_FILE)).unwrap();
+    assert_eq!(head.len(), 128);
+    let report = verify(dir.path(), SESSION).unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.events, 4);
+}
