@@ -450,6 +450,8 @@ fn event_line(e: &Event, out: &Out) -> String {
         "1;36"
     } else if e.kind.starts_with("proc.") {
         "32"
+    } else if e.kind.starts_with("net.") || e.kind.starts_with("secret.") {
+        "34"
     } else {
         "33"
     };
