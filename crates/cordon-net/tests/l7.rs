@@ -136,6 +136,24 @@ async fn upstream_service(
                 .body(body)
                 .unwrap()
         }
+        "/ranged" => {
+            // A document holding the real value, served in byte ranges.
+            let doc = format!("the token is {TOKEN}.");
+            let range = parts
+                .headers
+                .get("range")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes="))
+                .and_then(|v| v.split_once('-'))
+                .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)));
+            match range {
+                Some((a, b)) if a <= b && b < doc.len() => Response::builder()
+                    .status(StatusCode::PARTIAL_CONTENT)
+                    .body(full(doc[a..=b].to_string()))
+                    .unwrap(),
+                _ => Response::new(full(doc)),
+            }
+        }
         "/secret-echo" => {
             // The real value, split across two chunks, in the body and in a header.
             let (tx, body) = chan_body();
@@ -1171,4 +1189,181 @@ async fn direct_ip_connections_use_the_address_as_host() {
     let req = "GET /echo HTTP/1.1\r\nHost: api.test\r\n\r\n";
     let resp = raw_exchange(&mut direct(), req.as_bytes()).await;
     assert!(resp.starts_with("HTTP/1.1 421"), "{resp}");
+}
+
+/// True when `text` holds a base64 run that decodes to 6 or more bytes of
+/// `secret` in a row, at any alignment.
+fn base64_reveals(text: &str, secret: &str) -> bool {
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    let windows: Vec<&[u8]> = secret.as_bytes().windows(6).collect();
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '/'))
+        .any(|run| {
+            (0..4.min(run.len())).any(|skip| {
+                let run = &run[skip..];
+                let usable = run.len() - run.len() % 4;
+                b64.decode(&run[..usable])
+                    .is_ok_and(|bytes| windows.iter().any(|w| bytes.windows(6).any(|b| b == *w)))
+            })
+        })
+}
+
+#[tokio::test]
+async fn basic_credentials_echoed_back_are_scrubbed() {
+    let env = env().await;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    // The sandbox chooses what surrounds the placeholder, and so the
+    // alignment of the real value inside the base64 text the server echoes.
+    for prefix in ["", "r:", "ro:", "rob:"] {
+        for suffix in ["", "x", "xy"] {
+            let creds = b64.encode(format!("{prefix}{BASIC_PH}{suffix}"));
+            let req = get("api.test", "/echo")
+                .header("authorization", format!("Basic {creds}"))
+                .body(full(""))
+                .unwrap();
+            let (status, _, body) = env.request("api.test", req).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let sent = env.up.state.last().headers["authorization"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            assert!(
+                base64_reveals(&sent, BASIC),
+                "the upstream got the real credentials: {sent}"
+            );
+            assert!(
+                !base64_reveals(&body, BASIC),
+                "the echoed credentials reveal the real value ({prefix:?}, {suffix:?}): {body}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn secrets_are_never_injected_over_plain_http() {
+    // TOKEN bound to plain.test as well: still, no real value in clear text.
+    let env = env_with(|cfg| cfg.secrets[0].secret.hosts.push(hp("plain.test"))).await;
+    let mut io = env.connect("plain.test", 80);
+    let req = format!(
+        "GET /echo?key={TOKEN_PH} HTTP/1.1\r\nHost: plain.test\r\nAuthorization: Bearer {TOKEN_PH}\r\n\r\n"
+    );
+    let resp = raw_exchange(&mut io, req.as_bytes()).await;
+    assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
+    assert!(resp.contains("secret-placeholder"), "{resp}");
+    assert_eq!(env.up.state.count(), 0, "nothing went out in clear text");
+    let ev = env.events.wait_for("secret.blocked", |_| true).await;
+    assert_eq!(ev["host"], "plain.test");
+    assert!(env.events.of("secret.injected").is_empty());
+}
+
+#[tokio::test]
+async fn deny_rules_hold_for_every_reading_of_the_request() {
+    let deny = |methods: &[&str], path: &str| Rule {
+        host: hp("api.test"),
+        methods: methods.iter().map(|m| m.to_string()).collect(),
+        path: Some(path.into()),
+        action: RuleAction::Deny,
+        max_body: None,
+        requests_per_minute: None,
+    };
+    let env =
+        env_with(|cfg| cfg.rules = vec![deny(&[], "/admin/*/secret"), deny(&["DELETE"], "/")])
+            .await;
+    let mut sender = env.h1("api.test").await;
+    let mut send = async |method: &str, path: &str, overrides: Option<&str>| {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "api.test");
+        if let Some(m) = overrides {
+            req = req.header("x-http-method-override", m);
+        }
+        let resp = sender
+            .send_request(req.body(full("")).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let _ = resp.into_body().collect().await;
+        status
+    };
+    // Servers commonly route these to /admin/x/secret (trailing slash,
+    // merged slashes, case-insensitive routes, ;path parameters).
+    for path in [
+        "/admin/x/secret",
+        "/admin/x/secret/",
+        "/admin//x/secret",
+        "/Admin/x/SECRET",
+        "/admin/x/secret;jsessionid=1",
+    ] {
+        assert_eq!(
+            send("GET", path, None).await,
+            StatusCode::FORBIDDEN,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        send("POST", "/echo", Some("DELETE")).await,
+        StatusCode::FORBIDDEN,
+        "a method override names the denied method"
+    );
+    assert_eq!(
+        env.up.state.count(),
+        0,
+        "{:?}",
+        env.up.state.seen.lock().unwrap()
+    );
+    assert_eq!(send("GET", "/admin/x/public", None).await, StatusCode::OK);
+    assert_eq!(send("POST", "/echo", Some("PATCH")).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn requests_in_flight_upstream_are_capped_across_connections() {
+    let env = env_with(|cfg| cfg.limits.max_upstream_requests = 2).await;
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut sender = env.h1("api.test").await;
+        let resp = sender
+            .send_request(get("api.test", "/sse").body(full("")).unwrap())
+            .await
+            .unwrap();
+        let mut body = resp.into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "data: one\n\n");
+        streams.push((sender, body));
+    }
+    let mut sender = env.h1("api.test").await;
+    let third = tokio::spawn(async move {
+        sender
+            .send_request(get("api.test", "/echo").body(full("")).unwrap())
+            .await
+            .map(|r| r.status())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!third.is_finished(), "a third request went upstream");
+    assert_eq!(env.up.state.count(), 2);
+    // A stream that ends gives its slot back.
+    drop(streams.pop());
+    let status = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("the waiting request went on")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn byte_ranges_cannot_cut_a_value_into_unrecognisable_slices() {
+    let env = env().await;
+    let start = "the token is ".len();
+    let mut seen = String::new();
+    for chunk in 0..TOKEN.len().div_ceil(5) {
+        let a = start + chunk * 5;
+        let req = get("api.test", "/ranged")
+            .header("range", format!("bytes={a}-{}", a + 4))
+            .body(full(""))
+            .unwrap();
+        let (_, _, body) = env.request("api.test", req).await;
+        seen.push_str(&body);
+    }
+    assert!(!seen.contains(&TOKEN[..10]), "reassembled: {seen}");
+    assert!(seen.contains(TOKEN_PH), "{seen}");
 }

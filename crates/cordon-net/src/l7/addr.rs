@@ -4,9 +4,9 @@
 //! private network, or the cloud metadata service (DNS rebinding, or simply a
 //! hostile record). Every address a name resolves to is checked here before
 //! the gateway dials it; private, loopback, link-local, shared (CGNAT),
-//! multicast and reserved ranges are refused unless an `allow_private` range
-//! covers them. IPv6 forms that embed an IPv4 address (mapped, NAT64, 6to4)
-//! are judged by the embedded address.
+//! multicast and reserved ranges, and Azure's WireServer address, are refused
+//! unless an `allow_private` range covers them. IPv6 forms that embed an IPv4
+//! address (mapped, NAT64, 6to4) are judged by the embedded address.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -101,6 +101,9 @@ fn v4_reason(ip: Ipv4Addr) -> Option<&'static str> {
         ([192, 0, 2, 0], 24, "documentation"),
         ([192, 88, 99, 0], 24, "reserved"),
         ([192, 168, 0, 0], 16, "private"),
+        // Public on paper, but inside Azure it is the platform's WireServer
+        // (certificates, extension settings), reachable from every VM.
+        ([168, 63, 129, 16], 32, "cloud metadata (Azure WireServer)"),
         ([198, 18, 0, 0], 15, "benchmarking"),
         ([198, 51, 100, 0], 24, "documentation"),
         ([203, 0, 113, 0], 24, "documentation"),
@@ -132,6 +135,16 @@ fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
     }
     const RANGES: &[(u128, u8, &str)] = &[
         (0, 96, "IPv4-compatible (deprecated)"),
+        (
+            0x0000_0000_0000_0000_ffff_0000_0000_0000,
+            96,
+            "IPv4-translated",
+        ),
+        (
+            0x0064_ff9b_0001_0000_0000_0000_0000_0000,
+            48,
+            "local-use NAT64",
+        ),
         (0x0100_0000_0000_0000_0000_0000_0000_0000, 64, "discard"),
         (0x2001_0000_0000_0000_0000_0000_0000_0000, 32, "Teredo"),
         (
@@ -208,6 +221,9 @@ mod tests {
             "ff02::1",
             "2001:db8::1",
             "::127.0.0.1",
+            "168.63.129.16",
+            "::ffff:0:a9fe:a9fe",
+            "64:ff9b:1::a9fe:a9fe",
         ] {
             assert!(check(ip(bad), &[]).is_err(), "{bad} should be refused");
         }

@@ -12,10 +12,11 @@
 //!    HTTP/1.x is served as is; anything else is refused;
 //! 3. serves HTTP/1.1 and HTTP/2 (by ALPN) with hyper, checking every request
 //!    (`Host`/`:authority` must name the connection's host, no `CONNECT`, no
-//!    ambiguous framing), applying the first matching `[[rule]]`, body and
-//!    rate limits, and swapping secret placeholders for real values where the
-//!    policy allows it (and refusing requests that carry a placeholder to any
-//!    other host);
+//!    ambiguous framing), applying the first matching `[[rule]]` (the
+//!    strictest one over the readings a server may take of the path and
+//!    method), body and rate limits, and swapping secret placeholders for
+//!    real values where the policy allows it, over TLS only (and refusing
+//!    requests that carry a placeholder to any other host);
 //! 4. forwards the request to the real server over a pooled connection
 //!    (HTTP/1.1 or HTTP/2, independent of the sandbox's side) after
 //!    resolving the name itself and refusing private addresses;
@@ -97,6 +98,11 @@ pub struct Limits {
     pub h2_max_concurrent_streams: u32,
     /// Connections [`Gateway::serve`] handles at once; more wait.
     pub max_connections: usize,
+    /// Requests forwarded upstream at once, over all connections (each may
+    /// need its own socket: HTTP/2 streams from the sandbox multiply); more
+    /// wait, for at most `upstream_response_timeout`. A request holds its slot
+    /// until its response body (or WebSocket) is done.
+    pub max_upstream_requests: usize,
 }
 
 impl Default for Limits {
@@ -111,6 +117,7 @@ impl Default for Limits {
             max_header_bytes: 64 << 10,
             h2_max_concurrent_streams: 100,
             max_connections: 1024,
+            max_upstream_requests: 512,
         }
     }
 }
@@ -227,6 +234,8 @@ pub struct Gateway {
     upgrade_client: Client<Connector, ProxyBody>,
     asks: AskQueue,
     rate: RateLimiter,
+    /// One permit per request in flight upstream.
+    upstream_slots: Arc<tokio::sync::Semaphore>,
     counters: Counters,
 }
 
@@ -310,6 +319,9 @@ impl Gateway {
                     h1_only,
                 })
         };
+        let upstream_slots = Arc::new(tokio::sync::Semaphore::new(
+            cfg.limits.max_upstream_requests.max(1),
+        ));
         Ok(Arc::new(Gateway {
             client: client(false),
             upgrade_client: client(true),
@@ -322,6 +334,7 @@ impl Gateway {
             upstream,
             asks: AskQueue::default(),
             rate: RateLimiter::default(),
+            upstream_slots,
             counters: Counters::default(),
         }))
     }

@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::ask::{Answer, PendingRequest};
 use super::body::{BoxError, RequestBody, ResponseBody, Trip, Tripped};
 use super::io::H1Guard;
-use super::rules::{find_rule, normalize_path};
+use super::rules::{METHOD_OVERRIDE_HEADERS, governing_rule, normalize_path};
 use super::scrub::{Needle, replace_all};
 use super::upstream::{DialError, normalize_name};
 use super::{Gateway, ask_refusal, obj, secrets};
@@ -182,13 +182,20 @@ impl Record {
             ),
             Tripped::Placeholder { secret, place } => {
                 self.secret_blocked(secret, &place);
+                let ctx = &self.ctx;
+                let clear_text = !ctx.tls && ctx.gw.secrets.bound_to(secret, &ctx.host, ctx.port);
                 self.refuse(
                     StatusCode::FORBIDDEN,
                     "secret-placeholder",
                     format!(
-                        "the placeholder of secret {} may not be sent to {} (found in the {place})",
-                        self.ctx.gw.secrets.name(secret),
-                        self.ctx.host
+                        "the placeholder of secret {} may not be sent to {}{} (found in the {place})",
+                        ctx.gw.secrets.name(secret),
+                        ctx.host,
+                        if clear_text {
+                            " over plain HTTP; use https"
+                        } else {
+                            ""
+                        },
                     ),
                 )
             }
@@ -414,7 +421,23 @@ async fn proxy(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> 
     };
     rec.path = path.clone();
 
-    let rule = find_rule(&gw.rules, host, port, parts.method.as_str(), &path);
+    // The method, and what override headers claim it is (a few: each one
+    // costs a pass over the rules).
+    let mut methods = vec![parts.method.as_str()];
+    let claimed = METHOD_OVERRIDE_HEADERS
+        .iter()
+        .flat_map(|name| parts.headers.get_all(*name))
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(str::trim));
+    for m in claimed {
+        if methods.len() == 4 {
+            break;
+        }
+        if !methods.iter().any(|x| x.eq_ignore_ascii_case(m)) {
+            methods.push(m);
+        }
+    }
+    let rule = governing_rule(&gw.rules, host, port, &methods, &path);
     if let Some((i, _)) = rule {
         rec.rule = Value::from(i);
     }
@@ -453,7 +476,7 @@ async fn proxy(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> 
         return rec.refuse_tripped(Tripped::TooLarge { limit });
     }
 
-    let scan = gw.secrets.scan(&parts, host, port);
+    let scan = gw.secrets.scan(&parts, host, port, ctx.tls);
     if let Some(f) = &scan.blocked {
         return rec.refuse_tripped(Tripped::Placeholder {
             secret: f.secret,
@@ -517,10 +540,13 @@ async fn proxy(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> 
     parts.headers.remove(HOST);
     let bound = gw.secrets.any_bound_to(host, port);
     if bound {
-        // A compressed response could not be scrubbed.
+        // A compressed response could not be scrubbed, and a byte range
+        // could hold a slice of a value too short to recognise.
         parts
             .headers
             .insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        parts.headers.remove(header::RANGE);
+        parts.headers.remove(header::IF_RANGE);
     }
     if upgrade {
         // Compressed WebSocket frames could not be scrubbed either.
@@ -562,6 +588,22 @@ async fn proxy(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> 
         &gw.upgrade_client
     } else {
         &gw.client
+    };
+    let waited = tokio::time::timeout(
+        gw.limits.upstream_response_timeout,
+        gw.upstream_slots.clone().acquire_owned(),
+    )
+    .await;
+    let Ok(Ok(slot)) = waited else {
+        return rec.refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream-busy",
+            format!(
+                "{} requests were already in flight for {}s",
+                gw.limits.max_upstream_requests,
+                gw.limits.upstream_response_timeout.as_secs()
+            ),
+        );
     };
     let sent = tokio::time::timeout(
         gw.limits.upstream_response_timeout,
@@ -629,6 +671,7 @@ async fn proxy(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> 
         let idle = gw.limits.idle_timeout;
         tokio::spawn(async move {
             let (up_bytes, down_bytes) = super::ws::bridge(down, up, &needles, idle).await;
+            drop(slot);
             rec.bytes_up.fetch_add(up_bytes, Ordering::Relaxed);
             rec.emit_request(101, down_bytes);
         });
@@ -649,7 +692,10 @@ async fn proxy(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> 
     rparts.version = Version::default();
     rparts.extensions = http::Extensions::new();
     let status = rparts.status.as_u16();
-    let on_done = Box::new(move |bytes_down| rec.emit_request(status, bytes_down));
+    let on_done = Box::new(move |bytes_down| {
+        drop(slot);
+        rec.emit_request(status, bytes_down);
+    });
     Response::from_parts(
         rparts,
         ResponseBody::new(rbody, needles, trip, on_done).boxed_unsync(),

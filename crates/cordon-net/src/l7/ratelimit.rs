@@ -3,7 +3,9 @@
 //! A token bucket per key: `n` requests per minute allows a burst of `n`, then
 //! one request every `60/n` seconds. The table of buckets is bounded: when it
 //! is full, buckets that have refilled completely (indistinguishable from new
-//! ones) are dropped first, and if none has, the oldest is.
+//! ones) are dropped first, and if none has, the fullest one is (the one
+//! whose loss forgives the least). Dropping the oldest instead would let the
+//! sandbox clear the bucket it has spent by touching enough new names.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -68,13 +70,18 @@ fn evict(buckets: &mut HashMap<String, Bucket>, now: Instant) {
         let full_after = Duration::from_secs(60);
         now.saturating_duration_since(b.updated) < full_after
     });
+    let fill = |b: &Bucket| {
+        let elapsed = now.saturating_duration_since(b.updated).as_secs_f64();
+        let cap = f64::from(b.per_minute.max(1));
+        ((b.tokens + elapsed * cap / 60.0) / cap).min(1.0)
+    };
     if buckets.len() >= MAX_BUCKETS
-        && let Some(oldest) = buckets
+        && let Some(fullest) = buckets
             .iter()
-            .min_by_key(|(_, b)| b.updated)
+            .max_by(|(_, a), (_, b)| fill(a).total_cmp(&fill(b)))
             .map(|(k, _)| k.clone())
     {
-        buckets.remove(&oldest);
+        buckets.remove(&fullest);
     }
 }
 
@@ -103,6 +110,24 @@ mod tests {
         }
         assert!(!rl.check("a", 3, later), "never more than the burst");
         assert!(!rl.check("z", 0, t0), "zero means none");
+    }
+
+    #[test]
+    fn new_names_cannot_push_out_a_spent_budget() {
+        let rl = RateLimiter::default();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(rl.check("api.test", 3, t0));
+        }
+        assert!(!rl.check("api.test", 3, t0));
+        let t1 = t0 + Duration::from_secs(1);
+        for i in 0..MAX_BUCKETS + 10 {
+            assert!(rl.check(&format!("n{i}.wild.test"), 3, t1));
+        }
+        assert!(
+            !rl.check("api.test", 3, t1 + Duration::from_secs(1)),
+            "the spent budget was forgotten"
+        );
     }
 
     #[test]

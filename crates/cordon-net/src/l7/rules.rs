@@ -4,11 +4,15 @@
 //! Paths are normalized before rules see them (percent-encoded unreserved
 //! characters decoded, `.` and `..` segments resolved), and the request is
 //! forwarded with the normalized path, so `/%61dmin` or `/x/../admin` cannot
-//! slip past a rule about `/admin`.
+//! slip past a rule about `/admin`. What servers do beyond that (routes
+//! without case, merged `//`, ignored `;parameters` and trailing `/`, method
+//! override headers) is covered by also matching those looser readings and
+//! keeping the strictest outcome ([`governing_rule`]). An escaped `/` (`%2F`)
+//! stays part of its segment: APIs such as GitLab's rely on that.
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use cordon_policy::{HostPattern, Network, OnUnknown, Rule};
+use cordon_policy::{HostPattern, Network, OnUnknown, Rule, RuleAction};
 
 /// What to do with a connection to `host:port`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,19 +80,106 @@ pub(crate) fn direct_allows(net: &Network, ip: Ipv4Addr, port: u16) -> bool {
         .any(|p| p.host.parse::<IpAddr>().is_ok() && p.matches(&host, port))
 }
 
-/// The first rule that covers the request, with its index.
-pub(crate) fn find_rule<'a>(
+/// The first rule that covers the request (path read as it is, or `loose`ly),
+/// with its index.
+fn first_rule<'a>(
     rules: &'a [Rule],
     host: &str,
     port: u16,
     method: &str,
     path: &str,
+    loose: bool,
 ) -> Option<(usize, &'a Rule)> {
     rules.iter().enumerate().find(|(_, r)| {
         r.host.matches(host, port)
             && (r.methods.is_empty() || r.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
-            && r.path.as_deref().is_none_or(|p| path_matches(p, path))
+            && r.path.as_deref().is_none_or(|p| {
+                if loose {
+                    loose_path_matches(p, path)
+                } else {
+                    path_matches(p, path)
+                }
+            })
     })
+}
+
+/// Headers with which clients ask frameworks (Google APIs, Rails, Express's
+/// `method-override`, ...) to treat a `POST` as another method.
+pub(crate) const METHOD_OVERRIDE_HEADERS: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// The rule that governs a request whose method (or one of `methods`, the
+/// method plus any method-override header values) and path a server may
+/// read in more than one way.
+///
+/// Each `(method, reading)` pair gets its first matching rule, where a
+/// reading is the path as forwarded, or the path as servers commonly route
+/// it: letters in either case, empty segments (`//`) and `;parameters`
+/// ignored, and no trailing `/`. The strictest outcome wins (`deny` over
+/// `ask` over a matching `allow` over no rule; the forwarded reading on
+/// ties), so `/Admin`, `/admin/`, `//admin` or `/admin;x` cannot slip past a
+/// rule about `/admin`, nor `POST` with `X-HTTP-Method-Override: DELETE` past
+/// a rule about `DELETE`.
+pub(crate) fn governing_rule<'a>(
+    rules: &'a [Rule],
+    host: &str,
+    port: u16,
+    methods: &[&str],
+    path: &str,
+) -> Option<(usize, &'a Rule)> {
+    fn severity(hit: Option<(usize, &Rule)>) -> u8 {
+        match hit.map(|(_, r)| r.action) {
+            None => 0,
+            Some(RuleAction::Allow) => 1,
+            Some(RuleAction::Ask) => 2,
+            Some(RuleAction::Deny) => 3,
+        }
+    }
+    let mut best: Option<(usize, &'a Rule)> = None;
+    let mut first = true;
+    for method in methods {
+        for loose in [false, true] {
+            let hit = first_rule(rules, host, port, method, path, loose);
+            if first || severity(hit) > severity(best) {
+                best = hit;
+            }
+            first = false;
+        }
+    }
+    best
+}
+
+/// [`path_matches`] on the readings of pattern and path that ignore case,
+/// empty segments, `;parameters` and a trailing `/`.
+fn loose_path_matches(pattern: &str, path: &str) -> bool {
+    let (pat, path) = (loose_path(pattern), loose_path(path));
+    if pattern.contains('*') {
+        return glob_matches(pat.as_bytes(), path.as_bytes());
+    }
+    if pattern.ends_with('/') && pat != "/" {
+        // A prefix that ends a segment still ends one.
+        return path == pat || path.starts_with(&format!("{pat}/"));
+    }
+    path.starts_with(&pat)
+}
+
+/// Lower case, without empty segments, `;parameters` or a trailing `/`.
+fn loose_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for seg in path.split('/') {
+        let seg = seg.split(';').next().unwrap_or("");
+        if !seg.is_empty() {
+            out.push('/');
+            out.push_str(&seg.to_ascii_lowercase());
+        }
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
 }
 
 /// A rule path: a prefix, or, when it contains `*`, a glob over the whole path
@@ -236,7 +327,6 @@ fn hex_val(c: u8) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cordon_policy::RuleAction;
 
     fn hp(s: &str) -> HostPattern {
         HostPattern::parse(s).unwrap()
@@ -368,13 +458,58 @@ mod tests {
             rule("*.github.com", &["GET", "HEAD"], None, RuleAction::Allow),
         ];
         let hit = |method: &str, host: &str, path: &str| {
-            find_rule(&rules, host, 443, method, path).map(|(i, _)| i)
+            governing_rule(&rules, host, 443, &[method], path).map(|(i, _)| i)
         };
         assert_eq!(hit("DELETE", "api.github.com", "/x"), Some(0));
         assert_eq!(hit("POST", "api.github.com", "/admin/x"), Some(1));
         assert_eq!(hit("GET", "api.github.com", "/x"), Some(2));
         assert_eq!(hit("POST", "api.github.com", "/x"), None);
         assert_eq!(hit("GET", "github.com", "/x"), None);
+    }
+
+    #[test]
+    fn looser_readings_of_a_path_cannot_dodge_a_stricter_rule() {
+        let rule = |methods: &[&str], path: &str, action| Rule {
+            host: hp("api.test"),
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            path: Some(path.to_string()),
+            action,
+            max_body: None,
+            requests_per_minute: None,
+        };
+        let rules = vec![
+            rule(&[], "/admin/*/secret", RuleAction::Deny),
+            rule(&["DELETE"], "/", RuleAction::Deny),
+            rule(&[], "/Repos/", RuleAction::Ask),
+            rule(&["GET"], "/open/*/", RuleAction::Allow),
+            rule(&[], "/open/", RuleAction::Deny),
+        ];
+        let hit = |methods: &[&str], path: &str| {
+            governing_rule(&rules, "api.test", 443, methods, path).map(|(i, _)| i)
+        };
+        for path in [
+            "/admin/x/secret",
+            "/admin/x/secret/",
+            "/admin//x/secret",
+            "/admin/x//secret",
+            "/ADMIN/x/Secret",
+            "/admin/x/secret;jsessionid=1",
+            "/admin;a/x/secret",
+        ] {
+            assert_eq!(hit(&["GET"], path), Some(0), "{path}");
+        }
+        assert_eq!(hit(&["GET"], "/admin/x/secrets"), None);
+        assert_eq!(hit(&["POST", "DELETE"], "/x"), Some(1), "method override");
+        assert_eq!(hit(&["POST", "GET"], "/x"), None);
+        assert_eq!(hit(&["GET"], "/repos/a"), Some(2), "case");
+        assert_eq!(
+            hit(&["GET"], "/repository"),
+            None,
+            "a prefix ending in / keeps its segment"
+        );
+        // The forwarded reading wins ties: the allow rule, not the later deny.
+        assert_eq!(hit(&["GET"], "/open/a/"), Some(3));
+        assert_eq!(hit(&["GET"], "/open/a"), Some(4));
     }
 
     #[test]

@@ -12,6 +12,10 @@
 //! hosts a secret is not bound to, the body and trailers (literally, as a
 //! stream). A placeholder hidden by another encoding (base64 in a body,
 //! compression) is not recognised.
+//!
+//! Real values only travel over TLS: on a plain-HTTP connection every secret
+//! counts as unbound, so its placeholder blocks the request instead of being
+//! swapped for a value anyone on the path could read.
 
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
@@ -211,19 +215,50 @@ fn run_command(cmd: &str) -> Result<String, String> {
         .map_err(|_| "the command's output is not UTF-8 text".into())
 }
 
-fn needles_for(placeholder: &str, value: &str) -> Vec<Needle> {
+/// What to look for in responses once `value` is known: the value, its
+/// query-escaped form (what `query:` injection sends), the value without
+/// surrounding whitespace (servers trim header values before echoing them),
+/// and, for secrets injected with `basic`, the base64 text the value becomes
+/// inside `Authorization: Basic` at each of the three alignments (the rest of
+/// the credentials is the sandbox's to choose).
+fn needles_for(placeholder: &str, value: &str, basic: bool) -> Vec<Needle> {
     let mut out = vec![Needle {
         find: value.as_bytes().to_vec(),
         replace: placeholder.as_bytes().to_vec(),
     }];
+    let mut add = |find: Vec<u8>, replace: Vec<u8>| {
+        if !find.is_empty() && !out.iter().any(|n| n.find == find) {
+            out.push(Needle { find, replace });
+        }
+    };
     let escaped = utf8_percent_encode(value, QUERY_VALUE).to_string();
-    if escaped != value {
-        out.push(Needle {
-            find: escaped.into_bytes(),
-            replace: placeholder.as_bytes().to_vec(),
-        });
+    add(escaped.into_bytes(), placeholder.as_bytes().to_vec());
+    add(
+        value.trim().as_bytes().to_vec(),
+        placeholder.as_bytes().to_vec(),
+    );
+    if basic {
+        for offset in 0..3 {
+            add(
+                base64_inner(value.as_bytes(), offset),
+                base64_inner(placeholder.as_bytes(), offset),
+            );
+        }
     }
     out
+}
+
+/// The base64 characters that depend only on `bytes` when they start
+/// `offset` bytes into a 3-byte group of a longer encoded text: the
+/// characters whose six bits all come from `bytes`.
+fn base64_inner(bytes: &[u8], offset: usize) -> Vec<u8> {
+    use base64::engine::general_purpose::STANDARD_NO_PAD;
+    let mut padded = vec![0u8; offset];
+    padded.extend_from_slice(bytes);
+    let text = STANDARD_NO_PAD.encode(&padded).into_bytes();
+    let first = (8 * offset).div_ceil(6);
+    let end = (8 * (offset + bytes.len()) / 6).min(text.len());
+    text.get(first..end).map(<[u8]>::to_vec).unwrap_or_default()
 }
 
 impl Secrets {
@@ -277,8 +312,9 @@ impl Secrets {
                         "the value contains its own placeholder",
                     ));
                 }
+                let basic = c.secret.inject.contains(&Injection::Basic);
                 known.extend(
-                    needles_for(&c.placeholder, value)
+                    needles_for(&c.placeholder, value, basic)
                         .into_iter()
                         .map(|n| (i, n)),
                 );
@@ -356,28 +392,36 @@ impl Secrets {
                 .iter()
                 .any(|(s, n)| *s == i && n.find == value.as_bytes())
             {
-                let mine = known.iter().filter(|(s, _)| *s == i).count();
-                if mine >= MAX_REMEMBERED * 2
-                    && let Some(pos) = known.iter().position(|(s, _)| *s == i)
-                {
+                let fresh =
+                    needles_for(&e.placeholder, &value, e.inject.contains(&Injection::Basic));
+                // Room for about MAX_REMEMBERED values: the needles of the
+                // oldest values are forgotten first.
+                let limit = MAX_REMEMBERED * fresh.len();
+                while known.iter().filter(|(s, _)| *s == i).count() + fresh.len() > limit {
+                    let Some(pos) = known.iter().position(|(s, _)| *s == i) else {
+                        break;
+                    };
                     known.remove(pos);
                 }
-                known.extend(
-                    needles_for(&e.placeholder, &value)
-                        .into_iter()
-                        .map(|n| (i, n)),
-                );
+                known.extend(fresh.into_iter().map(|n| (i, n)));
             }
         }
         *cached = Some((value.clone(), Instant::now()));
         Ok(value)
     }
 
-    /// Looks for placeholders in a request's head.
-    pub(crate) fn scan(&self, parts: &Parts, host: &str, port: u16) -> Scan {
+    /// True when secret `i` is bound to `host:port`.
+    pub(crate) fn bound_to(&self, i: usize, host: &str, port: u16) -> bool {
+        self.entries[i].hosts.iter().any(|h| h.matches(host, port))
+    }
+
+    /// Looks for placeholders in a request's head. `tls`: the request goes
+    /// upstream over TLS. Real values never travel in clear text, so without
+    /// TLS every secret counts as unbound (its placeholder blocks the request).
+    pub(crate) fn scan(&self, parts: &Parts, host: &str, port: u16, tls: bool) -> Scan {
         let mut scan = Scan::default();
         for (i, e) in self.entries.iter().enumerate() {
-            let bound = e.hosts.iter().any(|h| h.matches(host, port));
+            let bound = tls && self.bound_to(i, host, port);
             let found = find_placeholder(parts, &e.placeholder);
             if bound {
                 for place in found {
@@ -617,7 +661,7 @@ mod tests {
     async fn header_injection_for_bound_host() {
         let s = store();
         let mut p = parts("/x", &[("authorization", "Bearer PH-TOKEN-0001")]);
-        let scan = s.scan(&p, "api.test", 443);
+        let scan = s.scan(&p, "api.test", 443, true);
         assert_eq!(scan.blocked, None);
         assert_eq!(
             scan.inject,
@@ -635,7 +679,7 @@ mod tests {
     fn query_injection_reencodes() {
         let s = store();
         let mut p = parts("/x?a=1&key=PH-TOKEN-0001&b=2", &[]);
-        let scan = s.scan(&p, "api.test", 443);
+        let scan = s.scan(&p, "api.test", 443, true);
         assert_eq!(scan.inject[0].place, "query:key");
         assert!(inject(&mut p, "query:key", "PH-TOKEN-0001", "v a&l=ue"));
         assert_eq!(p.uri.to_string(), "/x?a=1&key=v%20a%26l%3Due&b=2");
@@ -646,7 +690,7 @@ mod tests {
         let s = store();
         let creds = B64.encode("user:PH-BASIC-0002");
         let mut p = parts("/", &[("authorization", &format!("Basic {creds}"))]);
-        let scan = s.scan(&p, "x.basic.test", 443);
+        let scan = s.scan(&p, "x.basic.test", 443, true);
         assert_eq!(scan.inject[0].place, "basic");
         assert!(inject(&mut p, "basic", "PH-BASIC-0002", "s3cret"));
         let got = basic_credentials(&p.headers["authorization"]).unwrap();
@@ -666,7 +710,7 @@ mod tests {
             ("/?q=PH%2DTOKEN%2D0001", vec![], "query:q"),
         ] {
             let p = parts(uri, &headers);
-            let scan = s.scan(&p, "evil.test", 443);
+            let scan = s.scan(&p, "evil.test", 443, true);
             assert_eq!(
                 scan.blocked,
                 Some(Finding {
@@ -678,7 +722,7 @@ mod tests {
         }
         let creds = B64.encode("u:PH-BASIC-0002");
         let p = parts("/", &[("authorization", &format!("basic {creds}"))]);
-        let scan = s.scan(&p, "api.test", 443);
+        let scan = s.scan(&p, "api.test", 443, true);
         assert_eq!(
             scan.blocked.map(|f| (f.secret, f.place)),
             Some((1, "basic".into()))
@@ -694,16 +738,45 @@ mod tests {
     fn bound_host_but_wrong_place_is_left_alone() {
         let s = store();
         let p = parts("/?other=PH-TOKEN-0001", &[("x-token", "PH-TOKEN-0001")]);
-        let scan = s.scan(&p, "api.test", 443);
+        let scan = s.scan(&p, "api.test", 443, true);
         assert_eq!(scan.blocked, None);
         assert!(scan.inject.is_empty());
     }
 
     #[test]
     fn scrub_needles_cover_the_escaped_form() {
-        let n = needles_for("PH", "a b");
+        let n = needles_for("PH", "a b", false);
         assert_eq!(n.len(), 2);
         assert_eq!(n[1].find, b"a%20b".to_vec());
+    }
+
+    #[test]
+    fn basic_values_are_scrubbed_from_base64_at_every_alignment() {
+        use super::super::scrub::replace_all;
+        let value = "alice:s3cret-pw-88a1";
+        let needles = needles_for("PH-BASIC-0002", value, true);
+        for prefix in ["", "u", "us", "use"] {
+            for suffix in ["", "x", "xy", "xyz"] {
+                let sent = B64.encode(format!("{prefix}{value}{suffix}"));
+                let scrubbed = replace_all(sent.as_bytes(), &needles)
+                    .unwrap_or_else(|| panic!("nothing replaced in {sent}"));
+                for offset in 0..3 {
+                    let run = base64_inner(value.as_bytes(), offset);
+                    assert!(
+                        !contains(&scrubbed, &run),
+                        "{prefix:?} {suffix:?}: {}",
+                        String::from_utf8_lossy(&scrubbed)
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            needles_for("PH-0000001", "tok", false).len(),
+            1,
+            "no base64 forms without basic injection"
+        );
+        let padded = needles_for("PH-0000001", " tok\t", false);
+        assert!(padded.iter().any(|n| n.find == b"tok"), "the trimmed form");
     }
 
     #[test]

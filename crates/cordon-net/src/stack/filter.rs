@@ -358,7 +358,7 @@ pub(crate) mod tests {
         v6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
         assert_eq!(classify(&v6), Verdict::Drop(Dropped::Ethertype(0x86dd)));
         let mut big = tcp_frame(SocketAddrV4::new(FAKE, 80), TcpControl::Syn, false);
-        big.resize(1515, 0);
+        big.resize(super::MTU as usize + ETHERNET_HEADER + 1, 0);
         assert_eq!(classify(&big), Verdict::Drop(Dropped::Oversize));
         assert_eq!(classify(&[1, 2, 3]), Verdict::Drop(Dropped::Ignored));
         let mut truncated = tcp_frame(SocketAddrV4::new(FAKE, 80), TcpControl::Syn, false);

@@ -914,3 +914,100 @@ EOF
         "{events:?}"
     );
 }
+
+#[test]
+fn echoed_basic_credentials_and_clear_text_http_do_not_reveal_secrets() {
+    let Some(net) = setup(&[], "") else { return };
+    let out = net.run(
+        r#"
+echo "basic=$(curl -sS --max-time 20 -u "$BASIC_CRED" https://api.test/echo | python3 -c '
+import base64, json, sys
+auth = json.load(sys.stdin)["headers"]["authorization"].split(" ", 1)[1]
+text = auth.rstrip("=")
+for skip in range(4):
+    run = text[skip:]
+    run = run[: len(run) - len(run) % 4]
+    try:
+        decoded = base64.b64decode(run)
+    except Exception:
+        continue
+    if b"s3cret" in decoded or b"alice:" in decoded:
+        print("revealed", decoded)
+        break
+else:
+    print("hidden")
+')"
+echo "clear=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 20 http://api.test/echo -H "Authorization: Bearer $API_TOKEN")"
+"#,
+    );
+    let text = stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The server echoed the Authorization header it got; its base64 held the
+    // real user:password until the gateway scrubbed it.
+    assert_eq!(field(&text, "basic"), "hidden", "{text}");
+    assert!(
+        net.received().iter().any(|r| r["headers"]["authorization"]
+            == format!("Basic {}", BASE64_STANDARD.encode(format!("{REAL_BASIC}:")))),
+        "the upstream got the real credentials: {:?}",
+        net.received()
+    );
+    // Plain HTTP: the placeholder is refused rather than replaced by the
+    // real value in clear text.
+    assert_eq!(field(&text, "clear"), "403", "{text}");
+    let s = summary(&out);
+    let events = net.events(s["session"].as_str().unwrap());
+    assert!(
+        kinds(&events, "secret.blocked")
+            .iter()
+            .any(|e| e["data"]["name"] == "API_TOKEN" && e["data"]["host"] == "api.test"),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn deny_rules_cannot_be_dodged_by_how_servers_read_paths() {
+    let extra = r#"
+[[rule]]
+host = "api.test"
+path = "/admin/*/secret"
+action = "deny"
+"#;
+    let Some(net) = setup(&[], extra) else { return };
+    let out = net.run(
+        r#"
+for p in /admin/x/secret /admin/x/secret/ //admin/x/secret /Admin/x/SECRET '/admin/x/secret;v=1'; do
+  echo "$p=$(curl -sS --path-as-is -o /dev/null -w '%{http_code}' --max-time 20 "https://api.test$p")"
+done
+echo "override=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 20 -X POST -H 'X-HTTP-Method-Override: DELETE' https://api.test/echo)"
+echo "fine=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 20 https://api.test/admin/x/public)"
+"#,
+    );
+    let text = stdout(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for key in [
+        "/admin/x/secret",
+        "/admin/x/secret/",
+        "//admin/x/secret",
+        "/Admin/x/SECRET",
+        "/admin/x/secret;v=1",
+        "override",
+    ] {
+        assert_eq!(field(&text, key), "403", "{key}: {text}");
+    }
+    assert_eq!(field(&text, "fine"), "404", "{text}");
+    let received = net.received();
+    assert!(
+        received.iter().all(|r| r["path"] == "/admin/x/public"),
+        "{received:?}"
+    );
+}
