@@ -24,8 +24,18 @@ for name in sorted(rows):
           f"{med(name, 'p99_us'):>10.0f}{med(name, 'mib_per_s'):>10.0f}")
 print()
 print(f"req/s, 8 conns: cordon / mitmproxy = {med('cordon-c8', 'rps') / med('mitmproxy-c8', 'rps'):.1f}x")
-print(f"added p50 latency, 1 conn: cordon {med('cordon-c1', 'p50_us') - med('direct-c1', 'p50_us'):.0f} us, "
-      f"mitmproxy {med('mitmproxy-c1', 'p50_us') - med('direct-c1', 'p50_us'):.0f} us")
+
+
+def added(name, key):
+    """Median over rounds of (NAME - direct) within the same round."""
+    direct = {r["round"]: r[key] for r in rows.get("direct-c1", [])}
+    diffs = [r[key] - direct[r["round"]] for r in rows.get(name, []) if r["round"] in direct]
+    return statistics.median(diffs) if diffs else float("nan")
+
+
+for key in ("p50_us", "p99_us"):
+    print(f"added {key[:3]} latency, 1 conn (median of per-round differences): "
+          f"cordon {added('cordon-c1', key):.0f} us, mitmproxy {added('mitmproxy-c1', key):.0f} us")
 print(f"bulk: cordon / slirp4netns (MTU 1500) = "
       f"{med('cordon-bulk', 'mib_per_s') / med('slirp4netns-mtu1500-bulk', 'mib_per_s'):.2f}x, "
       f"/ slirp4netns (MTU 65520) = {med('cordon-bulk', 'mib_per_s') / med('slirp4netns-mtu65520-bulk', 'mib_per_s'):.2f}x")

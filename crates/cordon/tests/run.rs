@@ -363,31 +363,10 @@ fn doctor_reports_native_ready() {
 
 /// Runs `cordon run` as the unprivileged test user.
 fn rootless(env: &Env, flags: &[&str], script: &str) -> Output {
-    // A copy the test user can reach (the build directory may be under /root).
-    let bin = env.dir.path().join("cordon");
-    if !bin.exists() {
-        std::fs::copy(env!("CARGO_BIN_EXE_cordon"), &bin).unwrap();
-    }
-    for p in [&env.base, &env.home] {
-        Command::new("chown")
-            .args(["-R", "tests:tests"])
-            .arg(p)
-            .status()
-            .unwrap();
-    }
-    Command::new("runuser")
-        .args(["-u", "tests", "--", "env", "-i"])
-        .arg(format!("CORDON_HOME={}", env.home.display()))
-        .arg(format!(
-            "HOME={}",
-            env.dir.path().join("tests-home").display()
-        ))
-        .arg("PATH=/usr/bin:/bin")
-        .arg(&bin)
+    env.rootless(&[])
         .args(["run", "--json", "--no-tty"])
         .args(flags)
         .args(["--", "sh", "-c", script])
-        .current_dir(&env.base)
         .output()
         .unwrap()
 }

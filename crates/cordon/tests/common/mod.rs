@@ -125,6 +125,39 @@ impl Env {
         conn.query_row(sql, [], |r| r.get(0)).unwrap()
     }
 
+    /// `cordon` as the unprivileged user `tests`, with a clean environment
+    /// (`CORDON_HOME`, `HOME`, `PATH`, plus `extra_env`), run from the base.
+    /// The base and the data directory are handed to that user, and the
+    /// binary is copied where it can reach it (the build directory may be
+    /// under /root). Add cordon's arguments.
+    pub fn rootless(&self, extra_env: &[(&str, &str)]) -> Command {
+        let bin = self.dir.path().join("cordon");
+        if !bin.exists() {
+            std::fs::copy(env!("CARGO_BIN_EXE_cordon"), &bin).unwrap();
+        }
+        for p in [&self.base, &self.home] {
+            let st = Command::new("chown")
+                .args(["-R", "tests:tests"])
+                .arg(p)
+                .status()
+                .unwrap();
+            assert!(st.success(), "chown {}", p.display());
+        }
+        let mut c = Command::new("runuser");
+        c.args(["-u", "tests", "--", "env", "-i"])
+            .arg(format!("CORDON_HOME={}", self.home.display()))
+            .arg(format!(
+                "HOME={}",
+                self.dir.path().join("tests-home").display()
+            ))
+            .arg("PATH=/usr/bin:/bin");
+        for (k, v) in extra_env {
+            c.arg(format!("{k}={v}"));
+        }
+        c.arg(&bin).current_dir(&self.base);
+        c
+    }
+
     pub fn diff_json(&self, id: &str) -> serde_json::Value {
         serde_json::from_str(&self.ok(&["diff", id, "--json"])).unwrap()
     }

@@ -186,6 +186,18 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The agent's output, after checking that it exited 0.
+fn agent_ok(out: &Output) -> String {
+    let text = stdout(out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 /// The value after `key=` on the line that starts with it.
 fn field<'a>(text: &'a str, key: &str) -> &'a str {
     let prefix = format!("{key}=");
@@ -226,13 +238,7 @@ print(json.load(urllib.request.urlopen(req, timeout=20))["auth_sha256"])
 ')"
 "#,
     );
-    let text = stdout(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = agent_ok(&out);
     assert!(
         !text.contains(REAL_TOKEN),
         "the real token reached the sandbox:\n{text}"
@@ -367,13 +373,7 @@ except OSError as e:
 echo "ip_route=$(ip route 2>/dev/null | head -1)"
 "#,
     );
-    let text = stdout(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = agent_ok(&out);
     let api: std::net::Ipv4Addr = field(&text, "api")
         .parse()
         .unwrap_or_else(|_| panic!("{text}"));
@@ -518,13 +518,7 @@ python3 -m pip install -q --no-cache-dir --disable-pip-version-check --break-sys
 echo "pip=$(PYTHONPATH=/tmp/pkgs python3 -c 'import demo_pkg; print(demo_pkg.VALUE)' 2>&1)"
 "#,
     );
-    let text = stdout(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = agent_ok(&out);
     assert!(!text.contains("proxy variables set"), "{text}");
     assert_eq!(
         field(&text, "requests"),
@@ -615,13 +609,7 @@ print("results=" + json.dumps(results))
 EOF
 "#,
     );
-    let text = stdout(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = agent_ok(&out);
     let r: Value = serde_json::from_str(field(&text, "results")).unwrap();
     assert_eq!(r["normal"], "200", "{r}");
     assert_eq!(r["host_mismatch"], "421", "{r}");
@@ -679,13 +667,7 @@ print("arrivals=" + ",".join(map(str, arrivals)))
 EOF
 "#,
     );
-    let text = stdout(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = agent_ok(&out);
     let arrivals: Vec<f64> = field(&text, "arrivals")
         .split(',')
         .map(|s| s.parse().unwrap())
@@ -785,44 +767,20 @@ curl -sS -o /dev/null --max-time 50 https://nope.test/echo; echo "nope=$?"
 #[test]
 fn the_gateway_works_rootless() {
     let Some(net) = setup(&[], "") else { return };
-    let env = &net.env;
-    // A copy the test user can reach (the build directory may be under /root).
-    let bin = env.dir.path().join("cordon");
-    std::fs::copy(env!("CARGO_BIN_EXE_cordon"), &bin).unwrap();
-    for p in [&env.base, &env.home] {
-        let st = Command::new("chown")
-            .args(["-R", "tests:tests"])
-            .arg(p)
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-    let out = Command::new("runuser")
-        .args(["-u", "tests", "--", "env", "-i"])
-        .arg(format!("CORDON_HOME={}", env.home.display()))
-        .arg(format!(
-            "HOME={}",
-            env.dir.path().join("tests-home").display()
-        ))
-        .arg("PATH=/usr/bin:/bin")
-        .arg(format!("CORDON_TEST_REAL_TOKEN={REAL_TOKEN}"))
-        .arg(format!("CORDON_TEST_REAL_BASIC={REAL_BASIC}"))
-        .arg(&bin)
+    let out = net
+        .env
+        .rootless(&[
+            ("CORDON_TEST_REAL_TOKEN", REAL_TOKEN),
+            ("CORDON_TEST_REAL_BASIC", REAL_BASIC),
+        ])
         .args(["run", "--json", "--no-tty", "--", "sh", "-c"])
         .arg(
             r#"id -u
 echo "echo=$(curl -sS --max-time 20 https://api.test/echo -H "Authorization: Bearer $API_TOKEN")""#,
         )
-        .current_dir(&env.base)
         .output()
         .unwrap();
-    let text = stdout(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = agent_ok(&out);
     assert!(!text.starts_with("0\n"), "ran as root: {text}");
     let echo: Value = serde_json::from_str(field(&text, "echo")).unwrap();
     assert_eq!(
@@ -889,13 +847,7 @@ print("not_http=" + exchange("api.test", 443, b"\x00\x01binary protocol\r\n\r\n"
 EOF
 "#,
     );
-    let text = stdout(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = agent_ok(&out);
     assert_eq!(field(&text, "passthrough"), "echo", "{text}");
     assert_ne!(field(&text, "other_port"), "echo", "{text}");
     assert_ne!(field(&text, "not_http"), "echo", "{text}");
@@ -940,13 +892,7 @@ else:
 echo "clear=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 20 http://api.test/echo -H "Authorization: Bearer $API_TOKEN")"
 "#,
     );
-    let text = stdout(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = agent_ok(&out);
     // The server echoed the Authorization header it got; its base64 held the
     // real user:password until the gateway scrubbed it.
     assert_eq!(field(&text, "basic"), "hidden", "{text}");
@@ -987,13 +933,7 @@ echo "override=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 20 -X POST -
 echo "fine=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 20 https://api.test/admin/x/public)"
 "#,
     );
-    let text = stdout(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = agent_ok(&out);
     for key in [
         "/admin/x/secret",
         "/admin/x/secret/",
