@@ -39,6 +39,8 @@ pub struct SessionNet {
     pub mounts: Vec<BindMount>,
     /// Variables pointing TLS clients at the bundle or the CA.
     pub env: Vec<(String, String)>,
+    /// How many gateway events were not written.
+    pub budget: Arc<EventBudget>,
 }
 
 /// Makes the gateway for a session whose files live in `dir`.
@@ -81,7 +83,15 @@ pub fn prepare(
         ca_validity: CA_VALIDITY,
         ..Default::default()
     };
-    let emit: cordon_net::Emit = Arc::new(move |kind, data| sink.append(kind, data));
+    let budget = Arc::new(EventBudget::default());
+    let emit: cordon_net::Emit = {
+        let budget = budget.clone();
+        Arc::new(move |kind, data| {
+            if let Some(data) = budget.admit(data) {
+                sink.append(kind, data);
+            }
+        })
+    };
     let prepared = cordon_net::attach::prepare(cfg, emit)
         .map_err(|e| SessionError::Invalid(format!("network gateway: {e}")))?;
 
@@ -142,5 +152,118 @@ pub fn prepare(
         prepared,
         mounts,
         env,
+        budget,
     })
+}
+
+/// Most gateway events one session writes; the traffic of a busy agent (a
+/// few thousand model and API calls) stays far below it, a sandbox flooding
+/// refusals to fill the host's disk does not.
+const NET_EVENT_LIMIT: u64 = 200_000;
+/// Most bytes of gateway event data one session writes.
+const NET_EVENT_BYTES: u64 = 128 << 20;
+/// Longest string kept in a gateway event field (paths, names, details the
+/// sandbox chose); longer ones are cut and say by how much.
+const MAX_FIELD: usize = 1024;
+
+/// The gateway's share of the session log: every event's strings are cut to
+/// [`MAX_FIELD`], and past [`NET_EVENT_LIMIT`] events or [`NET_EVENT_BYTES`]
+/// the rest are counted instead of written.
+#[derive(Default)]
+pub struct EventBudget {
+    events: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl EventBudget {
+    fn admit(
+        &self,
+        mut data: serde_json::Map<String, serde_json::Value>,
+    ) -> Option<serde_json::Map<String, serde_json::Value>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut size = 0u64;
+        for v in data.values_mut() {
+            cut_strings(v);
+            size += v.to_string().len() as u64;
+        }
+        let events = self.events.fetch_add(1, Relaxed) + 1;
+        let bytes = self.bytes.fetch_add(size, Relaxed) + size;
+        if events > NET_EVENT_LIMIT || bytes > NET_EVENT_BYTES {
+            self.suppressed.fetch_add(1, Relaxed);
+            return None;
+        }
+        Some(data)
+    }
+
+    /// Events not written because the budget ran out.
+    pub fn suppressed(&self) -> u64 {
+        self.suppressed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+fn cut_strings(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::String(s) if s.len() > MAX_FIELD => {
+            let mut end = MAX_FIELD;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            let cut = s.len() - end;
+            s.truncate(end);
+            s.push_str(&format!("…({cut} more bytes)"));
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(cut_strings),
+        serde_json::Value::Object(o) => o.values_mut().for_each(cut_strings),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn map(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn long_fields_are_cut_and_say_so() {
+        let b = EventBudget::default();
+        let long = "é".repeat(3000);
+        let out = b
+            .admit(map(json!({ "path": long, "list": [long.clone()], "n": 1 })))
+            .unwrap();
+        let path = out["path"].as_str().unwrap();
+        assert!(path.len() < MAX_FIELD + 40, "{}", path.len());
+        assert!(path.ends_with("more bytes)"), "{path}");
+        assert!(out["list"][0].as_str().unwrap().ends_with("more bytes)"));
+        assert_eq!(out["n"], 1);
+    }
+
+    #[test]
+    fn past_the_budget_events_are_counted_not_written() {
+        let b = EventBudget::default();
+        let mut written = 0;
+        for _ in 0..NET_EVENT_LIMIT + 10 {
+            written += u64::from(b.admit(map(json!({ "host": "a.test" }))).is_some());
+        }
+        assert_eq!(written, NET_EVENT_LIMIT);
+        assert_eq!(b.suppressed(), 10);
+        // Bytes count too: a few huge events exhaust it long before the count.
+        let b = EventBudget::default();
+        let big = "x".repeat(MAX_FIELD);
+        let fields: serde_json::Map<_, _> = (0..64)
+            .map(|i| (format!("f{i}"), json!(big.clone())))
+            .collect();
+        let per_event = 64 * (MAX_FIELD as u64 + 2);
+        let fit = NET_EVENT_BYTES / per_event;
+        let mut written = 0;
+        for _ in 0..fit + 5 {
+            written += u64::from(b.admit(fields.clone()).is_some());
+        }
+        assert_eq!(written, fit);
+        assert_eq!(b.suppressed(), 5);
+    }
 }

@@ -807,6 +807,7 @@ fn run_mounted(ctx: &Ctx<'_>, mounting: PendingMount) -> Result<Summary, Session
     let control = running.control();
     // The gateway goes live on the interface the sandbox handed out. Frames
     // the agent sends before this wait in the TAP device's queue.
+    let net_budget = net.as_ref().map(|n| n.budget.clone());
     let gateway = match net {
         None => None,
         Some(net) => {
@@ -923,7 +924,9 @@ fn run_mounted(ctx: &Ctx<'_>, mounting: PendingMount) -> Result<Summary, Session
     }
     relay.finish();
     let net_stats = gateway.map(|g| g.shutdown());
+    let net_suppressed = net_budget.map_or(0, |b| b.suppressed());
     let ended = ended?;
+    let events_suppressed = ended.events_suppressed + net_suppressed;
     let unmounted = mounted.unmount();
 
     let mut limits_hit = ended.limits.clone();
@@ -976,7 +979,7 @@ fn run_mounted(ctx: &Ctx<'_>, mounting: PendingMount) -> Result<Summary, Session
             "stopped": stopped.as_ref().map(|(_, why)| why),
             "files_changed": added + modified + deleted,
             "output_bytes": budget.used.load(Ordering::Relaxed),
-            "events_suppressed": ended.events_suppressed,
+            "events_suppressed": events_suppressed,
             "network": net_stats,
         })),
     );
@@ -1006,7 +1009,7 @@ fn run_mounted(ctx: &Ctx<'_>, mounting: PendingMount) -> Result<Summary, Session
         modified,
         deleted,
         events: stats.events,
-        events_suppressed: ended.events_suppressed,
+        events_suppressed,
         violations: stats.violations,
         limits_hit,
         limit_enforcement: ended.enforcement,
