@@ -83,6 +83,12 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        // What the sandbox may send before the gateway reads it is what the
+        // gateway may have to hold: 256 KiB per stream, 512 KiB per
+        // connection (hyper's default is 1 MiB each), which bounds buffered
+        // request data to about 0.5 GiB across 1024 connections.
+        .initial_stream_window_size(256 * 1024)
+        .initial_connection_window_size(512 * 1024)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_pending_accept_reset_streams(Some(50))
         .max_local_error_reset_streams(Some(256));
