@@ -22,9 +22,10 @@ pub const CA_FILE: &str = "/etc/cordon/ca.pem";
 pub const BUNDLE_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Largest host bundle copied into the sandbox's.
 const MAX_HOST_BUNDLE: u64 = 8 << 20;
-/// How long the session CA is valid: generous for long agent runs, short
-/// enough that a leaked key soon stops mattering.
-const CA_VALIDITY: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+/// How long the CA of one run is valid when the policy sets no longer
+/// timeout. Every run makes a new CA (its key never leaves memory), so it only
+/// has to outlive the run.
+const CA_VALIDITY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// Whether the policy lets anything out at all.
 pub fn enabled(policy: &Policy) -> bool {
@@ -80,7 +81,10 @@ pub fn prepare(
         network,
         rules: policy.rules.clone(),
         secrets,
-        ca_validity: CA_VALIDITY,
+        // A run limited to more than a day gets its timeout plus an hour.
+        ca_validity: policy.sandbox.timeout.map_or(CA_VALIDITY, |t| {
+            CA_VALIDITY.max(t + std::time::Duration::from_secs(3600))
+        }),
         ..Default::default()
     };
     let budget = Arc::new(EventBudget::default());
