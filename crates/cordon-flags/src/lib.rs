@@ -1,0 +1,84 @@
+//! The FeatureOps control plane: a feature flag server that speaks the Unleash API, so
+//! the official Unleash SDKs work against it unchanged.
+//!
+//! - [`store`]: the [`Store`] trait and its embedded SQLite implementation.
+//! - [`token`]: API tokens in the Unleash format, hashed at rest, compared in constant time.
+//! - [`serve`]: the HTTP server (client, frontend and part of the admin API), evaluating
+//!   flags with the `unleash-yggdrasil` engine.
+//!
+//! What it does not do (yet): PostgreSQL, streaming and delta APIs, metrics, the kill
+//! CLI, change requests, the audit chain. See `docs/flags.md`.
+//! It must not depend on the sandbox crates.
+
+pub mod server;
+pub mod store;
+pub mod token;
+pub mod wire;
+
+use std::sync::Arc;
+
+pub use server::{FrontendResponse, FrontendToggle, FrontendVariant, ServeOptions};
+pub use store::{SqliteStore, Store, StoreError, TokenRecord};
+pub use token::TokenType;
+
+/// Errors from starting or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "the initial admin token must look like `*:*.SECRET` with a secret of at least 16 characters"
+    )]
+    BadInitToken,
+    #[error("cannot draw random bytes for a new token: {0}")]
+    Random(getrandom::Error),
+    #[error("the HTTP server stopped: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Make sure an admin token exists.
+///
+/// With `init` (from `--init-admin-token` or `CORDON_FLAGS_INIT_ADMIN_TOKEN`) that token
+/// is created if no admin token exists yet; without it one is generated. Returns the
+/// generated token text, which is the only time it can be seen: only its hash is kept.
+/// Returns `None` when an admin token already existed or `init` was used.
+pub fn bootstrap_admin_token(
+    store: &dyn Store,
+    init: Option<&str>,
+) -> Result<Option<String>, Error> {
+    if store
+        .tokens()?
+        .iter()
+        .any(|t| t.token_type == TokenType::Admin)
+    {
+        return Ok(None);
+    }
+    let (text, generated) = match init {
+        Some(t) => {
+            match token::parse_scope(t) {
+                Some(("*", "*", secret)) if secret.len() >= 16 => {}
+                _ => return Err(Error::BadInitToken),
+            }
+            (t.to_owned(), false)
+        }
+        None => (token::generate("*", "*").map_err(Error::Random)?, true),
+    };
+    store.insert_token(&TokenRecord {
+        name: "admin".into(),
+        token_type: TokenType::Admin,
+        project: "*".into(),
+        environment: "*".into(),
+        hash: token::TokenHash::of(&text),
+    })?;
+    Ok(generated.then_some(text))
+}
+
+/// Serve the flag APIs on `listener` until the future is dropped or the listener fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    store: Arc<dyn Store>,
+    options: ServeOptions,
+) -> Result<(), Error> {
+    let app = server::router(store, &options)?;
+    axum::serve(listener, app).await.map_err(Error::Serve)
+}

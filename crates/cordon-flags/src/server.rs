@@ -1,0 +1,655 @@
+//! The HTTP server: Unleash client, frontend and (a subset of the) admin APIs.
+//!
+//! Handlers authenticate the `Authorization` header against the in-memory token list
+//! (hashes only), read flag state through the [`Store`] on a blocking thread, and keep
+//! one compiled [`Snapshot`] per (environment, project scope): the client-API bodies
+//! with their ETags and a yggdrasil [`EngineState`] for the frontend API. Any write
+//! through this server drops every snapshot.
+//!
+//! Not here yet: delta and streaming APIs, metrics and registration, the rest of the
+//! admin API, change propagation between replicas.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use unleash_types::client_features::{ClientFeatures, Context};
+use unleash_yggdrasil::{EngineState, UpdateMessage};
+
+use crate::store::{Store, StoreError, TokenRecord};
+use crate::token::{self, TokenHash, TokenType};
+
+/// Limits and knobs of the server.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Largest request body accepted by the client, frontend and token APIs.
+    pub max_body_bytes: usize,
+    /// Largest state accepted by the admin import.
+    pub max_import_bytes: usize,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 * 1024,
+            max_import_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// An error answered to the client as `{"error": "..."}` with a 4xx or 5xx status.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UnknownEnvironment(_) => ApiError::bad_request(e.to_string()),
+            e => {
+                tracing::error!(error = %e, "flag store failed");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
+        }
+    }
+}
+
+/// The compiled state of one (environment, project scope).
+struct Snapshot {
+    engine: EngineState,
+    /// Segments as a top-level list (clients with spec >= 4.2.0).
+    with_segments: Body,
+    /// Segment constraints copied into each strategy (older clients).
+    inlined: Body,
+}
+
+struct Body {
+    state: ClientFeatures,
+    json: Bytes,
+    etag: String,
+}
+
+impl Body {
+    fn new(state: ClientFeatures) -> Self {
+        let json = Bytes::from(crate::wire::to_vec(&state));
+        let digest = Sha256::digest(&json);
+        let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+        Self {
+            state,
+            json,
+            etag: format!("W/\"{hex}\""),
+        }
+    }
+}
+
+#[derive(Default)]
+struct SnapshotCache {
+    /// Bumped by every write; a snapshot built from an older generation is not kept.
+    generation: u64,
+    map: HashMap<(String, String), Arc<Snapshot>>,
+}
+
+struct AppState {
+    store: Arc<dyn Store>,
+    tokens: RwLock<Arc<Vec<TokenRecord>>>,
+    cache: Mutex<SnapshotCache>,
+}
+
+type Shared = Arc<AppState>;
+
+impl AppState {
+    fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        allowed: &[TokenType],
+    ) -> Result<TokenRecord, ApiError> {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing Authorization header; send an API token",
+            ));
+        };
+        let presented = value.to_str().unwrap_or("");
+        let presented = presented.strip_prefix("Bearer ").unwrap_or(presented);
+        let tokens = self
+            .tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(record) = token::find(&tokens, presented) else {
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid API token"));
+        };
+        if !allowed.contains(&record.token_type) {
+            let names: Vec<&str> = allowed.iter().map(|t| t.as_str()).collect();
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "this endpoint needs a {} token; this one is a {} token",
+                    names.join(" or "),
+                    record.token_type.as_str()
+                ),
+            ));
+        }
+        Ok(record.clone())
+    }
+
+    fn invalidate(&self) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.generation += 1;
+        cache.map.clear();
+    }
+
+    fn reload_tokens(&self) -> Result<(), StoreError> {
+        let tokens = self.store.tokens()?;
+        *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tokens);
+        Ok(())
+    }
+
+    async fn snapshot(
+        self: &Arc<Self>,
+        environment: &str,
+        project: &str,
+    ) -> Result<Arc<Snapshot>, ApiError> {
+        let key = (environment.to_owned(), project.to_owned());
+        let generation = {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = cache.map.get(&key) {
+                return Ok(s.clone());
+            }
+            cache.generation
+        };
+        let this = self.clone();
+        let (env, proj) = key.clone();
+        let snapshot = blocking(move || -> Result<Snapshot, ApiError> {
+            let state = this.store.client_state(&env, &proj)?;
+            let engine = EngineState::default();
+            if let Some(warnings) = engine.take_state(UpdateMessage::FullResponse(state.clone())) {
+                for w in warnings {
+                    tracing::warn!(toggle = %w.toggle_name, message = %w.message, "flag does not compile");
+                }
+            }
+            Ok(Snapshot {
+                engine,
+                inlined: Body::new(inline_segments(&state)),
+                with_segments: Body::new(state),
+            })
+        })
+        .await??;
+        let snapshot = Arc::new(snapshot);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.generation == generation {
+            cache.map.insert(key, snapshot.clone());
+        }
+        Ok(snapshot)
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        tracing::error!(error = %e, "blocking task failed");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    })
+}
+
+/// Copy each referenced segment's constraints into the strategy, for clients that do
+/// not understand top-level segments. A reference to a missing segment is kept, so the
+/// strategy still cannot match in clients that do understand segments.
+fn inline_segments(state: &ClientFeatures) -> ClientFeatures {
+    let segments: HashMap<i32, &Vec<_>> = state
+        .segments
+        .iter()
+        .flatten()
+        .map(|s| (s.id, &s.constraints))
+        .collect();
+    let mut out = state.clone();
+    out.segments = None;
+    for strategy in out
+        .features
+        .iter_mut()
+        .flat_map(|f| f.strategies.iter_mut().flatten())
+    {
+        let Some(ids) = strategy.segments.take() else {
+            continue;
+        };
+        let mut missing = Vec::new();
+        for id in ids {
+            match segments.get(&id) {
+                Some(c) => strategy
+                    .constraints
+                    .get_or_insert_with(Vec::new)
+                    .extend(c.iter().cloned()),
+                None => missing.push(id),
+            }
+        }
+        if !missing.is_empty() {
+            strategy.segments = Some(missing);
+        }
+    }
+    out
+}
+
+/// Whether the client declared `Unleash-Client-Spec` >= 4.2.0 (understands segments).
+fn understands_segments(headers: &HeaderMap) -> bool {
+    let Some(v) = headers
+        .get("unleash-client-spec")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mut parts = v.trim().split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let version = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    version >= (4, 2, 0)
+}
+
+fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|candidate| candidate == etag || candidate == "*")
+}
+
+/// Parse a JSON body, turning every failure into a precise 400/413.
+fn parse_json<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(T, Bytes), ApiError> {
+    let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("request body is not valid: {e}")))?;
+    Ok((value, body))
+}
+
+/// Names of fields in `original` that deserializing into the Unleash model dropped,
+/// as JSON paths. The import is rejected when there are any: a misspelt `strategies`
+/// would otherwise import a flag that is on for everyone.
+fn dropped_fields(
+    original: &serde_json::Value,
+    kept: &serde_json::Value,
+    path: &str,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    match (original, kept) {
+        (Value::Object(o), Value::Object(k)) => {
+            for (key, v) in o {
+                let p = format!("{path}.{key}");
+                match k.get(key) {
+                    Some(kv) => dropped_fields(v, kv, &p, out),
+                    None if v.is_null() => {}
+                    None => out.push(p),
+                }
+            }
+        }
+        (Value::Array(o), Value::Array(k)) => {
+            for (i, (ov, kv)) in o.iter().zip(k).enumerate() {
+                dropped_fields(ov, kv, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+pub(crate) fn router(store: Arc<dyn Store>, options: &ServeOptions) -> Result<Router, StoreError> {
+    let state = Arc::new(AppState {
+        tokens: RwLock::new(Arc::new(store.tokens()?)),
+        store,
+        cache: Mutex::new(SnapshotCache::default()),
+    });
+    let admin = Router::new()
+        .route("/api/admin/state/import", post(admin_import))
+        .route("/api/admin/state/export", get(admin_export))
+        .layer(DefaultBodyLimit::max(options.max_import_bytes));
+    let rest = Router::new()
+        .route(
+            "/health",
+            get(|| async { Json(serde_json::json!({"health": "GOOD"})) }),
+        )
+        .route("/api/admin/api-tokens", post(admin_create_token))
+        .route("/api/client/features", get(client_features))
+        .route("/api/client/features/{name}", get(client_feature))
+        .route("/api/frontend", get(frontend_get).post(frontend_post))
+        .layer(DefaultBodyLimit::max(options.max_body_bytes));
+    Ok(admin
+        .merge(rest)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(state))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvironmentQuery {
+    environment: String,
+}
+
+async fn admin_import(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<EnvironmentQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    app.authenticate(&headers, &[TokenType::Admin])?;
+    let (state, raw): (ClientFeatures, Bytes) = parse_json(body)?;
+    let original: serde_json::Value = serde_json::from_slice(&raw)
+        .map_err(|e| ApiError::bad_request(format!("request body is not valid: {e}")))?;
+    let kept = crate::wire::to_value(&state);
+    let mut dropped = Vec::new();
+    dropped_fields(&original, &kept, "$", &mut dropped);
+    if !dropped.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "unknown fields in the state: {}",
+            dropped.join(", ")
+        )));
+    }
+    let a = app.clone();
+    blocking(move || a.store.import_state(&q.environment, &state)).await??;
+    app.invalidate();
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn admin_export(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<EnvironmentQuery>,
+) -> Result<Response, ApiError> {
+    app.authenticate(&headers, &[TokenType::Admin])?;
+    let a = app.clone();
+    let envs = blocking(move || a.store.environments()).await??;
+    if !envs.contains(&q.environment) {
+        return Err(StoreError::UnknownEnvironment(q.environment).into());
+    }
+    let snapshot = app.snapshot(&q.environment, "*").await?;
+    Ok(json_response(&snapshot.with_segments))
+}
+
+fn json_response(body: &Body) -> Response {
+    let mut resp = (StatusCode::OK, body.json.clone()).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&body.etag) {
+        h.insert(header::ETAG, v);
+    }
+    resp
+}
+
+async fn client_features(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let token = app.authenticate(&headers, &[TokenType::Client])?;
+    let snapshot = app.snapshot(&token.environment, &token.project).await?;
+    let body = if understands_segments(&headers) {
+        &snapshot.with_segments
+    } else {
+        &snapshot.inlined
+    };
+    if etag_matches(&headers, &body.etag) {
+        let mut resp = StatusCode::NOT_MODIFIED.into_response();
+        if let Ok(v) = HeaderValue::from_str(&body.etag) {
+            resp.headers_mut().insert(header::ETAG, v);
+        }
+        return Ok(resp);
+    }
+    Ok(json_response(body))
+}
+
+async fn client_feature(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let token = app.authenticate(&headers, &[TokenType::Client])?;
+    let snapshot = app.snapshot(&token.environment, &token.project).await?;
+    let body = if understands_segments(&headers) {
+        &snapshot.with_segments
+    } else {
+        &snapshot.inlined
+    };
+    body.state
+        .features
+        .iter()
+        .find(|f| f.name == name)
+        .map(|f| Json(crate::wire::to_value(f)))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no flag named {name:?} in this token's scope"),
+            )
+        })
+}
+
+/// Unleash's frontend API response.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct FrontendResponse {
+    pub toggles: Vec<FrontendToggle>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FrontendToggle {
+    pub name: String,
+    pub enabled: bool,
+    pub variant: FrontendVariant,
+    pub impression_data: bool,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct FrontendVariant {
+    pub name: String,
+    pub enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<unleash_types::client_features::Payload>,
+}
+
+async fn frontend_eval(
+    app: Shared,
+    headers: HeaderMap,
+    context: Context,
+) -> Result<Json<FrontendResponse>, ApiError> {
+    let token = app.authenticate(&headers, &[TokenType::Frontend])?;
+    let snapshot = app.snapshot(&token.environment, &token.project).await?;
+    let resolved = snapshot
+        .engine
+        .resolve_all(&context, &None)
+        .unwrap_or_default();
+    let mut toggles: Vec<FrontendToggle> = resolved
+        .into_iter()
+        .filter(|(_, t)| t.enabled)
+        .map(|(name, t)| FrontendToggle {
+            name,
+            enabled: true,
+            variant: FrontendVariant {
+                name: t.variant.name,
+                enabled: t.variant.enabled,
+                payload: t.variant.payload,
+            },
+            impression_data: t.impression_data,
+        })
+        .collect();
+    toggles.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(FrontendResponse { toggles }))
+}
+
+async fn frontend_get(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Json<FrontendResponse>, ApiError> {
+    // Unleash accepts both `properties[key]=v` and bare `key=v` for custom properties.
+    let mut map = serde_json::Map::new();
+    let mut properties = serde_json::Map::new();
+    for (k, v) in params {
+        match k
+            .strip_prefix("properties[")
+            .and_then(|k| k.strip_suffix(']'))
+        {
+            Some(p) => properties.insert(p.to_owned(), v.into()),
+            None => map.insert(k, v.into()),
+        };
+    }
+    if !properties.is_empty() {
+        map.insert("properties".into(), properties.into());
+    }
+    let context: Context = serde_json::from_value(map.into())
+        .map_err(|e| ApiError::bad_request(format!("invalid context: {e}")))?;
+    frontend_eval(app, headers, context).await
+}
+
+async fn frontend_post(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<FrontendResponse>, ApiError> {
+    let (context, _): (Context, _) = parse_json(body)?;
+    frontend_eval(app, headers, context).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CreateToken {
+    #[serde(alias = "username")]
+    token_name: String,
+    #[serde(rename = "type")]
+    token_type: String,
+    environment: Option<String>,
+    project: Option<String>,
+    projects: Option<Vec<String>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CreatedToken {
+    secret: String,
+    token_name: String,
+    #[serde(rename = "type")]
+    token_type: &'static str,
+    project: String,
+    projects: Vec<String>,
+    environment: String,
+}
+
+async fn admin_create_token(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    app.authenticate(&headers, &[TokenType::Admin])?;
+    let (req, _): (CreateToken, _) = parse_json(body)?;
+    let token_type = TokenType::parse(&req.token_type).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "unknown token type {:?}; use client, frontend or admin",
+            req.token_type
+        ))
+    })?;
+    let project = match (req.project, req.projects.as_deref()) {
+        (Some(p), None) => p,
+        (None, Some([p])) => p.clone(),
+        (None, None) => "*".to_owned(),
+        (None, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "a token scoped to several projects is not supported yet; give one project or \"*\"",
+            ));
+        }
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give either project or projects, not both",
+            ));
+        }
+    };
+    let environment = match token_type {
+        TokenType::Admin => {
+            if req.environment.as_deref().is_some_and(|e| e != "*") || project != "*" {
+                return Err(ApiError::bad_request(
+                    "admin tokens cover every project and environment; omit environment and project",
+                ));
+            }
+            "*".to_owned()
+        }
+        _ => req.environment.ok_or_else(|| {
+            ApiError::bad_request("client and frontend tokens need an environment")
+        })?,
+    };
+    if project.contains([':', '.']) || environment.contains([':', '.']) {
+        return Err(ApiError::bad_request(
+            "project and environment names cannot contain ':' or '.'",
+        ));
+    }
+    let a = app.clone();
+    let env = environment.clone();
+    let envs = blocking(move || a.store.environments()).await??;
+    if env != "*" && !envs.contains(&env) {
+        return Err(StoreError::UnknownEnvironment(env).into());
+    }
+    let secret = token::generate(&project, &environment).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot draw random bytes: {e}"),
+        )
+    })?;
+    let record = TokenRecord {
+        name: req.token_name.clone(),
+        token_type,
+        project: project.clone(),
+        environment: environment.clone(),
+        hash: TokenHash::of(&secret),
+    };
+    let a = app.clone();
+    blocking(move || {
+        a.store.insert_token(&record)?;
+        a.reload_tokens()
+    })
+    .await??;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            secret,
+            token_name: req.token_name,
+            token_type: token_type.as_str(),
+            projects: vec![project.clone()],
+            project,
+            environment,
+        }),
+    ))
+}
