@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -361,13 +361,21 @@ struct EnvironmentQuery {
     environment: String,
 }
 
+fn environment_query(
+    q: Result<Query<EnvironmentQuery>, QueryRejection>,
+) -> Result<EnvironmentQuery, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request(format!("{}; pass ?environment=NAME", e.body_text())))
+}
+
 async fn admin_import(
     State(app): State<Shared>,
     headers: HeaderMap,
-    Query(q): Query<EnvironmentQuery>,
+    q: Result<Query<EnvironmentQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
     app.authenticate(&headers, &[TokenType::Admin])?;
+    let q = environment_query(q)?;
     let (state, raw): (ClientFeatures, Bytes) = parse_json(body)?;
     let original: serde_json::Value = serde_json::from_slice(&raw)
         .map_err(|e| ApiError::bad_request(format!("request body is not valid: {e}")))?;
@@ -389,9 +397,10 @@ async fn admin_import(
 async fn admin_export(
     State(app): State<Shared>,
     headers: HeaderMap,
-    Query(q): Query<EnvironmentQuery>,
+    q: Result<Query<EnvironmentQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     app.authenticate(&headers, &[TokenType::Admin])?;
+    let q = environment_query(q)?;
     let a = app.clone();
     let envs = blocking(move || a.store.environments()).await??;
     if !envs.contains(&q.environment) {

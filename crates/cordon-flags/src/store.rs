@@ -517,3 +517,115 @@ impl Store for SqliteStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::TokenHash;
+
+    #[test]
+    fn state_and_tokens_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flags.db");
+        let state: ClientFeatures = serde_json::from_value(serde_json::json!({
+            "version": 2,
+            "features": [{"name": "a", "enabled": true, "project": "p",
+                "strategies": [{"name": "flexibleRollout", "parameters": {"rollout": "50"}}],
+                "dependencies": [{"feature": "b", "enabled": false}]},
+                {"name": "b", "enabled": false}]
+        }))
+        .unwrap();
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            store.import_state("production", &state).unwrap();
+            store
+                .insert_token(&TokenRecord {
+                    name: "t".into(),
+                    token_type: TokenType::Client,
+                    project: "*".into(),
+                    environment: "production".into(),
+                    hash: TokenHash::of("*:production.s"),
+                })
+                .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.environments().unwrap(), ["development", "production"]);
+        let back = store.client_state("production", "*").unwrap();
+        assert_eq!(back.features.len(), 2);
+        assert_eq!(back.features[0].project.as_deref(), Some("p"));
+        assert_eq!(
+            back.features[0].dependencies.as_ref().unwrap()[0].feature,
+            "b"
+        );
+        assert!(
+            store
+                .client_state("development", "*")
+                .unwrap()
+                .features
+                .is_empty()
+        );
+        assert!(
+            store
+                .client_state("production", "default")
+                .unwrap()
+                .features
+                .len()
+                == 1
+        );
+        assert_eq!(
+            store.tokens().unwrap()[0].hash,
+            TokenHash::of("*:production.s")
+        );
+        let version: i64 = store
+            .conn()
+            .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flags.db");
+        drop(SqliteStore::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .execute("INSERT INTO schema_migrations (version) VALUES (999)", [])
+            .unwrap();
+        assert!(matches!(
+            SqliteStore::open(&path),
+            Err(StoreError::SchemaTooNew { found: 999, .. })
+        ));
+    }
+
+    #[test]
+    fn a_failed_import_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("flags.db")).unwrap();
+        let state: ClientFeatures = serde_json::from_value(serde_json::json!({
+            "version": 2, "features": [{"name": "a", "enabled": true}]
+        }))
+        .unwrap();
+        store.import_state("development", &state).unwrap();
+        assert!(matches!(
+            store.import_state("nowhere", &state),
+            Err(StoreError::UnknownEnvironment(_))
+        ));
+        // Duplicate names violate the primary key half-way through: rolled back whole.
+        let dup: ClientFeatures = serde_json::from_value(serde_json::json!({
+            "version": 2, "features": [{"name": "c", "enabled": true}, {"name": "c", "enabled": false}]
+        }))
+        .unwrap();
+        assert!(store.import_state("development", &dup).is_err());
+        let names: Vec<String> = store
+            .client_state("development", "*")
+            .unwrap()
+            .features
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        assert_eq!(names, ["a"]);
+    }
+}

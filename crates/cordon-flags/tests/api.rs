@@ -1,0 +1,305 @@
+//! Authentication, scoping, caching and bad-input behaviour of the HTTP APIs.
+
+mod common;
+
+use common::ADMIN;
+use serde_json::json;
+
+fn state(flag: &str, enabled: bool) -> serde_json::Value {
+    json!({
+        "version": 2,
+        "features": [{
+            "name": flag,
+            "enabled": enabled,
+            "strategies": [{"name": "default", "parameters": {}, "segments": [7]}]
+        }],
+        "segments": [{"id": 7, "constraints": [
+            {"contextName": "userId", "operator": "IN", "values": ["alice"]}
+        ]}]
+    })
+}
+
+fn names(r: &common::Response) -> Vec<String> {
+    r.json()["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn bad_tokens_get_401_and_wrong_types_403() {
+    let s = common::start().await;
+    let r = s.request("GET", "/api/client/features", &[], None).await;
+    assert_eq!(r.status, 401);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("Authorization")
+    );
+    for bad in [
+        "*:*.test-admin-secret-012345678",
+        "nonsense",
+        "default:development.x",
+        &"a".repeat(10_000),
+    ] {
+        let r = s.get("/api/client/features", bad, &[]).await;
+        assert_eq!(r.status, 401, "{bad:.40}");
+        assert_eq!(r.json()["error"], "invalid API token");
+    }
+    let frontend = s.create_token("frontend", "*", "development").await;
+    assert_eq!(
+        s.get("/api/client/features", &frontend, &[]).await.status,
+        403
+    );
+    let client = s.create_token("client", "*", "development").await;
+    let r = s.post_json("/api/frontend", &client, &json!({})).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(s.import("development", &state("x", true)).await.status, 202);
+    let r = s
+        .post_json(
+            "/api/admin/state/import?environment=development",
+            &client,
+            &state("x", true),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+}
+
+#[tokio::test]
+async fn a_client_token_sees_only_its_environment_and_project() {
+    let s = common::start().await;
+    assert_eq!(
+        s.import("development", &state("dev-only", true))
+            .await
+            .status,
+        202
+    );
+    let mut prod = state("prod-only", true);
+    prod["features"][0]["project"] = json!("payments");
+    assert_eq!(s.import("production", &prod).await.status, 202);
+
+    let dev = s.create_token("client", "*", "development").await;
+    let prod_token = s.create_token("client", "*", "production").await;
+    let other_project = s.create_token("client", "default", "production").await;
+    assert_eq!(
+        names(&s.get("/api/client/features", &dev, &[]).await),
+        ["dev-only"]
+    );
+    assert_eq!(
+        names(&s.get("/api/client/features", &prod_token, &[]).await),
+        ["prod-only"]
+    );
+    assert!(names(&s.get("/api/client/features", &other_project, &[]).await).is_empty());
+    assert_eq!(
+        s.get("/api/client/features/prod-only", &dev, &[])
+            .await
+            .status,
+        404
+    );
+    let r = s.get("/api/client/features/dev-only", &dev, &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["name"], "dev-only");
+
+    // A token text naming another environment is still only what it was issued for.
+    let forged = prod_token.replacen("production", "development", 1);
+    assert_eq!(
+        s.get("/api/client/features", &forged, &[]).await.status,
+        401
+    );
+}
+
+#[tokio::test]
+async fn etag_gives_304_until_the_state_changes() {
+    let s = common::start().await;
+    assert_eq!(s.import("development", &state("f", true)).await.status, 202);
+    let client = s.create_token("client", "*", "development").await;
+    let first = s.get("/api/client/features", &client, &[]).await;
+    let etag = first.header("etag").expect("ETag header").to_owned();
+    let again = s
+        .get("/api/client/features", &client, &[("If-None-Match", &etag)])
+        .await;
+    assert_eq!(again.status, 304);
+    assert!(again.body.is_empty());
+
+    assert_eq!(
+        s.import("development", &state("f", false)).await.status,
+        202
+    );
+    let changed = s
+        .get("/api/client/features", &client, &[("If-None-Match", &etag)])
+        .await;
+    assert_eq!(changed.status, 200);
+    assert_eq!(changed.json()["features"][0]["enabled"], false);
+    assert_ne!(changed.header("etag").unwrap(), etag);
+}
+
+#[tokio::test]
+async fn segments_are_inlined_for_clients_older_than_spec_4_2() {
+    let s = common::start().await;
+    assert_eq!(s.import("development", &state("f", true)).await.status, 202);
+    let client = s.create_token("client", "*", "development").await;
+    for old in [None, Some("4.1.9"), Some("3.3.0")] {
+        let headers: Vec<(&str, &str)> = old
+            .map(|v| ("Unleash-Client-Spec", v))
+            .into_iter()
+            .collect();
+        let r = s
+            .get("/api/client/features", &client, &headers)
+            .await
+            .json();
+        assert!(r.get("segments").is_none(), "{old:?}");
+        let strategy = &r["features"][0]["strategies"][0];
+        assert!(strategy.get("segments").is_none());
+        assert_eq!(strategy["constraints"][0]["values"][0], "alice");
+    }
+    let r = s
+        .get(
+            "/api/client/features",
+            &client,
+            &[("Unleash-Client-Spec", "4.2.0")],
+        )
+        .await
+        .json();
+    assert_eq!(r["segments"][0]["id"], 7);
+    assert_eq!(r["features"][0]["strategies"][0]["segments"][0], 7);
+    assert!(
+        r["features"][0]["strategies"][0]["constraints"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn frontend_get_and_post_evaluate_the_context() {
+    let s = common::start().await;
+    assert_eq!(s.import("development", &state("f", true)).await.status, 202);
+    let token = s.create_token("frontend", "*", "development").await;
+    let on = s
+        .get("/api/frontend?userId=alice", &token, &[])
+        .await
+        .json();
+    assert_eq!(on["toggles"][0]["name"], "f");
+    assert_eq!(on["toggles"][0]["variant"]["name"], "disabled");
+    let off = s.get("/api/frontend?userId=bob", &token, &[]).await.json();
+    assert_eq!(off["toggles"], json!([]));
+    let on = s
+        .post_json(
+            "/api/frontend",
+            &token,
+            &json!({"context": {"userId": "alice"}}),
+        )
+        .await;
+    assert_eq!(on.json()["toggles"][0]["enabled"], true);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_precise_4xx() {
+    let s = common::start().await;
+    let r = s
+        .request(
+            "POST",
+            "/api/admin/state/import?environment=development",
+            &[("Authorization", ADMIN)],
+            Some(b"{\"version\": 2, \"features\": ["),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("not valid"),
+        "{:?}",
+        r.json()
+    );
+
+    let mut typo = state("f", true);
+    typo["features"][0]["strategy"] = typo["features"][0]["strategies"].take();
+    typo["features"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("strategies");
+    let r = s.import("development", &typo).await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("$.features[0].strategy"),
+        "{:?}",
+        r.json()
+    );
+
+    let r = s.import("staging", &state("f", true)).await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"].as_str().unwrap().contains("staging"));
+    let r = s.get("/api/admin/state/export", ADMIN, &[]).await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"].as_str().unwrap().contains("environment"));
+
+    let r = s.post_json("/api/admin/api-tokens", ADMIN, &json!({"tokenName": "t", "type": "client", "environment": "development", "colour": "red"})).await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"].as_str().unwrap().contains("colour"));
+    let r = s
+        .post_json(
+            "/api/admin/api-tokens",
+            ADMIN,
+            &json!({"tokenName": "t", "type": "client"}),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+
+    let frontend = s.create_token("frontend", "*", "development").await;
+    let r = s
+        .request(
+            "POST",
+            "/api/frontend",
+            &[("Authorization", &frontend)],
+            Some(b"[1,2"),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let big = format!("{{\"userId\": \"{}\"}}", "x".repeat(100 * 1024));
+    let r = s
+        .request(
+            "POST",
+            "/api/frontend",
+            &[("Authorization", &frontend)],
+            Some(big.as_bytes()),
+        )
+        .await;
+    assert_eq!(r.status, 413);
+    assert!(r.json()["error"].is_string());
+    assert_eq!(s.get("/api/nope", ADMIN, &[]).await.status, 404);
+}
+
+#[tokio::test]
+async fn export_returns_what_was_imported() {
+    let s = common::start().await;
+    let mut st = state("f", true);
+    st["features"][0]["strategies"][0]["constraints"] =
+        json!([{"contextName": "x", "operator": "SOME_FUTURE_OPERATOR", "values": ["1"]}]);
+    assert_eq!(s.import("production", &st).await.status, 202);
+    let out = s
+        .get("/api/admin/state/export?environment=production", ADMIN, &[])
+        .await
+        .json();
+    assert_eq!(out["features"][0]["name"], "f");
+    assert_eq!(
+        out["features"][0]["strategies"][0]["constraints"][0]["operator"],
+        "SOME_FUTURE_OPERATOR"
+    );
+    assert_eq!(out["segments"][0]["id"], 7);
+    // The export imports again unchanged.
+    assert_eq!(s.import("development", &out).await.status, 202);
+    let dev = s
+        .get(
+            "/api/admin/state/export?environment=development",
+            ADMIN,
+            &[],
+        )
+        .await
+        .json();
+    assert_eq!(dev, out);
+}
