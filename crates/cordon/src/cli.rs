@@ -76,6 +76,9 @@ enum Cmd {
     Fork(ForkArgs),
     /// Delete a workspace and all its changes and snapshots.
     Discard(DiscardArgs),
+    /// FeatureOps: the Unleash-compatible feature flag server.
+    #[command(subcommand)]
+    Flags(crate::cmd_flags::FlagsCmd),
 }
 
 #[derive(Subcommand)]
@@ -280,6 +283,15 @@ pub fn main() -> i32 {
     let out = Out::new(cli.color);
     let cmd = match cli.cmd {
         Cmd::Run(a) => return crate::cmd_session::run_cmd(*a, &out),
+        Cmd::Flags(f) => {
+            return match crate::cmd_flags::run(f) {
+                Ok(code) => code,
+                Err(e) => {
+                    out.error(&e.to_string());
+                    1
+                }
+            };
+        }
         Cmd::Policy(p) => {
             return match crate::cmd_policy::run(p) {
                 Ok(code) => code,
@@ -332,7 +344,7 @@ fn filters(paths: &[OsString]) -> Result<Vec<Vec<u8>>, CliError> {
 fn run(cmd: Cmd, out: &Out) -> CmdResult {
     use crate::cmd_session as cs;
     match cmd {
-        Cmd::Run(_) | Cmd::Policy(_) => unreachable!("handled in main"),
+        Cmd::Run(_) | Cmd::Policy(_) | Cmd::Flags(_) => unreachable!("handled in main"),
         Cmd::Sessions(a) => Ok(cs::sessions_cmd(a.json, out)?),
         Cmd::Log(a) => Ok(cs::log_cmd(a, out)?),
         Cmd::Pending(a) => Ok(crate::cmd_net::pending_cmd(a, out)?),

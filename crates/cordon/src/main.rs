@@ -1,6 +1,7 @@
 //! The `cordon` command line. Parsing, output and exit codes only; the work is in the library crates.
 
 mod cli;
+mod cmd_flags;
 mod cmd_net;
 mod cmd_policy;
 mod cmd_session;
