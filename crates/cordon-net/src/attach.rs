@@ -89,13 +89,22 @@ impl Attached {
         self.gateway.stats()
     }
 
-    /// Stops the stack, every connection and the control socket.
+    /// Stops the stack and the control socket and returns the final
+    /// counters. The runtime (with every connection still in it) is torn down
+    /// on a thread of its own: dropping the TAP device's descriptor makes the
+    /// kernel unregister the device, which takes 10-20 ms the caller need not
+    /// wait for. Events emitted meanwhile are the caller's to discard.
     pub fn shutdown(self) -> GatewayStats {
-        let stats = self.gateway.stats();
         self.stack.stop();
         let _ = std::fs::remove_file(&self.control);
-        self.rt
-            .shutdown_timeout(std::time::Duration::from_millis(500));
+        let stats = self.gateway.stats();
+        let Attached { rt, stack, .. } = self;
+        let _ = std::thread::Builder::new()
+            .name("cordon-gateway-down".into())
+            .spawn(move || {
+                drop(stack);
+                rt.shutdown_timeout(std::time::Duration::from_millis(500));
+            });
         stats
     }
 }

@@ -58,8 +58,13 @@ pub fn serve(gateway: Arc<Gateway>, path: &Path) -> std::io::Result<()> {
     let me = current_uid();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(_) => {
+                    // Out of descriptors, say: wait instead of spinning.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
             };
             let allowed = stream
                 .peer_cred()

@@ -178,6 +178,8 @@ pub struct EventBudget {
     events: std::sync::atomic::AtomicU64,
     bytes: std::sync::atomic::AtomicU64,
     suppressed: std::sync::atomic::AtomicU64,
+    /// Set when the session ends: nothing more goes into its log.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl EventBudget {
@@ -186,6 +188,9 @@ impl EventBudget {
         mut data: serde_json::Map<String, serde_json::Value>,
     ) -> Option<serde_json::Map<String, serde_json::Value>> {
         use std::sync::atomic::Ordering::Relaxed;
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
         let mut size = 0u64;
         for v in data.values_mut() {
             cut_strings(v);
@@ -198,6 +203,12 @@ impl EventBudget {
             return None;
         }
         Some(data)
+    }
+
+    /// No more events: the session's log is being closed.
+    pub fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Events not written because the budget ran out.

@@ -598,10 +598,29 @@ fn run_mounted(ctx: &Ctx<'_>, mounting: PendingMount) -> Result<Summary, Session
     let fresh = opts.resume.is_none();
     let mnt = ctx.dir.join("mnt");
     let scratch = ctx.dir.join("root");
+    let policy = &opts.policy;
+    // The gateway (CA, roots, secrets) is made while the workspace mounts.
+    let net = if crate::network::enabled(policy) {
+        let policy_dir = opts
+            .policy_path
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| project.to_path_buf());
+        Some(crate::network::prepare(
+            policy,
+            &policy_dir,
+            &id,
+            &ctx.placeholder_nonce,
+            &ctx.dir,
+            sink.clone(),
+        )?)
+    } else {
+        None
+    };
     let mounted = mounting.wait()?;
     tracing::debug!("workspace mounted");
 
-    let policy = &opts.policy;
     let home = opts
         .host_env
         .iter()
@@ -672,26 +691,9 @@ fn run_mounted(ctx: &Ctx<'_>, mounting: PendingMount) -> Result<Summary, Session
             writable: m.writable,
         });
     }
-    let net = if crate::network::enabled(policy) {
-        let policy_dir = opts
-            .policy_path
-            .as_deref()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| project.to_path_buf());
-        let net = crate::network::prepare(
-            policy,
-            &policy_dir,
-            &id,
-            &ctx.placeholder_nonce,
-            &ctx.dir,
-            sink.clone(),
-        )?;
+    if let Some(net) = &net {
         mounts.extend(net.mounts.iter().cloned());
-        Some(net)
-    } else {
-        None
-    };
+    }
     let cwd = if opts.cwd.starts_with(project) {
         opts.cwd.clone()
     } else {
@@ -912,6 +914,7 @@ fn run_mounted(ctx: &Ctx<'_>, mounting: PendingMount) -> Result<Summary, Session
     });
 
     let ended = running.wait();
+    tracing::debug!("sandbox ended");
     drop(done_tx);
     if let Some(t) = timer {
         let _ = t.join();
@@ -924,7 +927,11 @@ fn run_mounted(ctx: &Ctx<'_>, mounting: PendingMount) -> Result<Summary, Session
     }
     relay.finish();
     let net_stats = gateway.map(|g| g.shutdown());
-    let net_suppressed = net_budget.map_or(0, |b| b.suppressed());
+    let net_suppressed = net_budget.map_or(0, |b| {
+        b.close();
+        b.suppressed()
+    });
+    tracing::debug!("agent ended; gateway stopped");
     let ended = ended?;
     let events_suppressed = ended.events_suppressed + net_suppressed;
     let unmounted = mounted.unmount();

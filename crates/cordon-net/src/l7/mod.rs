@@ -541,17 +541,24 @@ impl Gateway {
         );
     }
 
-    async fn passthrough<S>(self: &Arc<Self>, id: u64, host: &str, port: u16, io: S)
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    /// `io` counted (this connection's bytes and the gateway's) and closed
+    /// when idle for too long.
+    fn metered<S>(&self, io: S) -> (Arc<ByteCounts>, Metered<S>) {
         let counts = Arc::new(ByteCounts::default());
-        let mut io = Metered::new(
+        let io = Metered::new(
             io,
             counts.clone(),
             self.counters.bytes.clone(),
             self.limits.idle_timeout,
         );
+        (counts, io)
+    }
+
+    async fn passthrough<S>(self: &Arc<Self>, id: u64, host: &str, port: u16, io: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (counts, mut io) = self.metered(io);
         let mut upstream = match self.upstream.dial(host, port).await {
             Ok(s) => s,
             Err(e) => {
@@ -567,13 +574,7 @@ impl Gateway {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let counts = Arc::new(ByteCounts::default());
-        let mut io = Metered::new(
-            io,
-            counts.clone(),
-            self.counters.bytes.clone(),
-            self.limits.idle_timeout,
-        );
+        let (counts, mut io) = self.metered(io);
         let sniffed = tokio::time::timeout(self.limits.first_bytes_timeout, sniff(&mut io)).await;
         let (kind, prefix) = match sniffed {
             Ok(Ok(x)) => x,
