@@ -2,14 +2,16 @@
 //! the official Unleash SDKs work against it unchanged.
 //!
 //! - [`store`]: the [`Store`] trait and its embedded SQLite implementation.
+//! - [`audit`]: the hash-chained, append-only log of every change, and its verifier.
 //! - [`token`]: API tokens in the Unleash format, hashed at rest, compared in constant time.
 //! - [`serve`]: the HTTP server (client, frontend and part of the admin API), evaluating
 //!   flags with the `unleash-yggdrasil` engine.
 //!
 //! What it does not do (yet): PostgreSQL, streaming and delta APIs, metrics, the kill
-//! CLI, change requests, the audit chain. See `docs/flags.md`.
+//! CLI, change requests. See `docs/flags.md`.
 //! It must not depend on the sandbox crates.
 
+pub mod audit;
 pub mod server;
 pub mod store;
 pub mod token;
@@ -17,8 +19,9 @@ pub mod wire;
 
 use std::sync::Arc;
 
+pub use audit::Actor;
 pub use server::{FrontendResponse, FrontendToggle, FrontendVariant, ServeOptions};
-pub use store::{SqliteStore, Store, StoreError, TokenRecord};
+pub use store::{FeatureSummary, NewFeature, SqliteStore, Store, StoreError, TokenRecord};
 pub use token::TokenType;
 
 /// Errors from starting or running the server.
@@ -63,13 +66,16 @@ pub fn bootstrap_admin_token(
         }
         None => (token::generate("*", "*").map_err(Error::Random)?, true),
     };
-    store.insert_token(&TokenRecord {
-        name: "admin".into(),
-        token_type: TokenType::Admin,
-        project: "*".into(),
-        environment: "*".into(),
-        hash: token::TokenHash::of(&text),
-    })?;
+    store.insert_token(
+        &TokenRecord {
+            name: "admin".into(),
+            token_type: TokenType::Admin,
+            project: "*".into(),
+            environment: "*".into(),
+            hash: token::TokenHash::of(&text),
+        },
+        &Actor::system(),
+    )?;
     Ok(generated.then_some(text))
 }
 

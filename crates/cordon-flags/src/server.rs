@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 use unleash_types::client_features::{ClientFeatures, Context};
 use unleash_yggdrasil::{EngineState, UpdateMessage};
 
+use crate::audit::Actor;
 use crate::store::{Store, StoreError, TokenRecord};
 use crate::token::{self, TokenHash, TokenType};
 
@@ -78,6 +79,10 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::UnknownEnvironment(_) => ApiError::bad_request(e.to_string()),
+            StoreError::UnknownProject(_) | StoreError::UnknownFlag { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+            }
+            StoreError::FlagExists(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
             e => {
                 tracing::error!(error = %e, "flag store failed");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
@@ -345,6 +350,7 @@ pub(crate) fn router(store: Arc<dyn Store>, options: &ServeOptions) -> Result<Ro
             get(|| async { Json(serde_json::json!({"health": "GOOD"})) }),
         )
         .route("/api/admin/api-tokens", post(admin_create_token))
+        .route("/api/admin/audit/verify", get(admin_audit_verify))
         .route("/api/client/features", get(client_features))
         .route("/api/client/features/{name}", get(client_feature))
         .route("/api/frontend", get(frontend_get).post(frontend_post))
@@ -374,7 +380,7 @@ async fn admin_import(
     q: Result<Query<EnvironmentQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    app.authenticate(&headers, &[TokenType::Admin])?;
+    let who = app.authenticate(&headers, &[TokenType::Admin])?;
     let q = environment_query(q)?;
     let (state, raw): (ClientFeatures, Bytes) = parse_json(body)?;
     let original: serde_json::Value = serde_json::from_slice(&raw)
@@ -389,7 +395,11 @@ async fn admin_import(
         )));
     }
     let a = app.clone();
-    blocking(move || a.store.import_state(&q.environment, &state)).await??;
+    blocking(move || {
+        a.store
+            .import_state(&q.environment, &state, &Actor::token(&who))
+    })
+    .await??;
     app.invalidate();
     Ok(StatusCode::ACCEPTED)
 }
@@ -584,7 +594,7 @@ async fn admin_create_token(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
-    app.authenticate(&headers, &[TokenType::Admin])?;
+    let who = app.authenticate(&headers, &[TokenType::Admin])?;
     let (req, _): (CreateToken, _) = parse_json(body)?;
     let token_type = TokenType::parse(&req.token_type).ok_or_else(|| {
         ApiError::bad_request(format!(
@@ -646,7 +656,7 @@ async fn admin_create_token(
     };
     let a = app.clone();
     blocking(move || {
-        a.store.insert_token(&record)?;
+        a.store.insert_token(&record, &Actor::token(&who))?;
         a.reload_tokens()
     })
     .await??;
@@ -660,5 +670,18 @@ async fn admin_create_token(
             project,
             environment,
         }),
+    ))
+}
+
+/// `GET /api/admin/audit/verify`: the [`crate::audit::Report`] of the whole chain;
+/// `200` whether or not it is intact (the answer is the report).
+async fn admin_audit_verify(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Json<crate::audit::Report>, ApiError> {
+    app.authenticate(&headers, &[TokenType::Admin])?;
+    let a = app.clone();
+    Ok(Json(
+        blocking(move || crate::audit::verify(a.store.as_ref())).await??,
     ))
 }

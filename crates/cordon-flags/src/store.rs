@@ -16,11 +16,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use unleash_types::client_features::{
     ClientFeature, ClientFeatures, FeatureDependency, Segment, Strategy,
 };
 
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{Actor, Change, Event, GENESIS};
 use crate::token::{TokenHash, TokenType};
 
 /// Environments every new store has.
@@ -46,6 +49,12 @@ pub enum StoreError {
     },
     #[error("unknown environment {0:?}; create it first")]
     UnknownEnvironment(String),
+    #[error("unknown project {0:?}")]
+    UnknownProject(String),
+    #[error("there is no flag {flag:?} in project {project:?}")]
+    UnknownFlag { project: String, flag: String },
+    #[error("a flag named {0:?} already exists (flag names are global, archived flags included)")]
+    FlagExists(String),
     #[error("flag database error while trying to {action}: {source}")]
     Db {
         action: &'static str,
@@ -80,19 +89,72 @@ pub trait Store: Send + Sync + 'static {
     /// strategies and variants in `environment`, segments (by id) and dependencies.
     /// Features absent from `state` are removed from the environment (not deleted from
     /// other environments). Atomic: on error nothing changes.
-    fn import_state(&self, environment: &str, state: &ClientFeatures) -> Result<()>;
+    fn import_state(&self, environment: &str, state: &ClientFeatures, actor: &Actor) -> Result<()>;
     /// The state of one environment as the client API serves it (segments as a
     /// top-level list, not inlined), restricted to `project` unless it is `*`.
     fn client_state(&self, environment: &str, project: &str) -> Result<ClientFeatures>;
     /// Every stored token.
     fn tokens(&self) -> Result<Vec<TokenRecord>>;
     /// Store a new token.
-    fn insert_token(&self, token: &TokenRecord) -> Result<()>;
+    fn insert_token(&self, token: &TokenRecord, actor: &Actor) -> Result<()>;
+    /// Create a flag in `project`, disabled in every environment, without strategies.
+    fn create_feature(&self, project: &str, feature: &NewFeature, actor: &Actor) -> Result<()>;
+    /// Turn a flag on or off in one environment (creating its environment entry, with
+    /// no strategies, if it has none). Returns whether anything changed; an unchanged
+    /// state writes no event.
+    fn set_enabled(
+        &self,
+        project: &str,
+        flag: &str,
+        environment: &str,
+        enabled: bool,
+        actor: &Actor,
+    ) -> Result<bool>;
+    /// Archive a flag: it disappears from every API but its name stays taken.
+    fn archive_feature(&self, project: &str, flag: &str, actor: &Actor) -> Result<()>;
+    /// Flags of `project` that are not archived, sorted by name.
+    fn features(&self, project: &str) -> Result<Vec<FeatureSummary>>;
+    /// Every audit event, ordered by `seq`.
+    fn audit_events(&self) -> Result<Vec<Event>>;
 }
 
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+/// A flag to create through the admin API.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewFeature {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub feature_type: Option<String>,
+    pub description: Option<String>,
+    pub impression_data: bool,
+}
+
+/// A flag as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeatureSummary {
+    pub name: String,
+    pub project: String,
+    #[serde(rename = "type")]
+    pub feature_type: Option<String>,
+    pub description: Option<String>,
+    pub stale: bool,
+    pub impression_data: bool,
+    pub archived: bool,
+    pub environments: Vec<FeatureEnvironment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeatureEnvironment {
+    pub name: String,
+    pub enabled: bool,
+    pub strategy_count: usize,
+}
+
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE projects (
     name TEXT PRIMARY KEY
 );
@@ -150,7 +212,29 @@ CREATE TABLE api_tokens (
     created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+CREATE TABLE audit_events (
+    seq INTEGER PRIMARY KEY,
+    ts INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    flag TEXT,
+    environment TEXT,
+    before TEXT,
+    after TEXT,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events
+BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
+CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events
+BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
+"#,
+    ),
+];
 
 /// The embedded store: one SQLite file in WAL mode.
 pub struct SqliteStore {
@@ -255,20 +339,11 @@ impl Store for SqliteStore {
             .map_err(db("list environments"))
     }
 
-    fn import_state(&self, environment: &str, state: &ClientFeatures) -> Result<()> {
+    fn import_state(&self, environment: &str, state: &ClientFeatures, actor: &Actor) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db("begin the import"))?;
-        let known: Option<String> = tx
-            .query_row(
-                "SELECT name FROM environments WHERE name = ?1",
-                [environment],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db("look up the environment"))?;
-        if known.is_none() {
-            return Err(StoreError::UnknownEnvironment(environment.to_owned()));
-        }
+        known_environment(&tx, environment)?;
+        let before = read_client_state(&tx, environment, "*")?;
         tx.execute(
             "DELETE FROM feature_environments WHERE environment = ?1",
             [environment],
@@ -356,123 +431,23 @@ impl Store for SqliteStore {
                 .map_err(db("store a dependency"))?;
             }
         }
+        let after = read_client_state(&tx, environment, "*")?;
+        append_event(
+            &tx,
+            actor,
+            Change {
+                action: "state-imported",
+                flag: None,
+                environment: Some(environment),
+                before: Some(crate::wire::to_value(&before)),
+                after: Some(crate::wire::to_value(&after)),
+            },
+        )?;
         tx.commit().map_err(db("commit the import"))
     }
 
     fn client_state(&self, environment: &str, project: &str) -> Result<ClientFeatures> {
-        let conn = self.conn();
-        let mut features: BTreeMap<String, ClientFeature> = BTreeMap::new();
-        {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT f.name, f.project, f.type, f.description, f.stale,
-                            f.impression_data, fe.enabled, fe.variants
-                     FROM features f JOIN feature_environments fe ON fe.feature = f.name
-                     WHERE fe.environment = ?1 AND NOT f.archived
-                       AND (?2 = '*' OR f.project = ?2)",
-                )
-                .map_err(db("read the flag state"))?;
-            let mut rows = stmt
-                .query(params![environment, project])
-                .map_err(db("read features"))?;
-            while let Some(r) = rows.next().map_err(db("read features"))? {
-                let name: String = r.get(0).map_err(db("read features"))?;
-                let variants: String = r.get(7).map_err(db("read features"))?;
-                let variants: Vec<unleash_types::client_features::Variant> =
-                    from_json("feature variants", &variants)?;
-                features.insert(
-                    name.clone(),
-                    ClientFeature {
-                        name,
-                        project: Some(r.get(1).map_err(db("read features"))?),
-                        feature_type: r.get(2).map_err(db("read features"))?,
-                        description: r.get(3).map_err(db("read features"))?,
-                        stale: Some(r.get(4).map_err(db("read features"))?),
-                        impression_data: Some(r.get(5).map_err(db("read features"))?),
-                        enabled: r.get(6).map_err(db("read features"))?,
-                        variants: Some(variants),
-                        strategies: Some(Vec::new()),
-                        ..ClientFeature::default()
-                    },
-                );
-            }
-        }
-        {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT feature, name, sort_order, parameters, constraints, variants, segments
-                     FROM strategies WHERE environment = ?1 ORDER BY feature, position",
-                )
-                .map_err(db("read strategies"))?;
-            let mut rows = stmt.query([environment]).map_err(db("read strategies"))?;
-            while let Some(r) = rows.next().map_err(db("read strategies"))? {
-                let feature: String = r.get(0).map_err(db("read strategies"))?;
-                let Some(f) = features.get_mut(&feature) else {
-                    continue;
-                };
-                let text = |i| -> Result<String> { r.get(i).map_err(db("read strategies")) };
-                let parameters: HashMap<String, String> =
-                    from_json("strategy parameters", &text(3)?)?;
-                let segments: Vec<i32> = from_json("strategy segments", &text(6)?)?;
-                let strategy = Strategy {
-                    name: text(1)?,
-                    sort_order: r.get(2).map_err(db("read strategies"))?,
-                    parameters: Some(parameters),
-                    constraints: Some(from_json("strategy constraints", &text(4)?)?),
-                    variants: Some(from_json("strategy variants", &text(5)?)?),
-                    segments: (!segments.is_empty()).then_some(segments),
-                };
-                f.strategies.get_or_insert_with(Vec::new).push(strategy);
-            }
-        }
-        {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT child, parent, enabled, variants FROM feature_dependencies
-                     ORDER BY child, position",
-                )
-                .map_err(db("read dependencies"))?;
-            let mut rows = stmt.query([]).map_err(db("read dependencies"))?;
-            while let Some(r) = rows.next().map_err(db("read dependencies"))? {
-                let child: String = r.get(0).map_err(db("read dependencies"))?;
-                let Some(f) = features.get_mut(&child) else {
-                    continue;
-                };
-                let variants: Option<String> = r.get(3).map_err(db("read dependencies"))?;
-                let dependency = FeatureDependency {
-                    feature: r.get(1).map_err(db("read dependencies"))?,
-                    enabled: r.get(2).map_err(db("read dependencies"))?,
-                    variants: variants
-                        .map(|v| from_json("dependency variants", &v))
-                        .transpose()?,
-                };
-                f.dependencies.get_or_insert_with(Vec::new).push(dependency);
-            }
-        }
-        let segments = {
-            let mut stmt = conn
-                .prepare_cached("SELECT id, constraints FROM segments ORDER BY id")
-                .map_err(db("read segments"))?;
-            let rows: Vec<(i32, String)> = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                .and_then(|rows| rows.collect())
-                .map_err(db("read segments"))?;
-            rows.into_iter()
-                .map(|(id, c)| {
-                    Ok(Segment {
-                        id,
-                        constraints: from_json("segment constraints", &c)?,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?
-        };
-        Ok(ClientFeatures {
-            version: 2,
-            features: features.into_values().collect(),
-            segments: Some(segments),
-            query: None,
-            meta: None,
-        })
+        read_client_state(&self.conn(), environment, project)
     }
 
     fn tokens(&self) -> Result<Vec<TokenRecord>> {
@@ -500,21 +475,445 @@ impl Store for SqliteStore {
             .collect())
     }
 
-    fn insert_token(&self, token: &TokenRecord) -> Result<()> {
-        self.conn()
-            .execute(
-                "INSERT INTO api_tokens (hash, name, type, project, environment)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    token.hash.0.as_slice(),
-                    token.name,
-                    token.token_type.as_str(),
-                    token.project,
-                    token.environment
-                ],
+    fn insert_token(&self, token: &TokenRecord, actor: &Actor) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("begin storing a token"))?;
+        tx.execute(
+            "INSERT INTO api_tokens (hash, name, type, project, environment)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                token.hash.0.as_slice(),
+                token.name,
+                token.token_type.as_str(),
+                token.project,
+                token.environment
+            ],
+        )
+        .map_err(db("store a token"))?;
+        append_event(
+            &tx,
+            actor,
+            Change {
+                action: "api-token-created",
+                flag: None,
+                environment: Some(&token.environment),
+                before: None,
+                after: Some(serde_json::json!({
+                    "tokenName": token.name,
+                    "type": token.token_type.as_str(),
+                    "project": token.project,
+                    "environment": token.environment,
+                })),
+            },
+        )?;
+        tx.commit().map_err(db("commit a new token"))
+    }
+
+    fn create_feature(&self, project: &str, feature: &NewFeature, actor: &Actor) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("begin creating a flag"))?;
+        let known: Option<String> = tx
+            .query_row(
+                "SELECT name FROM projects WHERE name = ?1",
+                [project],
+                |r| r.get(0),
             )
-            .map_err(db("store a token"))?;
-        Ok(())
+            .optional()
+            .map_err(db("look up the project"))?;
+        if known.is_none() {
+            return Err(StoreError::UnknownProject(project.to_owned()));
+        }
+        if feature_project(&tx, &feature.name)?.is_some() {
+            return Err(StoreError::FlagExists(feature.name.clone()));
+        }
+        tx.execute(
+            "INSERT INTO features (name, project, type, description, impression_data)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                feature.name,
+                project,
+                feature.feature_type,
+                feature.description,
+                feature.impression_data
+            ],
+        )
+        .map_err(db("store a flag"))?;
+        tx.execute(
+            "INSERT INTO feature_environments (feature, environment, enabled, variants)
+             SELECT ?1, name, FALSE, '[]' FROM environments",
+            [&feature.name],
+        )
+        .map_err(db("store a flag's environments"))?;
+        let after = read_features(&tx, project, Some(&feature.name))?;
+        append_event(
+            &tx,
+            actor,
+            Change {
+                action: "feature-created",
+                flag: Some(&feature.name),
+                environment: None,
+                before: None,
+                after: after.first().map(|f| serde_json::json!(f)),
+            },
+        )?;
+        tx.commit().map_err(db("commit a new flag"))
+    }
+
+    fn set_enabled(
+        &self,
+        project: &str,
+        flag: &str,
+        environment: &str,
+        enabled: bool,
+        actor: &Actor,
+    ) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("begin switching a flag"))?;
+        live_feature(&tx, project, flag)?;
+        known_environment(&tx, environment)?;
+        let before: Option<bool> = tx
+            .query_row(
+                "SELECT enabled FROM feature_environments WHERE feature = ?1 AND environment = ?2",
+                [flag, environment],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db("read a flag's state"))?;
+        if before == Some(enabled) {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO feature_environments (feature, environment, enabled, variants)
+             VALUES (?1, ?2, ?3, '[]')
+             ON CONFLICT (feature, environment) DO UPDATE SET enabled = excluded.enabled",
+            params![flag, environment, enabled],
+        )
+        .map_err(db("switch a flag"))?;
+        append_event(
+            &tx,
+            actor,
+            Change {
+                action: if enabled {
+                    "feature-environment-enabled"
+                } else {
+                    "feature-environment-disabled"
+                },
+                flag: Some(flag),
+                environment: Some(environment),
+                before: Some(serde_json::json!({ "enabled": before })),
+                after: Some(serde_json::json!({ "enabled": enabled })),
+            },
+        )?;
+        tx.commit().map_err(db("commit switching a flag"))?;
+        Ok(true)
+    }
+
+    fn archive_feature(&self, project: &str, flag: &str, actor: &Actor) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("begin archiving a flag"))?;
+        live_feature(&tx, project, flag)?;
+        tx.execute(
+            "UPDATE features SET archived = TRUE WHERE name = ?1",
+            [flag],
+        )
+        .map_err(db("archive a flag"))?;
+        append_event(
+            &tx,
+            actor,
+            Change {
+                action: "feature-archived",
+                flag: Some(flag),
+                environment: None,
+                before: Some(serde_json::json!({ "archived": false })),
+                after: Some(serde_json::json!({ "archived": true })),
+            },
+        )?;
+        tx.commit().map_err(db("commit archiving a flag"))
+    }
+
+    fn features(&self, project: &str) -> Result<Vec<FeatureSummary>> {
+        read_features(&self.conn(), project, None)
+    }
+
+    fn audit_events(&self) -> Result<Vec<Event>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT seq, ts, actor, action, flag, environment, before, after, prev_hash, hash
+                 FROM audit_events ORDER BY seq",
+            )
+            .map_err(db("read the audit log"))?;
+        stmt.query_map([], |r| {
+            Ok(Event {
+                seq: r.get(0)?,
+                ts: r.get(1)?,
+                actor: r.get(2)?,
+                action: r.get(3)?,
+                flag: r.get(4)?,
+                environment: r.get(5)?,
+                before: r.get(6)?,
+                after: r.get(7)?,
+                prev_hash: r.get(8)?,
+                hash: r.get(9)?,
+            })
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(db("read the audit log"))
+    }
+}
+
+fn read_client_state(
+    conn: &Connection,
+    environment: &str,
+    project: &str,
+) -> Result<ClientFeatures> {
+    let mut features: BTreeMap<String, ClientFeature> = BTreeMap::new();
+    {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT f.name, f.project, f.type, f.description, f.stale,
+                        f.impression_data, fe.enabled, fe.variants
+                 FROM features f JOIN feature_environments fe ON fe.feature = f.name
+                 WHERE fe.environment = ?1 AND NOT f.archived
+                   AND (?2 = '*' OR f.project = ?2)",
+            )
+            .map_err(db("read the flag state"))?;
+        let mut rows = stmt
+            .query(params![environment, project])
+            .map_err(db("read features"))?;
+        while let Some(r) = rows.next().map_err(db("read features"))? {
+            let name: String = r.get(0).map_err(db("read features"))?;
+            let variants: String = r.get(7).map_err(db("read features"))?;
+            let variants: Vec<unleash_types::client_features::Variant> =
+                from_json("feature variants", &variants)?;
+            features.insert(
+                name.clone(),
+                ClientFeature {
+                    name,
+                    project: Some(r.get(1).map_err(db("read features"))?),
+                    feature_type: r.get(2).map_err(db("read features"))?,
+                    description: r.get(3).map_err(db("read features"))?,
+                    stale: Some(r.get(4).map_err(db("read features"))?),
+                    impression_data: Some(r.get(5).map_err(db("read features"))?),
+                    enabled: r.get(6).map_err(db("read features"))?,
+                    variants: Some(variants),
+                    strategies: Some(Vec::new()),
+                    ..ClientFeature::default()
+                },
+            );
+        }
+    }
+    {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT feature, name, sort_order, parameters, constraints, variants, segments
+                 FROM strategies WHERE environment = ?1 ORDER BY feature, position",
+            )
+            .map_err(db("read strategies"))?;
+        let mut rows = stmt.query([environment]).map_err(db("read strategies"))?;
+        while let Some(r) = rows.next().map_err(db("read strategies"))? {
+            let feature: String = r.get(0).map_err(db("read strategies"))?;
+            let Some(f) = features.get_mut(&feature) else {
+                continue;
+            };
+            let text = |i| -> Result<String> { r.get(i).map_err(db("read strategies")) };
+            let parameters: HashMap<String, String> = from_json("strategy parameters", &text(3)?)?;
+            let segments: Vec<i32> = from_json("strategy segments", &text(6)?)?;
+            let strategy = Strategy {
+                name: text(1)?,
+                sort_order: r.get(2).map_err(db("read strategies"))?,
+                parameters: Some(parameters),
+                constraints: Some(from_json("strategy constraints", &text(4)?)?),
+                variants: Some(from_json("strategy variants", &text(5)?)?),
+                segments: (!segments.is_empty()).then_some(segments),
+            };
+            f.strategies.get_or_insert_with(Vec::new).push(strategy);
+        }
+    }
+    {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT child, parent, enabled, variants FROM feature_dependencies
+                 ORDER BY child, position",
+            )
+            .map_err(db("read dependencies"))?;
+        let mut rows = stmt.query([]).map_err(db("read dependencies"))?;
+        while let Some(r) = rows.next().map_err(db("read dependencies"))? {
+            let child: String = r.get(0).map_err(db("read dependencies"))?;
+            let Some(f) = features.get_mut(&child) else {
+                continue;
+            };
+            let variants: Option<String> = r.get(3).map_err(db("read dependencies"))?;
+            let dependency = FeatureDependency {
+                feature: r.get(1).map_err(db("read dependencies"))?,
+                enabled: r.get(2).map_err(db("read dependencies"))?,
+                variants: variants
+                    .map(|v| from_json("dependency variants", &v))
+                    .transpose()?,
+            };
+            f.dependencies.get_or_insert_with(Vec::new).push(dependency);
+        }
+    }
+    let segments = {
+        let mut stmt = conn
+            .prepare_cached("SELECT id, constraints FROM segments ORDER BY id")
+            .map_err(db("read segments"))?;
+        let rows: Vec<(i32, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(db("read segments"))?;
+        rows.into_iter()
+            .map(|(id, c)| {
+                Ok(Segment {
+                    id,
+                    constraints: from_json("segment constraints", &c)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?
+    };
+    Ok(ClientFeatures {
+        version: 2,
+        features: features.into_values().collect(),
+        segments: Some(segments),
+        query: None,
+        meta: None,
+    })
+}
+
+/// Non-archived flags of `project` (or just `only`), with their environments.
+fn read_features(
+    conn: &Connection,
+    project: &str,
+    only: Option<&str>,
+) -> Result<Vec<FeatureSummary>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT f.name, f.project, f.type, f.description, f.stale, f.impression_data,
+                    f.archived, fe.environment, fe.enabled,
+                    (SELECT COUNT(*) FROM strategies s
+                     WHERE s.feature = f.name AND s.environment = fe.environment)
+             FROM features f LEFT JOIN feature_environments fe ON fe.feature = f.name
+             WHERE f.project = ?1 AND NOT f.archived AND (?2 IS NULL OR f.name = ?2)
+             ORDER BY f.name, fe.environment",
+        )
+        .map_err(db("list flags"))?;
+    let mut rows = stmt
+        .query(params![project, only])
+        .map_err(db("list flags"))?;
+    let mut out: Vec<FeatureSummary> = Vec::new();
+    while let Some(r) = rows.next().map_err(db("list flags"))? {
+        let name: String = r.get(0).map_err(db("list flags"))?;
+        if out.last().is_none_or(|f| f.name != name) {
+            out.push(FeatureSummary {
+                name,
+                project: r.get(1).map_err(db("list flags"))?,
+                feature_type: r.get(2).map_err(db("list flags"))?,
+                description: r.get(3).map_err(db("list flags"))?,
+                stale: r.get(4).map_err(db("list flags"))?,
+                impression_data: r.get(5).map_err(db("list flags"))?,
+                archived: r.get(6).map_err(db("list flags"))?,
+                environments: Vec::new(),
+            });
+        }
+        let env: Option<String> = r.get(7).map_err(db("list flags"))?;
+        if let (Some(env), Some(f)) = (env, out.last_mut()) {
+            f.environments.push(FeatureEnvironment {
+                name: env,
+                enabled: r.get(8).map_err(db("list flags"))?,
+                strategy_count: r.get::<_, i64>(9).map_err(db("list flags"))? as usize,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Append one event to the audit chain inside the change's own transaction.
+fn append_event(tx: &Transaction<'_>, actor: &Actor, change: Change<'_>) -> Result<()> {
+    let last: Option<(i64, String)> = tx
+        .query_row(
+            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(db("read the newest audit event"))?;
+    let (seq, prev_hash) = match last {
+        Some((seq, hash)) => (seq + 1, hash),
+        None => (1, GENESIS.to_owned()),
+    };
+    let mut event = Event {
+        seq,
+        ts: now_millis(),
+        actor: actor.0.clone(),
+        action: change.action.to_owned(),
+        flag: change.flag.map(str::to_owned),
+        environment: change.environment.map(str::to_owned),
+        before: change.before.map(|v| v.to_string()),
+        after: change.after.map(|v| v.to_string()),
+        prev_hash,
+        hash: String::new(),
+    };
+    event.hash = event.compute_hash();
+    tx.execute(
+        "INSERT INTO audit_events
+            (seq, ts, actor, action, flag, environment, before, after, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            event.seq,
+            event.ts,
+            event.actor,
+            event.action,
+            event.flag,
+            event.environment,
+            event.before,
+            event.after,
+            event.prev_hash,
+            event.hash
+        ],
+    )
+    .map_err(db("append an audit event"))?;
+    Ok(())
+}
+
+fn feature_project(tx: &Connection, flag: &str) -> Result<Option<(String, bool)>> {
+    tx.query_row(
+        "SELECT project, archived FROM features WHERE name = ?1",
+        [flag],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+    .map_err(db("look up a flag"))
+}
+
+/// The flag must exist in `project` and not be archived.
+fn live_feature(tx: &Connection, project: &str, flag: &str) -> Result<()> {
+    match feature_project(tx, flag)? {
+        Some((p, false)) if p == project => Ok(()),
+        _ => Err(StoreError::UnknownFlag {
+            project: project.to_owned(),
+            flag: flag.to_owned(),
+        }),
+    }
+}
+
+fn known_environment(tx: &Connection, environment: &str) -> Result<()> {
+    let known: Option<String> = tx
+        .query_row(
+            "SELECT name FROM environments WHERE name = ?1",
+            [environment],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db("look up the environment"))?;
+    match known {
+        Some(_) => Ok(()),
+        None => Err(StoreError::UnknownEnvironment(environment.to_owned())),
     }
 }
 
@@ -537,15 +936,20 @@ mod tests {
         .unwrap();
         {
             let store = SqliteStore::open(&path).unwrap();
-            store.import_state("production", &state).unwrap();
             store
-                .insert_token(&TokenRecord {
-                    name: "t".into(),
-                    token_type: TokenType::Client,
-                    project: "*".into(),
-                    environment: "production".into(),
-                    hash: TokenHash::of("*:production.s"),
-                })
+                .import_state("production", &state, &Actor::system())
+                .unwrap();
+            store
+                .insert_token(
+                    &TokenRecord {
+                        name: "t".into(),
+                        token_type: TokenType::Client,
+                        project: "*".into(),
+                        environment: "production".into(),
+                        hash: TokenHash::of("*:production.s"),
+                    },
+                    &Actor::system(),
+                )
                 .unwrap();
         }
         let store = SqliteStore::open(&path).unwrap();
@@ -608,9 +1012,11 @@ mod tests {
             "version": 2, "features": [{"name": "a", "enabled": true}]
         }))
         .unwrap();
-        store.import_state("development", &state).unwrap();
+        store
+            .import_state("development", &state, &Actor::system())
+            .unwrap();
         assert!(matches!(
-            store.import_state("nowhere", &state),
+            store.import_state("nowhere", &state, &Actor::system()),
             Err(StoreError::UnknownEnvironment(_))
         ));
         // Duplicate names violate the primary key half-way through: rolled back whole.
@@ -618,7 +1024,11 @@ mod tests {
             "version": 2, "features": [{"name": "c", "enabled": true}, {"name": "c", "enabled": false}]
         }))
         .unwrap();
-        assert!(store.import_state("development", &dup).is_err());
+        assert!(
+            store
+                .import_state("development", &dup, &Actor::system())
+                .is_err()
+        );
         let names: Vec<String> = store
             .client_state("development", "*")
             .unwrap()
@@ -627,5 +1037,205 @@ mod tests {
             .map(|f| f.name)
             .collect();
         assert_eq!(names, ["a"]);
+    }
+
+    /// A store with five events: a token, a flag created, enabled, disabled, archived.
+    fn store_with_history() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("flags.db")).unwrap();
+        let ops = Actor("admin:ops".into());
+        store
+            .insert_token(
+                &TokenRecord {
+                    name: "t".into(),
+                    token_type: TokenType::Client,
+                    project: "*".into(),
+                    environment: "production".into(),
+                    hash: TokenHash::of("*:production.s"),
+                },
+                &ops,
+            )
+            .unwrap();
+        let new = NewFeature {
+            name: "checkout-v2".into(),
+            ..NewFeature::default()
+        };
+        store.create_feature(DEFAULT_PROJECT, &new, &ops).unwrap();
+        assert!(
+            store
+                .set_enabled(DEFAULT_PROJECT, "checkout-v2", "production", true, &ops)
+                .unwrap()
+        );
+        // No change, no event.
+        assert!(
+            !store
+                .set_enabled(DEFAULT_PROJECT, "checkout-v2", "production", true, &ops)
+                .unwrap()
+        );
+        store
+            .set_enabled(DEFAULT_PROJECT, "checkout-v2", "production", false, &ops)
+            .unwrap();
+        store
+            .archive_feature(DEFAULT_PROJECT, "checkout-v2", &ops)
+            .unwrap();
+        (dir, store)
+    }
+
+    /// Tamper as someone with the database file would: the triggers go first.
+    fn tamper(store: &SqliteStore, sql: &str) {
+        store
+            .conn()
+            .execute_batch(&format!(
+                "DROP TRIGGER IF EXISTS audit_events_no_update;
+                 DROP TRIGGER IF EXISTS audit_events_no_delete;
+                 {sql}"
+            ))
+            .unwrap();
+    }
+
+    fn problems(store: &SqliteStore) -> Vec<crate::audit::Problem> {
+        crate::audit::verify(store).unwrap().problems
+    }
+
+    use crate::audit::Problem;
+
+    #[test]
+    fn every_change_appends_a_chained_event() {
+        let (_dir, store) = store_with_history();
+        let events = store.audit_events().unwrap();
+        let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(
+            actions,
+            [
+                "api-token-created",
+                "feature-created",
+                "feature-environment-enabled",
+                "feature-environment-disabled",
+                "feature-archived"
+            ]
+        );
+        assert_eq!(events[0].prev_hash, GENESIS);
+        assert_eq!(events[3].actor, "admin:ops");
+        assert_eq!(events[3].environment.as_deref(), Some("production"));
+        assert_eq!(events[3].before.as_deref(), Some(r#"{"enabled":true}"#));
+        assert_eq!(events[3].after.as_deref(), Some(r#"{"enabled":false}"#));
+        assert!(!events[0].after.as_ref().unwrap().contains("hash"));
+        let report = crate::audit::verify(&store).unwrap();
+        assert!(report.ok(), "{:?}", report.problems);
+        assert_eq!(report.events, 5);
+        assert_eq!(report.head.as_ref(), Some(&events[4].hash));
+    }
+
+    #[test]
+    fn the_database_refuses_to_update_or_delete_events() {
+        let (_dir, store) = store_with_history();
+        let conn = store.conn();
+        assert!(
+            conn.execute("UPDATE audit_events SET actor = 'x' WHERE seq = 1", [])
+                .is_err()
+        );
+        assert!(
+            conn.execute("DELETE FROM audit_events WHERE seq = 1", [])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn verify_names_an_edited_event() {
+        let (_dir, store) = store_with_history();
+        tamper(
+            &store,
+            "UPDATE audit_events SET after = '{\"enabled\":true}' WHERE seq = 4",
+        );
+        assert_eq!(problems(&store), [Problem::Edited { seq: 4 }]);
+    }
+
+    #[test]
+    fn verify_names_an_edited_and_rehashed_event() {
+        let (_dir, store) = store_with_history();
+        let mut e = store.audit_events().unwrap()[1].clone();
+        e.actor = "admin:someone-else".into();
+        e.hash = e.compute_hash();
+        tamper(
+            &store,
+            &format!(
+                "UPDATE audit_events SET actor = '{}', hash = '{}' WHERE seq = 2",
+                e.actor, e.hash
+            ),
+        );
+        assert_eq!(
+            problems(&store),
+            [Problem::Unlinked {
+                seq: 3,
+                previous: 2
+            }]
+        );
+    }
+
+    #[test]
+    fn verify_names_deleted_events() {
+        let (_dir, store) = store_with_history();
+        tamper(&store, "DELETE FROM audit_events WHERE seq IN (2, 3)");
+        assert_eq!(problems(&store), [Problem::Deleted { from: 2, to: 3 }]);
+        tamper(&store, "DELETE FROM audit_events WHERE seq = 1");
+        assert_eq!(
+            problems(&store),
+            [Problem::Deleted { from: 1, to: 3 }],
+            "a deleted first event is named too"
+        );
+    }
+
+    #[test]
+    fn verify_names_an_inserted_event() {
+        let (_dir, store) = store_with_history();
+        let events = store.audit_events().unwrap();
+        // A well-formed forgery: right link to event 2, right hash of its own. The
+        // events after it are renumbered to make room.
+        let mut forged = events[2].clone();
+        forged.action = "feature-environment-disabled".into();
+        forged.prev_hash = events[1].hash.clone();
+        forged.hash = forged.compute_hash();
+        tamper(
+            &store,
+            &format!(
+                "UPDATE audit_events SET seq = seq + 100 WHERE seq >= 3;
+                 UPDATE audit_events SET seq = seq - 99 WHERE seq >= 100;
+                 INSERT INTO audit_events
+                    (seq, ts, actor, action, flag, environment, before, after, prev_hash, hash)
+                 SELECT 3, ts, actor, '{}', flag, environment, before, after, '{}', '{}'
+                 FROM audit_events WHERE seq = 4",
+                forged.action, forged.prev_hash, forged.hash
+            ),
+        );
+        let found = problems(&store);
+        assert_eq!(found[0], Problem::Inserted { seq: 3 });
+        // Renumbering changed the hashed content of every event after it.
+        assert_eq!(
+            found[1..],
+            [
+                Problem::Edited { seq: 4 },
+                Problem::Edited { seq: 5 },
+                Problem::Edited { seq: 6 }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_change_writes_no_event() {
+        let (_dir, store) = store_with_history();
+        let ops = Actor("admin:ops".into());
+        let again = NewFeature {
+            name: "checkout-v2".into(),
+            ..NewFeature::default()
+        };
+        assert!(matches!(
+            store.create_feature(DEFAULT_PROJECT, &again, &ops),
+            Err(StoreError::FlagExists(_))
+        ));
+        assert!(matches!(
+            store.set_enabled(DEFAULT_PROJECT, "checkout-v2", "production", true, &ops),
+            Err(StoreError::UnknownFlag { .. })
+        ));
+        assert_eq!(store.audit_events().unwrap().len(), 5);
     }
 }

@@ -303,3 +303,28 @@ async fn export_returns_what_was_imported() {
         .json();
     assert_eq!(dev, out);
 }
+
+#[tokio::test]
+async fn changes_through_the_api_are_audited_and_verify() {
+    let server = common::start().await;
+    assert_eq!(
+        server.import("production", &state("a", true)).await.status,
+        202
+    );
+    server.create_token("client", "*", "production").await;
+    let r = server.get("/api/admin/audit/verify", ADMIN, &[]).await;
+    assert_eq!(r.status, 200);
+    let report = r.json();
+    // The bootstrap admin token, the import, the client token.
+    assert_eq!(report["events"], 3, "{report}");
+    assert_eq!(report["problems"], json!([]));
+    assert!(report["head"].as_str().is_some_and(|h| h.len() == 64));
+    let client = server.create_token("client", "*", "production").await;
+    assert_eq!(
+        server
+            .get("/api/admin/audit/verify", &client, &[])
+            .await
+            .status,
+        403
+    );
+}
