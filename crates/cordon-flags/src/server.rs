@@ -6,6 +6,9 @@
 //! with their ETags and a yggdrasil [`EngineState`] for the frontend API. Any write
 //! through this server drops every snapshot.
 //!
+//! Admin API so far: state import/export, token creation, flags in a project (create,
+//! list, show, on/off per environment, archive), audit verification.
+//!
 //! Not here yet: delta and streaming APIs, metrics and registration, the rest of the
 //! admin API, change propagation between replicas.
 
@@ -25,7 +28,7 @@ use unleash_types::client_features::{ClientFeatures, Context};
 use unleash_yggdrasil::{EngineState, UpdateMessage};
 
 use crate::audit::Actor;
-use crate::store::{Store, StoreError, TokenRecord};
+use crate::store::{FeatureSummary, NewFeature, Store, StoreError, TokenRecord};
 use crate::token::{self, TokenHash, TokenType};
 
 /// Limits and knobs of the server.
@@ -351,6 +354,18 @@ pub(crate) fn router(store: Arc<dyn Store>, options: &ServeOptions) -> Result<Ro
         )
         .route("/api/admin/api-tokens", post(admin_create_token))
         .route("/api/admin/audit/verify", get(admin_audit_verify))
+        .route(
+            "/api/admin/projects/{project}/features",
+            get(admin_list_features).post(admin_create_feature),
+        )
+        .route(
+            "/api/admin/projects/{project}/features/{name}",
+            get(admin_get_feature).delete(admin_archive_feature),
+        )
+        .route(
+            "/api/admin/projects/{project}/features/{name}/environments/{env}/{switch}",
+            post(admin_switch_feature),
+        )
         .route("/api/client/features", get(client_features))
         .route("/api/client/features/{name}", get(client_feature))
         .route("/api/frontend", get(frontend_get).post(frontend_post))
@@ -684,4 +699,145 @@ async fn admin_audit_verify(
     Ok(Json(
         blocking(move || crate::audit::verify(a.store.as_ref())).await??,
     ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CreateFeature {
+    name: String,
+    #[serde(rename = "type")]
+    feature_type: Option<String>,
+    description: Option<String>,
+    #[serde(default)]
+    impression_data: bool,
+}
+
+/// Unleash accepts URL-friendly names only; so do we, so every flag can be addressed
+/// in a path.
+fn valid_flag_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
+        && name != "."
+        && name != ".."
+}
+
+/// `POST /api/admin/projects/:project/features`: a new flag, disabled in every
+/// environment and without strategies, so agent-written code ships dark.
+async fn admin_create_feature(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<FeatureSummary>), ApiError> {
+    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let (req, _): (CreateFeature, _) = parse_json(body)?;
+    if !valid_flag_name(&req.name) {
+        return Err(ApiError::bad_request(format!(
+            "flag name {:?} is not URL-friendly; use 1-100 of a-z A-Z 0-9 - _ . ~",
+            req.name
+        )));
+    }
+    let feature = NewFeature {
+        name: req.name,
+        feature_type: req.feature_type.or(Some("release".into())),
+        description: req.description,
+        impression_data: req.impression_data,
+    };
+    let a = app.clone();
+    let created = blocking(move || -> Result<Vec<FeatureSummary>, StoreError> {
+        a.store
+            .create_feature(&project, &feature, &Actor::token(&who))?;
+        Ok(a.store
+            .features(&project)?
+            .into_iter()
+            .filter(|f| f.name == feature.name)
+            .collect())
+    })
+    .await??;
+    app.invalidate();
+    let created = created
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the new flag vanished"))?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+async fn admin_list_features(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    app.authenticate(&headers, &[TokenType::Admin])?;
+    let a = app.clone();
+    let features = blocking(move || a.store.features(&project)).await??;
+    Ok(Json(
+        serde_json::json!({ "version": 1, "features": features }),
+    ))
+}
+
+async fn admin_get_feature(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path((project, name)): Path<(String, String)>,
+) -> Result<Json<FeatureSummary>, ApiError> {
+    app.authenticate(&headers, &[TokenType::Admin])?;
+    let a = app.clone();
+    let p = project.clone();
+    let features = blocking(move || a.store.features(&p)).await??;
+    features
+        .into_iter()
+        .find(|f| f.name == name)
+        .map(Json)
+        .ok_or_else(|| {
+            StoreError::UnknownFlag {
+                project,
+                flag: name,
+            }
+            .into()
+        })
+}
+
+/// `POST .../features/:name/environments/:env/on|off`. Turning off is the kill
+/// switch: it drops every cached snapshot, so the next client request sees it.
+async fn admin_switch_feature(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path((project, name, env, switch)): Path<(String, String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let enabled = match switch.as_str() {
+        "on" => true,
+        "off" => false,
+        _ => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")),
+    };
+    let a = app.clone();
+    let changed = blocking(move || {
+        a.store
+            .set_enabled(&project, &name, &env, enabled, &Actor::token(&who))
+    })
+    .await??;
+    if changed {
+        app.invalidate();
+    }
+    Ok(StatusCode::OK)
+}
+
+/// `DELETE .../features/:name`: archive (Unleash's meaning of delete in a project).
+async fn admin_archive_feature(
+    State(app): State<Shared>,
+    headers: HeaderMap,
+    Path((project, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let a = app.clone();
+    blocking(move || {
+        a.store
+            .archive_feature(&project, &name, &Actor::token(&who))
+    })
+    .await??;
+    app.invalidate();
+    Ok(StatusCode::ACCEPTED)
 }

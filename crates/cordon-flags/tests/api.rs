@@ -328,3 +328,162 @@ async fn changes_through_the_api_are_audited_and_verify() {
         403
     );
 }
+
+/// The `enabled` of `flag` in the client API of `token`, `None` when it is absent.
+async fn client_sees(server: &common::Server, token: &str, flag: &str) -> Option<bool> {
+    let r = server.get("/api/client/features", token, &[]).await;
+    assert_eq!(r.status, 200);
+    r.json()["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == flag)
+        .map(|f| f["enabled"].as_bool().unwrap())
+}
+
+#[tokio::test]
+async fn admin_feature_lifecycle_at_unleash_paths() {
+    let server = common::start().await;
+    let client = server.create_token("client", "*", "production").await;
+    let base = "/api/admin/projects/default/features";
+    let r = server
+        .post_json(
+            base,
+            ADMIN,
+            &json!({"name": "agent-change", "description": "by an agent"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["name"], "agent-change");
+    assert!(
+        r.json()["environments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["enabled"] == false),
+        "a new flag starts disabled everywhere: {}",
+        r.json()
+    );
+    // Created dark; the cached client state was dropped, so it shows at once.
+    assert_eq!(
+        client_sees(&server, &client, "agent-change").await,
+        Some(false)
+    );
+
+    let on = format!("{base}/agent-change/environments/production/on");
+    let off = format!("{base}/agent-change/environments/production/off");
+    assert_eq!(server.post_json(&on, ADMIN, &json!({})).await.status, 200);
+    assert_eq!(
+        client_sees(&server, &client, "agent-change").await,
+        Some(true)
+    );
+    assert_eq!(server.post_json(&off, ADMIN, &json!({})).await.status, 200);
+    assert_eq!(
+        client_sees(&server, &client, "agent-change").await,
+        Some(false)
+    );
+
+    let one = server
+        .get(&format!("{base}/agent-change"), ADMIN, &[])
+        .await;
+    assert_eq!(one.status, 200);
+    assert_eq!(one.json()["description"], "by an agent");
+    let list = server.get(base, ADMIN, &[]).await.json();
+    assert_eq!(list["features"][0]["name"], "agent-change");
+
+    let del = server
+        .request(
+            "DELETE",
+            &format!("{base}/agent-change"),
+            &[("Authorization", ADMIN)],
+            None,
+        )
+        .await;
+    assert_eq!(del.status, 202);
+    assert_eq!(client_sees(&server, &client, "agent-change").await, None);
+    assert_eq!(
+        server.get(base, ADMIN, &[]).await.json()["features"],
+        json!([])
+    );
+    assert_eq!(server.post_json(&on, ADMIN, &json!({})).await.status, 404);
+
+    let report = server
+        .get("/api/admin/audit/verify", ADMIN, &[])
+        .await
+        .json();
+    // Bootstrap token, client token, create, on, off, archive.
+    assert_eq!(report["events"], 6, "{report}");
+    assert_eq!(report["problems"], json!([]));
+}
+
+#[tokio::test]
+async fn admin_feature_errors_are_precise_json() {
+    let server = common::start().await;
+    let base = "/api/admin/projects/default/features";
+    let cases: &[(&str, &str, serde_json::Value, u16)] = &[
+        ("POST", base, json!({"name": "has space"}), 400),
+        ("POST", base, json!({"name": "x", "strategiez": []}), 400),
+        ("POST", base, json!({"nam": "x"}), 400),
+        (
+            "POST",
+            "/api/admin/projects/nowhere/features",
+            json!({"name": "x"}),
+            404,
+        ),
+        (
+            "POST",
+            &format!("{base}/missing/environments/production/off"),
+            json!({}),
+            404,
+        ),
+        (
+            "POST",
+            &format!("{base}/missing/environments/production/sideways"),
+            json!({}),
+            404,
+        ),
+    ];
+    for (method, path, body, status) in cases {
+        let b = serde_json::to_vec(body).unwrap();
+        let r = server
+            .request(method, path, &[("Authorization", ADMIN)], Some(&b))
+            .await;
+        assert_eq!(r.status, *status, "{method} {path} {body}");
+        assert!(r.json()["error"].is_string(), "{method} {path}");
+    }
+    let r = server
+        .request(
+            "POST",
+            base,
+            &[("Authorization", ADMIN)],
+            Some(b"{not json"),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        server
+            .post_json(base, ADMIN, &json!({"name": "x"}))
+            .await
+            .status,
+        201
+    );
+    let again = server.post_json(base, ADMIN, &json!({"name": "x"})).await;
+    assert_eq!(again.status, 409);
+    assert!(again.json()["error"].is_string());
+    let env = server
+        .post_json(
+            &format!("{base}/x/environments/staging/on"),
+            ADMIN,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(env.status, 400);
+    let client = server.create_token("client", "*", "production").await;
+    assert_eq!(server.get(base, &client, &[]).await.status, 403);
+    // Only the bootstrap token, the flag and the client token: failures write nothing.
+    let report = server
+        .get("/api/admin/audit/verify", ADMIN, &[])
+        .await
+        .json();
+    assert_eq!(report["events"], 3, "{report}");
+}
