@@ -12,6 +12,7 @@
 //! It must not depend on the sandbox crates.
 
 pub mod audit;
+pub mod client;
 pub mod server;
 pub mod store;
 pub mod token;

@@ -487,3 +487,52 @@ async fn admin_feature_errors_are_precise_json() {
         .json();
     assert_eq!(report["events"], 3, "{report}");
 }
+
+#[tokio::test]
+async fn the_blocking_admin_client_kills_a_flag() {
+    let server = common::start().await;
+    let url = format!("http://{}", server.addr);
+    let client_token = server.create_token("client", "*", "production").await;
+    let base = "/api/admin/projects/default/features";
+    let admin = cordon_flags::client::AdminClient::new(&url, ADMIN).unwrap();
+    let created = tokio::task::spawn_blocking(move || {
+        admin
+            .send("POST", base, Some(&json!({"name": "k"})))
+            .unwrap();
+        admin
+            .send(
+                "POST",
+                &format!("{base}/k/environments/production/on"),
+                None,
+            )
+            .unwrap();
+        admin
+    })
+    .await
+    .unwrap();
+    assert_eq!(client_sees(&server, &client_token, "k").await, Some(true));
+    let refused = tokio::task::spawn_blocking(move || {
+        created
+            .send(
+                "POST",
+                &format!("{base}/k/environments/production/off"),
+                None,
+            )
+            .unwrap();
+        created.send("POST", base, Some(&json!({"name": "bad name"})))
+    })
+    .await
+    .unwrap();
+    assert_eq!(client_sees(&server, &client_token, "k").await, Some(false));
+    match refused {
+        Err(cordon_flags::client::ClientError::Refused {
+            status: 400,
+            message,
+            ..
+        }) => {
+            assert!(message.contains("URL-friendly"), "{message}")
+        }
+        other => panic!("expected a 400, got {other:?}"),
+    }
+    assert!(cordon_flags::client::AdminClient::new("https://x", ADMIN).is_err());
+}
