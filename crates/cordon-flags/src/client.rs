@@ -1,17 +1,26 @@
 //! A small blocking client for the admin API, for the `cordon flags` CLI.
 //!
-//! Plain HTTP/1.1 over `std::net::TcpStream`, one request per connection: enough for
-//! a command line that sends one or two requests. It does not do TLS; put the server
-//! behind a TLS-terminating proxy on the same host, or use a real Unleash SDK.
+//! One request per connection over hyper's HTTP/1.1 client (`http://`, or
+//! `https://` with rustls verified against the host's roots), driven by a
+//! single-threaded tokio runtime: enough for a command line that sends one or
+//! two requests. Answers are read up to [`MAX_RESPONSE`] bytes.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+
+/// Largest answer read from the server.
+const MAX_RESPONSE: usize = 64 << 20;
+/// Longest a request may take, connection included.
+const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Errors talking to a flag server.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("CORDON_FLAGS_URL {0:?} is not an http://HOST:PORT URL (https is not supported yet)")]
+    #[error(
+        "CORDON_FLAGS_URL {0:?} is not an http:// or https:// URL of a server (like http://127.0.0.1:4242)"
+    )]
     BadUrl(String),
     #[error("cannot reach the flag server at {url}: {source}")]
     Io { url: String, source: std::io::Error },
@@ -29,20 +38,36 @@ pub enum ClientError {
 /// An admin API endpoint and the token to use.
 #[derive(Debug, Clone)]
 pub struct AdminClient {
+    /// `host:port` to connect to.
+    authority: String,
+    /// The host name alone (TLS server name).
     host: String,
+    tls: bool,
     url: String,
     token: String,
 }
 
 impl AdminClient {
     pub fn new(url: &str, token: &str) -> Result<Self, ClientError> {
-        let host = url
-            .strip_prefix("http://")
-            .map(|h| h.trim_end_matches('/'))
-            .filter(|h| !h.is_empty() && !h.contains('/'))
-            .ok_or_else(|| ClientError::BadUrl(url.to_owned()))?;
+        let bad = || ClientError::BadUrl(url.to_owned());
+        let uri: hyper::Uri = url.trim_end_matches('/').parse().map_err(|_| bad())?;
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(bad()),
+        };
+        if uri.path() != "/" && !uri.path().is_empty() {
+            return Err(bad());
+        }
+        let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(bad)?;
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         Ok(Self {
-            host: host.to_owned(),
+            authority: format!("{host}:{port}"),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            tls,
             url: url.to_owned(),
             token: token.to_owned(),
         })
@@ -56,50 +81,19 @@ impl AdminClient {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<serde_json::Value, ClientError> {
-        let io = |source| ClientError::Io {
-            url: self.url.clone(),
-            source,
-        };
-        let malformed = || ClientError::Malformed {
-            url: self.url.clone(),
-        };
-        let mut stream = TcpStream::connect(&self.host).map_err(io)?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .map_err(io)?;
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\n\
-             Connection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.host,
-            self.token,
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).map_err(io)?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).map_err(io)?;
-        let split = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or_else(malformed)?;
-        let head = std::str::from_utf8(&raw[..split]).map_err(|_| malformed())?;
-        let status: u16 = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(malformed)?;
-        let chunked = head.lines().any(|l| {
-            let l = l.to_ascii_lowercase();
-            l.starts_with("transfer-encoding:") && l.contains("chunked")
-        });
-        let mut payload = raw[split + 4..].to_vec();
-        if chunked {
-            payload = dechunk(&payload).ok_or_else(malformed)?;
-        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| self.io(source))?;
+        let (status, payload) = rt
+            .block_on(async {
+                tokio::time::timeout(TIMEOUT, self.exchange(method, path, body)).await
+            })
+            .map_err(|_| self.io(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
         let json: serde_json::Value = if payload.is_empty() {
             serde_json::Value::Null
         } else {
-            serde_json::from_slice(&payload).map_err(|_| malformed())?
+            serde_json::from_slice(&payload).map_err(|_| self.malformed())?
         };
         if (200..300).contains(&status) {
             Ok(json)
@@ -115,18 +109,87 @@ impl AdminClient {
             })
         }
     }
-}
 
-fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let end = b.windows(2).position(|w| w == b"\r\n")?;
-        let size = usize::from_str_radix(std::str::from_utf8(&b[..end]).ok()?.trim(), 16).ok()?;
-        b = b.get(end + 2..)?;
-        if size == 0 {
-            return Some(out);
+    fn io(&self, source: std::io::Error) -> ClientError {
+        ClientError::Io {
+            url: self.url.clone(),
+            source,
         }
-        out.extend_from_slice(b.get(..size)?);
-        b = b.get(size + 2..)?;
+    }
+
+    fn malformed(&self) -> ClientError {
+        ClientError::Malformed {
+            url: self.url.clone(),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(u16, Vec<u8>), ClientError> {
+        let tcp = tokio::net::TcpStream::connect(&self.authority)
+            .await
+            .map_err(|e| self.io(e))?;
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, &self.authority)
+            .header(hyper::header::AUTHORIZATION, &self.token)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(bytes::Bytes::from(
+                body.map(|b| b.to_string()).unwrap_or_default(),
+            )))
+            .map_err(|_| ClientError::BadUrl(self.url.clone()))?;
+        if self.tls {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| self.io(std::io::Error::other(e)))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            let name = rustls_pki_types::ServerName::try_from(self.host.clone())
+                .map_err(|_| ClientError::BadUrl(self.url.clone()))?;
+            let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| self.io(e))?;
+            self.round_trip(stream, request).await
+        } else {
+            self.round_trip(tcp, request).await
+        }
+    }
+
+    async fn round_trip<S>(
+        &self,
+        stream: S,
+        request: hyper::Request<Full<bytes::Bytes>>,
+    ) -> Result<(u16, Vec<u8>), ClientError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|_| self.malformed())?;
+        tokio::spawn(conn);
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| self.io(std::io::Error::other(e)))?;
+        let status = response.status().as_u16();
+        let payload = Limited::new(response.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|_| self.malformed())?
+            .to_bytes()
+            .to_vec();
+        Ok((status, payload))
     }
 }

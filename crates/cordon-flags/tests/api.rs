@@ -534,5 +534,12 @@ async fn the_blocking_admin_client_kills_a_flag() {
         }
         other => panic!("expected a 400, got {other:?}"),
     }
-    assert!(cordon_flags::client::AdminClient::new("https://x", ADMIN).is_err());
+    // https is accepted; other schemes, paths and empty hosts are not.
+    assert!(cordon_flags::client::AdminClient::new("https://flags.example", ADMIN).is_ok());
+    for bad in ["ftp://x", "127.0.0.1:4242", "http://x/api", "http://"] {
+        assert!(
+            cordon_flags::client::AdminClient::new(bad, ADMIN).is_err(),
+            "{bad}"
+        );
+    }
 }
