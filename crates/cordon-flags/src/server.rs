@@ -103,6 +103,17 @@ struct Snapshot {
     inlined: Body,
 }
 
+impl Snapshot {
+    /// The client-API body this client understands.
+    fn body_for(&self, headers: &HeaderMap) -> &Body {
+        if understands_segments(headers) {
+            &self.with_segments
+        } else {
+            &self.inlined
+        }
+    }
+}
+
 struct Body {
     state: ClientFeatures,
     json: Bytes,
@@ -454,11 +465,7 @@ async fn client_features(
 ) -> Result<Response, ApiError> {
     let token = app.authenticate(&headers, &[TokenType::Client])?;
     let snapshot = app.snapshot(&token.environment, &token.project).await?;
-    let body = if understands_segments(&headers) {
-        &snapshot.with_segments
-    } else {
-        &snapshot.inlined
-    };
+    let body = snapshot.body_for(&headers);
     if etag_matches(&headers, &body.etag) {
         let mut resp = StatusCode::NOT_MODIFIED.into_response();
         if let Ok(v) = HeaderValue::from_str(&body.etag) {
@@ -476,11 +483,7 @@ async fn client_feature(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let token = app.authenticate(&headers, &[TokenType::Client])?;
     let snapshot = app.snapshot(&token.environment, &token.project).await?;
-    let body = if understands_segments(&headers) {
-        &snapshot.with_segments
-    } else {
-        &snapshot.inlined
-    };
+    let body = snapshot.body_for(&headers);
     body.state
         .features
         .iter()
