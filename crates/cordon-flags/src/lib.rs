@@ -7,14 +7,18 @@
 //! - [`serve`]: the HTTP server (client, frontend and part of the admin API), evaluating
 //!   flags with the `unleash-yggdrasil` engine.
 //!
-//! What it does not do (yet): PostgreSQL, streaming and delta APIs, metrics, the kill
-//! CLI, change requests. See `docs/flags.md`.
+//! - [`metrics`]: SDK registrations and evaluation counts, parsed and bounded.
+//!
+//! What it does not do (yet): PostgreSQL, change requests. See `docs/flags.md`.
 //! It must not depend on the sandbox crates.
 
 pub mod audit;
 pub mod client;
+mod live;
+pub mod metrics;
 pub mod server;
 pub mod store;
+mod stream;
 pub mod token;
 pub mod wire;
 
@@ -86,6 +90,9 @@ pub async fn serve(
     store: Arc<dyn Store>,
     options: ServeOptions,
 ) -> Result<(), Error> {
-    let app = server::router(store, &options)?;
-    axum::serve(listener, app).await.map_err(Error::Serve)
+    let (app, state) = server::router(store, &options)?;
+    tokio::select! {
+        served = axum::serve(listener, app) => served.map_err(Error::Serve),
+        () = state.feeds.clone().run() => Ok(()),
+    }
 }

@@ -29,6 +29,7 @@ use unleash_yggdrasil::{EngineState, UpdateMessage};
 
 use crate::audit::Actor;
 use crate::store::{FeatureSummary, NewFeature, Store, StoreError, TokenRecord};
+use crate::stream::Feeds;
 use crate::token::{self, TokenHash, TokenType};
 
 /// Limits and knobs of the server.
@@ -38,6 +39,8 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     /// Largest state accepted by the admin import.
     pub max_import_bytes: usize,
+    /// Most streaming clients served at once; more get `503`.
+    pub max_streams: usize,
 }
 
 impl Default for ServeOptions {
@@ -45,6 +48,7 @@ impl Default for ServeOptions {
         Self {
             max_body_bytes: 64 * 1024,
             max_import_bytes: 32 * 1024 * 1024,
+            max_streams: 10_000,
         }
     }
 }
@@ -57,13 +61,13 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
         }
     }
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 }
@@ -140,16 +144,17 @@ struct SnapshotCache {
     map: HashMap<(String, String), Arc<Snapshot>>,
 }
 
-struct AppState {
-    store: Arc<dyn Store>,
+pub(crate) struct AppState {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) feeds: Arc<Feeds>,
     tokens: RwLock<Arc<Vec<TokenRecord>>>,
     cache: Mutex<SnapshotCache>,
 }
 
-type Shared = Arc<AppState>;
+pub(crate) type Shared = Arc<AppState>;
 
 impl AppState {
-    fn authenticate(
+    pub(crate) fn authenticate(
         &self,
         headers: &HeaderMap,
         allowed: &[TokenType],
@@ -190,6 +195,13 @@ impl AppState {
         cache.map.clear();
     }
 
+    /// After a change through this server: drop the snapshots and push the change to
+    /// every stream before the writer gets its answer.
+    async fn changed(&self) {
+        self.invalidate();
+        self.feeds.refresh().await;
+    }
+
     fn reload_tokens(&self) -> Result<(), StoreError> {
         let tokens = self.store.tokens()?;
         *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tokens);
@@ -212,7 +224,7 @@ impl AppState {
         let this = self.clone();
         let (env, proj) = key.clone();
         let snapshot = blocking(move || -> Result<Snapshot, ApiError> {
-            let state = this.store.client_state(&env, &proj)?;
+            let (state, _) = this.store.client_state(&env, &proj)?;
             let engine = EngineState::default();
             if let Some(warnings) = engine.take_state(UpdateMessage::FullResponse(state.clone())) {
                 for w in warnings {
@@ -235,7 +247,7 @@ impl AppState {
     }
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| {
@@ -309,7 +321,7 @@ fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
 }
 
 /// Parse a JSON body, turning every failure into a precise 400/413.
-fn parse_json<T: serde::de::DeserializeOwned>(
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(T, Bytes), ApiError> {
     let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
@@ -348,9 +360,13 @@ fn dropped_fields(
     }
 }
 
-pub(crate) fn router(store: Arc<dyn Store>, options: &ServeOptions) -> Result<Router, StoreError> {
+pub(crate) fn router(
+    store: Arc<dyn Store>,
+    options: &ServeOptions,
+) -> Result<(Router, Arc<AppState>), StoreError> {
     let state = Arc::new(AppState {
         tokens: RwLock::new(Arc::new(store.tokens()?)),
+        feeds: Feeds::new(store.clone(), options.max_streams),
         store,
         cache: Mutex::new(SnapshotCache::default()),
     });
@@ -379,12 +395,29 @@ pub(crate) fn router(store: Arc<dyn Store>, options: &ServeOptions) -> Result<Ro
         )
         .route("/api/client/features", get(client_features))
         .route("/api/client/features/{name}", get(client_feature))
+        .route("/api/client/delta", get(crate::live::client_delta))
+        .route("/api/client/streaming", get(crate::live::client_streaming))
+        .route("/api/client/register", post(crate::live::client_register))
+        .route("/api/client/metrics", post(crate::live::client_metrics))
+        .route(
+            "/api/frontend/client/metrics",
+            post(crate::live::frontend_metrics),
+        )
+        .route(
+            "/api/admin/client-metrics/features/{name}/raw",
+            get(crate::live::admin_feature_metrics),
+        )
+        .route(
+            "/api/admin/metrics/applications",
+            get(crate::live::admin_applications),
+        )
         .route("/api/frontend", get(frontend_get).post(frontend_post))
         .layer(DefaultBodyLimit::max(options.max_body_bytes));
-    Ok(admin
+    let router = admin
         .merge(rest)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
-        .with_state(state))
+        .with_state(state.clone());
+    Ok((router, state))
 }
 
 #[derive(Deserialize)]
@@ -426,7 +459,7 @@ async fn admin_import(
             .import_state(&q.environment, &state, &Actor::token(&who))
     })
     .await??;
-    app.invalidate();
+    app.changed().await;
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -760,7 +793,7 @@ async fn admin_create_feature(
             .collect())
     })
     .await??;
-    app.invalidate();
+    app.changed().await;
     let created = created
         .into_iter()
         .next()
@@ -823,7 +856,7 @@ async fn admin_switch_feature(
     })
     .await??;
     if changed {
-        app.invalidate();
+        app.changed().await;
     }
     Ok(StatusCode::OK)
 }
@@ -841,6 +874,6 @@ async fn admin_archive_feature(
             .archive_feature(&project, &name, &Actor::token(&who))
     })
     .await??;
-    app.invalidate();
+    app.changed().await;
     Ok(StatusCode::ACCEPTED)
 }

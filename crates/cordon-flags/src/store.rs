@@ -24,6 +24,7 @@ use unleash_types::client_features::{
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{Actor, Change, Event, GENESIS};
+use crate::metrics::{Application, Counts, Instance, MetricsRow, Registration, Report};
 use crate::token::{TokenHash, TokenType};
 
 /// Environments every new store has.
@@ -91,8 +92,13 @@ pub trait Store: Send + Sync + 'static {
     /// other environments). Atomic: on error nothing changes.
     fn import_state(&self, environment: &str, state: &ClientFeatures, actor: &Actor) -> Result<()>;
     /// The state of one environment as the client API serves it (segments as a
-    /// top-level list, not inlined), restricted to `project` unless it is `*`.
-    fn client_state(&self, environment: &str, project: &str) -> Result<ClientFeatures>;
+    /// top-level list, not inlined), restricted to `project` unless it is `*`, and the
+    /// revision it was read at (both from one consistent read).
+    fn client_state(&self, environment: &str, project: &str) -> Result<(ClientFeatures, u64)>;
+    /// The revision of the flag state: the sequence number of the newest audit event
+    /// (every change appends one), 0 for an empty store. Shared by every replica of
+    /// one database, so streaming clients can resume on any of them.
+    fn revision(&self) -> Result<u64>;
     /// Every stored token.
     fn tokens(&self) -> Result<Vec<TokenRecord>>;
     /// Store a new token.
@@ -116,6 +122,16 @@ pub trait Store: Send + Sync + 'static {
     fn features(&self, project: &str) -> Result<Vec<FeatureSummary>>;
     /// Every audit event, ordered by `seq`.
     fn audit_events(&self) -> Result<Vec<Event>>;
+    /// Record (or refresh) an SDK instance's registration.
+    fn register_client(&self, registration: &Registration) -> Result<()>;
+    /// Add a report's counts to the per-hour totals. Counts for flags that do not exist
+    /// are dropped (so a client cannot fill the database with invented names); returns
+    /// how many flags were counted.
+    fn record_metrics(&self, report: &Report) -> Result<usize>;
+    /// Hourly counts of one flag since `since_ms`, oldest first.
+    fn feature_metrics(&self, flag: &str, since_ms: i64) -> Result<Vec<MetricsRow>>;
+    /// Applications and their instances, by name.
+    fn applications(&self) -> Result<Vec<Application>>;
 }
 
 /// A flag to create through the admin API.
@@ -232,6 +248,31 @@ CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events
 BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
 CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events
 BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
+"#,
+    ),
+    (
+        3,
+        r#"
+CREATE TABLE client_instances (
+    app_name TEXT NOT NULL,
+    instance_id TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    sdk_version TEXT,
+    strategies TEXT NOT NULL,
+    interval_ms INTEGER,
+    last_seen INTEGER NOT NULL,
+    PRIMARY KEY (app_name, instance_id, environment)
+);
+CREATE TABLE feature_metrics (
+    feature TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    app_name TEXT NOT NULL,
+    hour INTEGER NOT NULL,
+    yes INTEGER NOT NULL,
+    no INTEGER NOT NULL,
+    variants TEXT NOT NULL,
+    PRIMARY KEY (feature, hour, environment, app_name)
+);
 "#,
     ),
 ];
@@ -446,8 +487,16 @@ impl Store for SqliteStore {
         tx.commit().map_err(db("commit the import"))
     }
 
-    fn client_state(&self, environment: &str, project: &str) -> Result<ClientFeatures> {
-        read_client_state(&self.conn(), environment, project)
+    fn client_state(&self, environment: &str, project: &str) -> Result<(ClientFeatures, u64)> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("begin a read"))?;
+        let state = read_client_state(&tx, environment, project)?;
+        let revision = read_revision(&tx)?;
+        Ok((state, revision))
+    }
+
+    fn revision(&self) -> Result<u64> {
+        read_revision(&self.conn())
     }
 
     fn tokens(&self) -> Result<Vec<TokenRecord>> {
@@ -660,6 +709,189 @@ impl Store for SqliteStore {
         .and_then(|rows| rows.collect())
         .map_err(db("read the audit log"))
     }
+
+    fn register_client(&self, r: &Registration) -> Result<()> {
+        self.conn()
+            .prepare_cached(
+                "INSERT INTO client_instances
+                    (app_name, instance_id, environment, sdk_version, strategies, interval_ms, last_seen)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (app_name, instance_id, environment) DO UPDATE SET
+                    sdk_version = excluded.sdk_version, strategies = excluded.strategies,
+                    interval_ms = excluded.interval_ms, last_seen = excluded.last_seen",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    r.app_name,
+                    r.instance_id,
+                    r.environment,
+                    r.sdk_version,
+                    to_json(&r.strategies),
+                    r.interval.map(|i| i.min(i64::MAX as u64) as i64),
+                    r.seen_ms
+                ])
+            })
+            .map(drop)
+            .map_err(db("record a client registration"))
+    }
+
+    fn record_metrics(&self, report: &Report) -> Result<usize> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("begin recording metrics"))?;
+        let mut counted = 0;
+        for (flag, counts) in &report.toggles {
+            let exists: bool = tx
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM features WHERE name = ?1)")
+                .and_then(|mut st| st.query_row([flag], |r| r.get(0)))
+                .map_err(db("look up a counted flag"))?;
+            if !exists {
+                continue;
+            }
+            let key = params![flag, report.environment, report.app_name, report.hour_ms];
+            let old: Option<(i64, i64, String)> = tx
+                .prepare_cached(
+                    "SELECT yes, no, variants FROM feature_metrics
+                     WHERE feature = ?1 AND environment = ?2 AND app_name = ?3 AND hour = ?4",
+                )
+                .and_then(|mut st| {
+                    st.query_row(key, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .optional()
+                })
+                .map_err(db("read metrics"))?;
+            let mut total = match old {
+                Some((yes, no, variants)) => Counts {
+                    yes: yes.max(0) as u64,
+                    no: no.max(0) as u64,
+                    variants: from_json("metrics variants", &variants)?,
+                },
+                None => Counts::default(),
+            };
+            total.add(counts);
+            let clamp = |n: u64| n.min(i64::MAX as u64) as i64;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO feature_metrics
+                    (feature, environment, app_name, hour, yes, no, variants)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    flag,
+                    report.environment,
+                    report.app_name,
+                    report.hour_ms,
+                    clamp(total.yes),
+                    clamp(total.no),
+                    to_json(&total.variants)
+                ])
+            })
+            .map_err(db("store metrics"))?;
+            counted += 1;
+        }
+        // A report also says the instance is alive.
+        tx.prepare_cached(
+            "INSERT INTO client_instances
+                (app_name, instance_id, environment, strategies, last_seen)
+             VALUES (?1, ?2, ?3, '[]', ?4)
+             ON CONFLICT (app_name, instance_id, environment) DO UPDATE SET
+                last_seen = excluded.last_seen",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                report.app_name,
+                report.instance_id,
+                report.environment,
+                now_millis()
+            ])
+        })
+        .map_err(db("record a reporting instance"))?;
+        tx.commit().map_err(db("commit metrics"))?;
+        Ok(counted)
+    }
+
+    fn feature_metrics(&self, flag: &str, since_ms: i64) -> Result<Vec<MetricsRow>> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare_cached(
+                "SELECT app_name, environment, hour, yes, no, variants FROM feature_metrics
+                 WHERE feature = ?1 AND hour >= ?2 ORDER BY hour, environment, app_name",
+            )
+            .map_err(db("read metrics"))?;
+        let rows: Vec<(String, String, i64, i64, i64, String)> = st
+            .query_map(params![flag, since_ms], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(db("read metrics"))?;
+        rows.into_iter()
+            .map(|(app_name, environment, hour, yes, no, variants)| {
+                Ok(MetricsRow {
+                    feature_name: flag.to_owned(),
+                    app_name,
+                    environment,
+                    timestamp: crate::metrics::rfc3339(hour),
+                    yes: yes.max(0) as u64,
+                    no: no.max(0) as u64,
+                    variants: from_json("metrics variants", &variants)?,
+                })
+            })
+            .collect()
+    }
+
+    fn applications(&self) -> Result<Vec<Application>> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare_cached(
+                "SELECT app_name, instance_id, environment, sdk_version, strategies, last_seen
+                 FROM client_instances ORDER BY app_name, instance_id, environment",
+            )
+            .map_err(db("list applications"))?;
+        let rows: Vec<(String, String, String, Option<String>, String, i64)> = st
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(db("list applications"))?;
+        let mut apps: Vec<Application> = Vec::new();
+        for (app_name, instance_id, environment, sdk_version, strategies, last_seen) in rows {
+            let instance = Instance {
+                instance_id,
+                environment,
+                sdk_version,
+                strategies: from_json("registered strategies", &strategies)?,
+                last_seen: crate::metrics::rfc3339(last_seen),
+            };
+            match apps.last_mut() {
+                Some(a) if a.app_name == app_name => a.instances.push(instance),
+                _ => apps.push(Application {
+                    app_name,
+                    instances: vec![instance],
+                }),
+            }
+        }
+        Ok(apps)
+    }
+}
+
+fn read_revision(conn: &Connection) -> Result<u64> {
+    conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM audit_events", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|n| n.max(0) as u64)
+    .map_err(db("read the revision"))
 }
 
 fn read_client_state(
@@ -954,7 +1186,7 @@ mod tests {
         }
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(store.environments().unwrap(), ["development", "production"]);
-        let back = store.client_state("production", "*").unwrap();
+        let back = store.client_state("production", "*").unwrap().0;
         assert_eq!(back.features.len(), 2);
         assert_eq!(back.features[0].project.as_deref(), Some("p"));
         assert_eq!(
@@ -965,6 +1197,7 @@ mod tests {
             store
                 .client_state("development", "*")
                 .unwrap()
+                .0
                 .features
                 .is_empty()
         );
@@ -972,6 +1205,7 @@ mod tests {
             store
                 .client_state("production", "default")
                 .unwrap()
+                .0
                 .features
                 .len()
                 == 1
@@ -1032,6 +1266,7 @@ mod tests {
         let names: Vec<String> = store
             .client_state("development", "*")
             .unwrap()
+            .0
             .features
             .into_iter()
             .map(|f| f.name)

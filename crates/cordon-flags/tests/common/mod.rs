@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod sse;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -24,6 +26,10 @@ impl Drop for Server {
 }
 
 pub async fn start() -> Server {
+    start_with(ServeOptions::default()).await
+}
+
+pub async fn start_with(options: ServeOptions) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("flags.db")).unwrap();
     cordon_flags::bootstrap_admin_token(&store, Some(ADMIN)).unwrap();
@@ -31,9 +37,7 @@ pub async fn start() -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
-        cordon_flags::serve(listener, store, ServeOptions::default())
-            .await
-            .unwrap();
+        cordon_flags::serve(listener, store, options).await.unwrap();
     });
     Server {
         addr,
