@@ -15,7 +15,9 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::store::{Store, StoreError};
+use unleash_types::client_features::ClientFeatures;
+
+use crate::store::{FeatureSummary, Store, StoreError, TokenRecord};
 
 /// The `prev_hash` of the first event.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -44,6 +46,80 @@ pub struct Change<'a> {
     pub after: Option<serde_json::Value>,
 }
 
+impl<'a> Change<'a> {
+    /// An environment's state replaced by an import: the whole state before and after.
+    pub(crate) fn state_imported(
+        environment: &'a str,
+        before: &ClientFeatures,
+        after: &ClientFeatures,
+    ) -> Self {
+        Change {
+            action: "state-imported",
+            flag: None,
+            environment: Some(environment),
+            before: Some(crate::wire::to_value(before)),
+            after: Some(crate::wire::to_value(after)),
+        }
+    }
+
+    /// A token created: its scope and name, never its hash.
+    pub(crate) fn token_created(token: &'a TokenRecord) -> Self {
+        Change {
+            action: "api-token-created",
+            flag: None,
+            environment: Some(&token.environment),
+            before: None,
+            after: Some(serde_json::json!({
+                "tokenName": token.name,
+                "type": token.token_type.as_str(),
+                "project": token.project,
+                "environment": token.environment,
+            })),
+        }
+    }
+
+    pub(crate) fn feature_created(flag: &'a str, created: Option<&FeatureSummary>) -> Self {
+        Change {
+            action: "feature-created",
+            flag: Some(flag),
+            environment: None,
+            before: None,
+            after: created.map(|f| serde_json::json!(f)),
+        }
+    }
+
+    /// A flag switched in one environment; `before` is `None` when the flag had no
+    /// entry for it.
+    pub(crate) fn switched(
+        flag: &'a str,
+        environment: &'a str,
+        before: Option<bool>,
+        enabled: bool,
+    ) -> Self {
+        Change {
+            action: if enabled {
+                "feature-environment-enabled"
+            } else {
+                "feature-environment-disabled"
+            },
+            flag: Some(flag),
+            environment: Some(environment),
+            before: Some(serde_json::json!({ "enabled": before })),
+            after: Some(serde_json::json!({ "enabled": enabled })),
+        }
+    }
+
+    pub(crate) fn archived(flag: &'a str) -> Self {
+        Change {
+            action: "feature-archived",
+            flag: Some(flag),
+            environment: None,
+            before: Some(serde_json::json!({ "archived": false })),
+            after: Some(serde_json::json!({ "archived": true })),
+        }
+    }
+}
+
 /// One stored event. `before` and `after` are JSON text, exactly as stored and hashed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -61,6 +137,35 @@ pub struct Event {
 }
 
 impl Event {
+    /// The event that records `change` after `last` (`(seq, hash)` of the newest
+    /// stored event, `None` for an empty log), numbered, timestamped and hashed. The
+    /// caller inserts it in the change's own transaction, with every other writer
+    /// held off until that transaction ends, so no two events get the same `seq`.
+    pub(crate) fn following(
+        last: Option<(i64, String)>,
+        actor: &Actor,
+        change: Change<'_>,
+    ) -> Self {
+        let (seq, prev_hash) = match last {
+            Some((seq, hash)) => (seq + 1, hash),
+            None => (1, GENESIS.to_owned()),
+        };
+        let mut event = Event {
+            seq,
+            ts: crate::rows::now_millis(),
+            actor: actor.0.clone(),
+            action: change.action.to_owned(),
+            flag: change.flag.map(str::to_owned),
+            environment: change.environment.map(str::to_owned),
+            before: change.before.map(|v| v.to_string()),
+            after: change.after.map(|v| v.to_string()),
+            prev_hash,
+            hash: String::new(),
+        };
+        event.hash = event.compute_hash();
+        event
+    }
+
     /// SHA-256 (hex) of the canonical encoding of every field but `hash`: a JSON array
     /// in field order, so no two different rows encode the same.
     pub fn compute_hash(&self) -> String {

@@ -2,6 +2,9 @@
 //! the official Unleash SDKs work against it unchanged.
 //!
 //! - [`store`]: the [`Store`] trait and its embedded SQLite implementation.
+//! - [`pg`]: [`PgStore`], for several replicas sharing one PostgreSQL database, and the
+//!   change listener that keeps them in step.
+//! - `schema`: the tables, written once for both.
 //! - [`audit`]: the hash-chained, append-only log of every change, and its verifier.
 //! - [`token`]: API tokens in the Unleash format, hashed at rest, compared in constant time.
 //! - [`serve`]: the HTTP server (client, frontend and part of the admin API), evaluating
@@ -9,13 +12,16 @@
 //!
 //! - [`metrics`]: SDK registrations and evaluation counts, parsed and bounded.
 //!
-//! What it does not do (yet): PostgreSQL, change requests. See `docs/flags.md`.
+//! What it does not do (yet): change requests. See `docs/flags.md`.
 //! It must not depend on the sandbox crates.
 
 pub mod audit;
 pub mod client;
 mod live;
 pub mod metrics;
+pub mod pg;
+mod rows;
+mod schema;
 pub mod server;
 pub mod store;
 mod stream;
@@ -25,6 +31,7 @@ pub mod wire;
 use std::sync::Arc;
 
 pub use audit::Actor;
+pub use pg::{PgOptions, PgStore};
 pub use server::{FrontendResponse, FrontendToggle, FrontendVariant, ServeOptions};
 pub use store::{FeatureSummary, NewFeature, SqliteStore, Store, StoreError, TokenRecord};
 pub use token::TokenType;
@@ -71,17 +78,19 @@ pub fn bootstrap_admin_token(
         }
         None => (token::generate("*", "*").map_err(Error::Random)?, true),
     };
-    store.insert_token(
-        &TokenRecord {
-            name: "admin".into(),
-            token_type: TokenType::Admin,
-            project: "*".into(),
-            environment: "*".into(),
-            hash: token::TokenHash::of(&text),
-        },
-        &Actor::system(),
-    )?;
-    Ok(generated.then_some(text))
+    let record = TokenRecord {
+        name: "admin".into(),
+        token_type: TokenType::Admin,
+        project: "*".into(),
+        environment: "*".into(),
+        hash: token::TokenHash::of(&text),
+    };
+    match store.insert_token(&record, &Actor::system()) {
+        Ok(()) => Ok(generated.then_some(text)),
+        // Another replica of a shared database stored the same token meanwhile.
+        Err(_) if !generated && store.tokens()?.iter().any(|t| t.hash == record.hash) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Serve the flag APIs on `listener` until the future is dropped or the listener fails.
@@ -90,9 +99,22 @@ pub async fn serve(
     store: Arc<dyn Store>,
     options: ServeOptions,
 ) -> Result<(), Error> {
-    let (app, state) = server::router(store, &options)?;
+    let (app, state) = server::router(store.clone(), &options)?;
+    // Other replicas' changes: the store says when there may have been some.
+    let watch = {
+        let state = state.clone();
+        store.watch_changes(Arc::new(move || state.changed_elsewhere()))
+    };
+    let watch = async move {
+        match watch {
+            Some(watch) => watch.await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         served = axum::serve(listener, app) => served.map_err(Error::Serve),
         () = state.feeds.clone().run() => Ok(()),
+        () = state.clone().keep_tokens_fresh() => Ok(()),
+        () = watch => Ok(()),
     }
 }

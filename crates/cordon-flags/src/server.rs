@@ -4,16 +4,19 @@
 //! (hashes only), read flag state through the [`Store`] on a blocking thread, and keep
 //! one compiled [`Snapshot`] per (environment, project scope): the client-API bodies
 //! with their ETags and a yggdrasil [`EngineState`] for the frontend API. Any write
-//! through this server drops every snapshot.
+//! through this server drops every snapshot; so does a change another replica made,
+//! when the store announces one ([`Store::watch_changes`]), which also reloads the
+//! tokens.
 //!
 //! Admin API so far: state import/export, token creation, flags in a project (create,
 //! list, show, on/off per environment, archive), audit verification.
 //!
-//! Not here yet: delta and streaming APIs, metrics and registration, the rest of the
-//! admin API, change propagation between replicas.
+//! Not here yet: the rest of the admin API.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::Notify;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -148,6 +151,8 @@ pub(crate) struct AppState {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) feeds: Arc<Feeds>,
     tokens: RwLock<Arc<Vec<TokenRecord>>>,
+    /// Set when another replica may have created a token.
+    tokens_stale: Notify,
     cache: Mutex<SnapshotCache>,
 }
 
@@ -200,6 +205,28 @@ impl AppState {
     async fn changed(&self) {
         self.invalidate();
         self.feeds.refresh().await;
+    }
+
+    /// Another replica may have changed something: drop the snapshots now (the next
+    /// request reads the database), and have the tokens and every stream caught up in
+    /// the background. Calls that come before those run coalesce.
+    pub(crate) fn changed_elsewhere(&self) {
+        self.invalidate();
+        self.tokens_stale.notify_one();
+        self.feeds.changed_elsewhere();
+    }
+
+    /// The background task that reloads the tokens after [`Self::changed_elsewhere`].
+    pub(crate) async fn keep_tokens_fresh(self: Arc<Self>) {
+        loop {
+            self.tokens_stale.notified().await;
+            let this = self.clone();
+            match tokio::task::spawn_blocking(move || this.reload_tokens()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot reload the API tokens"),
+                Err(e) => tracing::error!(error = %e, "reloading the API tokens failed"),
+            }
+        }
     }
 
     fn reload_tokens(&self) -> Result<(), StoreError> {
@@ -366,6 +393,7 @@ pub(crate) fn router(
 ) -> Result<(Router, Arc<AppState>), StoreError> {
     let state = Arc::new(AppState {
         tokens: RwLock::new(Arc::new(store.tokens()?)),
+        tokens_stale: Notify::new(),
         feeds: Feeds::new(store.clone(), options.max_streams),
         store,
         cache: Mutex::new(SnapshotCache::default()),

@@ -1,30 +1,30 @@
 //! Persistent flag state and API tokens.
 //!
 //! [`Store`] is the seam between the HTTP server and the database: every operation the
-//! server needs, expressed in the Unleash client-API data model (`unleash-types`), so a
-//! PostgreSQL store can implement the same trait. [`SqliteStore`] is the embedded
-//! implementation (WAL, schema migrations on open).
+//! server needs, expressed in the Unleash client-API data model (`unleash-types`).
+//! [`SqliteStore`] is the embedded implementation (WAL, schema migrations on open);
+//! [`PgStore`](crate::PgStore) the one several replicas share.
 //!
-//! The schema is relational and portable (no SQLite-only types): projects,
-//! environments, features, per-environment enabled state and variants, strategies in
-//! order, segments, dependencies. Constraint lists, parameters and variant lists are
-//! JSON text columns (`jsonb` in PostgreSQL). Tokens are stored as SHA-256 hashes only.
+//! The schema (`schema.rs`) is relational and portable: projects, environments,
+//! features, per-environment enabled state and variants, strategies in order,
+//! segments, dependencies. Constraint lists, parameters and variant lists are JSON
+//! text columns (`jsonb` in PostgreSQL). Tokens are stored as SHA-256 hashes only.
 //!
 //! What it does not do: authorisation, evaluation, caching. Those belong to the server.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
-use unleash_types::client_features::{
-    ClientFeature, ClientFeatures, FeatureDependency, Segment, Strategy,
-};
+use unleash_types::client_features::ClientFeatures;
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{Actor, Change, Event, GENESIS};
-use crate::metrics::{Application, Counts, Instance, MetricsRow, Registration, Report};
+use crate::audit::{Actor, Change, Event};
+use crate::metrics::{Application, Counts, MetricsRow, Registration, Report};
+use crate::rows::{self, now_millis, to_json};
+pub use crate::schema::SCHEMA_VERSION;
+use crate::schema::{self, Dialect};
 use crate::token::{TokenHash, TokenType};
 
 /// Environments every new store has.
@@ -37,14 +37,42 @@ pub const DEFAULT_PROJECT: &str = "default";
 pub enum StoreError {
     #[error("cannot open the flag database {path}: {source}")]
     Open {
-        path: PathBuf,
+        path: std::path::PathBuf,
         source: rusqlite::Error,
     },
     #[error(
-        "the flag database {path} has schema version {found}, newer than this build knows ({known}); use a newer cordon"
+        "the PostgreSQL URL is not valid ({}); write it as postgres://USER:PASSWORD@HOST:PORT/DATABASE",
+        crate::pg::explain(.0)
+    )]
+    PgUrl(tokio_postgres::Error),
+    #[error(
+        "cannot connect to the PostgreSQL flag database {database}: {}; is the server up, and are the user and password right?",
+        crate::pg::explain(.source)
+    )]
+    PgConnect {
+        database: String,
+        source: tokio_postgres::Error,
+    },
+    #[error(
+        "all {size} connections to the PostgreSQL flag database stayed busy for {waited_s} s; the database is slow or a query hangs"
+    )]
+    PgPoolBusy { size: usize, waited_s: u64 },
+    #[error("the PostgreSQL driver's runtime failed: {0}")]
+    PgRuntime(std::io::Error),
+    #[error(
+        "PostgreSQL flag database error while trying to {action}: {}",
+        crate::pg::explain(.source)
+    )]
+    Pg {
+        action: &'static str,
+        source: tokio_postgres::Error,
+    },
+    #[error(
+        "the flag database {database} has schema version {found}, newer than this build knows ({known}); use a newer cordon"
     )]
     SchemaTooNew {
-        path: PathBuf,
+        /// The SQLite file, or the PostgreSQL database as `user@host:port/name`.
+        database: String,
         found: i64,
         known: i64,
     },
@@ -132,7 +160,21 @@ pub trait Store: Send + Sync + 'static {
     fn feature_metrics(&self, flag: &str, since_ms: i64) -> Result<Vec<MetricsRow>>;
     /// Applications and their instances, by name.
     fn applications(&self) -> Result<Vec<Application>>;
+    /// For a store that other processes write to as well: a task that calls
+    /// `on_change` whenever the state may have changed without this process knowing,
+    /// that is after every change another writer announces and after every reconnect
+    /// (changes may have been missed meanwhile). The server runs it for as long as it
+    /// serves. `None`, the default, for a store only this process writes.
+    fn watch_changes(&self, on_change: OnChange) -> Option<ChangeWatch> {
+        let _ = on_change;
+        None
+    }
 }
+
+/// What [`Store::watch_changes`] calls when the state may have changed elsewhere.
+pub type OnChange = std::sync::Arc<dyn Fn() + Send + Sync>;
+/// The task [`Store::watch_changes`] returns; it runs until dropped.
+pub type ChangeWatch = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// A flag to create through the admin API.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,116 +209,6 @@ pub struct FeatureEnvironment {
     pub strategy_count: usize,
 }
 
-const MIGRATIONS: &[(i64, &str)] = &[
-    (
-        1,
-        r#"
-CREATE TABLE projects (
-    name TEXT PRIMARY KEY
-);
-CREATE TABLE environments (
-    name TEXT PRIMARY KEY
-);
-CREATE TABLE features (
-    name TEXT PRIMARY KEY,
-    project TEXT NOT NULL REFERENCES projects(name),
-    type TEXT,
-    description TEXT,
-    stale BOOLEAN NOT NULL DEFAULT FALSE,
-    impression_data BOOLEAN NOT NULL DEFAULT FALSE,
-    archived BOOLEAN NOT NULL DEFAULT FALSE
-);
-CREATE TABLE feature_environments (
-    feature TEXT NOT NULL REFERENCES features(name) ON DELETE CASCADE,
-    environment TEXT NOT NULL REFERENCES environments(name) ON DELETE CASCADE,
-    enabled BOOLEAN NOT NULL,
-    variants TEXT NOT NULL,
-    PRIMARY KEY (feature, environment)
-);
-CREATE TABLE strategies (
-    feature TEXT NOT NULL,
-    environment TEXT NOT NULL,
-    position INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    sort_order INTEGER,
-    parameters TEXT NOT NULL,
-    constraints TEXT NOT NULL,
-    variants TEXT NOT NULL,
-    segments TEXT NOT NULL,
-    PRIMARY KEY (feature, environment, position),
-    FOREIGN KEY (feature, environment)
-        REFERENCES feature_environments(feature, environment) ON DELETE CASCADE
-);
-CREATE TABLE segments (
-    id INTEGER PRIMARY KEY,
-    constraints TEXT NOT NULL
-);
-CREATE TABLE feature_dependencies (
-    child TEXT NOT NULL REFERENCES features(name) ON DELETE CASCADE,
-    parent TEXT NOT NULL,
-    enabled BOOLEAN,
-    variants TEXT,
-    position INTEGER NOT NULL,
-    PRIMARY KEY (child, position)
-);
-CREATE TABLE api_tokens (
-    hash BLOB PRIMARY KEY,
-    name TEXT NOT NULL,
-    type TEXT NOT NULL,
-    project TEXT NOT NULL,
-    environment TEXT NOT NULL,
-    created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
-);
-"#,
-    ),
-    (
-        2,
-        r#"
-CREATE TABLE audit_events (
-    seq INTEGER PRIMARY KEY,
-    ts INTEGER NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    flag TEXT,
-    environment TEXT,
-    before TEXT,
-    after TEXT,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
-);
-CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events
-BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
-CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events
-BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
-"#,
-    ),
-    (
-        3,
-        r#"
-CREATE TABLE client_instances (
-    app_name TEXT NOT NULL,
-    instance_id TEXT NOT NULL,
-    environment TEXT NOT NULL,
-    sdk_version TEXT,
-    strategies TEXT NOT NULL,
-    interval_ms INTEGER,
-    last_seen INTEGER NOT NULL,
-    PRIMARY KEY (app_name, instance_id, environment)
-);
-CREATE TABLE feature_metrics (
-    feature TEXT NOT NULL,
-    environment TEXT NOT NULL,
-    app_name TEXT NOT NULL,
-    hour INTEGER NOT NULL,
-    yes INTEGER NOT NULL,
-    no INTEGER NOT NULL,
-    variants TEXT NOT NULL,
-    PRIMARY KEY (feature, hour, environment, app_name)
-);
-"#,
-    ),
-];
-
 /// The embedded store: one SQLite file in WAL mode.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -284,14 +216,6 @@ pub struct SqliteStore {
 
 fn db(action: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |source| StoreError::Db { action, source }
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> String {
-    crate::wire::to_value(v).to_string()
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(what: &'static str, s: &str) -> Result<T> {
-    serde_json::from_str(s).map_err(|source| StoreError::CorruptJson { what, source })
 }
 
 impl SqliteStore {
@@ -323,18 +247,10 @@ impl SqliteStore {
     }
 }
 
-/// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
-
 fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     let tx = conn.transaction().map_err(db("begin the migration"))?;
-    tx.execute_batch(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
-            version INTEGER PRIMARY KEY,
-            applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
-        )",
-    )
-    .map_err(db("create the migrations table"))?;
+    tx.execute_batch(&Dialect::Sqlite.migrations_table())
+        .map_err(db("create the migrations table"))?;
     let current: i64 = tx
         .query_row(
             "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
@@ -342,29 +258,14 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
             |r| r.get(0),
         )
         .map_err(db("read the schema version"))?;
-    if current > SCHEMA_VERSION {
-        return Err(StoreError::SchemaTooNew {
-            path: path.to_owned(),
-            found: current,
-            known: SCHEMA_VERSION,
-        });
-    }
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
-        tx.execute_batch(sql)
+    for (version, sql) in schema::pending(Dialect::Sqlite, current, &path.display().to_string())? {
+        tx.execute_batch(&sql)
             .map_err(db("apply a schema migration"))?;
         tx.execute(
             "INSERT INTO schema_migrations (version) VALUES (?1)",
             [version],
         )
         .map_err(db("record a schema migration"))?;
-        if *version == 1 {
-            tx.execute("INSERT INTO projects (name) VALUES (?1)", [DEFAULT_PROJECT])
-                .map_err(db("create the default project"))?;
-            for env in DEFAULT_ENVIRONMENTS {
-                tx.execute("INSERT INTO environments (name) VALUES (?1)", [env])
-                    .map_err(db("create the default environments"))?;
-            }
-        }
     }
     tx.commit().map_err(db("commit the migration"))
 }
@@ -476,13 +377,7 @@ impl Store for SqliteStore {
         append_event(
             &tx,
             actor,
-            Change {
-                action: "state-imported",
-                flag: None,
-                environment: Some(environment),
-                before: Some(crate::wire::to_value(&before)),
-                after: Some(crate::wire::to_value(&after)),
-            },
+            Change::state_imported(environment, &before, &after),
         )?;
         tx.commit().map_err(db("commit the import"))
     }
@@ -513,13 +408,7 @@ impl Store for SqliteStore {
         Ok(rows
             .into_iter()
             .filter_map(|(name, ty, project, environment, hash)| {
-                Some(TokenRecord {
-                    name,
-                    token_type: TokenType::parse(&ty)?,
-                    project,
-                    environment,
-                    hash: TokenHash(hash.try_into().ok()?),
-                })
+                rows::token(name, &ty, project, environment, hash)
             })
             .collect())
     }
@@ -539,22 +428,7 @@ impl Store for SqliteStore {
             ],
         )
         .map_err(db("store a token"))?;
-        append_event(
-            &tx,
-            actor,
-            Change {
-                action: "api-token-created",
-                flag: None,
-                environment: Some(&token.environment),
-                before: None,
-                after: Some(serde_json::json!({
-                    "tokenName": token.name,
-                    "type": token.token_type.as_str(),
-                    "project": token.project,
-                    "environment": token.environment,
-                })),
-            },
-        )?;
+        append_event(&tx, actor, Change::token_created(token))?;
         tx.commit().map_err(db("commit a new token"))
     }
 
@@ -597,13 +471,7 @@ impl Store for SqliteStore {
         append_event(
             &tx,
             actor,
-            Change {
-                action: "feature-created",
-                flag: Some(&feature.name),
-                environment: None,
-                before: None,
-                after: after.first().map(|f| serde_json::json!(f)),
-            },
+            Change::feature_created(&feature.name, after.first()),
         )?;
         tx.commit().map_err(db("commit a new flag"))
     }
@@ -641,17 +509,7 @@ impl Store for SqliteStore {
         append_event(
             &tx,
             actor,
-            Change {
-                action: if enabled {
-                    "feature-environment-enabled"
-                } else {
-                    "feature-environment-disabled"
-                },
-                flag: Some(flag),
-                environment: Some(environment),
-                before: Some(serde_json::json!({ "enabled": before })),
-                after: Some(serde_json::json!({ "enabled": enabled })),
-            },
+            Change::switched(flag, environment, before, enabled),
         )?;
         tx.commit().map_err(db("commit switching a flag"))?;
         Ok(true)
@@ -666,17 +524,7 @@ impl Store for SqliteStore {
             [flag],
         )
         .map_err(db("archive a flag"))?;
-        append_event(
-            &tx,
-            actor,
-            Change {
-                action: "feature-archived",
-                flag: Some(flag),
-                environment: None,
-                before: Some(serde_json::json!({ "archived": false })),
-                after: Some(serde_json::json!({ "archived": true })),
-            },
-        )?;
+        append_event(&tx, actor, Change::archived(flag))?;
         tx.commit().map_err(db("commit archiving a flag"))
     }
 
@@ -759,15 +607,10 @@ impl Store for SqliteStore {
                 })
                 .map_err(db("read metrics"))?;
             let mut total = match old {
-                Some((yes, no, variants)) => Counts {
-                    yes: yes.max(0) as u64,
-                    no: no.max(0) as u64,
-                    variants: from_json("metrics variants", &variants)?,
-                },
+                Some((yes, no, variants)) => rows::counts(yes, no, &variants)?,
                 None => Counts::default(),
             };
             total.add(counts);
-            let clamp = |n: u64| n.min(i64::MAX as u64) as i64;
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO feature_metrics
                     (feature, environment, app_name, hour, yes, no, variants)
@@ -779,8 +622,8 @@ impl Store for SqliteStore {
                     report.environment,
                     report.app_name,
                     report.hour_ms,
-                    clamp(total.yes),
-                    clamp(total.no),
+                    rows::clamp(total.yes),
+                    rows::clamp(total.no),
                     to_json(&total.variants)
                 ])
             })
@@ -816,32 +659,20 @@ impl Store for SqliteStore {
                  WHERE feature = ?1 AND hour >= ?2 ORDER BY hour, environment, app_name",
             )
             .map_err(db("read metrics"))?;
-        let rows: Vec<(String, String, i64, i64, i64, String)> = st
+        let rows = st
             .query_map(params![flag, since_ms], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
+                Ok(rows::CountsRow {
+                    app_name: r.get(0)?,
+                    environment: r.get(1)?,
+                    hour: r.get(2)?,
+                    yes: r.get(3)?,
+                    no: r.get(4)?,
+                    variants: r.get(5)?,
+                })
             })
             .and_then(|rows| rows.collect())
             .map_err(db("read metrics"))?;
-        rows.into_iter()
-            .map(|(app_name, environment, hour, yes, no, variants)| {
-                Ok(MetricsRow {
-                    feature_name: flag.to_owned(),
-                    app_name,
-                    environment,
-                    timestamp: crate::metrics::rfc3339(hour),
-                    yes: yes.max(0) as u64,
-                    no: no.max(0) as u64,
-                    variants: from_json("metrics variants", &variants)?,
-                })
-            })
-            .collect()
+        rows::metrics(flag, rows)
     }
 
     fn applications(&self) -> Result<Vec<Application>> {
@@ -852,37 +683,20 @@ impl Store for SqliteStore {
                  FROM client_instances ORDER BY app_name, instance_id, environment",
             )
             .map_err(db("list applications"))?;
-        let rows: Vec<(String, String, String, Option<String>, String, i64)> = st
+        let rows = st
             .query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
+                Ok(rows::InstanceRow {
+                    app_name: r.get(0)?,
+                    instance_id: r.get(1)?,
+                    environment: r.get(2)?,
+                    sdk_version: r.get(3)?,
+                    strategies: r.get(4)?,
+                    last_seen: r.get(5)?,
+                })
             })
             .and_then(|rows| rows.collect())
             .map_err(db("list applications"))?;
-        let mut apps: Vec<Application> = Vec::new();
-        for (app_name, instance_id, environment, sdk_version, strategies, last_seen) in rows {
-            let instance = Instance {
-                instance_id,
-                environment,
-                sdk_version,
-                strategies: from_json("registered strategies", &strategies)?,
-                last_seen: crate::metrics::rfc3339(last_seen),
-            };
-            match apps.last_mut() {
-                Some(a) if a.app_name == app_name => a.instances.push(instance),
-                _ => apps.push(Application {
-                    app_name,
-                    instances: vec![instance],
-                }),
-            }
-        }
-        Ok(apps)
+        rows::applications(rows)
     }
 }
 
@@ -899,117 +713,80 @@ fn read_client_state(
     environment: &str,
     project: &str,
 ) -> Result<ClientFeatures> {
-    let mut features: BTreeMap<String, ClientFeature> = BTreeMap::new();
-    {
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT f.name, f.project, f.type, f.description, f.stale,
-                        f.impression_data, fe.enabled, fe.variants
-                 FROM features f JOIN feature_environments fe ON fe.feature = f.name
-                 WHERE fe.environment = ?1 AND NOT f.archived
-                   AND (?2 = '*' OR f.project = ?2)",
-            )
-            .map_err(db("read the flag state"))?;
-        let mut rows = stmt
-            .query(params![environment, project])
-            .map_err(db("read features"))?;
-        while let Some(r) = rows.next().map_err(db("read features"))? {
-            let name: String = r.get(0).map_err(db("read features"))?;
-            let variants: String = r.get(7).map_err(db("read features"))?;
-            let variants: Vec<unleash_types::client_features::Variant> =
-                from_json("feature variants", &variants)?;
-            features.insert(
-                name.clone(),
-                ClientFeature {
-                    name,
-                    project: Some(r.get(1).map_err(db("read features"))?),
-                    feature_type: r.get(2).map_err(db("read features"))?,
-                    description: r.get(3).map_err(db("read features"))?,
-                    stale: Some(r.get(4).map_err(db("read features"))?),
-                    impression_data: Some(r.get(5).map_err(db("read features"))?),
-                    enabled: r.get(6).map_err(db("read features"))?,
-                    variants: Some(variants),
-                    strategies: Some(Vec::new()),
-                    ..ClientFeature::default()
-                },
-            );
-        }
-    }
-    {
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT feature, name, sort_order, parameters, constraints, variants, segments
-                 FROM strategies WHERE environment = ?1 ORDER BY feature, position",
-            )
-            .map_err(db("read strategies"))?;
-        let mut rows = stmt.query([environment]).map_err(db("read strategies"))?;
-        while let Some(r) = rows.next().map_err(db("read strategies"))? {
-            let feature: String = r.get(0).map_err(db("read strategies"))?;
-            let Some(f) = features.get_mut(&feature) else {
-                continue;
-            };
-            let text = |i| -> Result<String> { r.get(i).map_err(db("read strategies")) };
-            let parameters: HashMap<String, String> = from_json("strategy parameters", &text(3)?)?;
-            let segments: Vec<i32> = from_json("strategy segments", &text(6)?)?;
-            let strategy = Strategy {
-                name: text(1)?,
-                sort_order: r.get(2).map_err(db("read strategies"))?,
-                parameters: Some(parameters),
-                constraints: Some(from_json("strategy constraints", &text(4)?)?),
-                variants: Some(from_json("strategy variants", &text(5)?)?),
-                segments: (!segments.is_empty()).then_some(segments),
-            };
-            f.strategies.get_or_insert_with(Vec::new).push(strategy);
-        }
-    }
-    {
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT child, parent, enabled, variants FROM feature_dependencies
-                 ORDER BY child, position",
-            )
-            .map_err(db("read dependencies"))?;
-        let mut rows = stmt.query([]).map_err(db("read dependencies"))?;
-        while let Some(r) = rows.next().map_err(db("read dependencies"))? {
-            let child: String = r.get(0).map_err(db("read dependencies"))?;
-            let Some(f) = features.get_mut(&child) else {
-                continue;
-            };
-            let variants: Option<String> = r.get(3).map_err(db("read dependencies"))?;
-            let dependency = FeatureDependency {
-                feature: r.get(1).map_err(db("read dependencies"))?,
-                enabled: r.get(2).map_err(db("read dependencies"))?,
-                variants: variants
-                    .map(|v| from_json("dependency variants", &v))
-                    .transpose()?,
-            };
-            f.dependencies.get_or_insert_with(Vec::new).push(dependency);
-        }
-    }
-    let segments = {
-        let mut stmt = conn
-            .prepare_cached("SELECT id, constraints FROM segments ORDER BY id")
-            .map_err(db("read segments"))?;
-        let rows: Vec<(i32, String)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .and_then(|rows| rows.collect())
-            .map_err(db("read segments"))?;
-        rows.into_iter()
-            .map(|(id, c)| {
-                Ok(Segment {
-                    id,
-                    constraints: from_json("segment constraints", &c)?,
+    let features = conn
+        .prepare_cached(
+            "SELECT f.name, f.project, f.type, f.description, f.stale,
+                    f.impression_data, fe.enabled, fe.variants
+             FROM features f JOIN feature_environments fe ON fe.feature = f.name
+             WHERE fe.environment = ?1 AND NOT f.archived
+               AND (?2 = '*' OR f.project = ?2)",
+        )
+        .and_then(|mut st| {
+            st.query_map(params![environment, project], |r| {
+                Ok(rows::FeatureRow {
+                    name: r.get(0)?,
+                    project: r.get(1)?,
+                    feature_type: r.get(2)?,
+                    description: r.get(3)?,
+                    stale: r.get(4)?,
+                    impression_data: r.get(5)?,
+                    enabled: r.get(6)?,
+                    variants: r.get(7)?,
                 })
-            })
-            .collect::<Result<Vec<_>>>()?
-    };
-    Ok(ClientFeatures {
-        version: 2,
-        features: features.into_values().collect(),
-        segments: Some(segments),
-        query: None,
-        meta: None,
-    })
+            })?
+            .collect()
+        })
+        .map_err(db("read features"))?;
+    let strategies = conn
+        .prepare_cached(
+            "SELECT feature, name, sort_order, parameters, constraints, variants, segments
+             FROM strategies WHERE environment = ?1 ORDER BY feature, position",
+        )
+        .and_then(|mut st| {
+            st.query_map([environment], |r| {
+                Ok(rows::StrategyRow {
+                    feature: r.get(0)?,
+                    name: r.get(1)?,
+                    sort_order: r.get(2)?,
+                    parameters: r.get(3)?,
+                    constraints: r.get(4)?,
+                    variants: r.get(5)?,
+                    segments: r.get(6)?,
+                })
+            })?
+            .collect()
+        })
+        .map_err(db("read strategies"))?;
+    let dependencies = conn
+        .prepare_cached(
+            "SELECT child, parent, enabled, variants FROM feature_dependencies
+             ORDER BY child, position",
+        )
+        .and_then(|mut st| {
+            st.query_map([], |r| {
+                Ok(rows::DependencyRow {
+                    child: r.get(0)?,
+                    parent: r.get(1)?,
+                    enabled: r.get(2)?,
+                    variants: r.get(3)?,
+                })
+            })?
+            .collect()
+        })
+        .map_err(db("read dependencies"))?;
+    let segments = conn
+        .prepare_cached("SELECT id, constraints FROM segments ORDER BY id")
+        .and_then(|mut st| {
+            st.query_map([], |r| {
+                Ok(rows::SegmentRow {
+                    id: r.get(0)?,
+                    constraints: r.get(1)?,
+                })
+            })?
+            .collect()
+        })
+        .map_err(db("read segments"))?;
+    rows::client_state(features, strategies, dependencies, segments)
 }
 
 /// Non-archived flags of `project` (or just `only`), with their environments.
@@ -1018,7 +795,7 @@ fn read_features(
     project: &str,
     only: Option<&str>,
 ) -> Result<Vec<FeatureSummary>> {
-    let mut stmt = conn
+    let rows = conn
         .prepare_cached(
             "SELECT f.name, f.project, f.type, f.description, f.stale, f.impression_data,
                     f.archived, fe.environment, fe.enabled,
@@ -1028,44 +805,29 @@ fn read_features(
              WHERE f.project = ?1 AND NOT f.archived AND (?2 IS NULL OR f.name = ?2)
              ORDER BY f.name, fe.environment",
         )
+        .and_then(|mut st| {
+            st.query_map(params![project, only], |r| {
+                Ok(rows::SummaryRow {
+                    name: r.get(0)?,
+                    project: r.get(1)?,
+                    feature_type: r.get(2)?,
+                    description: r.get(3)?,
+                    stale: r.get(4)?,
+                    impression_data: r.get(5)?,
+                    archived: r.get(6)?,
+                    environment: r.get(7)?,
+                    enabled: r.get(8)?,
+                    strategy_count: r.get(9)?,
+                })
+            })?
+            .collect()
+        })
         .map_err(db("list flags"))?;
-    let mut rows = stmt
-        .query(params![project, only])
-        .map_err(db("list flags"))?;
-    let mut out: Vec<FeatureSummary> = Vec::new();
-    while let Some(r) = rows.next().map_err(db("list flags"))? {
-        let name: String = r.get(0).map_err(db("list flags"))?;
-        if out.last().is_none_or(|f| f.name != name) {
-            out.push(FeatureSummary {
-                name,
-                project: r.get(1).map_err(db("list flags"))?,
-                feature_type: r.get(2).map_err(db("list flags"))?,
-                description: r.get(3).map_err(db("list flags"))?,
-                stale: r.get(4).map_err(db("list flags"))?,
-                impression_data: r.get(5).map_err(db("list flags"))?,
-                archived: r.get(6).map_err(db("list flags"))?,
-                environments: Vec::new(),
-            });
-        }
-        let env: Option<String> = r.get(7).map_err(db("list flags"))?;
-        if let (Some(env), Some(f)) = (env, out.last_mut()) {
-            f.environments.push(FeatureEnvironment {
-                name: env,
-                enabled: r.get(8).map_err(db("list flags"))?,
-                strategy_count: r.get::<_, i64>(9).map_err(db("list flags"))? as usize,
-            });
-        }
-    }
-    Ok(out)
+    Ok(rows::summaries(rows))
 }
 
-fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// Append one event to the audit chain inside the change's own transaction.
+/// Append one event to the audit chain inside the change's own transaction (SQLite
+/// allows one writer at a time, so the newest event cannot move meanwhile).
 fn append_event(tx: &Transaction<'_>, actor: &Actor, change: Change<'_>) -> Result<()> {
     let last: Option<(i64, String)> = tx
         .query_row(
@@ -1075,23 +837,7 @@ fn append_event(tx: &Transaction<'_>, actor: &Actor, change: Change<'_>) -> Resu
         )
         .optional()
         .map_err(db("read the newest audit event"))?;
-    let (seq, prev_hash) = match last {
-        Some((seq, hash)) => (seq + 1, hash),
-        None => (1, GENESIS.to_owned()),
-    };
-    let mut event = Event {
-        seq,
-        ts: now_millis(),
-        actor: actor.0.clone(),
-        action: change.action.to_owned(),
-        flag: change.flag.map(str::to_owned),
-        environment: change.environment.map(str::to_owned),
-        before: change.before.map(|v| v.to_string()),
-        after: change.after.map(|v| v.to_string()),
-        prev_hash,
-        hash: String::new(),
-    };
-    event.hash = event.compute_hash();
+    let event = Event::following(last, actor, change);
     tx.execute(
         "INSERT INTO audit_events
             (seq, ts, actor, action, flag, environment, before, after, prev_hash, hash)
@@ -1146,331 +892,5 @@ fn known_environment(tx: &Connection, environment: &str) -> Result<()> {
     match known {
         Some(_) => Ok(()),
         None => Err(StoreError::UnknownEnvironment(environment.to_owned())),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::token::TokenHash;
-
-    #[test]
-    fn state_and_tokens_survive_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("flags.db");
-        let state: ClientFeatures = serde_json::from_value(serde_json::json!({
-            "version": 2,
-            "features": [{"name": "a", "enabled": true, "project": "p",
-                "strategies": [{"name": "flexibleRollout", "parameters": {"rollout": "50"}}],
-                "dependencies": [{"feature": "b", "enabled": false}]},
-                {"name": "b", "enabled": false}]
-        }))
-        .unwrap();
-        {
-            let store = SqliteStore::open(&path).unwrap();
-            store
-                .import_state("production", &state, &Actor::system())
-                .unwrap();
-            store
-                .insert_token(
-                    &TokenRecord {
-                        name: "t".into(),
-                        token_type: TokenType::Client,
-                        project: "*".into(),
-                        environment: "production".into(),
-                        hash: TokenHash::of("*:production.s"),
-                    },
-                    &Actor::system(),
-                )
-                .unwrap();
-        }
-        let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(store.environments().unwrap(), ["development", "production"]);
-        let back = store.client_state("production", "*").unwrap().0;
-        assert_eq!(back.features.len(), 2);
-        assert_eq!(back.features[0].project.as_deref(), Some("p"));
-        assert_eq!(
-            back.features[0].dependencies.as_ref().unwrap()[0].feature,
-            "b"
-        );
-        assert!(
-            store
-                .client_state("development", "*")
-                .unwrap()
-                .0
-                .features
-                .is_empty()
-        );
-        assert!(
-            store
-                .client_state("production", "default")
-                .unwrap()
-                .0
-                .features
-                .len()
-                == 1
-        );
-        assert_eq!(
-            store.tokens().unwrap()[0].hash,
-            TokenHash::of("*:production.s")
-        );
-        let version: i64 = store
-            .conn()
-            .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        assert_eq!(version, SCHEMA_VERSION);
-    }
-
-    #[test]
-    fn a_newer_schema_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("flags.db");
-        drop(SqliteStore::open(&path).unwrap());
-        Connection::open(&path)
-            .unwrap()
-            .execute("INSERT INTO schema_migrations (version) VALUES (999)", [])
-            .unwrap();
-        assert!(matches!(
-            SqliteStore::open(&path),
-            Err(StoreError::SchemaTooNew { found: 999, .. })
-        ));
-    }
-
-    #[test]
-    fn a_failed_import_changes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("flags.db")).unwrap();
-        let state: ClientFeatures = serde_json::from_value(serde_json::json!({
-            "version": 2, "features": [{"name": "a", "enabled": true}]
-        }))
-        .unwrap();
-        store
-            .import_state("development", &state, &Actor::system())
-            .unwrap();
-        assert!(matches!(
-            store.import_state("nowhere", &state, &Actor::system()),
-            Err(StoreError::UnknownEnvironment(_))
-        ));
-        // Duplicate names violate the primary key half-way through: rolled back whole.
-        let dup: ClientFeatures = serde_json::from_value(serde_json::json!({
-            "version": 2, "features": [{"name": "c", "enabled": true}, {"name": "c", "enabled": false}]
-        }))
-        .unwrap();
-        assert!(
-            store
-                .import_state("development", &dup, &Actor::system())
-                .is_err()
-        );
-        let names: Vec<String> = store
-            .client_state("development", "*")
-            .unwrap()
-            .0
-            .features
-            .into_iter()
-            .map(|f| f.name)
-            .collect();
-        assert_eq!(names, ["a"]);
-    }
-
-    /// A store with five events: a token, a flag created, enabled, disabled, archived.
-    fn store_with_history() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("flags.db")).unwrap();
-        let ops = Actor("admin:ops".into());
-        store
-            .insert_token(
-                &TokenRecord {
-                    name: "t".into(),
-                    token_type: TokenType::Client,
-                    project: "*".into(),
-                    environment: "production".into(),
-                    hash: TokenHash::of("*:production.s"),
-                },
-                &ops,
-            )
-            .unwrap();
-        let new = NewFeature {
-            name: "checkout-v2".into(),
-            ..NewFeature::default()
-        };
-        store.create_feature(DEFAULT_PROJECT, &new, &ops).unwrap();
-        assert!(
-            store
-                .set_enabled(DEFAULT_PROJECT, "checkout-v2", "production", true, &ops)
-                .unwrap()
-        );
-        // No change, no event.
-        assert!(
-            !store
-                .set_enabled(DEFAULT_PROJECT, "checkout-v2", "production", true, &ops)
-                .unwrap()
-        );
-        store
-            .set_enabled(DEFAULT_PROJECT, "checkout-v2", "production", false, &ops)
-            .unwrap();
-        store
-            .archive_feature(DEFAULT_PROJECT, "checkout-v2", &ops)
-            .unwrap();
-        (dir, store)
-    }
-
-    /// Tamper as someone with the database file would: the triggers go first.
-    fn tamper(store: &SqliteStore, sql: &str) {
-        store
-            .conn()
-            .execute_batch(&format!(
-                "DROP TRIGGER IF EXISTS audit_events_no_update;
-                 DROP TRIGGER IF EXISTS audit_events_no_delete;
-                 {sql}"
-            ))
-            .unwrap();
-    }
-
-    fn problems(store: &SqliteStore) -> Vec<crate::audit::Problem> {
-        crate::audit::verify(store).unwrap().problems
-    }
-
-    use crate::audit::Problem;
-
-    #[test]
-    fn every_change_appends_a_chained_event() {
-        let (_dir, store) = store_with_history();
-        let events = store.audit_events().unwrap();
-        let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
-        assert_eq!(
-            actions,
-            [
-                "api-token-created",
-                "feature-created",
-                "feature-environment-enabled",
-                "feature-environment-disabled",
-                "feature-archived"
-            ]
-        );
-        assert_eq!(events[0].prev_hash, GENESIS);
-        assert_eq!(events[3].actor, "admin:ops");
-        assert_eq!(events[3].environment.as_deref(), Some("production"));
-        assert_eq!(events[3].before.as_deref(), Some(r#"{"enabled":true}"#));
-        assert_eq!(events[3].after.as_deref(), Some(r#"{"enabled":false}"#));
-        assert!(!events[0].after.as_ref().unwrap().contains("hash"));
-        let report = crate::audit::verify(&store).unwrap();
-        assert!(report.ok(), "{:?}", report.problems);
-        assert_eq!(report.events, 5);
-        assert_eq!(report.head.as_ref(), Some(&events[4].hash));
-    }
-
-    #[test]
-    fn the_database_refuses_to_update_or_delete_events() {
-        let (_dir, store) = store_with_history();
-        let conn = store.conn();
-        assert!(
-            conn.execute("UPDATE audit_events SET actor = 'x' WHERE seq = 1", [])
-                .is_err()
-        );
-        assert!(
-            conn.execute("DELETE FROM audit_events WHERE seq = 1", [])
-                .is_err()
-        );
-    }
-
-    #[test]
-    fn verify_names_an_edited_event() {
-        let (_dir, store) = store_with_history();
-        tamper(
-            &store,
-            "UPDATE audit_events SET after = '{\"enabled\":true}' WHERE seq = 4",
-        );
-        assert_eq!(problems(&store), [Problem::Edited { seq: 4 }]);
-    }
-
-    #[test]
-    fn verify_names_an_edited_and_rehashed_event() {
-        let (_dir, store) = store_with_history();
-        let mut e = store.audit_events().unwrap()[1].clone();
-        e.actor = "admin:someone-else".into();
-        e.hash = e.compute_hash();
-        tamper(
-            &store,
-            &format!(
-                "UPDATE audit_events SET actor = '{}', hash = '{}' WHERE seq = 2",
-                e.actor, e.hash
-            ),
-        );
-        assert_eq!(
-            problems(&store),
-            [Problem::Unlinked {
-                seq: 3,
-                previous: 2
-            }]
-        );
-    }
-
-    #[test]
-    fn verify_names_deleted_events() {
-        let (_dir, store) = store_with_history();
-        tamper(&store, "DELETE FROM audit_events WHERE seq IN (2, 3)");
-        assert_eq!(problems(&store), [Problem::Deleted { from: 2, to: 3 }]);
-        tamper(&store, "DELETE FROM audit_events WHERE seq = 1");
-        assert_eq!(
-            problems(&store),
-            [Problem::Deleted { from: 1, to: 3 }],
-            "a deleted first event is named too"
-        );
-    }
-
-    #[test]
-    fn verify_names_an_inserted_event() {
-        let (_dir, store) = store_with_history();
-        let events = store.audit_events().unwrap();
-        // A well-formed forgery: right link to event 2, right hash of its own. The
-        // events after it are renumbered to make room.
-        let mut forged = events[2].clone();
-        forged.action = "feature-environment-disabled".into();
-        forged.prev_hash = events[1].hash.clone();
-        forged.hash = forged.compute_hash();
-        tamper(
-            &store,
-            &format!(
-                "UPDATE audit_events SET seq = seq + 100 WHERE seq >= 3;
-                 UPDATE audit_events SET seq = seq - 99 WHERE seq >= 100;
-                 INSERT INTO audit_events
-                    (seq, ts, actor, action, flag, environment, before, after, prev_hash, hash)
-                 SELECT 3, ts, actor, '{}', flag, environment, before, after, '{}', '{}'
-                 FROM audit_events WHERE seq = 4",
-                forged.action, forged.prev_hash, forged.hash
-            ),
-        );
-        let found = problems(&store);
-        assert_eq!(found[0], Problem::Inserted { seq: 3 });
-        // Renumbering changed the hashed content of every event after it.
-        assert_eq!(
-            found[1..],
-            [
-                Problem::Edited { seq: 4 },
-                Problem::Edited { seq: 5 },
-                Problem::Edited { seq: 6 }
-            ]
-        );
-    }
-
-    #[test]
-    fn a_failed_change_writes_no_event() {
-        let (_dir, store) = store_with_history();
-        let ops = Actor("admin:ops".into());
-        let again = NewFeature {
-            name: "checkout-v2".into(),
-            ..NewFeature::default()
-        };
-        assert!(matches!(
-            store.create_feature(DEFAULT_PROJECT, &again, &ops),
-            Err(StoreError::FlagExists(_))
-        ));
-        assert!(matches!(
-            store.set_enabled(DEFAULT_PROJECT, "checkout-v2", "production", true, &ops),
-            Err(StoreError::UnknownFlag { .. })
-        ));
-        assert_eq!(store.audit_events().unwrap().len(), 5);
     }
 }

@@ -322,7 +322,6 @@ impl Feeds {
 
     /// Ask the background task to refresh (a change made elsewhere, e.g. another
     /// replica). Several calls before it runs coalesce into one refresh.
-    #[allow(dead_code)] // the PostgreSQL listener is the caller; it is not written yet
     pub fn changed_elsewhere(&self) {
         self.wake.notify_one();
     }

@@ -1,22 +1,37 @@
-//! A running flag server on 127.0.0.1:0 over a temporary SQLite database, and a
-//! minimal HTTP/1.1 client (one request per connection) to talk to it.
+//! A running flag server on 127.0.0.1:0 over a fresh database, and a minimal
+//! HTTP/1.1 client (one request per connection) to talk to it.
+//!
+//! The database is a temporary SQLite file, or with `CORDON_FLAGS_TEST_STORE=postgres`
+//! a new PostgreSQL database on the server at `CORDON_TEST_POSTGRES_URL` (see
+//! [`pg`]), so every test that uses [`start`] runs against either store.
 
 #![allow(dead_code)]
 
+pub mod pg;
 pub mod sse;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use cordon_flags::{ServeOptions, SqliteStore, Store};
+use cordon_flags::{PgStore, ServeOptions, SqliteStore, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const ADMIN: &str = "*:*.test-admin-secret-0123456789";
 
+/// The variable that picks the store [`start`] uses: `sqlite` (the default) or
+/// `postgres`.
+pub const STORE_VAR: &str = "CORDON_FLAGS_TEST_STORE";
+
+/// What a server's data lives in; dropped after the server.
+enum Backing {
+    Sqlite(tempfile::TempDir),
+    Postgres(Arc<pg::TestDatabase>),
+}
+
 pub struct Server {
     pub addr: SocketAddr,
-    _dir: tempfile::TempDir,
     task: tokio::task::JoinHandle<()>,
+    _backing: Backing,
 }
 
 impl Drop for Server {
@@ -30,10 +45,26 @@ pub async fn start() -> Server {
 }
 
 pub async fn start_with(options: ServeOptions) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("flags.db")).unwrap();
-    cordon_flags::bootstrap_admin_token(&store, Some(ADMIN)).unwrap();
-    let store: Arc<dyn Store> = Arc::new(store);
+    match std::env::var(STORE_VAR).as_deref() {
+        Err(_) | Ok("sqlite") => {
+            let dir = tempfile::tempdir().unwrap();
+            let store = SqliteStore::open(&dir.path().join("flags.db")).unwrap();
+            serve(Arc::new(store), Backing::Sqlite(dir), options).await
+        }
+        Ok("postgres") => start_on(Arc::new(pg::TestDatabase::create()), options).await,
+        Ok(other) => panic!("{STORE_VAR}={other:?}: use sqlite or postgres"),
+    }
+}
+
+/// A server over the PostgreSQL database `db`, which other servers may share.
+pub async fn start_on(db: Arc<pg::TestDatabase>, options: ServeOptions) -> Server {
+    let store = PgStore::connect(&db.url)
+        .unwrap_or_else(|e| panic!("cannot open the test database {}: {e}", db.name));
+    serve(Arc::new(store), Backing::Postgres(db), options).await
+}
+
+async fn serve(store: Arc<dyn Store>, backing: Backing, options: ServeOptions) -> Server {
+    cordon_flags::bootstrap_admin_token(store.as_ref(), Some(ADMIN)).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -41,8 +72,8 @@ pub async fn start_with(options: ServeOptions) -> Server {
     });
     Server {
         addr,
-        _dir: dir,
         task,
+        _backing: backing,
     }
 }
 

@@ -1,0 +1,281 @@
+//! Rows as the SQL stores read them, and how they become the API model.
+//!
+//! [`SqliteStore`](crate::SqliteStore) and [`PgStore`](crate::PgStore) run their own
+//! SQL through their own drivers but read the same columns, so what comes after the
+//! query is written once, here: JSON columns parsed (a column that is not valid JSON is
+//! a [`StoreError::CorruptJson`], never a panic), rows grouped into flags, strategies
+//! and dependencies attached in order, tokens and metrics decoded.
+//!
+//! What it does not do: talk to a database.
+
+use std::collections::{BTreeMap, HashMap};
+
+use unleash_types::client_features::{
+    ClientFeature, ClientFeatures, FeatureDependency, Segment, Strategy, Variant,
+};
+
+use crate::metrics::{Application, Counts, Instance, MetricsRow};
+use crate::store::{FeatureEnvironment, FeatureSummary, StoreError, TokenRecord};
+use crate::token::{TokenHash, TokenType};
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// A JSON column's text, through [`crate::wire`] (so unknown operators survive).
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
+    crate::wire::to_value(v).to_string()
+}
+
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(what: &'static str, s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|source| StoreError::CorruptJson { what, source })
+}
+
+pub(crate) fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A count as a signed 64-bit column, saturating.
+pub(crate) fn clamp(n: u64) -> i64 {
+    n.min(i64::MAX as u64) as i64
+}
+
+/// A flag in one environment (`features` joined with `feature_environments`).
+pub(crate) struct FeatureRow {
+    pub name: String,
+    pub project: String,
+    pub feature_type: Option<String>,
+    pub description: Option<String>,
+    pub stale: bool,
+    pub impression_data: bool,
+    pub enabled: bool,
+    pub variants: String,
+}
+
+/// One strategy; rows come ordered by feature and position.
+pub(crate) struct StrategyRow {
+    pub feature: String,
+    pub name: String,
+    pub sort_order: Option<i32>,
+    pub parameters: String,
+    pub constraints: String,
+    pub variants: String,
+    pub segments: String,
+}
+
+/// One dependency; rows come ordered by child and position.
+pub(crate) struct DependencyRow {
+    pub child: String,
+    pub parent: String,
+    pub enabled: Option<bool>,
+    pub variants: Option<String>,
+}
+
+pub(crate) struct SegmentRow {
+    pub id: i32,
+    pub constraints: String,
+}
+
+/// The client-API state from its rows: features sorted by name, segments as a
+/// top-level list. Strategies and dependencies of flags not in `features` (other
+/// projects, archived flags) are ignored.
+pub(crate) fn client_state(
+    features: Vec<FeatureRow>,
+    strategies: Vec<StrategyRow>,
+    dependencies: Vec<DependencyRow>,
+    segments: Vec<SegmentRow>,
+) -> Result<ClientFeatures> {
+    let mut by_name: BTreeMap<String, ClientFeature> = BTreeMap::new();
+    for f in features {
+        let variants: Vec<Variant> = from_json("feature variants", &f.variants)?;
+        by_name.insert(
+            f.name.clone(),
+            ClientFeature {
+                name: f.name,
+                project: Some(f.project),
+                feature_type: f.feature_type,
+                description: f.description,
+                stale: Some(f.stale),
+                impression_data: Some(f.impression_data),
+                enabled: f.enabled,
+                variants: Some(variants),
+                strategies: Some(Vec::new()),
+                ..ClientFeature::default()
+            },
+        );
+    }
+    for s in strategies {
+        let Some(f) = by_name.get_mut(&s.feature) else {
+            continue;
+        };
+        let parameters: HashMap<String, String> = from_json("strategy parameters", &s.parameters)?;
+        let segments: Vec<i32> = from_json("strategy segments", &s.segments)?;
+        let strategy = Strategy {
+            name: s.name,
+            sort_order: s.sort_order,
+            parameters: Some(parameters),
+            constraints: Some(from_json("strategy constraints", &s.constraints)?),
+            variants: Some(from_json("strategy variants", &s.variants)?),
+            segments: (!segments.is_empty()).then_some(segments),
+        };
+        f.strategies.get_or_insert_with(Vec::new).push(strategy);
+    }
+    for d in dependencies {
+        let Some(f) = by_name.get_mut(&d.child) else {
+            continue;
+        };
+        let dependency = FeatureDependency {
+            feature: d.parent,
+            enabled: d.enabled,
+            variants: d
+                .variants
+                .map(|v| from_json("dependency variants", &v))
+                .transpose()?,
+        };
+        f.dependencies.get_or_insert_with(Vec::new).push(dependency);
+    }
+    let segments = segments
+        .into_iter()
+        .map(|s| {
+            Ok(Segment {
+                id: s.id,
+                constraints: from_json("segment constraints", &s.constraints)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ClientFeatures {
+        version: 2,
+        features: by_name.into_values().collect(),
+        segments: Some(segments),
+        query: None,
+        meta: None,
+    })
+}
+
+/// A flag with one of its environments (or none: a left join), ordered by flag name
+/// and environment.
+pub(crate) struct SummaryRow {
+    pub name: String,
+    pub project: String,
+    pub feature_type: Option<String>,
+    pub description: Option<String>,
+    pub stale: bool,
+    pub impression_data: bool,
+    pub archived: bool,
+    pub environment: Option<String>,
+    pub enabled: Option<bool>,
+    pub strategy_count: i64,
+}
+
+/// One [`FeatureSummary`] per flag, its environments in row order.
+pub(crate) fn summaries(rows: Vec<SummaryRow>) -> Vec<FeatureSummary> {
+    let mut out: Vec<FeatureSummary> = Vec::new();
+    for r in rows {
+        if out.last().is_none_or(|f| f.name != r.name) {
+            out.push(FeatureSummary {
+                name: r.name,
+                project: r.project,
+                feature_type: r.feature_type,
+                description: r.description,
+                stale: r.stale,
+                impression_data: r.impression_data,
+                archived: r.archived,
+                environments: Vec::new(),
+            });
+        }
+        if let (Some(name), Some(f)) = (r.environment, out.last_mut()) {
+            f.environments.push(FeatureEnvironment {
+                name,
+                enabled: r.enabled.unwrap_or(false),
+                strategy_count: r.strategy_count.max(0) as usize,
+            });
+        }
+    }
+    out
+}
+
+/// A stored token, or `None` for a row this build cannot use (unknown type, a hash
+/// of the wrong length), which then matches no presented token.
+pub(crate) fn token(
+    name: String,
+    token_type: &str,
+    project: String,
+    environment: String,
+    hash: Vec<u8>,
+) -> Option<TokenRecord> {
+    Some(TokenRecord {
+        name,
+        token_type: TokenType::parse(token_type)?,
+        project,
+        environment,
+        hash: TokenHash(hash.try_into().ok()?),
+    })
+}
+
+/// Stored counts (negative ones, which only a hand edit makes, read as 0).
+pub(crate) fn counts(yes: i64, no: i64, variants: &str) -> Result<Counts> {
+    Ok(Counts {
+        yes: yes.max(0) as u64,
+        no: no.max(0) as u64,
+        variants: from_json("metrics variants", variants)?,
+    })
+}
+
+/// One row of `feature_metrics` for one flag.
+pub(crate) struct CountsRow {
+    pub app_name: String,
+    pub environment: String,
+    pub hour: i64,
+    pub yes: i64,
+    pub no: i64,
+    pub variants: String,
+}
+
+pub(crate) fn metrics(flag: &str, rows: Vec<CountsRow>) -> Result<Vec<MetricsRow>> {
+    rows.into_iter()
+        .map(|r| {
+            let counts = counts(r.yes, r.no, &r.variants)?;
+            Ok(MetricsRow {
+                feature_name: flag.to_owned(),
+                app_name: r.app_name,
+                environment: r.environment,
+                timestamp: crate::metrics::rfc3339(r.hour),
+                yes: counts.yes,
+                no: counts.no,
+                variants: counts.variants,
+            })
+        })
+        .collect()
+}
+
+/// One row of `client_instances`; rows come ordered by application name.
+pub(crate) struct InstanceRow {
+    pub app_name: String,
+    pub instance_id: String,
+    pub environment: String,
+    pub sdk_version: Option<String>,
+    pub strategies: String,
+    pub last_seen: i64,
+}
+
+/// Instances grouped into applications.
+pub(crate) fn applications(rows: Vec<InstanceRow>) -> Result<Vec<Application>> {
+    let mut apps: Vec<Application> = Vec::new();
+    for r in rows {
+        let instance = Instance {
+            instance_id: r.instance_id,
+            environment: r.environment,
+            sdk_version: r.sdk_version,
+            strategies: from_json("registered strategies", &r.strategies)?,
+            last_seen: crate::metrics::rfc3339(r.last_seen),
+        };
+        match apps.last_mut() {
+            Some(a) if a.app_name == r.app_name => a.instances.push(instance),
+            _ => apps.push(Application {
+                app_name: r.app_name,
+                instances: vec![instance],
+            }),
+        }
+    }
+    Ok(apps)
+}

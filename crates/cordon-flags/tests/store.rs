@@ -1,0 +1,419 @@
+//! What every store promises, checked against each: SQLite in a temporary file, and
+//! PostgreSQL in a fresh database on the server at `CORDON_TEST_POSTGRES_URL` (these
+//! fail, not skip, when it is unset). State survives reopening, a newer schema is
+//! refused, a failed change changes nothing and writes no event, the database itself
+//! refuses to edit the audit log, and tampering with it (triggers dropped first, as
+//! someone with direct access would) is named event by event.
+
+mod common;
+
+use cordon_flags::audit::{self, GENESIS, Problem};
+use cordon_flags::store::{DEFAULT_PROJECT, SCHEMA_VERSION};
+use cordon_flags::token::TokenHash;
+use cordon_flags::{
+    Actor, NewFeature, PgStore, SqliteStore, Store, StoreError, TokenRecord, TokenType,
+};
+use unleash_types::client_features::ClientFeatures;
+
+/// A database a store can be opened on, and direct access to it.
+trait Backend: Sized {
+    type Store: Store;
+    /// SQL that removes the triggers guarding the audit log.
+    const DROP_TRIGGERS: &str;
+    fn new() -> Self;
+    fn open(&self) -> Result<Self::Store, StoreError>;
+    /// Run SQL directly, bypassing the store.
+    fn execute(&self, sql: &str) -> Result<(), String>;
+    /// The newest applied schema version, read directly.
+    fn schema_version(&self) -> i64;
+}
+
+struct Sqlite(tempfile::TempDir);
+
+impl Sqlite {
+    fn path(&self) -> std::path::PathBuf {
+        self.0.path().join("flags.db")
+    }
+}
+
+impl Backend for Sqlite {
+    type Store = SqliteStore;
+    const DROP_TRIGGERS: &str = "DROP TRIGGER IF EXISTS audit_events_no_update;
+        DROP TRIGGER IF EXISTS audit_events_no_delete;";
+    fn new() -> Self {
+        Sqlite(tempfile::tempdir().unwrap())
+    }
+    fn open(&self) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open(&self.path())
+    }
+    fn execute(&self, sql: &str) -> Result<(), String> {
+        rusqlite::Connection::open(self.path())
+            .and_then(|c| c.execute_batch(sql))
+            .map_err(|e| e.to_string())
+    }
+    fn schema_version(&self) -> i64 {
+        rusqlite::Connection::open(self.path())
+            .unwrap()
+            .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    }
+}
+
+struct Postgres(common::pg::TestDatabase);
+
+impl Backend for Postgres {
+    type Store = PgStore;
+    const DROP_TRIGGERS: &str = "DROP TRIGGER IF EXISTS audit_events_no_update ON audit_events;
+        DROP TRIGGER IF EXISTS audit_events_no_delete ON audit_events;";
+    fn new() -> Self {
+        Postgres(common::pg::TestDatabase::create())
+    }
+    fn open(&self) -> Result<PgStore, StoreError> {
+        PgStore::connect(&self.0.url)
+    }
+    fn execute(&self, sql: &str) -> Result<(), String> {
+        self.0.execute(sql)
+    }
+    fn schema_version(&self) -> i64 {
+        self.0
+            .query_text("SELECT MAX(version) FROM schema_migrations")
+            .parse()
+            .unwrap()
+    }
+}
+
+fn client_token() -> TokenRecord {
+    TokenRecord {
+        name: "t".into(),
+        token_type: TokenType::Client,
+        project: "*".into(),
+        environment: "production".into(),
+        hash: TokenHash::of("*:production.s"),
+    }
+}
+
+fn state(v: serde_json::Value) -> ClientFeatures {
+    serde_json::from_value(v).unwrap()
+}
+
+fn state_and_tokens_survive_reopening<B: Backend>() {
+    let db = B::new();
+    let state = state(serde_json::json!({
+        "version": 2,
+        "features": [{"name": "a", "enabled": true, "project": "p",
+            "strategies": [{"name": "flexibleRollout", "parameters": {"rollout": "50"}}],
+            "dependencies": [{"feature": "b", "enabled": false}]},
+            {"name": "b", "enabled": false}]
+    }));
+    {
+        let store = db.open().unwrap();
+        store
+            .import_state("production", &state, &Actor::system())
+            .unwrap();
+        store
+            .insert_token(&client_token(), &Actor::system())
+            .unwrap();
+    }
+    let store = db.open().unwrap();
+    assert_eq!(store.environments().unwrap(), ["development", "production"]);
+    let (back, revision) = store.client_state("production", "*").unwrap();
+    assert_eq!(revision, 2, "two changes, two events");
+    assert_eq!(back.features.len(), 2);
+    assert_eq!(back.features[0].project.as_deref(), Some("p"));
+    assert_eq!(
+        back.features[0].strategies.as_ref().unwrap()[0]
+            .parameters
+            .as_ref()
+            .unwrap()["rollout"],
+        "50"
+    );
+    assert_eq!(
+        back.features[0].dependencies.as_ref().unwrap()[0].feature,
+        "b"
+    );
+    let development = store.client_state("development", "*").unwrap().0;
+    assert!(development.features.is_empty());
+    let default_project = store.client_state("production", "default").unwrap().0;
+    assert_eq!(default_project.features.len(), 1);
+    assert_eq!(
+        store.tokens().unwrap()[0].hash,
+        TokenHash::of("*:production.s")
+    );
+    assert_eq!(db.schema_version(), SCHEMA_VERSION);
+}
+
+fn a_newer_schema_is_refused<B: Backend>() {
+    let db = B::new();
+    drop(db.open().unwrap());
+    db.execute("INSERT INTO schema_migrations (version) VALUES (999)")
+        .unwrap();
+    match db.open() {
+        Err(e @ StoreError::SchemaTooNew { found: 999, .. }) => {
+            assert!(e.to_string().contains("use a newer cordon"), "{e}")
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a database with schema 999 was opened"),
+    }
+}
+
+fn a_failed_import_changes_nothing<B: Backend>() {
+    let db = B::new();
+    let store = db.open().unwrap();
+    let a = state(serde_json::json!({
+        "version": 2, "features": [{"name": "a", "enabled": true}]
+    }));
+    store
+        .import_state("development", &a, &Actor::system())
+        .unwrap();
+    assert!(matches!(
+        store.import_state("nowhere", &a, &Actor::system()),
+        Err(StoreError::UnknownEnvironment(_))
+    ));
+    // Duplicate names violate the primary key half-way through: rolled back whole.
+    let dup = state(serde_json::json!({
+        "version": 2, "features": [{"name": "c", "enabled": true}, {"name": "c", "enabled": false}]
+    }));
+    assert!(
+        store
+            .import_state("development", &dup, &Actor::system())
+            .is_err()
+    );
+    let names: Vec<String> = store
+        .client_state("development", "*")
+        .unwrap()
+        .0
+        .features
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    assert_eq!(names, ["a"]);
+    assert_eq!(store.audit_events().unwrap().len(), 1);
+    // The store is still usable after the failed transactions.
+    assert_eq!(store.revision().unwrap(), 1);
+}
+
+/// A store with five events: a token, a flag created, enabled, disabled, archived.
+fn store_with_history<B: Backend>() -> (B, B::Store) {
+    let db = B::new();
+    let store = db.open().unwrap();
+    let ops = Actor("admin:ops".into());
+    store.insert_token(&client_token(), &ops).unwrap();
+    let new = NewFeature {
+        name: "checkout-v2".into(),
+        ..NewFeature::default()
+    };
+    store.create_feature(DEFAULT_PROJECT, &new, &ops).unwrap();
+    assert!(
+        store
+            .set_enabled(DEFAULT_PROJECT, "checkout-v2", "production", true, &ops)
+            .unwrap()
+    );
+    // No change, no event.
+    assert!(
+        !store
+            .set_enabled(DEFAULT_PROJECT, "checkout-v2", "production", true, &ops)
+            .unwrap()
+    );
+    store
+        .set_enabled(DEFAULT_PROJECT, "checkout-v2", "production", false, &ops)
+        .unwrap();
+    store
+        .archive_feature(DEFAULT_PROJECT, "checkout-v2", &ops)
+        .unwrap();
+    (db, store)
+}
+
+/// Tamper as someone with direct access to the database would: triggers first.
+fn tamper<B: Backend>(db: &B, sql: &str) {
+    db.execute(&format!("{}\n{sql}", B::DROP_TRIGGERS)).unwrap();
+}
+
+fn problems(store: &dyn Store) -> Vec<Problem> {
+    audit::verify(store).unwrap().problems
+}
+
+fn every_change_appends_a_chained_event<B: Backend>() {
+    let (_db, store) = store_with_history::<B>();
+    let events = store.audit_events().unwrap();
+    let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "api-token-created",
+            "feature-created",
+            "feature-environment-enabled",
+            "feature-environment-disabled",
+            "feature-archived"
+        ]
+    );
+    assert_eq!(events[0].prev_hash, GENESIS);
+    assert_eq!(events[3].actor, "admin:ops");
+    assert_eq!(events[3].environment.as_deref(), Some("production"));
+    assert_eq!(events[3].before.as_deref(), Some(r#"{"enabled":true}"#));
+    assert_eq!(events[3].after.as_deref(), Some(r#"{"enabled":false}"#));
+    assert!(!events[0].after.as_ref().unwrap().contains("hash"));
+    let report = audit::verify(&store).unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(report.events, 5);
+    assert_eq!(report.head.as_ref(), Some(&events[4].hash));
+    assert_eq!(store.revision().unwrap(), 5);
+}
+
+fn the_database_refuses_to_update_or_delete_events<B: Backend>() {
+    let (db, store) = store_with_history::<B>();
+    let update = db.execute("UPDATE audit_events SET actor = 'x' WHERE seq = 1");
+    assert!(
+        update.as_ref().is_err_and(|e| e.contains("append-only")),
+        "{update:?}"
+    );
+    let delete = db.execute("DELETE FROM audit_events WHERE seq = 1");
+    assert!(
+        delete.as_ref().is_err_and(|e| e.contains("append-only")),
+        "{delete:?}"
+    );
+    assert!(audit::verify(&store).unwrap().ok());
+}
+
+fn verify_names_an_edited_event<B: Backend>() {
+    let (db, store) = store_with_history::<B>();
+    tamper(
+        &db,
+        "UPDATE audit_events SET after = '{\"enabled\":true}' WHERE seq = 4",
+    );
+    assert_eq!(problems(&store), [Problem::Edited { seq: 4 }]);
+}
+
+fn verify_names_an_edited_and_rehashed_event<B: Backend>() {
+    let (db, store) = store_with_history::<B>();
+    let mut e = store.audit_events().unwrap()[1].clone();
+    e.actor = "admin:someone-else".into();
+    e.hash = e.compute_hash();
+    tamper(
+        &db,
+        &format!(
+            "UPDATE audit_events SET actor = '{}', hash = '{}' WHERE seq = 2",
+            e.actor, e.hash
+        ),
+    );
+    assert_eq!(
+        problems(&store),
+        [Problem::Unlinked {
+            seq: 3,
+            previous: 2
+        }]
+    );
+}
+
+fn verify_names_deleted_events<B: Backend>() {
+    let (db, store) = store_with_history::<B>();
+    tamper(&db, "DELETE FROM audit_events WHERE seq IN (2, 3)");
+    assert_eq!(problems(&store), [Problem::Deleted { from: 2, to: 3 }]);
+    tamper(&db, "DELETE FROM audit_events WHERE seq = 1");
+    assert_eq!(
+        problems(&store),
+        [Problem::Deleted { from: 1, to: 3 }],
+        "a deleted first event is named too"
+    );
+}
+
+fn verify_names_an_inserted_event<B: Backend>() {
+    let (db, store) = store_with_history::<B>();
+    let events = store.audit_events().unwrap();
+    // A well-formed forgery: right link to event 2, right hash of its own. The
+    // events after it are renumbered to make room.
+    let mut forged = events[2].clone();
+    forged.action = "feature-environment-disabled".into();
+    forged.prev_hash = events[1].hash.clone();
+    forged.hash = forged.compute_hash();
+    tamper(
+        &db,
+        &format!(
+            "UPDATE audit_events SET seq = seq + 100 WHERE seq >= 3;
+             UPDATE audit_events SET seq = seq - 99 WHERE seq >= 100;
+             INSERT INTO audit_events
+                (seq, ts, actor, action, flag, environment, before, after, prev_hash, hash)
+             SELECT 3, ts, actor, '{}', flag, environment, before, after, '{}', '{}'
+             FROM audit_events WHERE seq = 4",
+            forged.action, forged.prev_hash, forged.hash
+        ),
+    );
+    let found = problems(&store);
+    assert_eq!(found[0], Problem::Inserted { seq: 3 });
+    // Renumbering changed the hashed content of every event after it.
+    assert_eq!(
+        found[1..],
+        [
+            Problem::Edited { seq: 4 },
+            Problem::Edited { seq: 5 },
+            Problem::Edited { seq: 6 }
+        ]
+    );
+}
+
+fn a_failed_change_writes_no_event<B: Backend>() {
+    let (_db, store) = store_with_history::<B>();
+    let ops = Actor("admin:ops".into());
+    let again = NewFeature {
+        name: "checkout-v2".into(),
+        ..NewFeature::default()
+    };
+    assert!(matches!(
+        store.create_feature(DEFAULT_PROJECT, &again, &ops),
+        Err(StoreError::FlagExists(_))
+    ));
+    assert!(matches!(
+        store.create_feature("nowhere", &again, &ops),
+        Err(StoreError::UnknownProject(_))
+    ));
+    assert!(matches!(
+        store.set_enabled(DEFAULT_PROJECT, "checkout-v2", "production", true, &ops),
+        Err(StoreError::UnknownFlag { .. })
+    ));
+    assert!(matches!(
+        store.archive_feature(DEFAULT_PROJECT, "checkout-v2", &ops),
+        Err(StoreError::UnknownFlag { .. })
+    ));
+    let other = NewFeature {
+        name: "other".into(),
+        ..NewFeature::default()
+    };
+    store.create_feature(DEFAULT_PROJECT, &other, &ops).unwrap();
+    assert!(matches!(
+        store.set_enabled(DEFAULT_PROJECT, "other", "staging", true, &ops),
+        Err(StoreError::UnknownEnvironment(_))
+    ));
+    assert_eq!(store.audit_events().unwrap().len(), 6);
+}
+
+/// One `#[test]` per store for each of these functions.
+macro_rules! for_each_store {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $test() {
+                super::$test::<super::Sqlite>()
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $test() {
+                super::$test::<super::Postgres>()
+            })*
+        }
+    };
+}
+
+for_each_store!(
+    state_and_tokens_survive_reopening,
+    a_newer_schema_is_refused,
+    a_failed_import_changes_nothing,
+    every_change_appends_a_chained_event,
+    the_database_refuses_to_update_or_delete_events,
+    verify_names_an_edited_event,
+    verify_names_an_edited_and_rehashed_event,
+    verify_names_deleted_events,
+    verify_names_an_inserted_event,
+    a_failed_change_writes_no_event,
+);
