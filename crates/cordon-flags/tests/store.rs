@@ -417,3 +417,117 @@ for_each_store!(
     verify_names_an_inserted_event,
     a_failed_change_writes_no_event,
 );
+
+/// What only a shared PostgreSQL database has to get right.
+mod postgres_only {
+    use super::*;
+    use cordon_flags::PgOptions;
+    use std::time::Duration;
+
+    fn count(db: &common::pg::TestDatabase, sql: &str) -> i64 {
+        db.query_text(sql).parse().unwrap()
+    }
+
+    #[test]
+    fn the_database_refuses_to_truncate_events() {
+        let (Postgres(db), store) = store_with_history::<Postgres>();
+        let truncate = db.execute("TRUNCATE audit_events");
+        assert!(
+            truncate.as_ref().is_err_and(|e| e.contains("append-only")),
+            "{truncate:?}"
+        );
+        assert_eq!(store.audit_events().unwrap().len(), 5);
+    }
+
+    #[test]
+    fn replicas_starting_together_migrate_once() {
+        let db = common::pg::TestDatabase::create();
+        let opened: Vec<Result<PgStore, StoreError>> = std::thread::scope(|s| {
+            let starts: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| PgStore::connect(&db.url)))
+                .collect();
+            starts.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        for store in &opened {
+            let store = store.as_ref().unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(store.environments().unwrap(), ["development", "production"]);
+        }
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM schema_migrations"),
+            SCHEMA_VERSION
+        );
+    }
+
+    #[test]
+    fn the_pool_stays_within_its_size_and_replaces_dropped_connections() {
+        let db = common::pg::TestDatabase::create();
+        let store = PgStore::connect_with(
+            &db.url,
+            PgOptions {
+                pool_size: 2,
+                ..PgOptions::default()
+            },
+        )
+        .unwrap();
+        let open = "SELECT count(*) FROM pg_stat_activity
+            WHERE datname = current_database() AND application_name = 'cordon-flags'";
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..20 {
+                        store.client_state("production", "*").unwrap();
+                    }
+                });
+            }
+            // Sampled while the readers queue for the two connections.
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(count(&db, open) <= 2);
+        });
+        assert!((1..=2).contains(&count(&db, open)));
+
+        // The server drops every connection (a restart, an administrator): the
+        // store notices and opens new ones.
+        let killed = count(
+            &db,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'cordon-flags'",
+        );
+        assert!(killed >= 1);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(store.revision().unwrap(), 0);
+        assert_eq!(store.environments().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn connection_errors_name_the_database_but_not_the_password() {
+        let server: tokio_postgres::Config = common::pg::server_url().parse().unwrap();
+        let host = match &server.get_hosts()[0] {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        };
+        let port = server.get_ports().first().copied().unwrap_or(5432);
+        let user = server.get_user().unwrap();
+        let url = format!(
+            "host={host} port={port} user={user} password=not-the-password dbname=postgres"
+        );
+        let e = PgStore::connect(&url)
+            .err()
+            .expect("a wrong password is refused");
+        let message = e.to_string();
+        assert!(matches!(e, StoreError::PgConnect { .. }), "{message}");
+        assert!(
+            message.contains(&format!("{user}@{host}:{port}/postgres")),
+            "{message}"
+        );
+        assert!(
+            message.contains("password authentication failed"),
+            "{message}"
+        );
+        assert!(!message.contains("not-the-password"), "{message}");
+
+        let e = PgStore::connect("postgres://u@h:not-a-port/db")
+            .err()
+            .expect("a bad URL");
+        assert!(matches!(e, StoreError::PgUrl(_)), "{e}");
+    }
+}
