@@ -52,3 +52,32 @@ ensure_tun_device() {
         as_root chmod 0666 /dev/net/tun
     fi
 }
+
+# ensure_postgres ROLE PASSWORD: Debian's PostgreSQL installed and running, with a
+# login ROLE (password PASSWORD) that may create databases, for tests that need a
+# real server (the flag server's PostgreSQL store). Idempotent; the cluster listens
+# on 127.0.0.1 at its configured port (5432 unless changed).
+ensure_postgres() {
+    local role="$1" password="$2" cluster version name port status
+    ensure_packages postgresql
+    cluster="$(pg_lsclusters -h | head -n1)"
+    if [ -z "$cluster" ]; then
+        version="$(ls /usr/lib/postgresql | sort -V | tail -n1)"
+        echo "creating PostgreSQL cluster $version/main" >&2
+        as_root pg_createcluster "$version" main >/dev/null
+        cluster="$(pg_lsclusters -h | head -n1)"
+    fi
+    read -r version name port status _ <<<"$cluster"
+    if [ "$status" != online ]; then
+        echo "starting PostgreSQL cluster $version/$name" >&2
+        as_root pg_ctlcluster "$version" "$name" start
+    fi
+    as_root su postgres -c "psql -p $port -q -v ON_ERROR_STOP=1" <<SQL
+DO \$\$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$role') THEN
+        CREATE ROLE $role;
+    END IF;
+END \$\$;
+ALTER ROLE $role LOGIN CREATEDB PASSWORD '$password';
+SQL
+}
