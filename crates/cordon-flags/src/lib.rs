@@ -12,6 +12,7 @@
 //! What it does not do (yet): PostgreSQL, change requests. See `docs/flags.md`.
 //! It must not depend on the sandbox crates.
 
+mod admin;
 pub mod audit;
 pub mod client;
 mod live;

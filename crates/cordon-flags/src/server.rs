@@ -20,7 +20,7 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -39,7 +39,7 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     /// Largest state accepted by the admin import.
     pub max_import_bytes: usize,
-    /// Most streaming clients served at once; more get `503`.
+    /// Most streaming clients served at once; more get `429` (SDKs fall back to polling).
     pub max_streams: usize,
 }
 
@@ -85,11 +85,17 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::UnknownEnvironment(_) => ApiError::bad_request(e.to_string()),
-            StoreError::UnknownProject(_) | StoreError::UnknownFlag { .. } => {
+            StoreError::UnknownEnvironment(_)
+            | StoreError::UnknownSegment(_)
+            | StoreError::Invalid(_) => ApiError::bad_request(e.to_string()),
+            StoreError::UnknownProject(_)
+            | StoreError::UnknownFlag { .. }
+            | StoreError::UnknownStrategy { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, e.to_string())
             }
-            StoreError::FlagExists(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            StoreError::FlagExists(_) | StoreError::ProjectExists(_) => {
+                ApiError::new(StatusCode::CONFLICT, e.to_string())
+            }
             e => {
                 tracing::error!(error = %e, "flag store failed");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
@@ -197,12 +203,12 @@ impl AppState {
 
     /// After a change through this server: drop the snapshots and push the change to
     /// every stream before the writer gets its answer.
-    async fn changed(&self) {
+    pub(crate) async fn changed(&self) {
         self.invalidate();
         self.feeds.refresh().await;
     }
 
-    fn reload_tokens(&self) -> Result<(), StoreError> {
+    pub(crate) fn reload_tokens(&self) -> Result<(), StoreError> {
         let tokens = self.store.tokens()?;
         *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tokens);
         Ok(())
@@ -379,7 +385,35 @@ pub(crate) fn router(
             "/health",
             get(|| async { Json(serde_json::json!({"health": "GOOD"})) }),
         )
-        .route("/api/admin/api-tokens", post(admin_create_token))
+        .route(
+            "/api/admin/api-tokens",
+            post(admin_create_token).get(crate::admin::list_tokens),
+        )
+        .route(
+            "/api/admin/api-tokens/{token}",
+            delete(crate::admin::delete_token),
+        )
+        .route(
+            "/api/admin/projects",
+            get(crate::admin::list_projects).post(crate::admin::create_project),
+        )
+        .route("/api/admin/events", get(crate::admin::events))
+        .route(
+            "/api/admin/projects/{project}/features/{name}/environments/{env}",
+            get(crate::admin::get_environment),
+        )
+        .route(
+            "/api/admin/projects/{project}/features/{name}/environments/{env}/strategies",
+            get(crate::admin::list_strategies).post(crate::admin::add_strategy),
+        )
+        .route(
+            "/api/admin/projects/{project}/features/{name}/environments/{env}/strategies/{id}",
+            put(crate::admin::update_strategy).delete(crate::admin::delete_strategy),
+        )
+        .route(
+            "/api/admin/projects/{project}/features/{name}/environments/{env}/variants",
+            put(crate::admin::put_variants),
+        )
         .route("/api/admin/audit/verify", get(admin_audit_verify))
         .route(
             "/api/admin/projects/{project}/features",
@@ -387,7 +421,9 @@ pub(crate) fn router(
         )
         .route(
             "/api/admin/projects/{project}/features/{name}",
-            get(admin_get_feature).delete(admin_archive_feature),
+            get(admin_get_feature)
+                .put(crate::admin::update_feature)
+                .delete(admin_archive_feature),
         )
         .route(
             "/api/admin/projects/{project}/features/{name}/environments/{env}/{switch}",
@@ -750,7 +786,7 @@ struct CreateFeature {
 
 /// Unleash accepts URL-friendly names only; so do we, so every flag can be addressed
 /// in a path.
-fn valid_flag_name(name: &str) -> bool {
+pub(crate) fn valid_flag_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 100
         && name

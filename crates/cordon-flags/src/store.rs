@@ -18,7 +18,7 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use unleash_types::client_features::{
-    ClientFeature, ClientFeatures, FeatureDependency, Segment, Strategy,
+    ClientFeature, ClientFeatures, FeatureDependency, Segment, Strategy, Variant,
 };
 
 use serde::{Deserialize, Serialize};
@@ -56,6 +56,20 @@ pub enum StoreError {
     UnknownFlag { project: String, flag: String },
     #[error("a flag named {0:?} already exists (flag names are global, archived flags included)")]
     FlagExists(String),
+    #[error("a project named {0:?} already exists")]
+    ProjectExists(String),
+    #[error("there is no strategy {id:?} on flag {flag:?} in environment {environment:?}")]
+    UnknownStrategy {
+        flag: String,
+        environment: String,
+        id: String,
+    },
+    #[error("there is no segment with id {0}")]
+    UnknownSegment(i32),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot draw random bytes for an id: {0}")]
+    Random(getrandom::Error),
     #[error("flag database error while trying to {action}: {source}")]
     Db {
         action: &'static str,
@@ -132,6 +146,94 @@ pub trait Store: Send + Sync + 'static {
     fn feature_metrics(&self, flag: &str, since_ms: i64) -> Result<Vec<MetricsRow>>;
     /// Applications and their instances, by name.
     fn applications(&self) -> Result<Vec<Application>>;
+    /// A flag's configuration in one environment (disabled and empty if it has none).
+    fn feature_environment(
+        &self,
+        project: &str,
+        flag: &str,
+        environment: &str,
+    ) -> Result<EnvConfig>;
+    /// Change a flag's configuration in one environment in one transaction: `edit`
+    /// gets the current configuration and changes it (or fails, and nothing is
+    /// written). Strategies without an id get one; referenced segments must exist.
+    /// An edit that changes nothing writes no event. Returns the new configuration.
+    fn edit_feature_environment(
+        &self,
+        target: &FeatureEnvTarget<'_>,
+        edit: &mut dyn FnMut(&mut EnvConfig) -> Result<()>,
+        actor: &Actor,
+    ) -> Result<EnvConfig>;
+    /// Change a flag's description, type, stale or impression-data marks.
+    fn update_feature(
+        &self,
+        project: &str,
+        flag: &str,
+        update: &FeatureUpdate,
+        actor: &Actor,
+    ) -> Result<()>;
+    /// Delete the token with this hash. Returns whether one existed.
+    fn delete_token(&self, hash: &TokenHash, actor: &Actor) -> Result<bool>;
+    /// Project names, sorted.
+    fn projects(&self) -> Result<Vec<String>>;
+    /// Create a project.
+    fn create_project(&self, name: &str, actor: &Actor) -> Result<()>;
+}
+
+/// Which flag, where, and what the change is called in the audit log.
+#[derive(Debug, Clone, Copy)]
+pub struct FeatureEnvTarget<'a> {
+    pub project: &'a str,
+    pub flag: &'a str,
+    pub environment: &'a str,
+    /// The audit event's action, e.g. `feature-strategy-add`.
+    pub action: &'a str,
+}
+
+/// A flag's configuration in one environment, as the admin API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvConfig {
+    pub enabled: bool,
+    pub variants: Vec<Variant>,
+    pub strategies: Vec<AdminStrategy>,
+}
+
+/// A strategy with the id the admin API addresses it by.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminStrategy {
+    /// Empty for a strategy not stored yet; the store assigns one.
+    #[serde(default)]
+    pub id: String,
+    #[serde(flatten)]
+    pub strategy: Strategy,
+}
+
+/// Fields of a flag the admin API can change (`None`: leave as is).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FeatureUpdate {
+    pub description: Option<String>,
+    #[serde(rename = "type")]
+    pub feature_type: Option<String>,
+    pub stale: Option<bool>,
+    pub impression_data: Option<bool>,
+}
+
+/// A fresh random id in UUID v4 form.
+pub fn new_id() -> Result<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(StoreError::Random)?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    ))
 }
 
 /// A flag to create through the admin API.
@@ -275,6 +377,14 @@ CREATE TABLE feature_metrics (
 );
 "#,
     ),
+    (
+        4,
+        r#"
+ALTER TABLE strategies ADD COLUMN id TEXT;
+UPDATE strategies SET id = lower(hex(randomblob(16)));
+CREATE UNIQUE INDEX strategies_id ON strategies (id);
+"#,
+    ),
 ];
 
 /// The embedded store: one SQLite file in WAL mode.
@@ -385,6 +495,37 @@ impl Store for SqliteStore {
         let tx = conn.transaction().map_err(db("begin the import"))?;
         known_environment(&tx, environment)?;
         let before = read_client_state(&tx, environment, "*")?;
+        // Strategies that come back unchanged keep their ids, so an export/import
+        // round trip does not break ids that tools or people hold.
+        let mut kept_ids: HashMap<(String, String), Vec<String>> = HashMap::new();
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT feature, id, name, sort_order, parameters, constraints, variants,
+                        segments FROM strategies WHERE environment = ?1 ORDER BY position DESC",
+                )
+                .map_err(db("read strategies"))?;
+            let mut rows = stmt.query([environment]).map_err(db("read strategies"))?;
+            while let Some(r) = rows.next().map_err(db("read strategies"))? {
+                let get = |i| -> Result<String> { r.get(i).map_err(db("read strategies")) };
+                let Some(id) = r
+                    .get::<_, Option<String>>(1)
+                    .map_err(db("read strategies"))?
+                else {
+                    continue;
+                };
+                let order: Option<i32> = r.get(3).map_err(db("read strategies"))?;
+                let key = format!(
+                    "{}\u{0}{order:?}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
+                    get(2)?,
+                    get(4)?,
+                    get(5)?,
+                    get(6)?,
+                    get(7)?
+                );
+                kept_ids.entry((get(0)?, key)).or_default().push(id);
+            }
+        }
         tx.execute(
             "DELETE FROM feature_environments WHERE environment = ?1",
             [environment],
@@ -434,20 +575,35 @@ impl Store for SqliteStore {
             )
             .map_err(db("store a feature's environment state"))?;
             for (position, s) in f.strategies.iter().flatten().enumerate() {
+                let (parameters, constraints, variants, segments) = (
+                    to_json(&s.parameters.clone().unwrap_or_default()),
+                    to_json(&s.constraints.clone().unwrap_or_default()),
+                    to_json(&s.variants.clone().unwrap_or_default()),
+                    to_json(&s.segments.clone().unwrap_or_default()),
+                );
+                let key = format!(
+                    "{}\u{0}{:?}\u{0}{parameters}\u{0}{constraints}\u{0}{variants}\u{0}{segments}",
+                    s.name, s.sort_order
+                );
+                let id = match kept_ids.get_mut(&(f.name.clone(), key)).and_then(Vec::pop) {
+                    Some(id) => id,
+                    None => new_id()?,
+                };
                 tx.execute(
                     "INSERT INTO strategies (feature, environment, position, name, sort_order,
-                        parameters, constraints, variants, segments)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        parameters, constraints, variants, segments, id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                     params![
                         f.name,
                         environment,
                         position as i64,
                         s.name,
                         s.sort_order,
-                        to_json(&s.parameters.clone().unwrap_or_default()),
-                        to_json(&s.constraints.clone().unwrap_or_default()),
-                        to_json(&s.variants.clone().unwrap_or_default()),
-                        to_json(&s.segments.clone().unwrap_or_default()),
+                        parameters,
+                        constraints,
+                        variants,
+                        segments,
+                        id,
                     ],
                 )
                 .map_err(db("store a strategy"))?;
@@ -884,6 +1040,318 @@ impl Store for SqliteStore {
         }
         Ok(apps)
     }
+
+    fn feature_environment(
+        &self,
+        project: &str,
+        flag: &str,
+        environment: &str,
+    ) -> Result<EnvConfig> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("begin a read"))?;
+        live_feature(&tx, project, flag)?;
+        known_environment(&tx, environment)?;
+        read_env_config(&tx, flag, environment)
+    }
+
+    fn edit_feature_environment(
+        &self,
+        target: &FeatureEnvTarget<'_>,
+        edit: &mut dyn FnMut(&mut EnvConfig) -> Result<()>,
+        actor: &Actor,
+    ) -> Result<EnvConfig> {
+        let FeatureEnvTarget {
+            project,
+            flag,
+            environment,
+            action,
+        } = *target;
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("begin changing a flag"))?;
+        live_feature(&tx, project, flag)?;
+        known_environment(&tx, environment)?;
+        let before = read_env_config(&tx, flag, environment)?;
+        let mut after = before.clone();
+        edit(&mut after)?;
+        for s in &mut after.strategies {
+            if s.id.is_empty() {
+                s.id = new_id()?;
+            }
+        }
+        let (b, a) = (
+            crate::wire::to_value(&before),
+            crate::wire::to_value(&after),
+        );
+        if a == b {
+            return Ok(after);
+        }
+        write_env_config(&tx, flag, environment, &after)?;
+        append_event(
+            &tx,
+            actor,
+            Change {
+                action,
+                flag: Some(flag),
+                environment: Some(environment),
+                before: Some(b),
+                after: Some(a),
+            },
+        )?;
+        tx.commit().map_err(db("commit changing a flag"))?;
+        Ok(after)
+    }
+
+    fn update_feature(
+        &self,
+        project: &str,
+        flag: &str,
+        update: &FeatureUpdate,
+        actor: &Actor,
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("begin updating a flag"))?;
+        live_feature(&tx, project, flag)?;
+        let before = read_features(&tx, project, Some(flag))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::UnknownFlag {
+                project: project.to_owned(),
+                flag: flag.to_owned(),
+            })?;
+        tx.execute(
+            "UPDATE features SET description = COALESCE(?2, description),
+                type = COALESCE(?3, type), stale = COALESCE(?4, stale),
+                impression_data = COALESCE(?5, impression_data)
+             WHERE name = ?1",
+            params![
+                flag,
+                update.description,
+                update.feature_type,
+                update.stale,
+                update.impression_data
+            ],
+        )
+        .map_err(db("update a flag"))?;
+        let after = read_features(&tx, project, Some(flag))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::UnknownFlag {
+                project: project.to_owned(),
+                flag: flag.to_owned(),
+            })?;
+        if after == before {
+            return Ok(());
+        }
+        append_event(
+            &tx,
+            actor,
+            Change {
+                action: "feature-updated",
+                flag: Some(flag),
+                environment: None,
+                before: Some(serde_json::to_value(&before).unwrap_or_default()),
+                after: Some(serde_json::to_value(&after).unwrap_or_default()),
+            },
+        )?;
+        tx.commit().map_err(db("commit updating a flag"))
+    }
+
+    fn delete_token(&self, hash: &TokenHash, actor: &Actor) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("begin deleting a token"))?;
+        let row: Option<(String, String, String, String)> = tx
+            .query_row(
+                "SELECT name, type, project, environment FROM api_tokens WHERE hash = ?1",
+                [&hash.0[..]],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(db("look up a token"))?;
+        let Some((name, ty, project, environment)) = row else {
+            return Ok(false);
+        };
+        tx.execute("DELETE FROM api_tokens WHERE hash = ?1", [&hash.0[..]])
+            .map_err(db("delete a token"))?;
+        append_event(
+            &tx,
+            actor,
+            Change {
+                action: "api-token-deleted",
+                flag: None,
+                environment: None,
+                before: Some(serde_json::json!({
+                    "tokenName": name, "type": ty, "project": project, "environment": environment
+                })),
+                after: None,
+            },
+        )?;
+        tx.commit().map_err(db("commit deleting a token"))?;
+        Ok(true)
+    }
+
+    fn projects(&self) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT name FROM projects ORDER BY name")
+            .map_err(db("list projects"))?;
+        stmt.query_map([], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(db("list projects"))
+    }
+
+    fn create_project(&self, name: &str, actor: &Actor) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db("begin creating a project"))?;
+        let n = tx
+            .execute(
+                "INSERT INTO projects (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
+                [name],
+            )
+            .map_err(db("create a project"))?;
+        if n == 0 {
+            return Err(StoreError::ProjectExists(name.to_owned()));
+        }
+        append_event(
+            &tx,
+            actor,
+            Change {
+                action: "project-created",
+                flag: None,
+                environment: None,
+                before: None,
+                after: Some(serde_json::json!({ "id": name })),
+            },
+        )?;
+        tx.commit().map_err(db("commit creating a project"))
+    }
+}
+
+/// id, name, sort order, then parameters, constraints, variants, segments as JSON.
+type StrategyRow = (
+    Option<String>,
+    String,
+    Option<i32>,
+    String,
+    String,
+    String,
+    String,
+);
+
+fn read_env_config(tx: &Connection, flag: &str, environment: &str) -> Result<EnvConfig> {
+    let row: Option<(bool, String)> = tx
+        .query_row(
+            "SELECT enabled, variants FROM feature_environments
+             WHERE feature = ?1 AND environment = ?2",
+            [flag, environment],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(db("read a flag's environment"))?;
+    let Some((enabled, variants)) = row else {
+        return Ok(EnvConfig {
+            enabled: false,
+            variants: Vec::new(),
+            strategies: Vec::new(),
+        });
+    };
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT id, name, sort_order, parameters, constraints, variants, segments
+             FROM strategies WHERE feature = ?1 AND environment = ?2 ORDER BY position",
+        )
+        .map_err(db("read strategies"))?;
+    let rows: Vec<StrategyRow> = stmt
+        .query_map([flag, environment], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(db("read strategies"))?;
+    let strategies = rows
+        .into_iter()
+        .map(
+            |(id, name, sort_order, params, constraints, variants, segments)| {
+                let segments: Vec<i32> = from_json("strategy segments", &segments)?;
+                Ok(AdminStrategy {
+                    id: id.unwrap_or_default(),
+                    strategy: Strategy {
+                        name,
+                        sort_order,
+                        parameters: Some(from_json("strategy parameters", &params)?),
+                        constraints: Some(from_json("strategy constraints", &constraints)?),
+                        variants: Some(from_json("strategy variants", &variants)?),
+                        segments: (!segments.is_empty()).then_some(segments),
+                    },
+                })
+            },
+        )
+        .collect::<Result<_>>()?;
+    Ok(EnvConfig {
+        enabled,
+        variants: from_json("flag variants", &variants)?,
+        strategies,
+    })
+}
+
+fn write_env_config(tx: &Connection, flag: &str, environment: &str, c: &EnvConfig) -> Result<()> {
+    for id in c
+        .strategies
+        .iter()
+        .flat_map(|s| s.strategy.segments.iter().flatten())
+    {
+        let exists: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM segments WHERE id = ?1)",
+                [id],
+                |r| r.get(0),
+            )
+            .map_err(db("look up a segment"))?;
+        if !exists {
+            return Err(StoreError::UnknownSegment(*id));
+        }
+    }
+    tx.execute(
+        "INSERT INTO feature_environments (feature, environment, enabled, variants)
+         VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (feature, environment) DO UPDATE SET
+            enabled = excluded.enabled, variants = excluded.variants",
+        params![flag, environment, c.enabled, to_json(&c.variants)],
+    )
+    .map_err(db("store a flag's environment"))?;
+    tx.execute(
+        "DELETE FROM strategies WHERE feature = ?1 AND environment = ?2",
+        [flag, environment],
+    )
+    .map_err(db("replace strategies"))?;
+    for (position, s) in c.strategies.iter().enumerate() {
+        let st = &s.strategy;
+        tx.execute(
+            "INSERT INTO strategies (feature, environment, position, name, sort_order,
+                parameters, constraints, variants, segments, id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                flag,
+                environment,
+                position as i64,
+                st.name,
+                st.sort_order,
+                to_json(&st.parameters.clone().unwrap_or_default()),
+                to_json(&st.constraints.clone().unwrap_or_default()),
+                to_json(&st.variants.clone().unwrap_or_default()),
+                to_json(&st.segments.clone().unwrap_or_default()),
+                s.id,
+            ],
+        )
+        .map_err(db("store a strategy"))?;
+    }
+    Ok(())
 }
 
 fn read_revision(conn: &Connection) -> Result<u64> {
