@@ -70,6 +70,11 @@ pub enum StoreError {
     Invalid(String),
     #[error("cannot draw random bytes for an id: {0}")]
     Random(getrandom::Error),
+    #[error("cannot write the audit anchor {path}: {source}")]
+    Anchor {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("flag database error while trying to {action}: {source}")]
     Db {
         action: &'static str,
@@ -177,6 +182,9 @@ pub trait Store: Send + Sync + 'static {
     fn projects(&self) -> Result<Vec<String>>;
     /// Create a project.
     fn create_project(&self, name: &str, actor: &Actor) -> Result<()>;
+    /// The newest audit event as recorded outside the database, for stores that keep
+    /// such an anchor (`None` when the store has none).
+    fn audit_anchor(&self) -> Result<Option<crate::audit::Anchor>>;
 }
 
 /// Which flag, where, and what the change is called in the audit log.
@@ -390,7 +398,14 @@ CREATE UNIQUE INDEX strategies_id ON strategies (id);
 /// The embedded store: one SQLite file in WAL mode.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// `<db>.audit-head`: the newest event's number and hash, rewritten in place after
+    /// every committed change, so deleting the newest events from the database (which
+    /// the chain alone cannot reveal) is detected.
+    anchor: PathBuf,
 }
+
+/// Size of the anchor record; written with one `pwrite` at offset 0.
+const ANCHOR_LEN: usize = 128;
 
 fn db(action: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |source| StoreError::Db { action, source }
@@ -421,9 +436,71 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
         migrate(&mut conn, path)?;
-        Ok(Self {
+        let mut anchor = path.as_os_str().to_owned();
+        anchor.push(".audit-head");
+        let store = Self {
             conn: Mutex::new(conn),
-        })
+            anchor: PathBuf::from(anchor),
+        };
+        // A database from before the anchor existed, or a crash between a commit and
+        // its anchor write: anchor what is there, unless an anchor is already ahead
+        // of the database (truncation, which verify must keep reporting).
+        let last = store.last_event()?;
+        let behind = match store.audit_anchor() {
+            Ok(Some(a)) => a.seq < last.as_ref().map_or(0, |l| l.seq),
+            Ok(None) => true,
+            Err(_) => false,
+        };
+        if behind {
+            store.write_anchor(last)?;
+        }
+        Ok(store)
+    }
+
+    fn last_event(&self) -> Result<Option<crate::audit::Anchor>> {
+        self.conn()
+            .query_row(
+                "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(crate::audit::Anchor {
+                        seq: r.get(0)?,
+                        hash: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db("read the newest audit event"))
+    }
+
+    fn write_anchor(&self, last: Option<crate::audit::Anchor>) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let last = last.unwrap_or(crate::audit::Anchor {
+            seq: 0,
+            hash: GENESIS.to_owned(),
+        });
+        let mut record = serde_json::to_vec(&last).unwrap_or_default();
+        record.resize(ANCHOR_LEN - 1, b' ');
+        record.push(b'\n');
+        let err = |source| StoreError::Anchor {
+            path: self.anchor.clone(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.anchor)
+            .map_err(err)?;
+        file.write_all_at(&record, 0).map_err(err)?;
+        file.sync_data().map_err(err)
+    }
+
+    /// After a committed change: move the anchor to the newest event. A failure is
+    /// reported, but the change itself is already durable.
+    fn anchor_now(&self) -> Result<()> {
+        let last = self.last_event()?;
+        self.write_anchor(last)
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -640,7 +717,9 @@ impl Store for SqliteStore {
                 after: Some(crate::wire::to_value(&after)),
             },
         )?;
-        tx.commit().map_err(db("commit the import"))
+        tx.commit().map_err(db("commit the import"))?;
+        drop(conn);
+        self.anchor_now()
     }
 
     fn client_state(&self, environment: &str, project: &str) -> Result<(ClientFeatures, u64)> {
@@ -711,7 +790,9 @@ impl Store for SqliteStore {
                 })),
             },
         )?;
-        tx.commit().map_err(db("commit a new token"))
+        tx.commit().map_err(db("commit a new token"))?;
+        drop(conn);
+        self.anchor_now()
     }
 
     fn create_feature(&self, project: &str, feature: &NewFeature, actor: &Actor) -> Result<()> {
@@ -761,7 +842,9 @@ impl Store for SqliteStore {
                 after: after.first().map(|f| serde_json::json!(f)),
             },
         )?;
-        tx.commit().map_err(db("commit a new flag"))
+        tx.commit().map_err(db("commit a new flag"))?;
+        drop(conn);
+        self.anchor_now()
     }
 
     fn set_enabled(
@@ -810,6 +893,8 @@ impl Store for SqliteStore {
             },
         )?;
         tx.commit().map_err(db("commit switching a flag"))?;
+        drop(conn);
+        self.anchor_now()?;
         Ok(true)
     }
 
@@ -833,7 +918,9 @@ impl Store for SqliteStore {
                 after: Some(serde_json::json!({ "archived": true })),
             },
         )?;
-        tx.commit().map_err(db("commit archiving a flag"))
+        tx.commit().map_err(db("commit archiving a flag"))?;
+        drop(conn);
+        self.anchor_now()
     }
 
     fn features(&self, project: &str) -> Result<Vec<FeatureSummary>> {
@@ -1098,6 +1185,8 @@ impl Store for SqliteStore {
             },
         )?;
         tx.commit().map_err(db("commit changing a flag"))?;
+        drop(conn);
+        self.anchor_now()?;
         Ok(after)
     }
 
@@ -1153,7 +1242,9 @@ impl Store for SqliteStore {
                 after: Some(serde_json::to_value(&after).unwrap_or_default()),
             },
         )?;
-        tx.commit().map_err(db("commit updating a flag"))
+        tx.commit().map_err(db("commit updating a flag"))?;
+        drop(conn);
+        self.anchor_now()
     }
 
     fn delete_token(&self, hash: &TokenHash, actor: &Actor) -> Result<bool> {
@@ -1186,7 +1277,29 @@ impl Store for SqliteStore {
             },
         )?;
         tx.commit().map_err(db("commit deleting a token"))?;
+        drop(conn);
+        self.anchor_now()?;
         Ok(true)
+    }
+
+    fn audit_anchor(&self) -> Result<Option<crate::audit::Anchor>> {
+        let bytes = match std::fs::read(&self.anchor) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StoreError::Anchor {
+                    path: self.anchor.clone(),
+                    source,
+                });
+            }
+        };
+        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(ANCHOR_LEN)]).into_owned();
+        serde_json::from_str(text.trim())
+            .map(Some)
+            .map_err(|source| StoreError::CorruptJson {
+                what: "audit anchor",
+                source,
+            })
     }
 
     fn projects(&self) -> Result<Vec<String>> {
@@ -1222,7 +1335,9 @@ impl Store for SqliteStore {
                 after: Some(serde_json::json!({ "id": name })),
             },
         )?;
-        tx.commit().map_err(db("commit creating a project"))
+        tx.commit().map_err(db("commit creating a project"))?;
+        drop(conn);
+        self.anchor_now()
     }
 }
 
@@ -1918,9 +2033,38 @@ mod tests {
             [
                 Problem::Edited { seq: 4 },
                 Problem::Edited { seq: 5 },
-                Problem::Edited { seq: 6 }
+                Problem::Edited { seq: 6 },
+                // The anchor outside the database still names the original event 5.
+                Problem::AnchorMismatch { seq: 5 }
             ]
         );
+    }
+
+    #[test]
+    fn the_anchor_reveals_deleted_newest_events_even_after_reopening() {
+        let (dir, store) = store_with_history();
+        assert_eq!(problems(&store), [], "an intact chain matches its anchor");
+        let last = store.audit_events().unwrap().len() as i64;
+        // Deleting the newest events leaves a chain that is intact in itself.
+        tamper(
+            &store,
+            &format!("DELETE FROM audit_events WHERE seq >= {}", last - 1),
+        );
+        let want = [Problem::Truncated {
+            anchored: last,
+            last: last - 2,
+        }];
+        assert_eq!(problems(&store), want);
+        drop(store);
+        // Reopening must not quietly move the anchor back to the truncated chain.
+        let store = SqliteStore::open(&dir.path().join("flags.db")).unwrap();
+        assert_eq!(problems(&store), want);
+        // Nor does a garbled anchor pass.
+        std::fs::write(dir.path().join("flags.db.audit-head"), "{nonsense").unwrap();
+        assert!(matches!(
+            problems(&store)[..],
+            [Problem::AnchorUnreadable { .. }]
+        ));
     }
 
     #[test]

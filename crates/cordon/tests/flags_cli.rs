@@ -40,6 +40,7 @@ fn serve() -> Served {
         }
     };
     // Keep draining stderr so the server never blocks on a full pipe.
+    // Keep draining stderr so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     Served {
         child,
@@ -218,6 +219,129 @@ fn the_flags_cli_drives_a_real_server() {
     let tokens = s.json(&["token", "list", "--json"]);
     assert_eq!(tokens["tokens"].as_array().unwrap().len(), 1);
 
+    let verified = s.ok(&["audit", "verify"]);
+    assert!(verified.contains("audit chain intact"), "{verified}");
+}
+
+/// Start a server on an existing database directory.
+fn serve_in(dir: tempfile::TempDir) -> Served {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
+        .args(["flags", "serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(dir.path().join("flags.db"))
+        .env("CORDON_FLAGS_INIT_ADMIN_TOKEN", ADMIN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("the server said where it listens")
+            .unwrap();
+        if let Some(rest) = line.split("serving on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Served {
+        child,
+        url,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn kill_9_under_write_load_loses_no_acknowledged_change() {
+    use cordon_flags::client::AdminClient;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let mut s = serve_in(tempfile::tempdir().unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    // Per flag: the last acknowledged state, and whether a later change was in
+    // flight (sent, not answered) when the server died.
+    type Ledger = Arc<Mutex<Vec<(String, bool, bool)>>>;
+    let ledger: Ledger = Arc::default();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (stop, ledger, url) = (stop.clone(), ledger.clone(), s.url.clone());
+            std::thread::spawn(move || {
+                let client = AdminClient::new(&url, ADMIN).unwrap();
+                let base = "/api/admin/projects/default/features";
+                for j in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let name = format!("w{w}-{j}");
+                    let body = serde_json::json!({ "name": name });
+                    if client.send("POST", base, Some(&body)).is_err() {
+                        return;
+                    }
+                    let i = {
+                        let mut l = ledger.lock().unwrap();
+                        l.push((name.clone(), false, false));
+                        l.len() - 1
+                    };
+                    for on in [true, false, true] {
+                        ledger.lock().unwrap()[i].2 = true;
+                        let path = format!(
+                            "{base}/{name}/environments/production/{}",
+                            if on { "on" } else { "off" }
+                        );
+                        if client.send("POST", &path, None).is_err() {
+                            return;
+                        }
+                        let mut l = ledger.lock().unwrap();
+                        l[i].1 = on;
+                        l[i].2 = false;
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SIGKILL: no chance to flush or clean up.
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let ledger = ledger.lock().unwrap().clone();
+    assert!(
+        ledger.len() >= 8,
+        "the load did some work: {}",
+        ledger.len()
+    );
+
+    // Same database, new process.
+    let dir = std::mem::replace(&mut s._dir, tempfile::tempdir().unwrap());
+    drop(s);
+    let s = serve_in(dir);
+    let list = s.json(&["list", "--json"]);
+    let stored: std::collections::HashMap<String, bool> = list["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let on = f["environments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "production" && e["enabled"] == true);
+            (f["name"].as_str().unwrap().to_owned(), on)
+        })
+        .collect();
+    for (name, acked, in_flight) in &ledger {
+        let Some(on) = stored.get(name) else {
+            panic!("acknowledged flag {name} was lost");
+        };
+        if !in_flight {
+            assert_eq!(on, acked, "{name}: the last acknowledged state was lost");
+        }
+    }
     let verified = s.ok(&["audit", "verify"]);
     assert!(verified.contains("audit chain intact"), "{verified}");
 }
