@@ -17,13 +17,16 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use unleash_types::client_features::{
-    ClientFeature, ClientFeatures, Constraint, Operator, Strategy, StrategyVariant, Variant,
+    ClientFeature, ClientFeatures, Constraint, FeatureDependency, Operator, Strategy,
+    StrategyVariant, Variant,
 };
 use unleash_yggdrasil::{EngineState, UpdateMessage};
 
 use crate::audit::Actor;
 use crate::server::{ApiError, Shared, blocking, parse_json};
-use crate::store::{AdminStrategy, EnvConfig, FeatureEnvTarget, FeatureUpdate, StoreError};
+use crate::store::{
+    AdminSegment, AdminStrategy, EnvConfig, FeatureEnvTarget, FeatureUpdate, StoreError,
+};
 use crate::token::{TokenHash, TokenType};
 
 /// Most strategies on one flag in one environment.
@@ -71,19 +74,13 @@ fn too_long(s: &str) -> bool {
     s.chars().count() > MAX_TEXT
 }
 
-/// Check a strategy's shape and compile it with the evaluation engine.
-fn to_strategy(input: StrategyInput) -> Result<Strategy, ApiError> {
+/// Bounds and operators of a constraint list (strategies and segments).
+fn check_constraints(constraints: &[Constraint]) -> Result<(), ApiError> {
     let bad = |m: String| Err(ApiError::bad_request(m));
-    if input.name.is_empty() || input.name.chars().count() > 100 {
-        return bad("a strategy needs a name of 1-100 characters".into());
-    }
-    if input.disabled == Some(true) {
-        return bad("disabled strategies are not supported; delete the strategy instead".into());
-    }
-    if input.constraints.len() > MAX_CONSTRAINTS {
+    if constraints.len() > MAX_CONSTRAINTS {
         return bad(format!("more than {MAX_CONSTRAINTS} constraints"));
     }
-    for c in &input.constraints {
+    for c in constraints {
         if let Operator::Unknown(op) = &c.operator {
             return bad(format!("unknown constraint operator {op:?}"));
         }
@@ -101,6 +98,19 @@ fn to_strategy(input: StrategyInput) -> Result<Strategy, ApiError> {
             ));
         }
     }
+    Ok(())
+}
+
+/// Check a strategy's shape and compile it with the evaluation engine.
+fn to_strategy(input: StrategyInput) -> Result<Strategy, ApiError> {
+    let bad = |m: String| Err(ApiError::bad_request(m));
+    if input.name.is_empty() || input.name.chars().count() > 100 {
+        return bad("a strategy needs a name of 1-100 characters".into());
+    }
+    if input.disabled == Some(true) {
+        return bad("disabled strategies are not supported; delete the strategy instead".into());
+    }
+    check_constraints(&input.constraints)?;
     let mut parameters = HashMap::new();
     for (k, v) in input.parameters {
         let text = match v {
@@ -577,4 +587,342 @@ pub(crate) async fn events(
         "events": events,
         "totalEvents": matching.len(),
     })))
+}
+
+type Headers = axum::http::HeaderMap;
+
+fn valid_name(s: &str) -> bool {
+    crate::server::valid_flag_name(s) && !s.contains('.')
+}
+
+/// `GET /api/admin/environments`.
+pub(crate) async fn list_environments(
+    State(app): State<Shared>,
+    headers: Headers,
+) -> Result<Json<Value>, ApiError> {
+    app.authenticate(&headers, &[TokenType::Admin])?;
+    let a = app.clone();
+    let envs = blocking(move || a.store.environments()).await??;
+    let envs: Vec<Value> = envs
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| serde_json::json!({"name": name, "enabled": true, "sortOrder": i}))
+        .collect();
+    Ok(Json(
+        serde_json::json!({"version": 1, "environments": envs}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewEnvironment {
+    name: String,
+    /// Accepted for compatibility (Unleash's `development`/`production` kinds).
+    #[serde(rename = "type", default)]
+    #[allow(dead_code)]
+    env_type: Option<String>,
+}
+
+/// `POST /api/admin/environments` `{"name": ...}`: every flag gets it, disabled.
+pub(crate) async fn create_environment(
+    State(app): State<Shared>,
+    headers: Headers,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let (e, _): (NewEnvironment, _) = parse_json(body)?;
+    if !valid_name(&e.name) || e.name == "*" {
+        return Err(ApiError::bad_request(
+            "an environment name is 1-100 of a-z A-Z 0-9 - _ ~",
+        ));
+    }
+    let a = app.clone();
+    let name = e.name.clone();
+    blocking(move || a.store.create_environment(&name, &Actor::token(&who))).await??;
+    app.changed().await;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({"name": e.name})),
+    ))
+}
+
+/// `GET /api/admin/segments`.
+pub(crate) async fn list_segments(
+    State(app): State<Shared>,
+    headers: Headers,
+) -> Result<Json<Value>, ApiError> {
+    app.authenticate(&headers, &[TokenType::Admin])?;
+    let a = app.clone();
+    let segments = blocking(move || a.store.segments()).await??;
+    Ok(Json(
+        serde_json::json!({"segments": crate::wire::to_value(&segments)}),
+    ))
+}
+
+fn check_segment(s: &AdminSegment) -> Result<(), ApiError> {
+    if s.name.is_empty() || s.name.chars().count() > 100 {
+        return Err(ApiError::bad_request(
+            "a segment needs a name of 1-100 characters",
+        ));
+    }
+    if s.description.as_deref().is_some_and(too_long) {
+        return Err(ApiError::bad_request(
+            "description is at most 1000 characters",
+        ));
+    }
+    check_constraints(&s.constraints)?;
+    let probe = Strategy {
+        name: "default".into(),
+        sort_order: None,
+        segments: None,
+        constraints: Some(s.constraints.clone()),
+        parameters: None,
+        variants: None,
+    };
+    compile(&[probe], &[])
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SegmentInput {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    constraints: Vec<Constraint>,
+    /// Accepted for compatibility; segments are global here.
+    #[serde(default)]
+    #[allow(dead_code)]
+    project: Option<String>,
+}
+
+async fn save_segment(
+    app: Shared,
+    headers: Headers,
+    id: i32,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<AdminSegment, ApiError> {
+    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let (input, _): (SegmentInput, _) = parse_json(body)?;
+    let segment = AdminSegment {
+        id,
+        name: input.name,
+        description: input.description,
+        constraints: input.constraints,
+    };
+    check_segment(&segment)?;
+    let a = app.clone();
+    let s = segment.clone();
+    let id = blocking(move || a.store.save_segment(&s, &Actor::token(&who))).await??;
+    app.changed().await;
+    Ok(AdminSegment { id, ..segment })
+}
+
+/// `POST /api/admin/segments`.
+pub(crate) async fn create_segment(
+    State(app): State<Shared>,
+    headers: Headers,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let s = save_segment(app, headers, 0, body).await?;
+    Ok((StatusCode::CREATED, Json(crate::wire::to_value(&s))))
+}
+
+/// `PUT /api/admin/segments/:id`.
+pub(crate) async fn update_segment(
+    State(app): State<Shared>,
+    headers: Headers,
+    Path(id): Path<i32>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    if id <= 0 {
+        return Err(StoreError::UnknownSegment(id).into());
+    }
+    let s = save_segment(app, headers, id, body).await?;
+    Ok(Json(crate::wire::to_value(&s)))
+}
+
+/// `DELETE /api/admin/segments/:id`: refused (409) while a strategy uses it.
+pub(crate) async fn delete_segment(
+    State(app): State<Shared>,
+    headers: Headers,
+    Path(id): Path<i32>,
+) -> Result<StatusCode, ApiError> {
+    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let a = app.clone();
+    blocking(move || a.store.delete_segment(id, &Actor::token(&who))).await??;
+    app.changed().await;
+    Ok(StatusCode::OK)
+}
+
+/// `GET /api/admin/archive/features`.
+pub(crate) async fn archived(
+    State(app): State<Shared>,
+    headers: Headers,
+) -> Result<Json<Value>, ApiError> {
+    app.authenticate(&headers, &[TokenType::Admin])?;
+    let a = app.clone();
+    let features = blocking(move || a.store.archived_features()).await??;
+    Ok(Json(
+        serde_json::json!({"version": 1, "features": features}),
+    ))
+}
+
+/// `POST /api/admin/archive/revive/:f`: back, disabled everywhere.
+pub(crate) async fn revive(
+    State(app): State<Shared>,
+    headers: Headers,
+    Path(flag): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let a = app.clone();
+    blocking(move || a.store.revive_feature(&flag, &Actor::token(&who))).await??;
+    app.changed().await;
+    Ok(StatusCode::OK)
+}
+
+/// `DELETE /api/admin/archive/:f`: delete an archived flag for good.
+pub(crate) async fn delete_archived(
+    State(app): State<Shared>,
+    headers: Headers,
+    Path(flag): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let a = app.clone();
+    blocking(move || a.store.delete_archived_feature(&flag, &Actor::token(&who))).await??;
+    app.changed().await;
+    Ok(StatusCode::OK)
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct Tag {
+    #[serde(rename = "type")]
+    tag_type: String,
+    value: String,
+}
+
+/// `GET /api/admin/features/:f/tags`.
+pub(crate) async fn list_tags(
+    State(app): State<Shared>,
+    headers: Headers,
+    Path(flag): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    app.authenticate(&headers, &[TokenType::Admin])?;
+    let a = app.clone();
+    let tags = blocking(move || a.store.tags(&flag)).await??;
+    let tags: Vec<Tag> = tags
+        .into_iter()
+        .map(|(tag_type, value)| Tag { tag_type, value })
+        .collect();
+    Ok(Json(serde_json::json!({"version": 1, "tags": tags})))
+}
+
+/// `POST /api/admin/features/:f/tags` `{"type": ..., "value": ...}`.
+pub(crate) async fn add_tag(
+    State(app): State<Shared>,
+    headers: Headers,
+    Path(flag): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let (tag, _): (Tag, _) = parse_json(body)?;
+    if !valid_name(&tag.tag_type) || tag.value.is_empty() || tag.value.chars().count() > 100 {
+        return Err(ApiError::bad_request(
+            "a tag type is 1-100 of a-z A-Z 0-9 - _ ~ and a value 1-100 characters",
+        ));
+    }
+    let a = app.clone();
+    let (t, v) = (tag.tag_type.clone(), tag.value.clone());
+    let added = blocking(move || a.store.add_tag(&flag, &t, &v, &Actor::token(&who))).await??;
+    let status = if added {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(serde_json::json!({"version": 1, "tag": tag}))))
+}
+
+/// `DELETE /api/admin/features/:f/tags/:type/:value`.
+pub(crate) async fn remove_tag(
+    State(app): State<Shared>,
+    headers: Headers,
+    Path((flag, tag_type, value)): Path<(String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let a = app.clone();
+    let removed = blocking(move || {
+        a.store
+            .remove_tag(&flag, &tag_type, &value, &Actor::token(&who))
+    })
+    .await??;
+    if removed {
+        Ok(StatusCode::OK)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "the flag has no such tag",
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DependencyInput {
+    feature: String,
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    variants: Option<Vec<String>>,
+}
+
+/// `POST /api/admin/projects/:p/features/:child/dependencies`.
+pub(crate) async fn add_dependency(
+    State(app): State<Shared>,
+    headers: Headers,
+    Path((project, child)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let (d, _): (DependencyInput, _) = parse_json(body)?;
+    if d.variants.as_ref().is_some_and(|v| v.len() > MAX_VARIANTS) {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_VARIANTS} variants in a dependency"
+        )));
+    }
+    let dependency = FeatureDependency {
+        feature: d.feature,
+        enabled: d.enabled,
+        variants: d.variants,
+    };
+    let a = app.clone();
+    blocking(move || {
+        a.store
+            .set_dependency(&project, &child, &dependency, &Actor::token(&who))
+    })
+    .await??;
+    app.changed().await;
+    Ok(StatusCode::OK)
+}
+
+/// `DELETE .../dependencies/:parent` and `DELETE .../dependencies` (all).
+pub(crate) async fn remove_dependency(
+    State(app): State<Shared>,
+    headers: Headers,
+    Path(path): Path<Vec<(String, String)>>,
+) -> Result<StatusCode, ApiError> {
+    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let get = |k: &str| path.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let (Some(project), Some(child)) = (get("project"), get("name")) else {
+        return Err(ApiError::bad_request("bad path"));
+    };
+    let parent = get("parent");
+    let a = app.clone();
+    blocking(move || {
+        a.store
+            .remove_dependency(&project, &child, parent.as_deref(), &Actor::token(&who))
+    })
+    .await??;
+    app.changed().await;
+    Ok(StatusCode::OK)
 }

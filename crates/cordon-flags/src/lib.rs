@@ -93,7 +93,10 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let (app, state) = server::router(store, &options)?;
     tokio::select! {
-        served = axum::serve(listener, app) => served.map_err(Error::Serve),
+        served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        ) => served.map_err(Error::Serve),
         () = state.feeds.clone().run() => Ok(()),
     }
 }

@@ -13,11 +13,12 @@
 //! admin API, change propagation between replicas.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
@@ -93,9 +94,11 @@ impl From<StoreError> for ApiError {
             | StoreError::UnknownStrategy { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, e.to_string())
             }
-            StoreError::FlagExists(_) | StoreError::ProjectExists(_) => {
-                ApiError::new(StatusCode::CONFLICT, e.to_string())
-            }
+            StoreError::FlagExists(_)
+            | StoreError::ProjectExists(_)
+            | StoreError::EnvironmentExists(_)
+            | StoreError::SegmentInUse { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            StoreError::NotArchived(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
             e => {
                 tracing::error!(error = %e, "flag store failed");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
@@ -399,6 +402,43 @@ pub(crate) fn router(
         )
         .route("/api/admin/events", get(crate::admin::events))
         .route(
+            "/api/admin/environments",
+            get(crate::admin::list_environments).post(crate::admin::create_environment),
+        )
+        .route(
+            "/api/admin/segments",
+            get(crate::admin::list_segments).post(crate::admin::create_segment),
+        )
+        .route(
+            "/api/admin/segments/{id}",
+            put(crate::admin::update_segment).delete(crate::admin::delete_segment),
+        )
+        .route("/api/admin/archive/features", get(crate::admin::archived))
+        .route(
+            "/api/admin/archive/revive/{name}",
+            post(crate::admin::revive),
+        )
+        .route(
+            "/api/admin/archive/{name}",
+            delete(crate::admin::delete_archived),
+        )
+        .route(
+            "/api/admin/features/{name}/tags",
+            get(crate::admin::list_tags).post(crate::admin::add_tag),
+        )
+        .route(
+            "/api/admin/features/{name}/tags/{tag_type}/{value}",
+            delete(crate::admin::remove_tag),
+        )
+        .route(
+            "/api/admin/projects/{project}/features/{name}/dependencies",
+            post(crate::admin::add_dependency).delete(crate::admin::remove_dependency),
+        )
+        .route(
+            "/api/admin/projects/{project}/features/{name}/dependencies/{parent}",
+            delete(crate::admin::remove_dependency),
+        )
+        .route(
             "/api/admin/projects/{project}/features/{name}/environments/{env}",
             get(crate::admin::get_environment),
         )
@@ -592,9 +632,15 @@ pub struct FrontendVariant {
 async fn frontend_eval(
     app: Shared,
     headers: HeaderMap,
-    context: Context,
+    peer: SocketAddr,
+    mut context: Context,
 ) -> Result<Json<FrontendResponse>, ApiError> {
     let token = app.authenticate(&headers, &[TokenType::Frontend])?;
+    // As Unleash does: a context without remoteAddress is evaluated with the caller's
+    // address. Forwarding headers are not trusted (a client could claim any address).
+    if context.remote_address.is_none() {
+        context.remote_address = Some(peer.ip().to_canonical().to_string());
+    }
     let snapshot = app.snapshot(&token.environment, &token.project).await?;
     let resolved = snapshot
         .engine
@@ -620,6 +666,7 @@ async fn frontend_eval(
 
 async fn frontend_get(
     State(app): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<FrontendResponse>, ApiError> {
@@ -640,16 +687,17 @@ async fn frontend_get(
     }
     let context: Context = serde_json::from_value(map.into())
         .map_err(|e| ApiError::bad_request(format!("invalid context: {e}")))?;
-    frontend_eval(app, headers, context).await
+    frontend_eval(app, headers, peer, context).await
 }
 
 async fn frontend_post(
     State(app): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<FrontendResponse>, ApiError> {
     let (context, _): (Context, _) = parse_json(body)?;
-    frontend_eval(app, headers, context).await
+    frontend_eval(app, headers, peer, context).await
 }
 
 #[derive(Deserialize)]

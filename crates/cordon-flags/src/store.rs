@@ -66,6 +66,12 @@ pub enum StoreError {
     },
     #[error("there is no segment with id {0}")]
     UnknownSegment(i32),
+    #[error("segment {id} is used by {flags:?}; remove it from their strategies first")]
+    SegmentInUse { id: i32, flags: Vec<String> },
+    #[error("an environment named {0:?} already exists")]
+    EnvironmentExists(String),
+    #[error("there is no archived flag {0:?}")]
+    NotArchived(String),
     #[error("{0}")]
     Invalid(String),
     #[error("cannot draw random bytes for an id: {0}")]
@@ -185,6 +191,56 @@ pub trait Store: Send + Sync + 'static {
     /// The newest audit event as recorded outside the database, for stores that keep
     /// such an anchor (`None` when the store has none).
     fn audit_anchor(&self) -> Result<Option<crate::audit::Anchor>>;
+    /// Add an environment; every flag gets it, disabled.
+    fn create_environment(&self, name: &str, actor: &Actor) -> Result<()>;
+    /// Every segment, by id.
+    fn segments(&self) -> Result<Vec<AdminSegment>>;
+    /// Create (`segment.id` 0: a new id is assigned) or replace a segment; returns its id.
+    fn save_segment(&self, segment: &AdminSegment, actor: &Actor) -> Result<i32>;
+    /// Delete a segment no strategy uses.
+    fn delete_segment(&self, id: i32, actor: &Actor) -> Result<()>;
+    /// Archived flags of every project, by name.
+    fn archived_features(&self) -> Result<Vec<FeatureSummary>>;
+    /// Bring an archived flag back, disabled in every environment.
+    fn revive_feature(&self, flag: &str, actor: &Actor) -> Result<()>;
+    /// Delete an archived flag for good (its audit events stay).
+    fn delete_archived_feature(&self, flag: &str, actor: &Actor) -> Result<()>;
+    /// A flag's tags as (type, value), sorted.
+    fn tags(&self, flag: &str) -> Result<Vec<(String, String)>>;
+    /// Tag a flag; returns false when it already had the tag.
+    fn add_tag(&self, flag: &str, tag_type: &str, value: &str, actor: &Actor) -> Result<bool>;
+    /// Remove a tag; returns false when the flag did not have it.
+    fn remove_tag(&self, flag: &str, tag_type: &str, value: &str, actor: &Actor) -> Result<bool>;
+    /// Make `child` depend on `parent` (same project, one level deep), replacing an
+    /// existing dependency on the same parent.
+    fn set_dependency(
+        &self,
+        project: &str,
+        child: &str,
+        dependency: &FeatureDependency,
+        actor: &Actor,
+    ) -> Result<()>;
+    /// Remove `child`'s dependency on `parent`, or all of them.
+    fn remove_dependency(
+        &self,
+        project: &str,
+        child: &str,
+        parent: Option<&str>,
+        actor: &Actor,
+    ) -> Result<()>;
+}
+
+/// A segment as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminSegment {
+    #[serde(default)]
+    pub id: i32,
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub constraints: Vec<unleash_types::client_features::Constraint>,
 }
 
 /// Which flag, where, and what the change is called in the audit log.
@@ -393,6 +449,19 @@ UPDATE strategies SET id = lower(hex(randomblob(16)));
 CREATE UNIQUE INDEX strategies_id ON strategies (id);
 "#,
     ),
+    (
+        5,
+        r#"
+ALTER TABLE segments ADD COLUMN name TEXT;
+ALTER TABLE segments ADD COLUMN description TEXT;
+CREATE TABLE feature_tags (
+    feature TEXT NOT NULL REFERENCES features(name) ON DELETE CASCADE,
+    type TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (feature, type, value)
+);
+"#,
+    ),
 ];
 
 /// The embedded store: one SQLite file in WAL mode.
@@ -455,6 +524,21 @@ impl SqliteStore {
             store.write_anchor(last)?;
         }
         Ok(store)
+    }
+
+    /// Run `f` in a write transaction, commit, and move the anchor.
+    fn write<T>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db(what))?;
+        let out = f(&tx)?;
+        tx.commit().map_err(db(what))?;
+        drop(conn);
+        self.anchor_now()?;
+        Ok(out)
     }
 
     fn last_event(&self) -> Result<Option<crate::audit::Anchor>> {
@@ -1302,6 +1386,361 @@ impl Store for SqliteStore {
             })
     }
 
+    fn create_environment(&self, name: &str, actor: &Actor) -> Result<()> {
+        self.write("create an environment", |tx| {
+            let n = tx
+                .execute(
+                    "INSERT INTO environments (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
+                    [name],
+                )
+                .map_err(db("create an environment"))?;
+            if n == 0 {
+                return Err(StoreError::EnvironmentExists(name.to_owned()));
+            }
+            tx.execute(
+                "INSERT INTO feature_environments (feature, environment, enabled, variants)
+                 SELECT name, ?1, FALSE, '[]' FROM features",
+                [name],
+            )
+            .map_err(db("add the environment to every flag"))?;
+            append_event(
+                tx,
+                actor,
+                Change {
+                    action: "environment-created",
+                    flag: None,
+                    environment: Some(name),
+                    before: None,
+                    after: Some(serde_json::json!({ "name": name })),
+                },
+            )
+        })
+    }
+
+    fn segments(&self) -> Result<Vec<AdminSegment>> {
+        read_segments(&self.conn())
+    }
+
+    fn save_segment(&self, segment: &AdminSegment, actor: &Actor) -> Result<i32> {
+        self.write("save a segment", |tx| {
+            let before = read_segments(tx)?.into_iter().find(|s| s.id == segment.id);
+            let id = if segment.id == 0 {
+                tx.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM segments", [], |r| {
+                    r.get(0)
+                })
+                .map_err(db("number a segment"))?
+            } else if before.is_none() {
+                return Err(StoreError::UnknownSegment(segment.id));
+            } else {
+                segment.id
+            };
+            tx.execute(
+                "INSERT INTO segments (id, name, description, constraints) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name,
+                    description = excluded.description, constraints = excluded.constraints",
+                params![
+                    id,
+                    segment.name,
+                    segment.description,
+                    to_json(&segment.constraints)
+                ],
+            )
+            .map_err(db("save a segment"))?;
+            let after = AdminSegment {
+                id,
+                ..segment.clone()
+            };
+            append_event(
+                tx,
+                actor,
+                Change {
+                    action: if before.is_some() {
+                        "segment-updated"
+                    } else {
+                        "segment-created"
+                    },
+                    flag: None,
+                    environment: None,
+                    before: before.map(|b| crate::wire::to_value(&b)),
+                    after: Some(crate::wire::to_value(&after)),
+                },
+            )?;
+            Ok(id)
+        })
+    }
+
+    fn delete_segment(&self, id: i32, actor: &Actor) -> Result<()> {
+        self.write("delete a segment", |tx| {
+            let Some(before) = read_segments(tx)?.into_iter().find(|s| s.id == id) else {
+                return Err(StoreError::UnknownSegment(id));
+            };
+            let mut stmt = tx
+                .prepare_cached("SELECT DISTINCT feature, segments FROM strategies")
+                .map_err(db("look for segment users"))?;
+            let rows: Vec<(String, String)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .and_then(|rows| rows.collect())
+                .map_err(db("look for segment users"))?;
+            let mut flags = Vec::new();
+            for (flag, segments) in rows {
+                let ids: Vec<i32> = from_json("strategy segments", &segments)?;
+                if ids.contains(&id) && !flags.contains(&flag) {
+                    flags.push(flag);
+                }
+            }
+            if !flags.is_empty() {
+                flags.sort();
+                return Err(StoreError::SegmentInUse { id, flags });
+            }
+            tx.execute("DELETE FROM segments WHERE id = ?1", [id])
+                .map_err(db("delete a segment"))?;
+            append_event(
+                tx,
+                actor,
+                Change {
+                    action: "segment-deleted",
+                    flag: None,
+                    environment: None,
+                    before: Some(crate::wire::to_value(&before)),
+                    after: None,
+                },
+            )
+        })
+    }
+
+    fn archived_features(&self) -> Result<Vec<FeatureSummary>> {
+        read_features_where(&self.conn(), None, None, true)
+    }
+
+    fn revive_feature(&self, flag: &str, actor: &Actor) -> Result<()> {
+        self.write("revive a flag", |tx| {
+            if feature_project(tx, flag)?.is_none_or(|(_, archived)| !archived) {
+                return Err(StoreError::NotArchived(flag.to_owned()));
+            }
+            tx.execute(
+                "UPDATE features SET archived = FALSE WHERE name = ?1",
+                [flag],
+            )
+            .map_err(db("revive a flag"))?;
+            tx.execute(
+                "UPDATE feature_environments SET enabled = FALSE WHERE feature = ?1",
+                [flag],
+            )
+            .map_err(db("revive a flag"))?;
+            append_event(
+                tx,
+                actor,
+                Change {
+                    action: "feature-revived",
+                    flag: Some(flag),
+                    environment: None,
+                    before: Some(serde_json::json!({ "archived": true })),
+                    after: Some(serde_json::json!({ "archived": false, "enabled": false })),
+                },
+            )
+        })
+    }
+
+    fn delete_archived_feature(&self, flag: &str, actor: &Actor) -> Result<()> {
+        self.write("delete a flag", |tx| {
+            let Some((project, true)) = feature_project(tx, flag)? else {
+                return Err(StoreError::NotArchived(flag.to_owned()));
+            };
+            let before = read_features_where(tx, Some(&project), Some(flag), true)?;
+            tx.execute("DELETE FROM feature_dependencies WHERE parent = ?1", [flag])
+                .map_err(db("delete a flag"))?;
+            tx.execute("DELETE FROM features WHERE name = ?1", [flag])
+                .map_err(db("delete a flag"))?;
+            append_event(
+                tx,
+                actor,
+                Change {
+                    action: "feature-deleted",
+                    flag: Some(flag),
+                    environment: None,
+                    before: before.first().map(|f| serde_json::json!(f)),
+                    after: None,
+                },
+            )
+        })
+    }
+
+    fn tags(&self, flag: &str) -> Result<Vec<(String, String)>> {
+        let conn = self.conn();
+        if feature_project(&conn, flag)?.is_none() {
+            return Err(StoreError::UnknownFlag {
+                project: "*".into(),
+                flag: flag.to_owned(),
+            });
+        }
+        let mut stmt = conn
+            .prepare_cached("SELECT type, value FROM feature_tags WHERE feature = ?1 ORDER BY 1, 2")
+            .map_err(db("list tags"))?;
+        stmt.query_map([flag], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(db("list tags"))
+    }
+
+    fn add_tag(&self, flag: &str, tag_type: &str, value: &str, actor: &Actor) -> Result<bool> {
+        self.write("tag a flag", |tx| {
+            if feature_project(tx, flag)?.is_none() {
+                return Err(StoreError::UnknownFlag {
+                    project: "*".into(),
+                    flag: flag.to_owned(),
+                });
+            }
+            let n = tx
+                .execute(
+                    "INSERT INTO feature_tags (feature, type, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT DO NOTHING",
+                    [flag, tag_type, value],
+                )
+                .map_err(db("tag a flag"))?;
+            if n == 0 {
+                return Ok(false);
+            }
+            append_event(
+                tx,
+                actor,
+                Change {
+                    action: "feature-tagged",
+                    flag: Some(flag),
+                    environment: None,
+                    before: None,
+                    after: Some(serde_json::json!({ "type": tag_type, "value": value })),
+                },
+            )?;
+            Ok(true)
+        })
+    }
+
+    fn remove_tag(&self, flag: &str, tag_type: &str, value: &str, actor: &Actor) -> Result<bool> {
+        self.write("untag a flag", |tx| {
+            let n = tx
+                .execute(
+                    "DELETE FROM feature_tags WHERE feature = ?1 AND type = ?2 AND value = ?3",
+                    [flag, tag_type, value],
+                )
+                .map_err(db("untag a flag"))?;
+            if n == 0 {
+                return Ok(false);
+            }
+            append_event(
+                tx,
+                actor,
+                Change {
+                    action: "feature-untagged",
+                    flag: Some(flag),
+                    environment: None,
+                    before: Some(serde_json::json!({ "type": tag_type, "value": value })),
+                    after: None,
+                },
+            )?;
+            Ok(true)
+        })
+    }
+
+    fn set_dependency(
+        &self,
+        project: &str,
+        child: &str,
+        dependency: &FeatureDependency,
+        actor: &Actor,
+    ) -> Result<()> {
+        self.write("add a dependency", |tx| {
+            live_feature(tx, project, child)?;
+            let parent = dependency.feature.as_str();
+            if parent == child {
+                return Err(StoreError::Invalid("a flag cannot depend on itself".into()));
+            }
+            live_feature(tx, project, parent).map_err(|_| {
+                StoreError::Invalid(format!(
+                    "the parent {parent:?} must be a live flag in project {project:?}"
+                ))
+            })?;
+            let nested: bool = tx
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM feature_dependencies WHERE child = ?1)
+                        OR EXISTS (SELECT 1 FROM feature_dependencies WHERE parent = ?2)",
+                    [parent, child],
+                    |r| r.get(0),
+                )
+                .map_err(db("check dependencies"))?;
+            if nested {
+                return Err(StoreError::Invalid(
+                    "dependencies are one level deep: the parent cannot have parents, and a \
+                     flag that is a parent cannot get one"
+                        .into(),
+                ));
+            }
+            let before = read_dependencies(tx, child)?;
+            tx.execute(
+                "DELETE FROM feature_dependencies WHERE child = ?1 AND parent = ?2",
+                [child, parent],
+            )
+            .map_err(db("replace a dependency"))?;
+            tx.execute(
+                "INSERT INTO feature_dependencies (child, parent, enabled, variants, position)
+                 VALUES (?1, ?2, ?3, ?4,
+                    (SELECT COALESCE(MAX(position), -1) + 1 FROM feature_dependencies
+                     WHERE child = ?1))",
+                params![
+                    child,
+                    parent,
+                    dependency.enabled,
+                    dependency.variants.as_ref().map(to_json)
+                ],
+            )
+            .map_err(db("add a dependency"))?;
+            let after = read_dependencies(tx, child)?;
+            append_event(
+                tx,
+                actor,
+                Change {
+                    action: "feature-dependency-added",
+                    flag: Some(child),
+                    environment: None,
+                    before: Some(crate::wire::to_value(&before)),
+                    after: Some(crate::wire::to_value(&after)),
+                },
+            )
+        })
+    }
+
+    fn remove_dependency(
+        &self,
+        project: &str,
+        child: &str,
+        parent: Option<&str>,
+        actor: &Actor,
+    ) -> Result<()> {
+        self.write("remove a dependency", |tx| {
+            live_feature(tx, project, child)?;
+            let before = read_dependencies(tx, child)?;
+            let n = tx
+                .execute(
+                    "DELETE FROM feature_dependencies WHERE child = ?1 AND (?2 IS NULL OR parent = ?2)",
+                    params![child, parent],
+                )
+                .map_err(db("remove a dependency"))?;
+            if n == 0 {
+                return Err(StoreError::Invalid(format!("{child:?} has no such dependency")));
+            }
+            let after = read_dependencies(tx, child)?;
+            append_event(
+                tx,
+                actor,
+                Change {
+                    action: "feature-dependency-removed",
+                    flag: Some(child),
+                    environment: None,
+                    before: Some(crate::wire::to_value(&before)),
+                    after: Some(crate::wire::to_value(&after)),
+                },
+            )
+        })
+    }
+
     fn projects(&self) -> Result<Vec<String>> {
         let conn = self.conn();
         let mut stmt = conn
@@ -1351,6 +1790,51 @@ type StrategyRow = (
     String,
     String,
 );
+
+fn read_segments(conn: &Connection) -> Result<Vec<AdminSegment>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT id, name, description, constraints FROM segments ORDER BY id")
+        .map_err(db("list segments"))?;
+    let rows: Vec<(i32, Option<String>, Option<String>, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .and_then(|rows| rows.collect())
+        .map_err(db("list segments"))?;
+    rows.into_iter()
+        .map(|(id, name, description, constraints)| {
+            Ok(AdminSegment {
+                id,
+                // Segments that came in through a state import have no name.
+                name: name.unwrap_or_else(|| format!("segment-{id}")),
+                description,
+                constraints: from_json("segment constraints", &constraints)?,
+            })
+        })
+        .collect()
+}
+
+fn read_dependencies(conn: &Connection, child: &str) -> Result<Vec<FeatureDependency>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT parent, enabled, variants FROM feature_dependencies
+             WHERE child = ?1 ORDER BY position",
+        )
+        .map_err(db("read dependencies"))?;
+    let rows: Vec<(String, Option<bool>, Option<String>)> = stmt
+        .query_map([child], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .and_then(|rows| rows.collect())
+        .map_err(db("read dependencies"))?;
+    rows.into_iter()
+        .map(|(feature, enabled, variants)| {
+            Ok(FeatureDependency {
+                feature,
+                enabled,
+                variants: variants
+                    .map(|v| from_json("dependency variants", &v))
+                    .transpose()?,
+            })
+        })
+        .collect()
+}
 
 fn read_env_config(tx: &Connection, flag: &str, environment: &str) -> Result<EnvConfig> {
     let row: Option<(bool, String)> = tx
@@ -1601,6 +2085,15 @@ fn read_features(
     project: &str,
     only: Option<&str>,
 ) -> Result<Vec<FeatureSummary>> {
+    read_features_where(conn, Some(project), only, false)
+}
+
+fn read_features_where(
+    conn: &Connection,
+    project: Option<&str>,
+    only: Option<&str>,
+    archived: bool,
+) -> Result<Vec<FeatureSummary>> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT f.name, f.project, f.type, f.description, f.stale, f.impression_data,
@@ -1608,12 +2101,13 @@ fn read_features(
                     (SELECT COUNT(*) FROM strategies s
                      WHERE s.feature = f.name AND s.environment = fe.environment)
              FROM features f LEFT JOIN feature_environments fe ON fe.feature = f.name
-             WHERE f.project = ?1 AND NOT f.archived AND (?2 IS NULL OR f.name = ?2)
+             WHERE (?1 IS NULL OR f.project = ?1) AND f.archived = ?3
+                AND (?2 IS NULL OR f.name = ?2)
              ORDER BY f.name, fe.environment",
         )
         .map_err(db("list flags"))?;
     let mut rows = stmt
-        .query(params![project, only])
+        .query(params![project, only, archived])
         .map_err(db("list flags"))?;
     let mut out: Vec<FeatureSummary> = Vec::new();
     while let Some(r) = rows.next().map_err(db("list flags"))? {

@@ -321,3 +321,269 @@ async fn projects_tokens_and_revocation() {
     let r = server.get("/api/admin/audit/verify", ADMIN, &[]).await;
     assert_eq!(r.json()["problems"], json!([]), "{}", r.json());
 }
+
+async fn delete(server: &common::Server, path: &str) -> common::Response {
+    server
+        .request("DELETE", path, &[("Authorization", ADMIN)], None)
+        .await
+}
+
+#[tokio::test]
+async fn segments_are_managed_and_guarded_while_in_use() {
+    let (server, client) = setup().await;
+    let r = server
+        .post_json(
+            "/api/admin/segments",
+            ADMIN,
+            &json!({"name": "beta-users", "description": "opted in",
+                "constraints": [{"contextName": "userId", "operator": "IN", "values": ["alice"]}]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let id = r.json()["id"].as_i64().unwrap();
+    let r = server
+        .post_json(
+            STRATEGIES,
+            ADMIN,
+            &json!({"name": "default", "segments": [id]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = server
+        .get(
+            "/api/client/features",
+            &client,
+            &[("Unleash-Client-Spec", "5.0.0")],
+        )
+        .await;
+    assert_eq!(r.json()["segments"][0]["id"], id);
+
+    // Editing the segment changes what every flag using it means.
+    let r = put(
+        &server,
+        &format!("/api/admin/segments/{id}"),
+        &json!({"name": "beta-users",
+            "constraints": [{"contextName": "userId", "operator": "IN", "values": ["bob"]}]}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = server
+        .get(
+            "/api/client/features",
+            &client,
+            &[("Unleash-Client-Spec", "5.0.0")],
+        )
+        .await;
+    assert_eq!(
+        r.json()["segments"][0]["constraints"][0]["values"][0],
+        "bob"
+    );
+
+    let r = delete(&server, &format!("/api/admin/segments/{id}")).await;
+    assert_eq!(r.status, 409, "in use");
+    assert!(r.json()["error"].as_str().unwrap().contains("checkout"));
+    let r = server
+        .post_json(
+            "/api/admin/segments",
+            ADMIN,
+            &json!({"name": "bad", "constraints": [{"contextName": "x", "operator": "NOPE"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let r = put(&server, "/api/admin/segments/999", &json!({"name": "x"})).await;
+    assert_eq!(r.status, 400, "unknown segment");
+
+    // Once no strategy uses it, it can go.
+    let strategies = server.get(STRATEGIES, ADMIN, &[]).await.json();
+    let sid = strategies[0]["id"].as_str().unwrap();
+    assert_eq!(
+        delete(&server, &format!("{STRATEGIES}/{sid}")).await.status,
+        200
+    );
+    assert_eq!(
+        delete(&server, &format!("/api/admin/segments/{id}"))
+            .await
+            .status,
+        200
+    );
+    let r = server.get("/api/admin/segments", ADMIN, &[]).await;
+    assert_eq!(r.json()["segments"], json!([]));
+}
+
+#[tokio::test]
+async fn environments_archive_tags_and_dependencies() {
+    let (server, _client) = setup().await;
+    // A new environment: every flag gets it, off; tokens can be made for it.
+    let r = server
+        .post_json(
+            "/api/admin/environments",
+            ADMIN,
+            &json!({"name": "staging", "type": "test"}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let r = server
+        .post_json(
+            "/api/admin/environments",
+            ADMIN,
+            &json!({"name": "staging"}),
+        )
+        .await;
+    assert_eq!(r.status, 409);
+    let staging = server.create_token("client", "*", "staging").await;
+    let r = server
+        .get("/api/client/features/checkout", &staging, &[])
+        .await;
+    assert_eq!(r.json()["enabled"], false);
+
+    // Dependencies show in the client API; a cycle or a second level is refused.
+    let r = server
+        .post_json(
+            "/api/admin/projects/default/features",
+            ADMIN,
+            &json!({"name": "checkout-banner"}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let deps = "/api/admin/projects/default/features/checkout-banner/dependencies";
+    let r = server
+        .post_json(
+            deps,
+            ADMIN,
+            &json!({"feature": "checkout", "enabled": true}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = server
+        .get("/api/client/features/checkout-banner", &staging, &[])
+        .await;
+    assert_eq!(r.json()["dependencies"][0]["feature"], "checkout");
+    let r = server
+        .post_json(
+            "/api/admin/projects/default/features/checkout/dependencies",
+            ADMIN,
+            &json!({"feature": "checkout-banner"}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "one level deep");
+    let r = server
+        .post_json(deps, ADMIN, &json!({"feature": "checkout-banner"}))
+        .await;
+    assert_eq!(r.status, 400, "not on itself");
+    assert_eq!(
+        delete(&server, &format!("{deps}/checkout")).await.status,
+        200
+    );
+
+    // Tags.
+    let tags = "/api/admin/features/checkout/tags";
+    let r = server
+        .post_json(
+            tags,
+            ADMIN,
+            &json!({"type": "owner", "value": "agent:claude"}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let r = server
+        .post_json(
+            tags,
+            ADMIN,
+            &json!({"type": "owner", "value": "agent:claude"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "already tagged");
+    let r = server.get(tags, ADMIN, &[]).await;
+    assert_eq!(
+        r.json()["tags"],
+        json!([{"type": "owner", "value": "agent:claude"}])
+    );
+    assert_eq!(
+        delete(&server, &format!("{tags}/owner/agent:claude"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        delete(&server, &format!("{tags}/owner/agent:claude"))
+            .await
+            .status,
+        404
+    );
+
+    // Archive, revive (off everywhere), archive, delete for good.
+    assert_eq!(delete(&server, FLAG).await.status, 202, "archived");
+    let r = server.get("/api/admin/archive/features", ADMIN, &[]).await;
+    assert_eq!(r.json()["features"][0]["name"], "checkout");
+    let r = server
+        .post_json("/api/admin/archive/revive/checkout", ADMIN, &json!({}))
+        .await;
+    assert_eq!(r.status, 200);
+    let r = server.get(FLAG, ADMIN, &[]).await;
+    assert!(
+        r.json()["environments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["enabled"] == false),
+        "revived dark: {}",
+        r.json()
+    );
+    assert_eq!(
+        delete(&server, "/api/admin/archive/checkout").await.status,
+        404,
+        "only archived flags can be deleted"
+    );
+    assert_eq!(delete(&server, FLAG).await.status, 202, "archived");
+    assert_eq!(
+        delete(&server, "/api/admin/archive/checkout").await.status,
+        200
+    );
+    assert_eq!(server.get(FLAG, ADMIN, &[]).await.status, 404);
+    let r = server
+        .get("/api/admin/events?feature=checkout&limit=1", ADMIN, &[])
+        .await;
+    assert_eq!(r.json()["events"][0]["type"], "feature-deleted");
+    let r = server.get("/api/admin/audit/verify", ADMIN, &[]).await;
+    assert_eq!(r.json()["problems"], json!([]));
+}
+
+#[tokio::test]
+async fn the_frontend_api_fills_remote_address_from_the_connection() {
+    let server = common::start().await;
+    let state = json!({"version": 2, "features": [{
+        "name": "office-only", "enabled": true,
+        "strategies": [{"name": "remoteAddress", "parameters": {"IPs": common::CLIENT_IP}}]
+    }]});
+    assert_eq!(server.import("production", &state).await.status, 202);
+    let frontend = server.create_token("frontend", "*", "production").await;
+    let on = |r: &common::Response| {
+        r.json()["toggles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "office-only")
+    };
+    let r = server.get("/api/frontend", &frontend, &[]).await;
+    assert!(on(&r), "the caller is {}: {}", common::CLIENT_IP, r.json());
+    let r = server
+        .post_json(
+            "/api/frontend",
+            &frontend,
+            &json!({"remoteAddress": "10.1.2.3"}),
+        )
+        .await;
+    assert!(!on(&r), "an explicit remoteAddress wins");
+    let r = server
+        .request(
+            "GET",
+            "/api/frontend",
+            &[
+                ("Authorization", &frontend),
+                ("X-Forwarded-For", "10.1.2.3"),
+            ],
+            None,
+        )
+        .await;
+    assert!(on(&r), "forwarding headers are not trusted");
+}
