@@ -201,6 +201,14 @@ pub enum Problem {
     /// The event does not link to the event before it: events between them were
     /// deleted and the rest renumbered, or the event before was edited and re-hashed.
     Unlinked { seq: i64, previous: i64 },
+    /// The anchor kept outside the database names a newer event than the newest
+    /// stored one: the newest events were deleted.
+    Truncated { anchored: i64, last: i64 },
+    /// The anchored event is stored with another hash: it was edited and re-hashed,
+    /// or the chain after it was replaced.
+    AnchorMismatch { seq: i64 },
+    /// The anchor file exists but cannot be read.
+    AnchorUnreadable { message: String },
 }
 
 impl std::fmt::Display for Problem {
@@ -215,6 +223,18 @@ impl std::fmt::Display for Problem {
                 "event {seq} does not follow event {previous}: events between them were \
                  deleted, or event {previous} was edited and re-hashed"
             ),
+            Problem::Truncated { anchored, last } => write!(
+                f,
+                "events after {last} were deleted: the anchor outside the database names event {anchored}"
+            ),
+            Problem::AnchorMismatch { seq } => write!(
+                f,
+                "event {seq} differs from the anchor kept outside the database: it was \
+                 rewritten"
+            ),
+            Problem::AnchorUnreadable { message } => {
+                write!(f, "the audit anchor cannot be read: {message}")
+            }
         }
     }
 }
@@ -224,7 +244,9 @@ impl std::fmt::Display for Problem {
 pub struct Report {
     /// Number of stored events.
     pub events: usize,
-    /// Hash of the newest event; record it outside the database to detect truncation.
+    /// Hash of the newest event. The SQLite store anchors it in a file beside the
+    /// database; recording it elsewhere too (a ticket, a log) guards against an
+    /// attacker who can rewrite both.
     pub head: Option<String>,
     /// Empty when the chain is intact.
     pub problems: Vec<Problem>,
@@ -236,9 +258,44 @@ impl Report {
     }
 }
 
-/// Check the whole chain of `store`.
+/// The newest event as recorded outside the database after each change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anchor {
+    pub seq: i64,
+    pub hash: String,
+}
+
+/// Check the whole chain of `store`, and its newest events against the store's
+/// anchor outside the database, if it keeps one.
 pub fn verify(store: &dyn Store) -> Result<Report, StoreError> {
-    Ok(check(&store.audit_events()?))
+    let events = store.audit_events()?;
+    let mut report = check(&events);
+    match store.audit_anchor() {
+        Ok(Some(anchor)) => report.problems.extend(check_anchor(&events, &anchor)),
+        Ok(None) => {}
+        Err(e) => report.problems.push(Problem::AnchorUnreadable {
+            message: e.to_string(),
+        }),
+    }
+    Ok(report)
+}
+
+/// The anchor may lag the chain by the changes committed but not yet anchored when
+/// the process died, never lead it.
+pub fn check_anchor(events: &[Event], anchor: &Anchor) -> Option<Problem> {
+    let last = events.last().map_or(0, |e| e.seq);
+    if anchor.seq > last {
+        return Some(Problem::Truncated {
+            anchored: anchor.seq,
+            last,
+        });
+    }
+    match events.iter().find(|e| e.seq == anchor.seq) {
+        Some(e) if e.hash == anchor.hash => None,
+        // An anchor at 0 (no events yet) matches any chain.
+        None if anchor.seq == 0 => None,
+        _ => Some(Problem::AnchorMismatch { seq: anchor.seq }),
+    }
 }
 
 /// Check a chain of events ordered by `seq`.

@@ -15,6 +15,7 @@
 //! What it does not do (yet): change requests. See `docs/flags.md`.
 //! It must not depend on the sandbox crates.
 
+mod admin;
 pub mod audit;
 pub mod client;
 mod live;
@@ -23,6 +24,8 @@ pub mod pg;
 mod rows;
 mod schema;
 pub mod server;
+mod sql;
+mod sqlite;
 pub mod store;
 mod stream;
 pub mod token;
@@ -112,7 +115,10 @@ pub async fn serve(
         }
     };
     tokio::select! {
-        served = axum::serve(listener, app) => served.map_err(Error::Serve),
+        served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        ) => served.map_err(Error::Serve),
         () = state.feeds.clone().run() => Ok(()),
         () = state.clone().keep_tokens_fresh() => Ok(()),
         () = watch => Ok(()),

@@ -29,7 +29,8 @@ impl From<FeedError> for ApiError {
     fn from(e: FeedError) -> Self {
         match e {
             FeedError::Store(e) => e.into(),
-            FeedError::Full(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            // 429 makes the Node SDK fall back to polling at once (503 only after five tries).
+            FeedError::Full(_) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
             FeedError::Task => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }

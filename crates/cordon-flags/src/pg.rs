@@ -36,20 +36,14 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::{
     AsyncMessage, Client, Config, GenericClient, IsolationLevel, NoTls, Row, Transaction,
 };
-use unleash_types::client_features::ClientFeatures;
 
-use crate::audit::{Actor, Change, Event};
-use crate::metrics::{Application, Counts, MetricsRow, Registration, Report};
-use crate::rows::{self, now_millis, to_json};
 use crate::schema::{self, Dialect};
-use crate::store::{
-    ChangeWatch, FeatureSummary, NewFeature, OnChange, Store, StoreError, TokenRecord,
-};
+use crate::sql::{Columns, Driver, JsonText, Param, Sql, numbered_dollars};
+use crate::store::{ChangeWatch, OnChange, StoreError};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -317,14 +311,8 @@ impl PgStore {
             runtime: Some(runtime),
         };
         let database = store.pool.database.clone();
-        store.with(async |c| migrate(c, &database).await)?;
+        block_on(migrate(&mut *store.pool.get()?, &database))?;
         Ok(store)
-    }
-
-    /// Run `f` with a pooled connection.
-    fn with<T>(&self, f: impl AsyncFnOnce(&mut Client) -> Result<T>) -> Result<T> {
-        let mut client = self.pool.get()?;
-        block_on(f(&mut client))
     }
 }
 
@@ -346,7 +334,7 @@ async fn migrate(client: &mut Client, database: &str) -> Result<()> {
         )
         .await
         .map_err(pg("read the schema version"))?;
-    let current: i64 = col(&row, 0, "read the schema version")?;
+    let current: i64 = row.try_get(0).map_err(pg("read the schema version"))?;
     for (version, sql) in schema::pending(Dialect::Postgres, current, database)? {
         tx.batch_execute(&sql)
             .await
@@ -361,15 +349,9 @@ async fn migrate(client: &mut Client, database: &str) -> Result<()> {
     tx.commit().await.map_err(pg("commit the migration"))
 }
 
-/// Column `i` of `row`, or an error naming `action` (a column of an unexpected type,
-/// in a database edited by hand).
-fn col<'r, T: FromSql<'r>>(row: &'r Row, i: usize, action: &'static str) -> Result<T> {
-    row.try_get(i).map_err(pg(action))
-}
-
 /// Begin a transaction that will append an audit event: wait until no other writer,
 /// on any replica, is between its own read of the newest event and its commit.
-async fn begin_write<'c>(client: &'c mut Client, action: &'static str) -> Result<Transaction<'c>> {
+async fn begin_change<'c>(client: &'c mut Client, action: &'static str) -> Result<Transaction<'c>> {
     let tx = client.transaction().await.map_err(pg(action))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
         .await
@@ -377,802 +359,117 @@ async fn begin_write<'c>(client: &'c mut Client, action: &'static str) -> Result
     Ok(tx)
 }
 
-/// Append one event to the audit chain inside the change's own transaction (which
-/// holds the write lock), and announce the new revision when it commits.
-async fn append_event(tx: &Transaction<'_>, actor: &Actor, change: Change<'_>) -> Result<()> {
-    const READ: &str = "read the newest audit event";
-    let last = match tx
-        .query_opt(
-            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
-            &[],
-        )
-        .await
-        .map_err(pg(READ))?
-    {
-        Some(r) => Some((col(&r, 0, READ)?, col(&r, 1, READ)?)),
-        None => None,
-    };
-    let event = Event::following(last, actor, change);
-    tx.execute(
-        "INSERT INTO audit_events
-            (seq, ts, actor, action, flag, environment, before, after, prev_hash, hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        &[
-            &event.seq,
-            &event.ts,
-            &event.actor,
-            &event.action,
-            &event.flag,
-            &event.environment,
-            &event.before,
-            &event.after,
-            &event.prev_hash,
-            &event.hash,
-        ],
-    )
-    .await
-    .map_err(pg("append an audit event"))?;
-    tx.execute(
-        "SELECT pg_notify($1, $2)",
-        &[&CHANNEL, &event.seq.to_string()],
-    )
-    .await
-    .map_err(pg("announce a change"))?;
-    Ok(())
-}
+/// A connection or transaction, for the store logic.
+struct PgSql<'a, C>(&'a C);
 
-async fn query<C: GenericClient>(
-    c: &C,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-    action: &'static str,
-) -> Result<Vec<Row>> {
-    c.query(sql, params).await.map_err(pg(action))
-}
+impl<C: GenericClient + Sync> Sql for PgSql<'_, C> {
+    fn execute(&self, action: &'static str, sql: &str, params: &[&dyn Param]) -> Result<u64> {
+        let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.pg()).collect();
+        block_on(self.0.execute(&numbered_dollars(sql), &params)).map_err(pg(action))
+    }
 
-async fn exists<C: GenericClient>(
-    c: &C,
-    sql: &str,
-    params: &[&(dyn ToSql + Sync)],
-    action: &'static str,
-) -> Result<bool> {
-    Ok(c.query_opt(sql, params)
-        .await
-        .map_err(pg(action))?
-        .is_some())
-}
-
-async fn known_environment<C: GenericClient>(c: &C, environment: &str) -> Result<()> {
-    if exists(
-        c,
-        "SELECT 1 FROM environments WHERE name = $1",
-        &[&environment],
-        "look up the environment",
-    )
-    .await?
-    {
+    fn each(
+        &self,
+        action: &'static str,
+        sql: &str,
+        params: &[&dyn Param],
+        row: &mut dyn FnMut(&dyn Columns) -> Result<()>,
+    ) -> Result<()> {
+        let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.pg()).collect();
+        for r in block_on(self.0.query(&numbered_dollars(sql), &params)).map_err(pg(action))? {
+            row(&r)?;
+        }
         Ok(())
-    } else {
-        Err(StoreError::UnknownEnvironment(environment.to_owned()))
+    }
+
+    fn announce(&self, revision: i64) -> Result<()> {
+        block_on(self.0.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&CHANNEL, &revision.to_string()],
+        ))
+        .map(drop)
+        .map_err(pg("announce a change"))
     }
 }
 
-async fn feature_project<C: GenericClient>(c: &C, flag: &str) -> Result<Option<(String, bool)>> {
-    const ACTION: &str = "look up a flag";
-    let row = c
-        .query_opt(
-            "SELECT project, archived FROM features WHERE name = $1",
-            &[&flag],
-        )
-        .await
-        .map_err(pg(ACTION))?;
-    row.map(|r| Ok((col(&r, 0, ACTION)?, col(&r, 1, ACTION)?)))
-        .transpose()
+fn column<'r, T: FromSql<'r>>(r: &'r Row, i: usize) -> Result<T> {
+    r.try_get(i).map_err(pg("read a stored value"))
 }
 
-/// The flag must exist in `project` and not be archived.
-async fn live_feature<C: GenericClient>(c: &C, project: &str, flag: &str) -> Result<()> {
-    match feature_project(c, flag).await? {
-        Some((p, false)) if p == project => Ok(()),
-        _ => Err(StoreError::UnknownFlag {
-            project: project.to_owned(),
-            flag: flag.to_owned(),
-        }),
+impl Columns for Row {
+    fn text(&self, i: usize) -> Result<String> {
+        column(self, i)
+    }
+    fn opt_text(&self, i: usize) -> Result<Option<String>> {
+        column(self, i)
+    }
+    fn int(&self, i: usize) -> Result<i64> {
+        column(self, i)
+    }
+    fn int32(&self, i: usize) -> Result<i32> {
+        column(self, i)
+    }
+    fn opt_int32(&self, i: usize) -> Result<Option<i32>> {
+        column(self, i)
+    }
+    fn flag(&self, i: usize) -> Result<bool> {
+        column(self, i)
+    }
+    fn opt_flag(&self, i: usize) -> Result<Option<bool>> {
+        column(self, i)
+    }
+    fn bytes(&self, i: usize) -> Result<Vec<u8>> {
+        column(self, i)
+    }
+    fn json(&self, i: usize) -> Result<String> {
+        column::<JsonText>(self, i).map(|j| j.0)
+    }
+    fn opt_json(&self, i: usize) -> Result<Option<String>> {
+        column::<Option<JsonText>>(self, i).map(|j| j.map(|j| j.0))
     }
 }
 
-async fn read_revision<C: GenericClient>(c: &C) -> Result<u64> {
-    const ACTION: &str = "read the revision";
-    let row = c
-        .query_one(
-            "SELECT COALESCE(MAX(seq), 0)::bigint FROM audit_events",
-            &[],
-        )
-        .await
-        .map_err(pg(ACTION))?;
-    Ok(col::<i64>(&row, 0, ACTION)?.max(0) as u64)
-}
-
-async fn read_client_state<C: GenericClient>(
-    c: &C,
-    environment: &str,
-    project: &str,
-) -> Result<ClientFeatures> {
-    const FEATURES: &str = "read features";
-    let features = query(
-        c,
-        "SELECT f.name, f.project, f.type, f.description, f.stale,
-                f.impression_data, fe.enabled, fe.variants::text
-         FROM features f JOIN feature_environments fe ON fe.feature = f.name
-         WHERE fe.environment = $1 AND NOT f.archived
-           AND ($2 = '*' OR f.project = $2)",
-        &[&environment, &project],
-        FEATURES,
-    )
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(rows::FeatureRow {
-            name: col(r, 0, FEATURES)?,
-            project: col(r, 1, FEATURES)?,
-            feature_type: col(r, 2, FEATURES)?,
-            description: col(r, 3, FEATURES)?,
-            stale: col(r, 4, FEATURES)?,
-            impression_data: col(r, 5, FEATURES)?,
-            enabled: col(r, 6, FEATURES)?,
-            variants: col(r, 7, FEATURES)?,
-        })
-    })
-    .collect::<Result<Vec<_>>>()?;
-    const STRATEGIES: &str = "read strategies";
-    let strategies = query(
-        c,
-        "SELECT feature, name, sort_order, parameters::text, constraints::text,
-                variants::text, segments::text
-         FROM strategies WHERE environment = $1 ORDER BY feature, position",
-        &[&environment],
-        STRATEGIES,
-    )
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(rows::StrategyRow {
-            feature: col(r, 0, STRATEGIES)?,
-            name: col(r, 1, STRATEGIES)?,
-            sort_order: col(r, 2, STRATEGIES)?,
-            parameters: col(r, 3, STRATEGIES)?,
-            constraints: col(r, 4, STRATEGIES)?,
-            variants: col(r, 5, STRATEGIES)?,
-            segments: col(r, 6, STRATEGIES)?,
-        })
-    })
-    .collect::<Result<Vec<_>>>()?;
-    const DEPENDENCIES: &str = "read dependencies";
-    let dependencies = query(
-        c,
-        "SELECT child, parent, enabled, variants::text FROM feature_dependencies
-         ORDER BY child, position",
-        &[],
-        DEPENDENCIES,
-    )
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(rows::DependencyRow {
-            child: col(r, 0, DEPENDENCIES)?,
-            parent: col(r, 1, DEPENDENCIES)?,
-            enabled: col(r, 2, DEPENDENCIES)?,
-            variants: col(r, 3, DEPENDENCIES)?,
-        })
-    })
-    .collect::<Result<Vec<_>>>()?;
-    const SEGMENTS: &str = "read segments";
-    let segments = query(
-        c,
-        "SELECT id, constraints::text FROM segments ORDER BY id",
-        &[],
-        SEGMENTS,
-    )
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(rows::SegmentRow {
-            id: col(r, 0, SEGMENTS)?,
-            constraints: col(r, 1, SEGMENTS)?,
-        })
-    })
-    .collect::<Result<Vec<_>>>()?;
-    rows::client_state(features, strategies, dependencies, segments)
-}
-
-/// Non-archived flags of `project` (or just `only`), with their environments, sorted
-/// byte-wise by name as SQLite sorts them.
-async fn read_features<C: GenericClient>(
-    c: &C,
-    project: &str,
-    only: Option<&str>,
-) -> Result<Vec<FeatureSummary>> {
-    const ACTION: &str = "list flags";
-    let rows = query(
-        c,
-        "SELECT f.name, f.project, f.type, f.description, f.stale, f.impression_data,
-                f.archived, fe.environment, fe.enabled,
-                (SELECT COUNT(*) FROM strategies s
-                 WHERE s.feature = f.name AND s.environment = fe.environment)
-         FROM features f LEFT JOIN feature_environments fe ON fe.feature = f.name
-         WHERE f.project = $1 AND NOT f.archived AND ($2::text IS NULL OR f.name = $2)
-         ORDER BY f.name COLLATE \"C\", fe.environment COLLATE \"C\"",
-        &[&project, &only],
-        ACTION,
-    )
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(rows::SummaryRow {
-            name: col(r, 0, ACTION)?,
-            project: col(r, 1, ACTION)?,
-            feature_type: col(r, 2, ACTION)?,
-            description: col(r, 3, ACTION)?,
-            stale: col(r, 4, ACTION)?,
-            impression_data: col(r, 5, ACTION)?,
-            archived: col(r, 6, ACTION)?,
-            environment: col(r, 7, ACTION)?,
-            enabled: col(r, 8, ACTION)?,
-            strategy_count: col(r, 9, ACTION)?,
-        })
-    })
-    .collect::<Result<Vec<_>>>()?;
-    Ok(rows::summaries(rows))
-}
-
-/// Store `state` as the flags of `environment` (inside the import's transaction).
-async fn write_state(
-    tx: &Transaction<'_>,
-    environment: &str,
-    state: &ClientFeatures,
-) -> Result<()> {
-    tx.execute(
-        "DELETE FROM feature_environments WHERE environment = $1",
-        &[&environment],
-    )
-    .await
-    .map_err(pg("clear the environment"))?;
-    for segment in state.segments.iter().flatten() {
-        tx.execute(
-            "INSERT INTO segments (id, constraints) VALUES ($1, $2::text::jsonb)
-             ON CONFLICT (id) DO UPDATE SET constraints = excluded.constraints",
-            &[&segment.id, &to_json(&segment.constraints)],
-        )
-        .await
-        .map_err(pg("store a segment"))?;
-    }
-    let insert_strategy = tx
-        .prepare(
-            "INSERT INTO strategies (feature, environment, position, name, sort_order,
-                parameters, constraints, variants, segments)
-             VALUES ($1, $2, $3, $4, $5, $6::text::jsonb, $7::text::jsonb, $8::text::jsonb,
-                $9::text::jsonb)",
-        )
-        .await
-        .map_err(pg("store a strategy"))?;
-    let insert_dependency = tx
-        .prepare(
-            "INSERT INTO feature_dependencies (child, parent, enabled, variants, position)
-             VALUES ($1, $2, $3, $4::text::jsonb, $5)",
-        )
-        .await
-        .map_err(pg("store a dependency"))?;
-    for f in &state.features {
-        let project = f
-            .project
-            .as_deref()
-            .unwrap_or(crate::store::DEFAULT_PROJECT);
-        tx.execute(
-            "INSERT INTO projects (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
-            &[&project],
-        )
-        .await
-        .map_err(pg("create a project"))?;
-        tx.execute(
-            "INSERT INTO features (name, project, type, description, stale, impression_data)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (name) DO UPDATE SET project = excluded.project,
-                type = excluded.type, description = excluded.description,
-                stale = excluded.stale, impression_data = excluded.impression_data,
-                archived = FALSE",
-            &[
-                &f.name,
-                &project,
-                &f.feature_type,
-                &f.description,
-                &f.stale.unwrap_or(false),
-                &f.impression_data.unwrap_or(false),
-            ],
-        )
-        .await
-        .map_err(pg("store a feature"))?;
-        tx.execute(
-            "INSERT INTO feature_environments (feature, environment, enabled, variants)
-             VALUES ($1, $2, $3, $4::text::jsonb)",
-            &[
-                &f.name,
-                &environment,
-                &f.enabled,
-                &to_json(&f.variants.clone().unwrap_or_default()),
-            ],
-        )
-        .await
-        .map_err(pg("store a feature's environment state"))?;
-        for (position, s) in f.strategies.iter().flatten().enumerate() {
-            tx.execute(
-                &insert_strategy,
-                &[
-                    &f.name,
-                    &environment,
-                    &(position as i64),
-                    &s.name,
-                    &s.sort_order,
-                    &to_json(&s.parameters.clone().unwrap_or_default()),
-                    &to_json(&s.constraints.clone().unwrap_or_default()),
-                    &to_json(&s.variants.clone().unwrap_or_default()),
-                    &to_json(&s.segments.clone().unwrap_or_default()),
-                ],
-            )
-            .await
-            .map_err(pg("store a strategy"))?;
-        }
-        tx.execute(
-            "DELETE FROM feature_dependencies WHERE child = $1",
-            &[&f.name],
-        )
-        .await
-        .map_err(pg("clear a feature's dependencies"))?;
-        for (position, d) in f.dependencies.iter().flatten().enumerate() {
-            tx.execute(
-                &insert_dependency,
-                &[
-                    &f.name,
-                    &d.feature,
-                    &d.enabled,
-                    &d.variants.as_ref().map(to_json),
-                    &(position as i64),
-                ],
-            )
-            .await
-            .map_err(pg("store a dependency"))?;
-        }
-    }
-    Ok(())
-}
-
-/// Add `counts` to the stored counts of one flag in one hour (inside the report's
-/// transaction). The row is created first and then locked, so two replicas adding
-/// to the same hour at once both count.
-async fn add_counts(
-    tx: &Transaction<'_>,
-    flag: &str,
-    report: &Report,
-    counts: &Counts,
-) -> Result<()> {
-    const READ: &str = "read metrics";
-    let key: [&(dyn ToSql + Sync); 4] = [
-        &flag,
-        &report.environment,
-        &report.app_name,
-        &report.hour_ms,
-    ];
-    tx.execute(
-        "INSERT INTO feature_metrics (feature, environment, app_name, hour, yes, no, variants)
-         VALUES ($1, $2, $3, $4, 0, 0, '{}'::jsonb) ON CONFLICT DO NOTHING",
-        &key,
-    )
-    .await
-    .map_err(pg("store metrics"))?;
-    let row = tx
-        .query_one(
-            "SELECT yes, no, variants::text FROM feature_metrics
-             WHERE feature = $1 AND environment = $2 AND app_name = $3 AND hour = $4
-             FOR UPDATE",
-            &key,
-        )
-        .await
-        .map_err(pg(READ))?;
-    let mut total = rows::counts(
-        col(&row, 0, READ)?,
-        col(&row, 1, READ)?,
-        &col::<String>(&row, 2, READ)?,
-    )?;
-    total.add(counts);
-    tx.execute(
-        "UPDATE feature_metrics SET yes = $5, no = $6, variants = $7::text::jsonb
-         WHERE feature = $1 AND environment = $2 AND app_name = $3 AND hour = $4",
-        &[
-            key[0],
-            key[1],
-            key[2],
-            key[3],
-            &rows::clamp(total.yes),
-            &rows::clamp(total.no),
-            &to_json(&total.variants),
-        ],
-    )
-    .await
-    .map_err(pg("store metrics"))?;
-    Ok(())
-}
-
-impl Store for PgStore {
-    fn environments(&self) -> Result<Vec<String>> {
-        const ACTION: &str = "list environments";
-        self.with(async |c| {
-            query(
-                c,
-                "SELECT name FROM environments ORDER BY name COLLATE \"C\"",
-                &[],
-                ACTION,
-            )
-            .await?
-            .iter()
-            .map(|r| col(r, 0, ACTION))
-            .collect()
-        })
+impl Driver for PgStore {
+    fn read<T>(&self, f: impl FnOnce(&dyn Sql) -> Result<T>) -> Result<T> {
+        let client = self.pool.get()?;
+        f(&PgSql(&*client))
     }
 
-    fn import_state(&self, environment: &str, state: &ClientFeatures, actor: &Actor) -> Result<()> {
-        self.with(async |c| {
-            let tx = begin_write(c, "begin the import").await?;
-            known_environment(&tx, environment).await?;
-            let before = read_client_state(&tx, environment, "*").await?;
-            write_state(&tx, environment, state).await?;
-            let after = read_client_state(&tx, environment, "*").await?;
-            append_event(
-                &tx,
-                actor,
-                Change::state_imported(environment, &before, &after),
-            )
-            .await?;
-            tx.commit().await.map_err(pg("commit the import"))
-        })
-    }
-
-    fn client_state(&self, environment: &str, project: &str) -> Result<(ClientFeatures, u64)> {
-        self.with(async |c| {
-            let tx = c
+    fn read_consistent<T>(&self, f: impl FnOnce(&dyn Sql) -> Result<T>) -> Result<T> {
+        let mut client = self.pool.get()?;
+        let tx = block_on(
+            client
                 .build_transaction()
                 .isolation_level(IsolationLevel::RepeatableRead)
                 .read_only(true)
-                .start()
-                .await
-                .map_err(pg("begin a read"))?;
-            let state = read_client_state(&tx, environment, project).await?;
-            let revision = read_revision(&tx).await?;
-            tx.commit().await.map_err(pg("end a read"))?;
-            Ok((state, revision))
-        })
+                .start(),
+        )
+        .map_err(pg("begin a read"))?;
+        let out = f(&PgSql(&tx))?;
+        block_on(tx.commit()).map_err(pg("end a read"))?;
+        Ok(out)
     }
 
-    fn revision(&self) -> Result<u64> {
-        self.with(async |c| read_revision(c).await)
+    fn change<T>(&self, action: &'static str, f: impl FnOnce(&dyn Sql) -> Result<T>) -> Result<T> {
+        let mut client = self.pool.get()?;
+        let tx = block_on(begin_change(&mut client, action))?;
+        let out = f(&PgSql(&tx))?;
+        block_on(tx.commit()).map_err(pg(action))?;
+        Ok(out)
     }
 
-    fn tokens(&self) -> Result<Vec<TokenRecord>> {
-        const ACTION: &str = "list tokens";
-        self.with(async |c| {
-            let mut tokens = Vec::new();
-            for r in query(
-                c,
-                "SELECT name, type, project, environment, hash FROM api_tokens",
-                &[],
-                ACTION,
-            )
-            .await?
-            {
-                let ty: String = col(&r, 1, ACTION)?;
-                tokens.extend(rows::token(
-                    col(&r, 0, ACTION)?,
-                    &ty,
-                    col(&r, 2, ACTION)?,
-                    col(&r, 3, ACTION)?,
-                    col(&r, 4, ACTION)?,
-                ));
-            }
-            Ok(tokens)
-        })
+    fn write<T>(&self, action: &'static str, f: impl FnOnce(&dyn Sql) -> Result<T>) -> Result<T> {
+        let mut client = self.pool.get()?;
+        let tx = block_on(client.transaction()).map_err(pg(action))?;
+        let out = f(&PgSql(&tx))?;
+        block_on(tx.commit()).map_err(pg(action))?;
+        Ok(out)
     }
 
-    fn insert_token(&self, token: &TokenRecord, actor: &Actor) -> Result<()> {
-        self.with(async |c| {
-            let tx = begin_write(c, "begin storing a token").await?;
-            tx.execute(
-                "INSERT INTO api_tokens (hash, name, type, project, environment)
-                 VALUES ($1, $2, $3, $4, $5)",
-                &[
-                    &token.hash.0.as_slice(),
-                    &token.name,
-                    &token.token_type.as_str(),
-                    &token.project,
-                    &token.environment,
-                ],
-            )
-            .await
-            .map_err(pg("store a token"))?;
-            append_event(&tx, actor, Change::token_created(token)).await?;
-            tx.commit().await.map_err(pg("commit a new token"))
-        })
-    }
-
-    fn create_feature(&self, project: &str, feature: &NewFeature, actor: &Actor) -> Result<()> {
-        self.with(async |c| {
-            let tx = begin_write(c, "begin creating a flag").await?;
-            if !exists(
-                &tx,
-                "SELECT 1 FROM projects WHERE name = $1",
-                &[&project],
-                "look up the project",
-            )
-            .await?
-            {
-                return Err(StoreError::UnknownProject(project.to_owned()));
-            }
-            let taken = || StoreError::FlagExists(feature.name.clone());
-            if feature_project(&tx, &feature.name).await?.is_some() {
-                return Err(taken());
-            }
-            tx.execute(
-                "INSERT INTO features (name, project, type, description, impression_data)
-                 VALUES ($1, $2, $3, $4, $5)",
-                &[
-                    &feature.name,
-                    &project,
-                    &feature.feature_type,
-                    &feature.description,
-                    &feature.impression_data,
-                ],
-            )
-            .await
-            .map_err(|e| match e.code() {
-                Some(&SqlState::UNIQUE_VIOLATION) => taken(),
-                _ => pg("store a flag")(e),
-            })?;
-            tx.execute(
-                "INSERT INTO feature_environments (feature, environment, enabled, variants)
-                 SELECT $1, name, FALSE, '[]'::jsonb FROM environments",
-                &[&feature.name],
-            )
-            .await
-            .map_err(pg("store a flag's environments"))?;
-            let after = read_features(&tx, project, Some(&feature.name)).await?;
-            append_event(
-                &tx,
-                actor,
-                Change::feature_created(&feature.name, after.first()),
-            )
-            .await?;
-            tx.commit().await.map_err(pg("commit a new flag"))
-        })
-    }
-
-    fn set_enabled(
-        &self,
-        project: &str,
-        flag: &str,
-        environment: &str,
-        enabled: bool,
-        actor: &Actor,
-    ) -> Result<bool> {
-        self.with(async |c| {
-            const READ: &str = "read a flag's state";
-            let tx = begin_write(c, "begin switching a flag").await?;
-            live_feature(&tx, project, flag).await?;
-            known_environment(&tx, environment).await?;
-            let before: Option<bool> = match tx
-                .query_opt(
-                    "SELECT enabled FROM feature_environments
-                     WHERE feature = $1 AND environment = $2",
-                    &[&flag, &environment],
-                )
-                .await
-                .map_err(pg(READ))?
-            {
-                Some(r) => Some(col(&r, 0, READ)?),
-                None => None,
-            };
-            if before == Some(enabled) {
-                return Ok(false);
-            }
-            tx.execute(
-                "INSERT INTO feature_environments (feature, environment, enabled, variants)
-                 VALUES ($1, $2, $3, '[]'::jsonb)
-                 ON CONFLICT (feature, environment) DO UPDATE SET enabled = excluded.enabled",
-                &[&flag, &environment, &enabled],
-            )
-            .await
-            .map_err(pg("switch a flag"))?;
-            append_event(
-                &tx,
-                actor,
-                Change::switched(flag, environment, before, enabled),
-            )
-            .await?;
-            tx.commit().await.map_err(pg("commit switching a flag"))?;
-            Ok(true)
-        })
-    }
-
-    fn archive_feature(&self, project: &str, flag: &str, actor: &Actor) -> Result<()> {
-        self.with(async |c| {
-            let tx = begin_write(c, "begin archiving a flag").await?;
-            live_feature(&tx, project, flag).await?;
-            tx.execute(
-                "UPDATE features SET archived = TRUE WHERE name = $1",
-                &[&flag],
-            )
-            .await
-            .map_err(pg("archive a flag"))?;
-            append_event(&tx, actor, Change::archived(flag)).await?;
-            tx.commit().await.map_err(pg("commit archiving a flag"))
-        })
-    }
-
-    fn features(&self, project: &str) -> Result<Vec<FeatureSummary>> {
-        self.with(async |c| read_features(c, project, None).await)
-    }
-
-    fn audit_events(&self) -> Result<Vec<Event>> {
-        const ACTION: &str = "read the audit log";
-        self.with(async |c| {
-            query(
-                c,
-                "SELECT seq, ts, actor, action, flag, environment, before, after, prev_hash, hash
-                 FROM audit_events ORDER BY seq",
-                &[],
-                ACTION,
-            )
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(Event {
-                    seq: col(r, 0, ACTION)?,
-                    ts: col(r, 1, ACTION)?,
-                    actor: col(r, 2, ACTION)?,
-                    action: col(r, 3, ACTION)?,
-                    flag: col(r, 4, ACTION)?,
-                    environment: col(r, 5, ACTION)?,
-                    before: col(r, 6, ACTION)?,
-                    after: col(r, 7, ACTION)?,
-                    prev_hash: col(r, 8, ACTION)?,
-                    hash: col(r, 9, ACTION)?,
-                })
-            })
-            .collect()
-        })
-    }
-
-    fn register_client(&self, r: &Registration) -> Result<()> {
-        self.with(async |c| {
-            c.execute(
-                "INSERT INTO client_instances
-                    (app_name, instance_id, environment, sdk_version, strategies, interval_ms,
-                     last_seen)
-                 VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7)
-                 ON CONFLICT (app_name, instance_id, environment) DO UPDATE SET
-                    sdk_version = excluded.sdk_version, strategies = excluded.strategies,
-                    interval_ms = excluded.interval_ms, last_seen = excluded.last_seen",
-                &[
-                    &r.app_name,
-                    &r.instance_id,
-                    &r.environment,
-                    &r.sdk_version,
-                    &to_json(&r.strategies),
-                    &r.interval.map(rows::clamp),
-                    &r.seen_ms,
-                ],
-            )
-            .await
-            .map(drop)
-            .map_err(pg("record a client registration"))
-        })
-    }
-
-    fn record_metrics(&self, report: &Report) -> Result<usize> {
-        self.with(async |c| {
-            let tx = c
-                .transaction()
-                .await
-                .map_err(pg("begin recording metrics"))?;
-            let mut counted = 0;
-            // In flag-name order (a BTreeMap), so two reports lock rows in one order.
-            for (flag, counts) in &report.toggles {
-                if !exists(
-                    &tx,
-                    "SELECT 1 FROM features WHERE name = $1",
-                    &[flag],
-                    "look up a counted flag",
-                )
-                .await?
-                {
-                    continue;
-                }
-                add_counts(&tx, flag, report, counts).await?;
-                counted += 1;
-            }
-            // A report also says the instance is alive.
-            tx.execute(
-                "INSERT INTO client_instances
-                    (app_name, instance_id, environment, strategies, last_seen)
-                 VALUES ($1, $2, $3, '[]'::jsonb, $4)
-                 ON CONFLICT (app_name, instance_id, environment) DO UPDATE SET
-                    last_seen = excluded.last_seen",
-                &[
-                    &report.app_name,
-                    &report.instance_id,
-                    &report.environment,
-                    &now_millis(),
-                ],
-            )
-            .await
-            .map_err(pg("record a reporting instance"))?;
-            tx.commit().await.map_err(pg("commit metrics"))?;
-            Ok(counted)
-        })
-    }
-
-    fn feature_metrics(&self, flag: &str, since_ms: i64) -> Result<Vec<MetricsRow>> {
-        const ACTION: &str = "read metrics";
-        self.with(async |c| {
-            let rows = query(
-                c,
-                "SELECT app_name, environment, hour, yes, no, variants::text FROM feature_metrics
-                 WHERE feature = $1 AND hour >= $2
-                 ORDER BY hour, environment COLLATE \"C\", app_name COLLATE \"C\"",
-                &[&flag, &since_ms],
-                ACTION,
-            )
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(rows::CountsRow {
-                    app_name: col(r, 0, ACTION)?,
-                    environment: col(r, 1, ACTION)?,
-                    hour: col(r, 2, ACTION)?,
-                    yes: col(r, 3, ACTION)?,
-                    no: col(r, 4, ACTION)?,
-                    variants: col(r, 5, ACTION)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-            rows::metrics(flag, rows)
-        })
-    }
-
-    fn applications(&self) -> Result<Vec<Application>> {
-        const ACTION: &str = "list applications";
-        self.with(async |c| {
-            let rows = query(
-                c,
-                "SELECT app_name, instance_id, environment, sdk_version, strategies::text,
-                        last_seen
-                 FROM client_instances
-                 ORDER BY app_name COLLATE \"C\", instance_id COLLATE \"C\",
-                    environment COLLATE \"C\"",
-                &[],
-                ACTION,
-            )
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(rows::InstanceRow {
-                    app_name: col(r, 0, ACTION)?,
-                    instance_id: col(r, 1, ACTION)?,
-                    environment: col(r, 2, ACTION)?,
-                    sdk_version: col(r, 3, ACTION)?,
-                    strategies: col(r, 4, ACTION)?,
-                    last_seen: col(r, 5, ACTION)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-            rows::applications(rows)
-        })
+    /// None: there is no place beside a shared database that every replica could
+    /// write. Record `head` of the audit report elsewhere to detect truncation.
+    fn audit_anchor(&self) -> Result<Option<crate::audit::Anchor>> {
+        Ok(None)
     }
 
     fn watch_changes(&self, on_change: OnChange) -> Option<ChangeWatch> {

@@ -1,14 +1,13 @@
 //! Rows as the SQL stores read them, and how they become the API model.
 //!
-//! [`SqliteStore`](crate::SqliteStore) and [`PgStore`](crate::PgStore) run their own
-//! SQL through their own drivers but read the same columns, so what comes after the
-//! query is written once, here: JSON columns parsed (a column that is not valid JSON is
-//! a [`StoreError::CorruptJson`], never a panic), rows grouped into flags, strategies
-//! and dependencies attached in order, tokens and metrics decoded.
+//! What comes after a query, kept apart from the SQL in `store.rs`: JSON columns parsed
+//! (a column that is not valid JSON is a [`StoreError::CorruptJson`], never a panic),
+//! rows grouped into flags, strategies and dependencies attached in order, tokens and
+//! metrics decoded.
 //!
 //! What it does not do: talk to a database.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use unleash_types::client_features::{
     ClientFeature, ClientFeatures, FeatureDependency, Segment, Strategy, Variant,
@@ -19,11 +18,6 @@ use crate::store::{FeatureEnvironment, FeatureSummary, StoreError, TokenRecord};
 use crate::token::{TokenHash, TokenType};
 
 type Result<T> = std::result::Result<T, StoreError>;
-
-/// A JSON column's text, through [`crate::wire`] (so unknown operators survive).
-pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
-    crate::wire::to_value(v).to_string()
-}
 
 pub(crate) fn from_json<T: serde::de::DeserializeOwned>(what: &'static str, s: &str) -> Result<T> {
     serde_json::from_str(s).map_err(|source| StoreError::CorruptJson { what, source })
@@ -52,38 +46,15 @@ pub(crate) struct FeatureRow {
     pub variants: String,
 }
 
-/// One strategy; rows come ordered by feature and position.
-pub(crate) struct StrategyRow {
-    pub feature: String,
-    pub name: String,
-    pub sort_order: Option<i32>,
-    pub parameters: String,
-    pub constraints: String,
-    pub variants: String,
-    pub segments: String,
-}
-
-/// One dependency; rows come ordered by child and position.
-pub(crate) struct DependencyRow {
-    pub child: String,
-    pub parent: String,
-    pub enabled: Option<bool>,
-    pub variants: Option<String>,
-}
-
-pub(crate) struct SegmentRow {
-    pub id: i32,
-    pub constraints: String,
-}
-
 /// The client-API state from its rows: features sorted by name, segments as a
-/// top-level list. Strategies and dependencies of flags not in `features` (other
-/// projects, archived flags) are ignored.
+/// top-level list. `strategies` (in position order) and `dependencies` name their
+/// flag; those of flags not in `features` (other projects, archived flags) are
+/// ignored.
 pub(crate) fn client_state(
     features: Vec<FeatureRow>,
-    strategies: Vec<StrategyRow>,
-    dependencies: Vec<DependencyRow>,
-    segments: Vec<SegmentRow>,
+    strategies: Vec<(String, Strategy)>,
+    dependencies: Vec<(String, FeatureDependency)>,
+    segments: Vec<Segment>,
 ) -> Result<ClientFeatures> {
     let mut by_name: BTreeMap<String, ClientFeature> = BTreeMap::new();
     for f in features {
@@ -104,45 +75,16 @@ pub(crate) fn client_state(
             },
         );
     }
-    for s in strategies {
-        let Some(f) = by_name.get_mut(&s.feature) else {
-            continue;
-        };
-        let parameters: HashMap<String, String> = from_json("strategy parameters", &s.parameters)?;
-        let segments: Vec<i32> = from_json("strategy segments", &s.segments)?;
-        let strategy = Strategy {
-            name: s.name,
-            sort_order: s.sort_order,
-            parameters: Some(parameters),
-            constraints: Some(from_json("strategy constraints", &s.constraints)?),
-            variants: Some(from_json("strategy variants", &s.variants)?),
-            segments: (!segments.is_empty()).then_some(segments),
-        };
-        f.strategies.get_or_insert_with(Vec::new).push(strategy);
+    for (feature, strategy) in strategies {
+        if let Some(f) = by_name.get_mut(&feature) {
+            f.strategies.get_or_insert_with(Vec::new).push(strategy);
+        }
     }
-    for d in dependencies {
-        let Some(f) = by_name.get_mut(&d.child) else {
-            continue;
-        };
-        let dependency = FeatureDependency {
-            feature: d.parent,
-            enabled: d.enabled,
-            variants: d
-                .variants
-                .map(|v| from_json("dependency variants", &v))
-                .transpose()?,
-        };
-        f.dependencies.get_or_insert_with(Vec::new).push(dependency);
+    for (child, dependency) in dependencies {
+        if let Some(f) = by_name.get_mut(&child) {
+            f.dependencies.get_or_insert_with(Vec::new).push(dependency);
+        }
     }
-    let segments = segments
-        .into_iter()
-        .map(|s| {
-            Ok(Segment {
-                id: s.id,
-                constraints: from_json("segment constraints", &s.constraints)?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
     Ok(ClientFeatures {
         version: 2,
         features: by_name.into_values().collect(),

@@ -1,7 +1,8 @@
 //! The flag database schema, written once for every SQL store.
 //!
 //! Each migration is portable SQL with a few placeholders for the types the dialects
-//! spell differently (`{bigint}`, `{json}`, `{bytes}`, `{timestamp}`), plus the parts
+//! spell differently (`{text}`, `{bigint}`, `{json}`, `{bytes}`, `{timestamp}`,
+//! `{random_hex}`), plus the parts
 //! that cannot be portable (triggers). [`pending`] turns the migrations a database
 //! still needs into SQL for one dialect and refuses a database whose schema is newer
 //! than this build, so SQLite and PostgreSQL cannot drift apart table by table.
@@ -23,21 +24,31 @@ impl Dialect {
     /// What each placeholder stands for. JSON columns are text in SQLite and `jsonb`
     /// in PostgreSQL; the audit log's `before`/`after` stay `TEXT` in both, since they
     /// are hashed byte for byte and `jsonb` would reorder their keys.
-    fn types(self) -> [(&'static str, &'static str); 4] {
+    ///
+    /// Text sorts byte-wise in both (`COLLATE "C"` in PostgreSQL, whose default
+    /// follows the server's locale), so lists come out in the same order.
+    fn types(self) -> [(&'static str, &'static str); 6] {
         match self {
             Dialect::Sqlite => [
+                ("{text}", "TEXT"),
                 ("{bigint}", "INTEGER"),
                 ("{json}", "TEXT"),
                 ("{bytes}", "BLOB"),
                 ("{timestamp}", "TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP"),
+                ("{random_hex}", "lower(hex(randomblob(16)))"),
             ],
             Dialect::Postgres => [
+                ("{text}", "TEXT COLLATE \"C\""),
                 ("{bigint}", "BIGINT"),
                 ("{json}", "JSONB"),
                 ("{bytes}", "BYTEA"),
                 (
                     "{timestamp}",
                     "TIMESTAMPTZ NOT NULL DEFAULT CURRENT_TIMESTAMP",
+                ),
+                (
+                    "{random_hex}",
+                    "md5(random()::text || clock_timestamp()::text)",
                 ),
             ],
         }
@@ -74,32 +85,32 @@ const MIGRATIONS: &[Migration] = &[
         version: 1,
         portable: r#"
 CREATE TABLE projects (
-    name TEXT PRIMARY KEY
+    name {text} PRIMARY KEY
 );
 CREATE TABLE environments (
-    name TEXT PRIMARY KEY
+    name {text} PRIMARY KEY
 );
 CREATE TABLE features (
-    name TEXT PRIMARY KEY,
-    project TEXT NOT NULL REFERENCES projects(name),
-    type TEXT,
-    description TEXT,
+    name {text} PRIMARY KEY,
+    project {text} NOT NULL REFERENCES projects(name),
+    type {text},
+    description {text},
     stale BOOLEAN NOT NULL DEFAULT FALSE,
     impression_data BOOLEAN NOT NULL DEFAULT FALSE,
     archived BOOLEAN NOT NULL DEFAULT FALSE
 );
 CREATE TABLE feature_environments (
-    feature TEXT NOT NULL REFERENCES features(name) ON DELETE CASCADE,
-    environment TEXT NOT NULL REFERENCES environments(name) ON DELETE CASCADE,
+    feature {text} NOT NULL REFERENCES features(name) ON DELETE CASCADE,
+    environment {text} NOT NULL REFERENCES environments(name) ON DELETE CASCADE,
     enabled BOOLEAN NOT NULL,
     variants {json} NOT NULL,
     PRIMARY KEY (feature, environment)
 );
 CREATE TABLE strategies (
-    feature TEXT NOT NULL,
-    environment TEXT NOT NULL,
+    feature {text} NOT NULL,
+    environment {text} NOT NULL,
     position {bigint} NOT NULL,
-    name TEXT NOT NULL,
+    name {text} NOT NULL,
     sort_order INTEGER,
     parameters {json} NOT NULL,
     constraints {json} NOT NULL,
@@ -114,8 +125,8 @@ CREATE TABLE segments (
     constraints {json} NOT NULL
 );
 CREATE TABLE feature_dependencies (
-    child TEXT NOT NULL REFERENCES features(name) ON DELETE CASCADE,
-    parent TEXT NOT NULL,
+    child {text} NOT NULL REFERENCES features(name) ON DELETE CASCADE,
+    parent {text} NOT NULL,
     enabled BOOLEAN,
     variants {json},
     position {bigint} NOT NULL,
@@ -123,10 +134,10 @@ CREATE TABLE feature_dependencies (
 );
 CREATE TABLE api_tokens (
     hash {bytes} PRIMARY KEY,
-    name TEXT NOT NULL,
-    type TEXT NOT NULL,
-    project TEXT NOT NULL,
-    environment TEXT NOT NULL,
+    name {text} NOT NULL,
+    type {text} NOT NULL,
+    project {text} NOT NULL,
+    environment {text} NOT NULL,
     created_at {timestamp}
 );
 "#,
@@ -139,14 +150,14 @@ CREATE TABLE api_tokens (
 CREATE TABLE audit_events (
     seq {bigint} PRIMARY KEY,
     ts {bigint} NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    flag TEXT,
-    environment TEXT,
-    before TEXT,
-    after TEXT,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
+    actor {text} NOT NULL,
+    action {text} NOT NULL,
+    flag {text},
+    environment {text},
+    before {text},
+    after {text},
+    prev_hash {text} NOT NULL,
+    hash {text} NOT NULL
 );
 "#,
         sqlite: r#"
@@ -174,24 +185,49 @@ CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events
         version: 3,
         portable: r#"
 CREATE TABLE client_instances (
-    app_name TEXT NOT NULL,
-    instance_id TEXT NOT NULL,
-    environment TEXT NOT NULL,
-    sdk_version TEXT,
+    app_name {text} NOT NULL,
+    instance_id {text} NOT NULL,
+    environment {text} NOT NULL,
+    sdk_version {text},
     strategies {json} NOT NULL,
     interval_ms {bigint},
     last_seen {bigint} NOT NULL,
     PRIMARY KEY (app_name, instance_id, environment)
 );
 CREATE TABLE feature_metrics (
-    feature TEXT NOT NULL,
-    environment TEXT NOT NULL,
-    app_name TEXT NOT NULL,
+    feature {text} NOT NULL,
+    environment {text} NOT NULL,
+    app_name {text} NOT NULL,
     hour {bigint} NOT NULL,
     yes {bigint} NOT NULL,
     no {bigint} NOT NULL,
     variants {json} NOT NULL,
     PRIMARY KEY (feature, hour, environment, app_name)
+);
+"#,
+        sqlite: "",
+        postgres: "",
+    },
+    Migration {
+        version: 4,
+        portable: r#"
+ALTER TABLE strategies ADD COLUMN id {text};
+UPDATE strategies SET id = {random_hex};
+CREATE UNIQUE INDEX strategies_id ON strategies (id);
+"#,
+        sqlite: "",
+        postgres: "",
+    },
+    Migration {
+        version: 5,
+        portable: r#"
+ALTER TABLE segments ADD COLUMN name {text};
+ALTER TABLE segments ADD COLUMN description {text};
+CREATE TABLE feature_tags (
+    feature {text} NOT NULL REFERENCES features(name) ON DELETE CASCADE,
+    type {text} NOT NULL,
+    value {text} NOT NULL,
+    PRIMARY KEY (feature, type, value)
 );
 "#,
         sqlite: "",

@@ -14,16 +14,17 @@
 //! Not here yet: the rest of the admin API.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::Notify;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -42,7 +43,7 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     /// Largest state accepted by the admin import.
     pub max_import_bytes: usize,
-    /// Most streaming clients served at once; more get `503`.
+    /// Most streaming clients served at once; more get `429` (SDKs fall back to polling).
     pub max_streams: usize,
 }
 
@@ -88,11 +89,19 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::UnknownEnvironment(_) => ApiError::bad_request(e.to_string()),
-            StoreError::UnknownProject(_) | StoreError::UnknownFlag { .. } => {
+            StoreError::UnknownEnvironment(_)
+            | StoreError::UnknownSegment(_)
+            | StoreError::Invalid(_) => ApiError::bad_request(e.to_string()),
+            StoreError::UnknownProject(_)
+            | StoreError::UnknownFlag { .. }
+            | StoreError::UnknownStrategy { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, e.to_string())
             }
-            StoreError::FlagExists(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            StoreError::FlagExists(_)
+            | StoreError::ProjectExists(_)
+            | StoreError::EnvironmentExists(_)
+            | StoreError::SegmentInUse { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            StoreError::NotArchived(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
             e => {
                 tracing::error!(error = %e, "flag store failed");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
@@ -202,7 +211,7 @@ impl AppState {
 
     /// After a change through this server: drop the snapshots and push the change to
     /// every stream before the writer gets its answer.
-    async fn changed(&self) {
+    pub(crate) async fn changed(&self) {
         self.invalidate();
         self.feeds.refresh().await;
     }
@@ -229,7 +238,7 @@ impl AppState {
         }
     }
 
-    fn reload_tokens(&self) -> Result<(), StoreError> {
+    pub(crate) fn reload_tokens(&self) -> Result<(), StoreError> {
         let tokens = self.store.tokens()?;
         *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tokens);
         Ok(())
@@ -407,7 +416,72 @@ pub(crate) fn router(
             "/health",
             get(|| async { Json(serde_json::json!({"health": "GOOD"})) }),
         )
-        .route("/api/admin/api-tokens", post(admin_create_token))
+        .route(
+            "/api/admin/api-tokens",
+            post(admin_create_token).get(crate::admin::list_tokens),
+        )
+        .route(
+            "/api/admin/api-tokens/{token}",
+            delete(crate::admin::delete_token),
+        )
+        .route(
+            "/api/admin/projects",
+            get(crate::admin::list_projects).post(crate::admin::create_project),
+        )
+        .route("/api/admin/events", get(crate::admin::events))
+        .route(
+            "/api/admin/environments",
+            get(crate::admin::list_environments).post(crate::admin::create_environment),
+        )
+        .route(
+            "/api/admin/segments",
+            get(crate::admin::list_segments).post(crate::admin::create_segment),
+        )
+        .route(
+            "/api/admin/segments/{id}",
+            put(crate::admin::update_segment).delete(crate::admin::delete_segment),
+        )
+        .route("/api/admin/archive/features", get(crate::admin::archived))
+        .route(
+            "/api/admin/archive/revive/{name}",
+            post(crate::admin::revive),
+        )
+        .route(
+            "/api/admin/archive/{name}",
+            delete(crate::admin::delete_archived),
+        )
+        .route(
+            "/api/admin/features/{name}/tags",
+            get(crate::admin::list_tags).post(crate::admin::add_tag),
+        )
+        .route(
+            "/api/admin/features/{name}/tags/{tag_type}/{value}",
+            delete(crate::admin::remove_tag),
+        )
+        .route(
+            "/api/admin/projects/{project}/features/{name}/dependencies",
+            post(crate::admin::add_dependency).delete(crate::admin::remove_dependency),
+        )
+        .route(
+            "/api/admin/projects/{project}/features/{name}/dependencies/{parent}",
+            delete(crate::admin::remove_dependency),
+        )
+        .route(
+            "/api/admin/projects/{project}/features/{name}/environments/{env}",
+            get(crate::admin::get_environment),
+        )
+        .route(
+            "/api/admin/projects/{project}/features/{name}/environments/{env}/strategies",
+            get(crate::admin::list_strategies).post(crate::admin::add_strategy),
+        )
+        .route(
+            "/api/admin/projects/{project}/features/{name}/environments/{env}/strategies/{id}",
+            put(crate::admin::update_strategy).delete(crate::admin::delete_strategy),
+        )
+        .route(
+            "/api/admin/projects/{project}/features/{name}/environments/{env}/variants",
+            put(crate::admin::put_variants),
+        )
         .route("/api/admin/audit/verify", get(admin_audit_verify))
         .route(
             "/api/admin/projects/{project}/features",
@@ -415,7 +489,9 @@ pub(crate) fn router(
         )
         .route(
             "/api/admin/projects/{project}/features/{name}",
-            get(admin_get_feature).delete(admin_archive_feature),
+            get(admin_get_feature)
+                .put(crate::admin::update_feature)
+                .delete(admin_archive_feature),
         )
         .route(
             "/api/admin/projects/{project}/features/{name}/environments/{env}/{switch}",
@@ -584,9 +660,15 @@ pub struct FrontendVariant {
 async fn frontend_eval(
     app: Shared,
     headers: HeaderMap,
-    context: Context,
+    peer: SocketAddr,
+    mut context: Context,
 ) -> Result<Json<FrontendResponse>, ApiError> {
     let token = app.authenticate(&headers, &[TokenType::Frontend])?;
+    // As Unleash does: a context without remoteAddress is evaluated with the caller's
+    // address. Forwarding headers are not trusted (a client could claim any address).
+    if context.remote_address.is_none() {
+        context.remote_address = Some(peer.ip().to_canonical().to_string());
+    }
     let snapshot = app.snapshot(&token.environment, &token.project).await?;
     let resolved = snapshot
         .engine
@@ -612,6 +694,7 @@ async fn frontend_eval(
 
 async fn frontend_get(
     State(app): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<FrontendResponse>, ApiError> {
@@ -632,16 +715,17 @@ async fn frontend_get(
     }
     let context: Context = serde_json::from_value(map.into())
         .map_err(|e| ApiError::bad_request(format!("invalid context: {e}")))?;
-    frontend_eval(app, headers, context).await
+    frontend_eval(app, headers, peer, context).await
 }
 
 async fn frontend_post(
     State(app): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<FrontendResponse>, ApiError> {
     let (context, _): (Context, _) = parse_json(body)?;
-    frontend_eval(app, headers, context).await
+    frontend_eval(app, headers, peer, context).await
 }
 
 #[derive(Deserialize)]
@@ -778,7 +862,7 @@ struct CreateFeature {
 
 /// Unleash accepts URL-friendly names only; so do we, so every flag can be addressed
 /// in a path.
-fn valid_flag_name(name: &str) -> bool {
+pub(crate) fn valid_flag_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 100
         && name

@@ -2,29 +2,31 @@
 //!
 //! [`Store`] is the seam between the HTTP server and the database: every operation the
 //! server needs, expressed in the Unleash client-API data model (`unleash-types`).
-//! [`SqliteStore`] is the embedded implementation (WAL, schema migrations on open);
-//! [`PgStore`](crate::PgStore) the one several replicas share.
+//! Its logic is written once, in this file, over the small SQL seam of `sql.rs`, and
+//! runs on two drivers: [`SqliteStore`], the embedded one (WAL, one file), and
+//! [`PgStore`](crate::PgStore), for several replicas sharing one PostgreSQL database.
 //!
 //! The schema (`schema.rs`) is relational and portable: projects, environments,
 //! features, per-environment enabled state and variants, strategies in order,
-//! segments, dependencies. Constraint lists, parameters and variant lists are JSON
-//! text columns (`jsonb` in PostgreSQL). Tokens are stored as SHA-256 hashes only.
+//! segments, dependencies, tags. Constraint lists, parameters and variant lists are
+//! JSON columns (text in SQLite, `jsonb` in PostgreSQL). Tokens are stored as SHA-256
+//! hashes only. Every write that changes flag state appends its audit event in the
+//! same transaction.
 //!
 //! What it does not do: authorisation, evaluation, caching. Those belong to the server.
 
-use std::path::Path;
-use std::sync::Mutex;
+use std::collections::HashMap;
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
-use unleash_types::client_features::ClientFeatures;
+use unleash_types::client_features::{ClientFeatures, FeatureDependency, Strategy, Variant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{Actor, Change, Event};
 use crate::metrics::{Application, Counts, MetricsRow, Registration, Report};
-use crate::rows::{self, now_millis, to_json};
+use crate::rows;
 pub use crate::schema::SCHEMA_VERSION;
-use crate::schema::{self, Dialect};
+use crate::sql::{Columns, Driver, Json, Sql};
+pub use crate::sqlite::SqliteStore;
 use crate::token::{TokenHash, TokenType};
 
 /// Environments every new store has.
@@ -84,6 +86,31 @@ pub enum StoreError {
     UnknownFlag { project: String, flag: String },
     #[error("a flag named {0:?} already exists (flag names are global, archived flags included)")]
     FlagExists(String),
+    #[error("a project named {0:?} already exists")]
+    ProjectExists(String),
+    #[error("there is no strategy {id:?} on flag {flag:?} in environment {environment:?}")]
+    UnknownStrategy {
+        flag: String,
+        environment: String,
+        id: String,
+    },
+    #[error("there is no segment with id {0}")]
+    UnknownSegment(i32),
+    #[error("segment {id} is used by {flags:?}; remove it from their strategies first")]
+    SegmentInUse { id: i32, flags: Vec<String> },
+    #[error("an environment named {0:?} already exists")]
+    EnvironmentExists(String),
+    #[error("there is no archived flag {0:?}")]
+    NotArchived(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot draw random bytes for an id: {0}")]
+    Random(getrandom::Error),
+    #[error("cannot write the audit anchor {path}: {source}")]
+    Anchor {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("flag database error while trying to {action}: {source}")]
     Db {
         action: &'static str,
@@ -160,21 +187,159 @@ pub trait Store: Send + Sync + 'static {
     fn feature_metrics(&self, flag: &str, since_ms: i64) -> Result<Vec<MetricsRow>>;
     /// Applications and their instances, by name.
     fn applications(&self) -> Result<Vec<Application>>;
+    /// A flag's configuration in one environment (disabled and empty if it has none).
+    fn feature_environment(
+        &self,
+        project: &str,
+        flag: &str,
+        environment: &str,
+    ) -> Result<EnvConfig>;
+    /// Change a flag's configuration in one environment in one transaction: `edit`
+    /// gets the current configuration and changes it (or fails, and nothing is
+    /// written). Strategies without an id get one; referenced segments must exist.
+    /// An edit that changes nothing writes no event. Returns the new configuration.
+    fn edit_feature_environment(
+        &self,
+        target: &FeatureEnvTarget<'_>,
+        edit: &mut dyn FnMut(&mut EnvConfig) -> Result<()>,
+        actor: &Actor,
+    ) -> Result<EnvConfig>;
+    /// Change a flag's description, type, stale or impression-data marks.
+    fn update_feature(
+        &self,
+        project: &str,
+        flag: &str,
+        update: &FeatureUpdate,
+        actor: &Actor,
+    ) -> Result<()>;
+    /// Delete the token with this hash. Returns whether one existed.
+    fn delete_token(&self, hash: &TokenHash, actor: &Actor) -> Result<bool>;
+    /// Project names, sorted.
+    fn projects(&self) -> Result<Vec<String>>;
+    /// Create a project.
+    fn create_project(&self, name: &str, actor: &Actor) -> Result<()>;
+    /// The newest audit event as recorded outside the database, for stores that keep
+    /// such an anchor (`None` when the store has none).
+    fn audit_anchor(&self) -> Result<Option<crate::audit::Anchor>>;
+    /// Add an environment; every flag gets it, disabled.
+    fn create_environment(&self, name: &str, actor: &Actor) -> Result<()>;
+    /// Every segment, by id.
+    fn segments(&self) -> Result<Vec<AdminSegment>>;
+    /// Create (`segment.id` 0: a new id is assigned) or replace a segment; returns its id.
+    fn save_segment(&self, segment: &AdminSegment, actor: &Actor) -> Result<i32>;
+    /// Delete a segment no strategy uses.
+    fn delete_segment(&self, id: i32, actor: &Actor) -> Result<()>;
+    /// Archived flags of every project, by name.
+    fn archived_features(&self) -> Result<Vec<FeatureSummary>>;
+    /// Bring an archived flag back, disabled in every environment.
+    fn revive_feature(&self, flag: &str, actor: &Actor) -> Result<()>;
+    /// Delete an archived flag for good (its audit events stay).
+    fn delete_archived_feature(&self, flag: &str, actor: &Actor) -> Result<()>;
+    /// A flag's tags as (type, value), sorted.
+    fn tags(&self, flag: &str) -> Result<Vec<(String, String)>>;
+    /// Tag a flag; returns false when it already had the tag.
+    fn add_tag(&self, flag: &str, tag_type: &str, value: &str, actor: &Actor) -> Result<bool>;
+    /// Remove a tag; returns false when the flag did not have it.
+    fn remove_tag(&self, flag: &str, tag_type: &str, value: &str, actor: &Actor) -> Result<bool>;
+    /// Make `child` depend on `parent` (same project, one level deep), replacing an
+    /// existing dependency on the same parent.
+    fn set_dependency(
+        &self,
+        project: &str,
+        child: &str,
+        dependency: &FeatureDependency,
+        actor: &Actor,
+    ) -> Result<()>;
+    /// Remove `child`'s dependency on `parent`, or all of them.
+    fn remove_dependency(
+        &self,
+        project: &str,
+        child: &str,
+        parent: Option<&str>,
+        actor: &Actor,
+    ) -> Result<()>;
     /// For a store that other processes write to as well: a task that calls
     /// `on_change` whenever the state may have changed without this process knowing,
     /// that is after every change another writer announces and after every reconnect
     /// (changes may have been missed meanwhile). The server runs it for as long as it
-    /// serves. `None`, the default, for a store only this process writes.
-    fn watch_changes(&self, on_change: OnChange) -> Option<ChangeWatch> {
-        let _ = on_change;
-        None
-    }
+    /// serves. `None` for a store only this process writes.
+    fn watch_changes(&self, on_change: OnChange) -> Option<ChangeWatch>;
 }
 
 /// What [`Store::watch_changes`] calls when the state may have changed elsewhere.
 pub type OnChange = std::sync::Arc<dyn Fn() + Send + Sync>;
 /// The task [`Store::watch_changes`] returns; it runs until dropped.
 pub type ChangeWatch = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A segment as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminSegment {
+    #[serde(default)]
+    pub id: i32,
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub constraints: Vec<unleash_types::client_features::Constraint>,
+}
+
+/// Which flag, where, and what the change is called in the audit log.
+#[derive(Debug, Clone, Copy)]
+pub struct FeatureEnvTarget<'a> {
+    pub project: &'a str,
+    pub flag: &'a str,
+    pub environment: &'a str,
+    /// The audit event's action, e.g. `feature-strategy-add`.
+    pub action: &'a str,
+}
+
+/// A flag's configuration in one environment, as the admin API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvConfig {
+    pub enabled: bool,
+    pub variants: Vec<Variant>,
+    pub strategies: Vec<AdminStrategy>,
+}
+
+/// A strategy with the id the admin API addresses it by.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminStrategy {
+    /// Empty for a strategy not stored yet; the store assigns one.
+    #[serde(default)]
+    pub id: String,
+    #[serde(flatten)]
+    pub strategy: Strategy,
+}
+
+/// Fields of a flag the admin API can change (`None`: leave as is).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FeatureUpdate {
+    pub description: Option<String>,
+    #[serde(rename = "type")]
+    pub feature_type: Option<String>,
+    pub stale: Option<bool>,
+    pub impression_data: Option<bool>,
+}
+
+/// A fresh random id in UUID v4 form.
+pub fn new_id() -> Result<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(StoreError::Random)?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    ))
+}
 
 /// A flag to create through the admin API.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,271 +374,240 @@ pub struct FeatureEnvironment {
     pub strategy_count: usize,
 }
 
-/// The embedded store: one SQLite file in WAL mode.
-pub struct SqliteStore {
-    conn: Mutex<Connection>,
+/// A flag is addressed by name, which is global; `*` when no project is known.
+fn unknown_flag(project: &str, flag: &str) -> StoreError {
+    StoreError::UnknownFlag {
+        project: project.to_owned(),
+        flag: flag.to_owned(),
+    }
 }
 
-fn db(action: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
-    move |source| StoreError::Db { action, source }
-}
-
-impl SqliteStore {
-    /// Open (creating if needed) the database at `path` and bring its schema up to date.
-    pub fn open(path: &Path) -> Result<Self> {
-        let open_err = |source| StoreError::Open {
-            path: path.to_owned(),
-            source,
-        };
-        let mut conn = Connection::open(path).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_err)?;
-        migrate(&mut conn, path)?;
-        Ok(Self {
-            conn: Mutex::new(conn),
+impl<D: Driver> Store for D {
+    fn environments(&self) -> Result<Vec<String>> {
+        self.read(|c| {
+            c.rows(
+                "list environments",
+                "SELECT name FROM environments ORDER BY name",
+                &[],
+                |r| r.text(0),
+            )
         })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock leaves SQLite itself consistent (the
-        // transaction rolls back on drop), so a poisoned lock is still usable.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
-    let tx = conn.transaction().map_err(db("begin the migration"))?;
-    tx.execute_batch(&Dialect::Sqlite.migrations_table())
-        .map_err(db("create the migrations table"))?;
-    let current: i64 = tx
-        .query_row(
-            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(db("read the schema version"))?;
-    for (version, sql) in schema::pending(Dialect::Sqlite, current, &path.display().to_string())? {
-        tx.execute_batch(&sql)
-            .map_err(db("apply a schema migration"))?;
-        tx.execute(
-            "INSERT INTO schema_migrations (version) VALUES (?1)",
-            [version],
-        )
-        .map_err(db("record a schema migration"))?;
-    }
-    tx.commit().map_err(db("commit the migration"))
-}
-
-impl Store for SqliteStore {
-    fn environments(&self) -> Result<Vec<String>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached("SELECT name FROM environments ORDER BY name")
-            .map_err(db("list environments"))?;
-        stmt.query_map([], |r| r.get(0))
-            .and_then(|rows| rows.collect())
-            .map_err(db("list environments"))
-    }
-
     fn import_state(&self, environment: &str, state: &ClientFeatures, actor: &Actor) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db("begin the import"))?;
-        known_environment(&tx, environment)?;
-        let before = read_client_state(&tx, environment, "*")?;
-        tx.execute(
-            "DELETE FROM feature_environments WHERE environment = ?1",
-            [environment],
-        )
-        .map_err(db("clear the environment"))?;
-        for segment in state.segments.iter().flatten() {
+        self.change("import a state", |tx| {
+            known_environment(tx, environment)?;
+            let before = read_client_state(tx, environment, "*")?;
+            // Strategies that come back unchanged keep their ids, so an export/import
+            // round trip does not break ids that tools or people hold.
+            let mut kept_ids: HashMap<(String, String), Vec<String>> = HashMap::new();
+            for (feature, id, key) in tx.rows(
+                "read strategies",
+                "SELECT feature, id, name, sort_order, parameters, constraints, variants,
+                    segments FROM strategies WHERE environment = ?1 ORDER BY position DESC",
+                &[&environment],
+                |r| {
+                    let key = strategy_key(
+                        &r.text(2)?,
+                        r.opt_int32(3)?,
+                        [
+                            &canonical_json(&r.json(4)?),
+                            &canonical_json(&r.json(5)?),
+                            &canonical_json(&r.json(6)?),
+                            &canonical_json(&r.json(7)?),
+                        ],
+                    );
+                    Ok((r.text(0)?, r.opt_text(1)?, key))
+                },
+            )? {
+                if let Some(id) = id {
+                    kept_ids.entry((feature, key)).or_default().push(id);
+                }
+            }
             tx.execute(
-                "INSERT INTO segments (id, constraints) VALUES (?1, ?2)
-                 ON CONFLICT (id) DO UPDATE SET constraints = excluded.constraints",
-                params![segment.id, to_json(&segment.constraints)],
-            )
-            .map_err(db("store a segment"))?;
-        }
-        for f in &state.features {
-            let project = f.project.as_deref().unwrap_or(DEFAULT_PROJECT);
-            tx.execute(
-                "INSERT INTO projects (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
-                [project],
-            )
-            .map_err(db("create a project"))?;
-            tx.execute(
-                "INSERT INTO features (name, project, type, description, stale, impression_data)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (name) DO UPDATE SET project = excluded.project,
-                    type = excluded.type, description = excluded.description,
-                    stale = excluded.stale, impression_data = excluded.impression_data,
-                    archived = FALSE",
-                params![
-                    f.name,
-                    project,
-                    f.feature_type,
-                    f.description,
-                    f.stale.unwrap_or(false),
-                    f.impression_data.unwrap_or(false)
-                ],
-            )
-            .map_err(db("store a feature"))?;
-            tx.execute(
-                "INSERT INTO feature_environments (feature, environment, enabled, variants)
-                 VALUES (?1, ?2, ?3, ?4)",
-                params![
-                    f.name,
-                    environment,
-                    f.enabled,
-                    to_json(&f.variants.clone().unwrap_or_default())
-                ],
-            )
-            .map_err(db("store a feature's environment state"))?;
-            for (position, s) in f.strategies.iter().flatten().enumerate() {
+                "clear the environment",
+                "DELETE FROM feature_environments WHERE environment = ?1",
+                &[&environment],
+            )?;
+            for segment in state.segments.iter().flatten() {
                 tx.execute(
-                    "INSERT INTO strategies (feature, environment, position, name, sort_order,
-                        parameters, constraints, variants, segments)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                    params![
-                        f.name,
-                        environment,
-                        position as i64,
-                        s.name,
+                    "store a segment",
+                    "INSERT INTO segments (id, constraints) VALUES (?1, ?2)
+                     ON CONFLICT (id) DO UPDATE SET constraints = excluded.constraints",
+                    &[&segment.id, &Json::of(&segment.constraints)],
+                )?;
+            }
+            for f in &state.features {
+                let project = f.project.as_deref().unwrap_or(DEFAULT_PROJECT);
+                tx.execute(
+                    "create a project",
+                    "INSERT INTO projects (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
+                    &[&project],
+                )?;
+                tx.execute(
+                    "store a feature",
+                    "INSERT INTO features (name, project, type, description, stale, impression_data)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (name) DO UPDATE SET project = excluded.project,
+                        type = excluded.type, description = excluded.description,
+                        stale = excluded.stale, impression_data = excluded.impression_data,
+                        archived = FALSE",
+                    &[
+                        &f.name,
+                        &project,
+                        &f.feature_type,
+                        &f.description,
+                        &f.stale.unwrap_or(false),
+                        &f.impression_data.unwrap_or(false),
+                    ],
+                )?;
+                tx.execute(
+                    "store a feature's environment state",
+                    "INSERT INTO feature_environments (feature, environment, enabled, variants)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    &[
+                        &f.name,
+                        &environment,
+                        &f.enabled,
+                        &Json::of(&f.variants.clone().unwrap_or_default()),
+                    ],
+                )?;
+                for (position, s) in f.strategies.iter().flatten().enumerate() {
+                    let [parameters, constraints, variants, segments] = strategy_json(s);
+                    let key = strategy_key(
+                        &s.name,
                         s.sort_order,
-                        to_json(&s.parameters.clone().unwrap_or_default()),
-                        to_json(&s.constraints.clone().unwrap_or_default()),
-                        to_json(&s.variants.clone().unwrap_or_default()),
-                        to_json(&s.segments.clone().unwrap_or_default()),
-                    ],
-                )
-                .map_err(db("store a strategy"))?;
-            }
-            tx.execute(
-                "DELETE FROM feature_dependencies WHERE child = ?1",
-                [&f.name],
-            )
-            .map_err(db("clear a feature's dependencies"))?;
-            for (position, d) in f.dependencies.iter().flatten().enumerate() {
+                        [&parameters.0, &constraints.0, &variants.0, &segments.0],
+                    );
+                    let id = match kept_ids.get_mut(&(f.name.clone(), key)).and_then(Vec::pop) {
+                        Some(id) => id,
+                        None => new_id()?,
+                    };
+                    insert_strategy(
+                        tx,
+                        &f.name,
+                        environment,
+                        position,
+                        &id,
+                        s,
+                        [parameters, constraints, variants, segments],
+                    )?;
+                }
                 tx.execute(
-                    "INSERT INTO feature_dependencies (child, parent, enabled, variants, position)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![
-                        f.name,
-                        d.feature,
-                        d.enabled,
-                        d.variants.as_ref().map(to_json),
-                        position as i64
-                    ],
-                )
-                .map_err(db("store a dependency"))?;
+                    "clear a feature's dependencies",
+                    "DELETE FROM feature_dependencies WHERE child = ?1",
+                    &[&f.name],
+                )?;
+                for (position, d) in f.dependencies.iter().flatten().enumerate() {
+                    tx.execute(
+                        "store a dependency",
+                        "INSERT INTO feature_dependencies (child, parent, enabled, variants, position)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                        &[
+                            &f.name,
+                            &d.feature,
+                            &d.enabled,
+                            &d.variants.as_ref().map(Json::of),
+                            &(position as i64),
+                        ],
+                    )?;
+                }
             }
-        }
-        let after = read_client_state(&tx, environment, "*")?;
-        append_event(
-            &tx,
-            actor,
-            Change::state_imported(environment, &before, &after),
-        )?;
-        tx.commit().map_err(db("commit the import"))
+            let after = read_client_state(tx, environment, "*")?;
+            append_event(
+                tx,
+                actor,
+                Change::state_imported(environment, &before, &after),
+            )
+        })
     }
 
     fn client_state(&self, environment: &str, project: &str) -> Result<(ClientFeatures, u64)> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db("begin a read"))?;
-        let state = read_client_state(&tx, environment, project)?;
-        let revision = read_revision(&tx)?;
-        Ok((state, revision))
+        self.read_consistent(|c| {
+            let state = read_client_state(c, environment, project)?;
+            Ok((state, read_revision(c)?))
+        })
     }
 
     fn revision(&self) -> Result<u64> {
-        read_revision(&self.conn())
+        self.read(read_revision)
     }
 
     fn tokens(&self) -> Result<Vec<TokenRecord>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached("SELECT name, type, project, environment, hash FROM api_tokens")
-            .map_err(db("list tokens"))?;
-        let rows: Vec<(String, String, String, String, Vec<u8>)> = stmt
-            .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })
-            .and_then(|rows| rows.collect())
-            .map_err(db("list tokens"))?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(name, ty, project, environment, hash)| {
-                rows::token(name, &ty, project, environment, hash)
-            })
-            .collect())
+        let rows = self.read(|c| {
+            c.rows(
+                "list tokens",
+                "SELECT name, type, project, environment, hash FROM api_tokens",
+                &[],
+                |r| {
+                    Ok(rows::token(
+                        r.text(0)?,
+                        &r.text(1)?,
+                        r.text(2)?,
+                        r.text(3)?,
+                        r.bytes(4)?,
+                    ))
+                },
+            )
+        })?;
+        Ok(rows.into_iter().flatten().collect())
     }
 
     fn insert_token(&self, token: &TokenRecord, actor: &Actor) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db("begin storing a token"))?;
-        tx.execute(
-            "INSERT INTO api_tokens (hash, name, type, project, environment)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                token.hash.0.as_slice(),
-                token.name,
-                token.token_type.as_str(),
-                token.project,
-                token.environment
-            ],
-        )
-        .map_err(db("store a token"))?;
-        append_event(&tx, actor, Change::token_created(token))?;
-        tx.commit().map_err(db("commit a new token"))
+        self.change("store a token", |tx| {
+            tx.execute(
+                "store a token",
+                "INSERT INTO api_tokens (hash, name, type, project, environment)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                &[
+                    &token.hash.0.as_slice(),
+                    &token.name,
+                    &token.token_type.as_str(),
+                    &token.project,
+                    &token.environment,
+                ],
+            )?;
+            append_event(tx, actor, Change::token_created(token))
+        })
     }
 
     fn create_feature(&self, project: &str, feature: &NewFeature, actor: &Actor) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db("begin creating a flag"))?;
-        let known: Option<String> = tx
-            .query_row(
-                "SELECT name FROM projects WHERE name = ?1",
-                [project],
-                |r| r.get(0),
+        self.change("create a flag", |tx| {
+            if !tx.exists(
+                "look up the project",
+                "SELECT 1 FROM projects WHERE name = ?1",
+                &[&project],
+            )? {
+                return Err(StoreError::UnknownProject(project.to_owned()));
+            }
+            if feature_project(tx, &feature.name)?.is_some() {
+                return Err(StoreError::FlagExists(feature.name.clone()));
+            }
+            tx.execute(
+                "store a flag",
+                "INSERT INTO features (name, project, type, description, impression_data)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                &[
+                    &feature.name,
+                    &project,
+                    &feature.feature_type,
+                    &feature.description,
+                    &feature.impression_data,
+                ],
+            )?;
+            tx.execute(
+                "store a flag's environments",
+                "INSERT INTO feature_environments (feature, environment, enabled, variants)
+                 SELECT ?1, name, FALSE, '[]' FROM environments",
+                &[&feature.name],
+            )?;
+            let after = read_features(tx, project, Some(&feature.name))?;
+            append_event(
+                tx,
+                actor,
+                Change::feature_created(&feature.name, after.first()),
             )
-            .optional()
-            .map_err(db("look up the project"))?;
-        if known.is_none() {
-            return Err(StoreError::UnknownProject(project.to_owned()));
-        }
-        if feature_project(&tx, &feature.name)?.is_some() {
-            return Err(StoreError::FlagExists(feature.name.clone()));
-        }
-        tx.execute(
-            "INSERT INTO features (name, project, type, description, impression_data)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                feature.name,
-                project,
-                feature.feature_type,
-                feature.description,
-                feature.impression_data
-            ],
-        )
-        .map_err(db("store a flag"))?;
-        tx.execute(
-            "INSERT INTO feature_environments (feature, environment, enabled, variants)
-             SELECT ?1, name, FALSE, '[]' FROM environments",
-            [&feature.name],
-        )
-        .map_err(db("store a flag's environments"))?;
-        let after = read_features(&tx, project, Some(&feature.name))?;
-        append_event(
-            &tx,
-            actor,
-            Change::feature_created(&feature.name, after.first()),
-        )?;
-        tx.commit().map_err(db("commit a new flag"))
+        })
     }
 
     fn set_enabled(
@@ -484,413 +618,1108 @@ impl Store for SqliteStore {
         enabled: bool,
         actor: &Actor,
     ) -> Result<bool> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db("begin switching a flag"))?;
-        live_feature(&tx, project, flag)?;
-        known_environment(&tx, environment)?;
-        let before: Option<bool> = tx
-            .query_row(
+        self.change("switch a flag", |tx| {
+            live_feature(tx, project, flag)?;
+            known_environment(tx, environment)?;
+            let before = tx.row(
+                "read a flag's state",
                 "SELECT enabled FROM feature_environments WHERE feature = ?1 AND environment = ?2",
-                [flag, environment],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db("read a flag's state"))?;
-        if before == Some(enabled) {
-            return Ok(false);
-        }
-        tx.execute(
-            "INSERT INTO feature_environments (feature, environment, enabled, variants)
-             VALUES (?1, ?2, ?3, '[]')
-             ON CONFLICT (feature, environment) DO UPDATE SET enabled = excluded.enabled",
-            params![flag, environment, enabled],
-        )
-        .map_err(db("switch a flag"))?;
-        append_event(
-            &tx,
-            actor,
-            Change::switched(flag, environment, before, enabled),
-        )?;
-        tx.commit().map_err(db("commit switching a flag"))?;
-        Ok(true)
+                &[&flag, &environment],
+                |r| r.flag(0),
+            )?;
+            if before == Some(enabled) {
+                return Ok(false);
+            }
+            tx.execute(
+                "switch a flag",
+                "INSERT INTO feature_environments (feature, environment, enabled, variants)
+                 VALUES (?1, ?2, ?3, '[]')
+                 ON CONFLICT (feature, environment) DO UPDATE SET enabled = excluded.enabled",
+                &[&flag, &environment, &enabled],
+            )?;
+            append_event(
+                tx,
+                actor,
+                Change::switched(flag, environment, before, enabled),
+            )?;
+            Ok(true)
+        })
     }
 
     fn archive_feature(&self, project: &str, flag: &str, actor: &Actor) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db("begin archiving a flag"))?;
-        live_feature(&tx, project, flag)?;
-        tx.execute(
-            "UPDATE features SET archived = TRUE WHERE name = ?1",
-            [flag],
-        )
-        .map_err(db("archive a flag"))?;
-        append_event(&tx, actor, Change::archived(flag))?;
-        tx.commit().map_err(db("commit archiving a flag"))
+        self.change("archive a flag", |tx| {
+            live_feature(tx, project, flag)?;
+            tx.execute(
+                "archive a flag",
+                "UPDATE features SET archived = TRUE WHERE name = ?1",
+                &[&flag],
+            )?;
+            append_event(tx, actor, Change::archived(flag))
+        })
     }
 
     fn features(&self, project: &str) -> Result<Vec<FeatureSummary>> {
-        read_features(&self.conn(), project, None)
+        self.read(|c| read_features(c, project, None))
     }
 
     fn audit_events(&self) -> Result<Vec<Event>> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(
+        self.read(|c| {
+            c.rows(
+                "read the audit log",
                 "SELECT seq, ts, actor, action, flag, environment, before, after, prev_hash, hash
                  FROM audit_events ORDER BY seq",
+                &[],
+                |r| {
+                    Ok(Event {
+                        seq: r.int(0)?,
+                        ts: r.int(1)?,
+                        actor: r.text(2)?,
+                        action: r.text(3)?,
+                        flag: r.opt_text(4)?,
+                        environment: r.opt_text(5)?,
+                        before: r.opt_text(6)?,
+                        after: r.opt_text(7)?,
+                        prev_hash: r.text(8)?,
+                        hash: r.text(9)?,
+                    })
+                },
             )
-            .map_err(db("read the audit log"))?;
-        stmt.query_map([], |r| {
-            Ok(Event {
-                seq: r.get(0)?,
-                ts: r.get(1)?,
-                actor: r.get(2)?,
-                action: r.get(3)?,
-                flag: r.get(4)?,
-                environment: r.get(5)?,
-                before: r.get(6)?,
-                after: r.get(7)?,
-                prev_hash: r.get(8)?,
-                hash: r.get(9)?,
-            })
         })
-        .and_then(|rows| rows.collect())
-        .map_err(db("read the audit log"))
     }
 
     fn register_client(&self, r: &Registration) -> Result<()> {
-        self.conn()
-            .prepare_cached(
+        self.write("record a client registration", |tx| {
+            tx.execute(
+                "record a client registration",
                 "INSERT INTO client_instances
-                    (app_name, instance_id, environment, sdk_version, strategies, interval_ms, last_seen)
+                    (app_name, instance_id, environment, sdk_version, strategies, interval_ms,
+                     last_seen)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (app_name, instance_id, environment) DO UPDATE SET
                     sdk_version = excluded.sdk_version, strategies = excluded.strategies,
                     interval_ms = excluded.interval_ms, last_seen = excluded.last_seen",
+                &[
+                    &r.app_name,
+                    &r.instance_id,
+                    &r.environment,
+                    &r.sdk_version,
+                    &Json::of(&r.strategies),
+                    &r.interval.map(rows::clamp),
+                    &r.seen_ms,
+                ],
             )
-            .and_then(|mut st| {
-                st.execute(params![
-                    r.app_name,
-                    r.instance_id,
-                    r.environment,
-                    r.sdk_version,
-                    to_json(&r.strategies),
-                    r.interval.map(|i| i.min(i64::MAX as u64) as i64),
-                    r.seen_ms
-                ])
-            })
             .map(drop)
-            .map_err(db("record a client registration"))
+        })
     }
 
     fn record_metrics(&self, report: &Report) -> Result<usize> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db("begin recording metrics"))?;
-        let mut counted = 0;
-        for (flag, counts) in &report.toggles {
-            let exists: bool = tx
-                .prepare_cached("SELECT EXISTS (SELECT 1 FROM features WHERE name = ?1)")
-                .and_then(|mut st| st.query_row([flag], |r| r.get(0)))
-                .map_err(db("look up a counted flag"))?;
-            if !exists {
-                continue;
+        self.write("record metrics", |tx| {
+            let mut counted = 0;
+            // In flag-name order (a BTreeMap), so two reports lock rows in one order.
+            for (flag, counts) in &report.toggles {
+                if !tx.exists(
+                    "look up a counted flag",
+                    "SELECT 1 FROM features WHERE name = ?1",
+                    &[flag],
+                )? {
+                    continue;
+                }
+                add_counts(tx, flag, report, counts)?;
+                counted += 1;
             }
-            let key = params![flag, report.environment, report.app_name, report.hour_ms];
-            let old: Option<(i64, i64, String)> = tx
-                .prepare_cached(
-                    "SELECT yes, no, variants FROM feature_metrics
-                     WHERE feature = ?1 AND environment = ?2 AND app_name = ?3 AND hour = ?4",
-                )
-                .and_then(|mut st| {
-                    st.query_row(key, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                        .optional()
-                })
-                .map_err(db("read metrics"))?;
-            let mut total = match old {
-                Some((yes, no, variants)) => rows::counts(yes, no, &variants)?,
-                None => Counts::default(),
-            };
-            total.add(counts);
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO feature_metrics
-                    (feature, environment, app_name, hour, yes, no, variants)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .and_then(|mut st| {
-                st.execute(params![
-                    flag,
-                    report.environment,
-                    report.app_name,
-                    report.hour_ms,
-                    rows::clamp(total.yes),
-                    rows::clamp(total.no),
-                    to_json(&total.variants)
-                ])
-            })
-            .map_err(db("store metrics"))?;
-            counted += 1;
-        }
-        // A report also says the instance is alive.
-        tx.prepare_cached(
-            "INSERT INTO client_instances
-                (app_name, instance_id, environment, strategies, last_seen)
-             VALUES (?1, ?2, ?3, '[]', ?4)
-             ON CONFLICT (app_name, instance_id, environment) DO UPDATE SET
-                last_seen = excluded.last_seen",
-        )
-        .and_then(|mut st| {
-            st.execute(params![
-                report.app_name,
-                report.instance_id,
-                report.environment,
-                now_millis()
-            ])
+            // A report also says the instance is alive.
+            tx.execute(
+                "record a reporting instance",
+                "INSERT INTO client_instances
+                    (app_name, instance_id, environment, strategies, last_seen)
+                 VALUES (?1, ?2, ?3, '[]', ?4)
+                 ON CONFLICT (app_name, instance_id, environment) DO UPDATE SET
+                    last_seen = excluded.last_seen",
+                &[
+                    &report.app_name,
+                    &report.instance_id,
+                    &report.environment,
+                    &rows::now_millis(),
+                ],
+            )?;
+            Ok(counted)
         })
-        .map_err(db("record a reporting instance"))?;
-        tx.commit().map_err(db("commit metrics"))?;
-        Ok(counted)
     }
 
     fn feature_metrics(&self, flag: &str, since_ms: i64) -> Result<Vec<MetricsRow>> {
-        let conn = self.conn();
-        let mut st = conn
-            .prepare_cached(
+        let rows = self.read(|c| {
+            c.rows(
+                "read metrics",
                 "SELECT app_name, environment, hour, yes, no, variants FROM feature_metrics
                  WHERE feature = ?1 AND hour >= ?2 ORDER BY hour, environment, app_name",
+                &[&flag, &since_ms],
+                |r| {
+                    Ok(rows::CountsRow {
+                        app_name: r.text(0)?,
+                        environment: r.text(1)?,
+                        hour: r.int(2)?,
+                        yes: r.int(3)?,
+                        no: r.int(4)?,
+                        variants: r.json(5)?,
+                    })
+                },
             )
-            .map_err(db("read metrics"))?;
-        let rows = st
-            .query_map(params![flag, since_ms], |r| {
-                Ok(rows::CountsRow {
-                    app_name: r.get(0)?,
-                    environment: r.get(1)?,
-                    hour: r.get(2)?,
-                    yes: r.get(3)?,
-                    no: r.get(4)?,
-                    variants: r.get(5)?,
-                })
-            })
-            .and_then(|rows| rows.collect())
-            .map_err(db("read metrics"))?;
+        })?;
         rows::metrics(flag, rows)
     }
 
     fn applications(&self) -> Result<Vec<Application>> {
-        let conn = self.conn();
-        let mut st = conn
-            .prepare_cached(
+        let rows = self.read(|c| {
+            c.rows(
+                "list applications",
                 "SELECT app_name, instance_id, environment, sdk_version, strategies, last_seen
                  FROM client_instances ORDER BY app_name, instance_id, environment",
+                &[],
+                |r| {
+                    Ok(rows::InstanceRow {
+                        app_name: r.text(0)?,
+                        instance_id: r.text(1)?,
+                        environment: r.text(2)?,
+                        sdk_version: r.opt_text(3)?,
+                        strategies: r.json(4)?,
+                        last_seen: r.int(5)?,
+                    })
+                },
             )
-            .map_err(db("list applications"))?;
-        let rows = st
-            .query_map([], |r| {
-                Ok(rows::InstanceRow {
-                    app_name: r.get(0)?,
-                    instance_id: r.get(1)?,
-                    environment: r.get(2)?,
-                    sdk_version: r.get(3)?,
-                    strategies: r.get(4)?,
-                    last_seen: r.get(5)?,
-                })
-            })
-            .and_then(|rows| rows.collect())
-            .map_err(db("list applications"))?;
+        })?;
         rows::applications(rows)
+    }
+
+    fn feature_environment(
+        &self,
+        project: &str,
+        flag: &str,
+        environment: &str,
+    ) -> Result<EnvConfig> {
+        self.read_consistent(|c| {
+            live_feature(c, project, flag)?;
+            known_environment(c, environment)?;
+            read_env_config(c, flag, environment)
+        })
+    }
+
+    fn edit_feature_environment(
+        &self,
+        target: &FeatureEnvTarget<'_>,
+        edit: &mut dyn FnMut(&mut EnvConfig) -> Result<()>,
+        actor: &Actor,
+    ) -> Result<EnvConfig> {
+        let FeatureEnvTarget {
+            project,
+            flag,
+            environment,
+            action,
+        } = *target;
+        self.change("change a flag", |tx| {
+            live_feature(tx, project, flag)?;
+            known_environment(tx, environment)?;
+            let before = read_env_config(tx, flag, environment)?;
+            let mut after = before.clone();
+            edit(&mut after)?;
+            for s in &mut after.strategies {
+                if s.id.is_empty() {
+                    s.id = new_id()?;
+                }
+            }
+            let (b, a) = (
+                crate::wire::to_value(&before),
+                crate::wire::to_value(&after),
+            );
+            if a == b {
+                return Ok(after);
+            }
+            write_env_config(tx, flag, environment, &after)?;
+            append_event(
+                tx,
+                actor,
+                Change {
+                    action,
+                    flag: Some(flag),
+                    environment: Some(environment),
+                    before: Some(b),
+                    after: Some(a),
+                },
+            )?;
+            Ok(after)
+        })
+    }
+
+    fn update_feature(
+        &self,
+        project: &str,
+        flag: &str,
+        update: &FeatureUpdate,
+        actor: &Actor,
+    ) -> Result<()> {
+        self.change("update a flag", |tx| {
+            live_feature(tx, project, flag)?;
+            let one = |tx: &dyn Sql| {
+                read_features(tx, project, Some(flag))?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| unknown_flag(project, flag))
+            };
+            let before = one(tx)?;
+            tx.execute(
+                "update a flag",
+                "UPDATE features SET description = COALESCE(?2, description),
+                    type = COALESCE(?3, type), stale = COALESCE(?4, stale),
+                    impression_data = COALESCE(?5, impression_data)
+                 WHERE name = ?1",
+                &[
+                    &flag,
+                    &update.description,
+                    &update.feature_type,
+                    &update.stale,
+                    &update.impression_data,
+                ],
+            )?;
+            let after = one(tx)?;
+            if after == before {
+                return Ok(());
+            }
+            append_event(
+                tx,
+                actor,
+                Change {
+                    action: "feature-updated",
+                    flag: Some(flag),
+                    environment: None,
+                    before: Some(serde_json::to_value(&before).unwrap_or_default()),
+                    after: Some(serde_json::to_value(&after).unwrap_or_default()),
+                },
+            )
+        })
+    }
+
+    fn delete_token(&self, hash: &TokenHash, actor: &Actor) -> Result<bool> {
+        self.change("delete a token", |tx| {
+            let hash = hash.0.as_slice();
+            let Some(before) = tx.row(
+                "look up a token",
+                "SELECT name, type, project, environment FROM api_tokens WHERE hash = ?1",
+                &[&hash],
+                |r| {
+                    Ok(serde_json::json!({
+                        "tokenName": r.text(0)?, "type": r.text(1)?,
+                        "project": r.text(2)?, "environment": r.text(3)?
+                    }))
+                },
+            )?
+            else {
+                return Ok(false);
+            };
+            tx.execute(
+                "delete a token",
+                "DELETE FROM api_tokens WHERE hash = ?1",
+                &[&hash],
+            )?;
+            append_event(
+                tx,
+                actor,
+                Change {
+                    action: "api-token-deleted",
+                    flag: None,
+                    environment: None,
+                    before: Some(before),
+                    after: None,
+                },
+            )?;
+            Ok(true)
+        })
+    }
+
+    fn audit_anchor(&self) -> Result<Option<crate::audit::Anchor>> {
+        Driver::audit_anchor(self)
+    }
+
+    fn create_environment(&self, name: &str, actor: &Actor) -> Result<()> {
+        self.change("create an environment", |tx| {
+            let n = tx.execute(
+                "create an environment",
+                "INSERT INTO environments (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
+                &[&name],
+            )?;
+            if n == 0 {
+                return Err(StoreError::EnvironmentExists(name.to_owned()));
+            }
+            tx.execute(
+                "add the environment to every flag",
+                "INSERT INTO feature_environments (feature, environment, enabled, variants)
+                 SELECT name, ?1, FALSE, '[]' FROM features",
+                &[&name],
+            )?;
+            append_event(
+                tx,
+                actor,
+                Change {
+                    action: "environment-created",
+                    flag: None,
+                    environment: Some(name),
+                    before: None,
+                    after: Some(serde_json::json!({ "name": name })),
+                },
+            )
+        })
+    }
+
+    fn segments(&self) -> Result<Vec<AdminSegment>> {
+        self.read(read_segments)
+    }
+
+    fn save_segment(&self, segment: &AdminSegment, actor: &Actor) -> Result<i32> {
+        self.change("save a segment", |tx| {
+            let before = read_segments(tx)?.into_iter().find(|s| s.id == segment.id);
+            let id = if segment.id == 0 {
+                tx.row(
+                    "number a segment",
+                    "SELECT COALESCE(MAX(id), 0) + 1 FROM segments",
+                    &[],
+                    |r| r.int32(0),
+                )?
+                .unwrap_or(1)
+            } else if before.is_none() {
+                return Err(StoreError::UnknownSegment(segment.id));
+            } else {
+                segment.id
+            };
+            tx.execute(
+                "save a segment",
+                "INSERT INTO segments (id, name, description, constraints) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name,
+                    description = excluded.description, constraints = excluded.constraints",
+                &[
+                    &id,
+                    &segment.name,
+                    &segment.description,
+                    &Json::of(&segment.constraints),
+                ],
+            )?;
+            let after = AdminSegment {
+                id,
+                ..segment.clone()
+            };
+            append_event(
+                tx,
+                actor,
+                Change {
+                    action: if before.is_some() {
+                        "segment-updated"
+                    } else {
+                        "segment-created"
+                    },
+                    flag: None,
+                    environment: None,
+                    before: before.map(|b| crate::wire::to_value(&b)),
+                    after: Some(crate::wire::to_value(&after)),
+                },
+            )?;
+            Ok(id)
+        })
+    }
+
+    fn delete_segment(&self, id: i32, actor: &Actor) -> Result<()> {
+        self.change("delete a segment", |tx| {
+            let Some(before) = read_segments(tx)?.into_iter().find(|s| s.id == id) else {
+                return Err(StoreError::UnknownSegment(id));
+            };
+            let mut flags = Vec::new();
+            for (flag, segments) in tx.rows(
+                "look for segment users",
+                "SELECT DISTINCT feature, segments FROM strategies",
+                &[],
+                |r| Ok((r.text(0)?, r.json(1)?)),
+            )? {
+                let ids: Vec<i32> = rows::from_json("strategy segments", &segments)?;
+                if ids.contains(&id) && !flags.contains(&flag) {
+                    flags.push(flag);
+                }
+            }
+            if !flags.is_empty() {
+                flags.sort();
+                return Err(StoreError::SegmentInUse { id, flags });
+            }
+            tx.execute(
+                "delete a segment",
+                "DELETE FROM segments WHERE id = ?1",
+                &[&id],
+            )?;
+            append_event(
+                tx,
+                actor,
+                Change {
+                    action: "segment-deleted",
+                    flag: None,
+                    environment: None,
+                    before: Some(crate::wire::to_value(&before)),
+                    after: None,
+                },
+            )
+        })
+    }
+
+    fn archived_features(&self) -> Result<Vec<FeatureSummary>> {
+        self.read(|c| read_features_where(c, None, None, true))
+    }
+
+    fn revive_feature(&self, flag: &str, actor: &Actor) -> Result<()> {
+        self.change("revive a flag", |tx| {
+            if feature_project(tx, flag)?.is_none_or(|(_, archived)| !archived) {
+                return Err(StoreError::NotArchived(flag.to_owned()));
+            }
+            tx.execute(
+                "revive a flag",
+                "UPDATE features SET archived = FALSE WHERE name = ?1",
+                &[&flag],
+            )?;
+            tx.execute(
+                "revive a flag",
+                "UPDATE feature_environments SET enabled = FALSE WHERE feature = ?1",
+                &[&flag],
+            )?;
+            append_event(
+                tx,
+                actor,
+                Change {
+                    action: "feature-revived",
+                    flag: Some(flag),
+                    environment: None,
+                    before: Some(serde_json::json!({ "archived": true })),
+                    after: Some(serde_json::json!({ "archived": false, "enabled": false })),
+                },
+            )
+        })
+    }
+
+    fn delete_archived_feature(&self, flag: &str, actor: &Actor) -> Result<()> {
+        self.change("delete a flag", |tx| {
+            let Some((project, true)) = feature_project(tx, flag)? else {
+                return Err(StoreError::NotArchived(flag.to_owned()));
+            };
+            let before = read_features_where(tx, Some(&project), Some(flag), true)?;
+            tx.execute(
+                "delete a flag",
+                "DELETE FROM feature_dependencies WHERE parent = ?1",
+                &[&flag],
+            )?;
+            tx.execute(
+                "delete a flag",
+                "DELETE FROM features WHERE name = ?1",
+                &[&flag],
+            )?;
+            append_event(
+                tx,
+                actor,
+                Change {
+                    action: "feature-deleted",
+                    flag: Some(flag),
+                    environment: None,
+                    before: before.first().map(|f| serde_json::json!(f)),
+                    after: None,
+                },
+            )
+        })
+    }
+
+    fn tags(&self, flag: &str) -> Result<Vec<(String, String)>> {
+        self.read(|c| {
+            if feature_project(c, flag)?.is_none() {
+                return Err(unknown_flag("*", flag));
+            }
+            c.rows(
+                "list tags",
+                "SELECT type, value FROM feature_tags WHERE feature = ?1 ORDER BY 1, 2",
+                &[&flag],
+                |r| Ok((r.text(0)?, r.text(1)?)),
+            )
+        })
+    }
+
+    fn add_tag(&self, flag: &str, tag_type: &str, value: &str, actor: &Actor) -> Result<bool> {
+        self.change("tag a flag", |tx| {
+            if feature_project(tx, flag)?.is_none() {
+                return Err(unknown_flag("*", flag));
+            }
+            let n = tx.execute(
+                "tag a flag",
+                "INSERT INTO feature_tags (feature, type, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO NOTHING",
+                &[&flag, &tag_type, &value],
+            )?;
+            if n == 0 {
+                return Ok(false);
+            }
+            append_event(
+                tx,
+                actor,
+                Change {
+                    action: "feature-tagged",
+                    flag: Some(flag),
+                    environment: None,
+                    before: None,
+                    after: Some(serde_json::json!({ "type": tag_type, "value": value })),
+                },
+            )?;
+            Ok(true)
+        })
+    }
+
+    fn remove_tag(&self, flag: &str, tag_type: &str, value: &str, actor: &Actor) -> Result<bool> {
+        self.change("untag a flag", |tx| {
+            let n = tx.execute(
+                "untag a flag",
+                "DELETE FROM feature_tags WHERE feature = ?1 AND type = ?2 AND value = ?3",
+                &[&flag, &tag_type, &value],
+            )?;
+            if n == 0 {
+                return Ok(false);
+            }
+            append_event(
+                tx,
+                actor,
+                Change {
+                    action: "feature-untagged",
+                    flag: Some(flag),
+                    environment: None,
+                    before: Some(serde_json::json!({ "type": tag_type, "value": value })),
+                    after: None,
+                },
+            )?;
+            Ok(true)
+        })
+    }
+
+    fn set_dependency(
+        &self,
+        project: &str,
+        child: &str,
+        dependency: &FeatureDependency,
+        actor: &Actor,
+    ) -> Result<()> {
+        self.change("add a dependency", |tx| {
+            live_feature(tx, project, child)?;
+            let parent = dependency.feature.as_str();
+            if parent == child {
+                return Err(StoreError::Invalid("a flag cannot depend on itself".into()));
+            }
+            live_feature(tx, project, parent).map_err(|_| {
+                StoreError::Invalid(format!(
+                    "the parent {parent:?} must be a live flag in project {project:?}"
+                ))
+            })?;
+            let nested = tx.exists(
+                "check dependencies",
+                "SELECT 1 FROM feature_dependencies WHERE child = ?1 OR parent = ?2",
+                &[&parent, &child],
+            )?;
+            if nested {
+                return Err(StoreError::Invalid(
+                    "dependencies are one level deep: the parent cannot have parents, and a \
+                     flag that is a parent cannot get one"
+                        .into(),
+                ));
+            }
+            let before = read_dependencies(tx, child)?;
+            tx.execute(
+                "replace a dependency",
+                "DELETE FROM feature_dependencies WHERE child = ?1 AND parent = ?2",
+                &[&child, &parent],
+            )?;
+            tx.execute(
+                "add a dependency",
+                "INSERT INTO feature_dependencies (child, parent, enabled, variants, position)
+                 VALUES (?1, ?2, ?3, ?4,
+                    (SELECT COALESCE(MAX(position), -1) + 1 FROM feature_dependencies
+                     WHERE child = ?1))",
+                &[
+                    &child,
+                    &parent,
+                    &dependency.enabled,
+                    &dependency.variants.as_ref().map(Json::of),
+                ],
+            )?;
+            let after = read_dependencies(tx, child)?;
+            append_event(
+                tx,
+                actor,
+                Change {
+                    action: "feature-dependency-added",
+                    flag: Some(child),
+                    environment: None,
+                    before: Some(crate::wire::to_value(&before)),
+                    after: Some(crate::wire::to_value(&after)),
+                },
+            )
+        })
+    }
+
+    fn remove_dependency(
+        &self,
+        project: &str,
+        child: &str,
+        parent: Option<&str>,
+        actor: &Actor,
+    ) -> Result<()> {
+        self.change("remove a dependency", |tx| {
+            live_feature(tx, project, child)?;
+            let before = read_dependencies(tx, child)?;
+            let n = tx.execute(
+                "remove a dependency",
+                "DELETE FROM feature_dependencies
+                 WHERE child = ?1 AND (CAST(?2 AS TEXT) IS NULL OR parent = ?2)",
+                &[&child, &parent],
+            )?;
+            if n == 0 {
+                return Err(StoreError::Invalid(format!(
+                    "{child:?} has no such dependency"
+                )));
+            }
+            let after = read_dependencies(tx, child)?;
+            append_event(
+                tx,
+                actor,
+                Change {
+                    action: "feature-dependency-removed",
+                    flag: Some(child),
+                    environment: None,
+                    before: Some(crate::wire::to_value(&before)),
+                    after: Some(crate::wire::to_value(&after)),
+                },
+            )
+        })
+    }
+
+    fn projects(&self) -> Result<Vec<String>> {
+        self.read(|c| {
+            c.rows(
+                "list projects",
+                "SELECT name FROM projects ORDER BY name",
+                &[],
+                |r| r.text(0),
+            )
+        })
+    }
+
+    fn create_project(&self, name: &str, actor: &Actor) -> Result<()> {
+        self.change("create a project", |tx| {
+            let n = tx.execute(
+                "create a project",
+                "INSERT INTO projects (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
+                &[&name],
+            )?;
+            if n == 0 {
+                return Err(StoreError::ProjectExists(name.to_owned()));
+            }
+            append_event(
+                tx,
+                actor,
+                Change {
+                    action: "project-created",
+                    flag: None,
+                    environment: None,
+                    before: None,
+                    after: Some(serde_json::json!({ "id": name })),
+                },
+            )
+        })
+    }
+
+    fn watch_changes(&self, on_change: OnChange) -> Option<ChangeWatch> {
+        Driver::watch_changes(self, on_change)
     }
 }
 
-fn read_revision(conn: &Connection) -> Result<u64> {
-    conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM audit_events", [], |r| {
-        r.get::<_, i64>(0)
-    })
-    .map(|n| n.max(0) as u64)
-    .map_err(db("read the revision"))
+/// Add `counts` to the stored counts of one flag in one hour. The row is created if
+/// missing and locked (by a no-op update) before it is read, so two servers adding
+/// to the same hour at once both count.
+fn add_counts(tx: &dyn Sql, flag: &str, report: &Report, counts: &Counts) -> Result<()> {
+    let key: [&dyn crate::sql::Param; 4] = [
+        &flag,
+        &report.environment,
+        &report.app_name,
+        &report.hour_ms,
+    ];
+    tx.execute(
+        "store metrics",
+        "INSERT INTO feature_metrics (feature, environment, app_name, hour, yes, no, variants)
+         VALUES (?1, ?2, ?3, ?4, 0, 0, '{}')
+         ON CONFLICT (feature, hour, environment, app_name) DO UPDATE SET yes = feature_metrics.yes",
+        &key,
+    )?;
+    let old = tx.row(
+        "read metrics",
+        "SELECT yes, no, variants FROM feature_metrics
+         WHERE feature = ?1 AND environment = ?2 AND app_name = ?3 AND hour = ?4",
+        &key,
+        |r| rows::counts(r.int(0)?, r.int(1)?, &r.json(2)?),
+    )?;
+    let mut total = old.unwrap_or_default();
+    total.add(counts);
+    tx.execute(
+        "store metrics",
+        "UPDATE feature_metrics SET yes = ?5, no = ?6, variants = ?7
+         WHERE feature = ?1 AND environment = ?2 AND app_name = ?3 AND hour = ?4",
+        &[
+            key[0],
+            key[1],
+            key[2],
+            key[3],
+            &rows::clamp(total.yes),
+            &rows::clamp(total.no),
+            &Json::of(&total.variants),
+        ],
+    )?;
+    Ok(())
 }
 
-fn read_client_state(
-    conn: &Connection,
+/// A strategy's JSON columns: parameters, constraints, variants, segments.
+fn strategy_json(s: &Strategy) -> [Json; 4] {
+    [
+        Json::of(&s.parameters.clone().unwrap_or_default()),
+        Json::of(&s.constraints.clone().unwrap_or_default()),
+        Json::of(&s.variants.clone().unwrap_or_default()),
+        Json::of(&s.segments.clone().unwrap_or_default()),
+    ]
+}
+
+/// What makes two strategies of one flag the same, for keeping ids across an import.
+fn strategy_key(name: &str, sort_order: Option<i32>, json: [&str; 4]) -> String {
+    let [parameters, constraints, variants, segments] = json;
+    format!(
+        "{name}\u{0}{sort_order:?}\u{0}{parameters}\u{0}{constraints}\u{0}{variants}\u{0}{segments}"
+    )
+}
+
+/// JSON text as [`Json::of`] writes it, whatever the database did to its spacing and
+/// key order (`jsonb` normalizes both).
+fn canonical_json(text: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(text)
+        .map_or_else(|_| text.to_owned(), |v| v.to_string())
+}
+
+fn insert_strategy(
+    tx: &dyn Sql,
+    flag: &str,
     environment: &str,
-    project: &str,
-) -> Result<ClientFeatures> {
-    let features = conn
-        .prepare_cached(
-            "SELECT f.name, f.project, f.type, f.description, f.stale,
-                    f.impression_data, fe.enabled, fe.variants
-             FROM features f JOIN feature_environments fe ON fe.feature = f.name
-             WHERE fe.environment = ?1 AND NOT f.archived
-               AND (?2 = '*' OR f.project = ?2)",
-        )
-        .and_then(|mut st| {
-            st.query_map(params![environment, project], |r| {
-                Ok(rows::FeatureRow {
-                    name: r.get(0)?,
-                    project: r.get(1)?,
-                    feature_type: r.get(2)?,
-                    description: r.get(3)?,
-                    stale: r.get(4)?,
-                    impression_data: r.get(5)?,
-                    enabled: r.get(6)?,
-                    variants: r.get(7)?,
-                })
-            })?
-            .collect()
-        })
-        .map_err(db("read features"))?;
-    let strategies = conn
-        .prepare_cached(
-            "SELECT feature, name, sort_order, parameters, constraints, variants, segments
-             FROM strategies WHERE environment = ?1 ORDER BY feature, position",
-        )
-        .and_then(|mut st| {
-            st.query_map([environment], |r| {
-                Ok(rows::StrategyRow {
-                    feature: r.get(0)?,
-                    name: r.get(1)?,
-                    sort_order: r.get(2)?,
-                    parameters: r.get(3)?,
-                    constraints: r.get(4)?,
-                    variants: r.get(5)?,
-                    segments: r.get(6)?,
-                })
-            })?
-            .collect()
-        })
-        .map_err(db("read strategies"))?;
-    let dependencies = conn
-        .prepare_cached(
-            "SELECT child, parent, enabled, variants FROM feature_dependencies
-             ORDER BY child, position",
-        )
-        .and_then(|mut st| {
-            st.query_map([], |r| {
-                Ok(rows::DependencyRow {
-                    child: r.get(0)?,
-                    parent: r.get(1)?,
-                    enabled: r.get(2)?,
-                    variants: r.get(3)?,
-                })
-            })?
-            .collect()
-        })
-        .map_err(db("read dependencies"))?;
-    let segments = conn
-        .prepare_cached("SELECT id, constraints FROM segments ORDER BY id")
-        .and_then(|mut st| {
-            st.query_map([], |r| {
-                Ok(rows::SegmentRow {
-                    id: r.get(0)?,
-                    constraints: r.get(1)?,
-                })
-            })?
-            .collect()
-        })
-        .map_err(db("read segments"))?;
+    position: usize,
+    id: &str,
+    s: &Strategy,
+    json: [Json; 4],
+) -> Result<()> {
+    let [parameters, constraints, variants, segments] = json;
+    tx.execute(
+        "store a strategy",
+        "INSERT INTO strategies (feature, environment, position, name, sort_order,
+            parameters, constraints, variants, segments, id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        &[
+            &flag,
+            &environment,
+            &(position as i64),
+            &s.name,
+            &s.sort_order,
+            &parameters,
+            &constraints,
+            &variants,
+            &segments,
+            &id,
+        ],
+    )
+    .map(drop)
+}
+
+fn read_segments(c: &dyn Sql) -> Result<Vec<AdminSegment>> {
+    c.rows(
+        "list segments",
+        "SELECT id, name, description, constraints FROM segments ORDER BY id",
+        &[],
+        |r| {
+            let id = r.int32(0)?;
+            Ok(AdminSegment {
+                id,
+                // Segments that came in through a state import have no name.
+                name: r.opt_text(1)?.unwrap_or_else(|| format!("segment-{id}")),
+                description: r.opt_text(2)?,
+                constraints: rows::from_json("segment constraints", &r.json(3)?)?,
+            })
+        },
+    )
+}
+
+fn dependency(r: &dyn Columns, first: usize) -> Result<FeatureDependency> {
+    Ok(FeatureDependency {
+        feature: r.text(first)?,
+        enabled: r.opt_flag(first + 1)?,
+        variants: r
+            .opt_json(first + 2)?
+            .map(|v| rows::from_json("dependency variants", &v))
+            .transpose()?,
+    })
+}
+
+fn read_dependencies(c: &dyn Sql, child: &str) -> Result<Vec<FeatureDependency>> {
+    c.rows(
+        "read dependencies",
+        "SELECT parent, enabled, variants FROM feature_dependencies
+         WHERE child = ?1 ORDER BY position",
+        &[&child],
+        |r| dependency(r, 0),
+    )
+}
+
+/// Name, sort order, parameters, constraints, variants, segments from `first` on.
+fn strategy(r: &dyn Columns, first: usize) -> Result<Strategy> {
+    let segments: Vec<i32> = rows::from_json("strategy segments", &r.json(first + 5)?)?;
+    Ok(Strategy {
+        name: r.text(first)?,
+        sort_order: r.opt_int32(first + 1)?,
+        parameters: Some(rows::from_json("strategy parameters", &r.json(first + 2)?)?),
+        constraints: Some(rows::from_json(
+            "strategy constraints",
+            &r.json(first + 3)?,
+        )?),
+        variants: Some(rows::from_json("strategy variants", &r.json(first + 4)?)?),
+        segments: (!segments.is_empty()).then_some(segments),
+    })
+}
+
+fn read_env_config(c: &dyn Sql, flag: &str, environment: &str) -> Result<EnvConfig> {
+    let Some((enabled, variants)) = c.row(
+        "read a flag's environment",
+        "SELECT enabled, variants FROM feature_environments
+         WHERE feature = ?1 AND environment = ?2",
+        &[&flag, &environment],
+        |r| Ok((r.flag(0)?, r.json(1)?)),
+    )?
+    else {
+        return Ok(EnvConfig {
+            enabled: false,
+            variants: Vec::new(),
+            strategies: Vec::new(),
+        });
+    };
+    let strategies = c.rows(
+        "read strategies",
+        "SELECT id, name, sort_order, parameters, constraints, variants, segments
+         FROM strategies WHERE feature = ?1 AND environment = ?2 ORDER BY position",
+        &[&flag, &environment],
+        |r| {
+            Ok(AdminStrategy {
+                id: r.opt_text(0)?.unwrap_or_default(),
+                strategy: strategy(r, 1)?,
+            })
+        },
+    )?;
+    Ok(EnvConfig {
+        enabled,
+        variants: rows::from_json("flag variants", &variants)?,
+        strategies,
+    })
+}
+
+fn write_env_config(tx: &dyn Sql, flag: &str, environment: &str, c: &EnvConfig) -> Result<()> {
+    for id in c
+        .strategies
+        .iter()
+        .flat_map(|s| s.strategy.segments.iter().flatten())
+    {
+        if !tx.exists(
+            "look up a segment",
+            "SELECT 1 FROM segments WHERE id = ?1",
+            &[id],
+        )? {
+            return Err(StoreError::UnknownSegment(*id));
+        }
+    }
+    tx.execute(
+        "store a flag's environment",
+        "INSERT INTO feature_environments (feature, environment, enabled, variants)
+         VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (feature, environment) DO UPDATE SET
+            enabled = excluded.enabled, variants = excluded.variants",
+        &[&flag, &environment, &c.enabled, &Json::of(&c.variants)],
+    )?;
+    tx.execute(
+        "replace strategies",
+        "DELETE FROM strategies WHERE feature = ?1 AND environment = ?2",
+        &[&flag, &environment],
+    )?;
+    for (position, s) in c.strategies.iter().enumerate() {
+        insert_strategy(
+            tx,
+            flag,
+            environment,
+            position,
+            &s.id,
+            &s.strategy,
+            strategy_json(&s.strategy),
+        )?;
+    }
+    Ok(())
+}
+
+fn read_revision(c: &dyn Sql) -> Result<u64> {
+    let newest = c.row(
+        "read the revision",
+        "SELECT COALESCE(MAX(seq), 0) FROM audit_events",
+        &[],
+        |r| r.int(0),
+    )?;
+    Ok(newest.unwrap_or(0).max(0) as u64)
+}
+
+fn read_client_state(c: &dyn Sql, environment: &str, project: &str) -> Result<ClientFeatures> {
+    let features = c.rows(
+        "read features",
+        "SELECT f.name, f.project, f.type, f.description, f.stale,
+                f.impression_data, fe.enabled, fe.variants
+         FROM features f JOIN feature_environments fe ON fe.feature = f.name
+         WHERE fe.environment = ?1 AND NOT f.archived
+           AND (?2 = '*' OR f.project = ?2)",
+        &[&environment, &project],
+        |r| {
+            Ok(rows::FeatureRow {
+                name: r.text(0)?,
+                project: r.text(1)?,
+                feature_type: r.opt_text(2)?,
+                description: r.opt_text(3)?,
+                stale: r.flag(4)?,
+                impression_data: r.flag(5)?,
+                enabled: r.flag(6)?,
+                variants: r.json(7)?,
+            })
+        },
+    )?;
+    let strategies = c.rows(
+        "read strategies",
+        "SELECT feature, name, sort_order, parameters, constraints, variants, segments
+         FROM strategies WHERE environment = ?1 ORDER BY feature, position",
+        &[&environment],
+        |r| Ok((r.text(0)?, strategy(r, 1)?)),
+    )?;
+    let dependencies = c.rows(
+        "read dependencies",
+        "SELECT child, parent, enabled, variants FROM feature_dependencies
+         ORDER BY child, position",
+        &[],
+        |r| Ok((r.text(0)?, dependency(r, 1)?)),
+    )?;
+    let segments = c.rows(
+        "read segments",
+        "SELECT id, constraints FROM segments ORDER BY id",
+        &[],
+        |r| {
+            Ok(unleash_types::client_features::Segment {
+                id: r.int32(0)?,
+                constraints: rows::from_json("segment constraints", &r.json(1)?)?,
+            })
+        },
+    )?;
     rows::client_state(features, strategies, dependencies, segments)
 }
 
 /// Non-archived flags of `project` (or just `only`), with their environments.
-fn read_features(
-    conn: &Connection,
-    project: &str,
+fn read_features(c: &dyn Sql, project: &str, only: Option<&str>) -> Result<Vec<FeatureSummary>> {
+    read_features_where(c, Some(project), only, false)
+}
+
+fn read_features_where(
+    c: &dyn Sql,
+    project: Option<&str>,
     only: Option<&str>,
+    archived: bool,
 ) -> Result<Vec<FeatureSummary>> {
-    let rows = conn
-        .prepare_cached(
-            "SELECT f.name, f.project, f.type, f.description, f.stale, f.impression_data,
-                    f.archived, fe.environment, fe.enabled,
-                    (SELECT COUNT(*) FROM strategies s
-                     WHERE s.feature = f.name AND s.environment = fe.environment)
-             FROM features f LEFT JOIN feature_environments fe ON fe.feature = f.name
-             WHERE f.project = ?1 AND NOT f.archived AND (?2 IS NULL OR f.name = ?2)
-             ORDER BY f.name, fe.environment",
-        )
-        .and_then(|mut st| {
-            st.query_map(params![project, only], |r| {
-                Ok(rows::SummaryRow {
-                    name: r.get(0)?,
-                    project: r.get(1)?,
-                    feature_type: r.get(2)?,
-                    description: r.get(3)?,
-                    stale: r.get(4)?,
-                    impression_data: r.get(5)?,
-                    archived: r.get(6)?,
-                    environment: r.get(7)?,
-                    enabled: r.get(8)?,
-                    strategy_count: r.get(9)?,
-                })
-            })?
-            .collect()
-        })
-        .map_err(db("list flags"))?;
+    let rows = c.rows(
+        "list flags",
+        "SELECT f.name, f.project, f.type, f.description, f.stale, f.impression_data,
+                f.archived, fe.environment, fe.enabled,
+                (SELECT COUNT(*) FROM strategies s
+                 WHERE s.feature = f.name AND s.environment = fe.environment)
+         FROM features f LEFT JOIN feature_environments fe ON fe.feature = f.name
+         WHERE (CAST(?1 AS TEXT) IS NULL OR f.project = ?1) AND f.archived = ?3
+            AND (CAST(?2 AS TEXT) IS NULL OR f.name = ?2)
+         ORDER BY f.name, fe.environment",
+        &[&project, &only, &archived],
+        |r| {
+            Ok(rows::SummaryRow {
+                name: r.text(0)?,
+                project: r.text(1)?,
+                feature_type: r.opt_text(2)?,
+                description: r.opt_text(3)?,
+                stale: r.flag(4)?,
+                impression_data: r.flag(5)?,
+                archived: r.flag(6)?,
+                environment: r.opt_text(7)?,
+                enabled: r.opt_flag(8)?,
+                strategy_count: r.int(9)?,
+            })
+        },
+    )?;
     Ok(rows::summaries(rows))
 }
 
-/// Append one event to the audit chain inside the change's own transaction (SQLite
-/// allows one writer at a time, so the newest event cannot move meanwhile).
-fn append_event(tx: &Transaction<'_>, actor: &Actor, change: Change<'_>) -> Result<()> {
-    let last: Option<(i64, String)> = tx
-        .query_row(
-            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()
-        .map_err(db("read the newest audit event"))?;
+/// Append one event to the audit chain inside the change's own transaction, which
+/// the driver has made the only writer (see [`Driver::change`]), and announce the new
+/// revision to other servers when it commits.
+fn append_event(tx: &dyn Sql, actor: &Actor, change: Change<'_>) -> Result<()> {
+    let last = tx.row(
+        "read the newest audit event",
+        "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+        &[],
+        |r| Ok((r.int(0)?, r.text(1)?)),
+    )?;
     let event = Event::following(last, actor, change);
     tx.execute(
+        "append an audit event",
         "INSERT INTO audit_events
             (seq, ts, actor, action, flag, environment, before, after, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![
-            event.seq,
-            event.ts,
-            event.actor,
-            event.action,
-            event.flag,
-            event.environment,
-            event.before,
-            event.after,
-            event.prev_hash,
-            event.hash
+        &[
+            &event.seq,
+            &event.ts,
+            &event.actor,
+            &event.action,
+            &event.flag,
+            &event.environment,
+            &event.before,
+            &event.after,
+            &event.prev_hash,
+            &event.hash,
         ],
-    )
-    .map_err(db("append an audit event"))?;
-    Ok(())
+    )?;
+    tx.announce(event.seq)
 }
 
-fn feature_project(tx: &Connection, flag: &str) -> Result<Option<(String, bool)>> {
-    tx.query_row(
+fn feature_project(c: &dyn Sql, flag: &str) -> Result<Option<(String, bool)>> {
+    c.row(
+        "look up a flag",
         "SELECT project, archived FROM features WHERE name = ?1",
-        [flag],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        &[&flag],
+        |r| Ok((r.text(0)?, r.flag(1)?)),
     )
-    .optional()
-    .map_err(db("look up a flag"))
 }
 
 /// The flag must exist in `project` and not be archived.
-fn live_feature(tx: &Connection, project: &str, flag: &str) -> Result<()> {
-    match feature_project(tx, flag)? {
+fn live_feature(c: &dyn Sql, project: &str, flag: &str) -> Result<()> {
+    match feature_project(c, flag)? {
         Some((p, false)) if p == project => Ok(()),
-        _ => Err(StoreError::UnknownFlag {
-            project: project.to_owned(),
-            flag: flag.to_owned(),
-        }),
+        _ => Err(unknown_flag(project, flag)),
     }
 }
 
-fn known_environment(tx: &Connection, environment: &str) -> Result<()> {
-    let known: Option<String> = tx
-        .query_row(
-            "SELECT name FROM environments WHERE name = ?1",
-            [environment],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(db("look up the environment"))?;
-    match known {
-        Some(_) => Ok(()),
-        None => Err(StoreError::UnknownEnvironment(environment.to_owned())),
+fn known_environment(c: &dyn Sql, environment: &str) -> Result<()> {
+    if c.exists(
+        "look up the environment",
+        "SELECT 1 FROM environments WHERE name = ?1",
+        &[&environment],
+    )? {
+        Ok(())
+    } else {
+        Err(StoreError::UnknownEnvironment(environment.to_owned()))
     }
 }

@@ -200,7 +200,7 @@ async fn streams_are_scoped_authenticated_and_limited() {
     // Two streams are allowed here; a third is refused until one closes.
     let second = stream(&server, &only_a, None).await;
     assert_eq!(second.status, 200);
-    assert_eq!(stream(&server, &only_a, None).await.status, 503);
+    assert_eq!(stream(&server, &only_a, None).await.status, 429);
     drop(second);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut again = stream(&server, &only_a, None).await;

@@ -77,6 +77,20 @@ async fn serve(store: Arc<dyn Store>, backing: Backing, options: ServeOptions) -
     }
 }
 
+/// The address test clients connect from: not the server's own 127.0.0.1, so that the
+/// frontend API's remoteAddress fill-in (the caller's address) is observable, and a
+/// specification case "no remoteAddress in the context" is not accidentally matched by
+/// a strategy listing 127.0.0.1.
+pub const CLIENT_IP: &str = "127.0.0.2";
+
+pub async fn connect_from_client_address(addr: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(CLIENT_IP.parse().unwrap(), 0))
+        .unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
@@ -110,7 +124,7 @@ impl Server {
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> Response {
-        let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let mut stream = connect_from_client_address(self.addr).await;
         let mut req = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
             self.addr

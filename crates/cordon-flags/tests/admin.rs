@@ -1,0 +1,589 @@
+//! The admin API at Unleash's paths: strategies, variants, flag metadata, projects,
+//! tokens and events; bad input is a precise 4xx and writes nothing.
+
+mod common;
+
+use common::ADMIN;
+use serde_json::{Value, json};
+
+const FLAG: &str = "/api/admin/projects/default/features/checkout";
+const STRATEGIES: &str =
+    "/api/admin/projects/default/features/checkout/environments/production/strategies";
+
+async fn event_count(server: &common::Server) -> u64 {
+    let r = server.get("/api/admin/events?limit=1", ADMIN, &[]).await;
+    assert_eq!(r.status, 200);
+    r.json()["totalEvents"].as_u64().unwrap()
+}
+
+async fn setup() -> (common::Server, String) {
+    let server = common::start().await;
+    let r = server
+        .post_json(
+            "/api/admin/projects/default/features",
+            ADMIN,
+            &json!({"name": "checkout"}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let r = server
+        .post_json(
+            &format!("{FLAG}/environments/production/on"),
+            ADMIN,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let client = server.create_token("client", "*", "production").await;
+    (server, client)
+}
+
+async fn client_flag(server: &common::Server, client: &str) -> Value {
+    let r = server
+        .get("/api/client/features/checkout", client, &[])
+        .await;
+    assert_eq!(r.status, 200);
+    r.json()
+}
+
+async fn put(server: &common::Server, path: &str, body: &Value) -> common::Response {
+    let b = serde_json::to_vec(body).unwrap();
+    server
+        .request("PUT", path, &[("Authorization", ADMIN)], Some(&b))
+        .await
+}
+
+#[tokio::test]
+async fn strategies_are_added_listed_replaced_and_removed() {
+    let (server, client) = setup().await;
+    let r = server
+        .post_json(
+            STRATEGIES,
+            ADMIN,
+            &json!({
+                "name": "flexibleRollout",
+                "title": "a quarter of users",
+                "parameters": {"rollout": 25, "stickiness": "userId", "groupId": "checkout"},
+                "constraints": [{"contextName": "region", "operator": "IN", "values": ["eu"]}]
+            }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    assert_eq!(r.json()["parameters"]["rollout"], "25");
+
+    // The client API serves it at once.
+    let f = client_flag(&server, &client).await;
+    assert_eq!(f["strategies"][0]["name"], "flexibleRollout");
+    assert_eq!(f["strategies"][0]["constraints"][0]["values"][0], "eu");
+
+    let r = server.get(STRATEGIES, ADMIN, &[]).await;
+    assert_eq!(r.json().as_array().unwrap().len(), 1);
+    assert_eq!(r.json()[0]["id"], id);
+
+    let r = put(
+        &server,
+        &format!("{STRATEGIES}/{id}"),
+        &json!({"name": "userWithId", "parameters": {"userIds": "alice,bob"}}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        client_flag(&server, &client).await["strategies"][0]["name"],
+        "userWithId"
+    );
+
+    let r = server
+        .request(
+            "DELETE",
+            &format!("{STRATEGIES}/{id}"),
+            &[("Authorization", ADMIN)],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        client_flag(&server, &client).await["strategies"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // Every step is an event naming the flag, newest first.
+    let r = server
+        .get("/api/admin/events?feature=checkout", ADMIN, &[])
+        .await;
+    let types: Vec<String> = r.json()["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        types[..3],
+        [
+            "feature-strategy-remove",
+            "feature-strategy-update",
+            "feature-strategy-add"
+        ]
+    );
+    let add = &r.json()["events"][2];
+    assert_eq!(add["environment"], "production");
+    assert_eq!(add["preData"]["strategies"], json!([]));
+    assert_eq!(add["data"]["strategies"][0]["name"], "flexibleRollout");
+    assert_eq!(
+        add["createdBy"], "admin:admin",
+        "the token type and name that did it"
+    );
+}
+
+#[tokio::test]
+async fn bad_strategies_are_refused_precisely_and_write_nothing() {
+    let (server, client) = setup().await;
+    let before = event_count(&server).await;
+    let cases = [
+        (
+            json!({"name": "default", "constraints": [{"contextName": "x", "operator": "LIKE", "values": ["a"]}]}),
+            "unknown constraint operator",
+        ),
+        (
+            json!({"name": "flexibleRollout", "parameters": {"rollout": 150}}),
+            "rollout must be",
+        ),
+        (
+            json!({"name": "default", "segments": [99]}),
+            "no segment with id 99",
+        ),
+        (json!({"name": "default", "colour": "red"}), "unknown field"),
+        (json!({"name": ""}), "needs a name"),
+        (
+            json!({"name": "default", "disabled": true}),
+            "not supported",
+        ),
+        (
+            json!({"name": "default", "parameters": {"rollout": {"nested": 1}}}),
+            "string or a number",
+        ),
+        (
+            json!({"name": "default", "constraints": [{"contextName": "x", "operator": "IN",
+                "values": vec!["v"; 1001]}]}),
+            "at most 1000 values",
+        ),
+    ];
+    for (body, want) in cases {
+        let r = server.post_json(STRATEGIES, ADMIN, &body).await;
+        assert_eq!(
+            r.status,
+            400,
+            "{body}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let msg = r.json()["error"].as_str().unwrap().to_owned();
+        assert!(msg.contains(want), "{body}: {msg}");
+    }
+    let r = server
+        .post_json(STRATEGIES, &client, &json!({"name": "default"}))
+        .await;
+    assert_eq!(r.status, 403);
+    let r = server
+        .post_json(
+            "/api/admin/projects/default/features/nope/environments/production/strategies",
+            ADMIN,
+            &json!({"name": "default"}),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let r = put(
+        &server,
+        &format!("{STRATEGIES}/00000000-0000-4000-8000-000000000000"),
+        &json!({"name": "default"}),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    assert!(r.json()["error"].as_str().unwrap().contains("no strategy"));
+    assert_eq!(
+        event_count(&server).await,
+        before,
+        "no failure wrote an event"
+    );
+}
+
+#[tokio::test]
+async fn variants_and_flag_metadata() {
+    let (server, client) = setup().await;
+    let r = put(
+        &server,
+        &format!("{FLAG}/environments/production/variants"),
+        &json!([
+            {"name": "blue", "weight": 500, "weightType": "variable", "stickiness": "default"},
+            {"name": "green", "weight": 500, "weightType": "variable", "stickiness": "default",
+             "payload": {"type": "string", "value": "g"}}
+        ]),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let f = client_flag(&server, &client).await;
+    assert_eq!(f["variants"].as_array().unwrap().len(), 2);
+    let r = put(
+        &server,
+        &format!("{FLAG}/environments/production/variants"),
+        &json!([{"name": "x", "weight": 5000}]),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+
+    let r = put(
+        &server,
+        FLAG,
+        &json!({"description": "new checkout", "stale": true}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = server.get(FLAG, ADMIN, &[]).await;
+    assert_eq!(r.json()["description"], "new checkout");
+    assert_eq!(r.json()["stale"], true);
+    assert_eq!(client_flag(&server, &client).await["stale"], true);
+    let r = put(&server, FLAG, &json!({"owner": "me"})).await;
+    assert_eq!(r.status, 400);
+
+    let r = server
+        .get(&format!("{FLAG}/environments/production"), ADMIN, &[])
+        .await;
+    assert_eq!(r.json()["enabled"], true);
+    assert_eq!(r.json()["variants"][1]["payload"]["value"], "g");
+}
+
+#[tokio::test]
+async fn projects_tokens_and_revocation() {
+    let (server, client) = setup().await;
+    let r = server
+        .post_json("/api/admin/projects", ADMIN, &json!({"id": "payments"}))
+        .await;
+    assert_eq!(r.status, 201);
+    let r = server
+        .post_json("/api/admin/projects", ADMIN, &json!({"id": "payments"}))
+        .await;
+    assert_eq!(r.status, 409);
+    let r = server
+        .post_json("/api/admin/projects", ADMIN, &json!({"id": "a.b"}))
+        .await;
+    assert_eq!(r.status, 400);
+    let r = server.get("/api/admin/projects", ADMIN, &[]).await;
+    let ids: Vec<String> = r.json()["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["default", "payments"]);
+    let r = server
+        .post_json(
+            "/api/admin/projects/payments/features",
+            ADMIN,
+            &json!({"name": "refunds"}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+
+    // Tokens: listed without secrets; a revoked token stops working at once.
+    let r = server.get("/api/admin/api-tokens", ADMIN, &[]).await;
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(!body.contains(&client), "secrets are never listed");
+    assert_eq!(r.json()["tokens"].as_array().unwrap().len(), 2);
+    assert_eq!(client_flag(&server, &client).await["name"], "checkout");
+    let path = format!("/api/admin/api-tokens/{client}");
+    let r = server
+        .request("DELETE", &path, &[("Authorization", ADMIN)], None)
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = server.get("/api/client/features", &client, &[]).await;
+    assert_eq!(r.status, 401, "revoked");
+    let r = server
+        .request("DELETE", &path, &[("Authorization", ADMIN)], None)
+        .await;
+    assert_eq!(r.status, 404);
+    // The last admin token cannot be deleted.
+    let r = server
+        .request(
+            "DELETE",
+            &format!("/api/admin/api-tokens/{ADMIN}"),
+            &[("Authorization", ADMIN)],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 409);
+    assert_eq!(
+        server.get("/api/admin/projects", ADMIN, &[]).await.status,
+        200
+    );
+
+    let r = server.get("/api/admin/audit/verify", ADMIN, &[]).await;
+    assert_eq!(r.json()["problems"], json!([]), "{}", r.json());
+}
+
+async fn delete(server: &common::Server, path: &str) -> common::Response {
+    server
+        .request("DELETE", path, &[("Authorization", ADMIN)], None)
+        .await
+}
+
+#[tokio::test]
+async fn segments_are_managed_and_guarded_while_in_use() {
+    let (server, client) = setup().await;
+    let r = server
+        .post_json(
+            "/api/admin/segments",
+            ADMIN,
+            &json!({"name": "beta-users", "description": "opted in",
+                "constraints": [{"contextName": "userId", "operator": "IN", "values": ["alice"]}]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let id = r.json()["id"].as_i64().unwrap();
+    let r = server
+        .post_json(
+            STRATEGIES,
+            ADMIN,
+            &json!({"name": "default", "segments": [id]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = server
+        .get(
+            "/api/client/features",
+            &client,
+            &[("Unleash-Client-Spec", "5.0.0")],
+        )
+        .await;
+    assert_eq!(r.json()["segments"][0]["id"], id);
+
+    // Editing the segment changes what every flag using it means.
+    let r = put(
+        &server,
+        &format!("/api/admin/segments/{id}"),
+        &json!({"name": "beta-users",
+            "constraints": [{"contextName": "userId", "operator": "IN", "values": ["bob"]}]}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = server
+        .get(
+            "/api/client/features",
+            &client,
+            &[("Unleash-Client-Spec", "5.0.0")],
+        )
+        .await;
+    assert_eq!(
+        r.json()["segments"][0]["constraints"][0]["values"][0],
+        "bob"
+    );
+
+    let r = delete(&server, &format!("/api/admin/segments/{id}")).await;
+    assert_eq!(r.status, 409, "in use");
+    assert!(r.json()["error"].as_str().unwrap().contains("checkout"));
+    let r = server
+        .post_json(
+            "/api/admin/segments",
+            ADMIN,
+            &json!({"name": "bad", "constraints": [{"contextName": "x", "operator": "NOPE"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let r = put(&server, "/api/admin/segments/999", &json!({"name": "x"})).await;
+    assert_eq!(r.status, 400, "unknown segment");
+
+    // Once no strategy uses it, it can go.
+    let strategies = server.get(STRATEGIES, ADMIN, &[]).await.json();
+    let sid = strategies[0]["id"].as_str().unwrap();
+    assert_eq!(
+        delete(&server, &format!("{STRATEGIES}/{sid}")).await.status,
+        200
+    );
+    assert_eq!(
+        delete(&server, &format!("/api/admin/segments/{id}"))
+            .await
+            .status,
+        200
+    );
+    let r = server.get("/api/admin/segments", ADMIN, &[]).await;
+    assert_eq!(r.json()["segments"], json!([]));
+}
+
+#[tokio::test]
+async fn environments_archive_tags_and_dependencies() {
+    let (server, _client) = setup().await;
+    // A new environment: every flag gets it, off; tokens can be made for it.
+    let r = server
+        .post_json(
+            "/api/admin/environments",
+            ADMIN,
+            &json!({"name": "staging", "type": "test"}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let r = server
+        .post_json(
+            "/api/admin/environments",
+            ADMIN,
+            &json!({"name": "staging"}),
+        )
+        .await;
+    assert_eq!(r.status, 409);
+    let staging = server.create_token("client", "*", "staging").await;
+    let r = server
+        .get("/api/client/features/checkout", &staging, &[])
+        .await;
+    assert_eq!(r.json()["enabled"], false);
+
+    // Dependencies show in the client API; a cycle or a second level is refused.
+    let r = server
+        .post_json(
+            "/api/admin/projects/default/features",
+            ADMIN,
+            &json!({"name": "checkout-banner"}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let deps = "/api/admin/projects/default/features/checkout-banner/dependencies";
+    let r = server
+        .post_json(
+            deps,
+            ADMIN,
+            &json!({"feature": "checkout", "enabled": true}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = server
+        .get("/api/client/features/checkout-banner", &staging, &[])
+        .await;
+    assert_eq!(r.json()["dependencies"][0]["feature"], "checkout");
+    let r = server
+        .post_json(
+            "/api/admin/projects/default/features/checkout/dependencies",
+            ADMIN,
+            &json!({"feature": "checkout-banner"}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "one level deep");
+    let r = server
+        .post_json(deps, ADMIN, &json!({"feature": "checkout-banner"}))
+        .await;
+    assert_eq!(r.status, 400, "not on itself");
+    assert_eq!(
+        delete(&server, &format!("{deps}/checkout")).await.status,
+        200
+    );
+
+    // Tags.
+    let tags = "/api/admin/features/checkout/tags";
+    let r = server
+        .post_json(
+            tags,
+            ADMIN,
+            &json!({"type": "owner", "value": "agent:claude"}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let r = server
+        .post_json(
+            tags,
+            ADMIN,
+            &json!({"type": "owner", "value": "agent:claude"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "already tagged");
+    let r = server.get(tags, ADMIN, &[]).await;
+    assert_eq!(
+        r.json()["tags"],
+        json!([{"type": "owner", "value": "agent:claude"}])
+    );
+    assert_eq!(
+        delete(&server, &format!("{tags}/owner/agent:claude"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        delete(&server, &format!("{tags}/owner/agent:claude"))
+            .await
+            .status,
+        404
+    );
+
+    // Archive, revive (off everywhere), archive, delete for good.
+    assert_eq!(delete(&server, FLAG).await.status, 202, "archived");
+    let r = server.get("/api/admin/archive/features", ADMIN, &[]).await;
+    assert_eq!(r.json()["features"][0]["name"], "checkout");
+    let r = server
+        .post_json("/api/admin/archive/revive/checkout", ADMIN, &json!({}))
+        .await;
+    assert_eq!(r.status, 200);
+    let r = server.get(FLAG, ADMIN, &[]).await;
+    assert!(
+        r.json()["environments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["enabled"] == false),
+        "revived dark: {}",
+        r.json()
+    );
+    assert_eq!(
+        delete(&server, "/api/admin/archive/checkout").await.status,
+        404,
+        "only archived flags can be deleted"
+    );
+    assert_eq!(delete(&server, FLAG).await.status, 202, "archived");
+    assert_eq!(
+        delete(&server, "/api/admin/archive/checkout").await.status,
+        200
+    );
+    assert_eq!(server.get(FLAG, ADMIN, &[]).await.status, 404);
+    let r = server
+        .get("/api/admin/events?feature=checkout&limit=1", ADMIN, &[])
+        .await;
+    assert_eq!(r.json()["events"][0]["type"], "feature-deleted");
+    let r = server.get("/api/admin/audit/verify", ADMIN, &[]).await;
+    assert_eq!(r.json()["problems"], json!([]));
+}
+
+#[tokio::test]
+async fn the_frontend_api_fills_remote_address_from_the_connection() {
+    let server = common::start().await;
+    let state = json!({"version": 2, "features": [{
+        "name": "office-only", "enabled": true,
+        "strategies": [{"name": "remoteAddress", "parameters": {"IPs": common::CLIENT_IP}}]
+    }]});
+    assert_eq!(server.import("production", &state).await.status, 202);
+    let frontend = server.create_token("frontend", "*", "production").await;
+    let on = |r: &common::Response| {
+        r.json()["toggles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "office-only")
+    };
+    let r = server.get("/api/frontend", &frontend, &[]).await;
+    assert!(on(&r), "the caller is {}: {}", common::CLIENT_IP, r.json());
+    let r = server
+        .post_json(
+            "/api/frontend",
+            &frontend,
+            &json!({"remoteAddress": "10.1.2.3"}),
+        )
+        .await;
+    assert!(!on(&r), "an explicit remoteAddress wins");
+    let r = server
+        .request(
+            "GET",
+            "/api/frontend",
+            &[
+                ("Authorization", &frontend),
+                ("X-Forwarded-For", "10.1.2.3"),
+            ],
+            None,
+        )
+        .await;
+    assert!(on(&r), "forwarding headers are not trusted");
+}

@@ -1,0 +1,347 @@
+//! `cordon flags ...` end to end: the real binary serving, and the real binary as the
+//! admin client against it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+
+const ADMIN: &str = "*:*.cli-test-admin-secret-0123456789";
+
+struct Served {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve() -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
+        .args(["flags", "serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(dir.path().join("flags.db"))
+        .env("CORDON_FLAGS_INIT_ADMIN_TOKEN", ADMIN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("the server said where it listens")
+            .unwrap();
+        if let Some(rest) = line.split("serving on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Served {
+        child,
+        url,
+        _dir: dir,
+    }
+}
+
+impl Served {
+    fn cordon(&self, args: &[&str]) -> Output {
+        self.cordon_as(ADMIN, args)
+    }
+
+    fn cordon_as(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_cordon"))
+            .arg("flags")
+            .args(args)
+            .env("CORDON_FLAGS_URL", &self.url)
+            .env("CORDON_FLAGS_TOKEN", token)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cordon(args);
+        assert!(
+            out.status.success(),
+            "cordon flags {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.ok(args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    }
+}
+
+fn flag_state(s: &Served, flag: &str, env: &str) -> bool {
+    let list = s.json(&["list", "--json"]);
+    let f = list["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == flag)
+        .unwrap_or_else(|| panic!("{flag} not listed: {list}"))
+        .clone();
+    f["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == env)
+        .map(|e| e["enabled"] == true)
+        .unwrap()
+}
+
+#[test]
+fn the_flags_cli_drives_a_real_server() {
+    let s = serve();
+    s.ok(&[
+        "create",
+        "agent-refactor",
+        "--description",
+        "written by an agent",
+    ]);
+    assert!(
+        !flag_state(&s, "agent-refactor", "production"),
+        "created dark"
+    );
+
+    let id = s.ok(&[
+        "strategy",
+        "add",
+        "agent-refactor",
+        "--env",
+        "production",
+        "--name",
+        "flexibleRollout",
+        "--param",
+        "rollout=10",
+        "--param",
+        "stickiness=userId",
+        "--constraint",
+        r#"{"contextName":"region","operator":"IN","values":["eu"]}"#,
+    ]);
+    let id = id.trim().to_owned();
+    assert_eq!(id.len(), 36, "{id}");
+    let listed = s.ok(&["strategy", "list", "agent-refactor"]);
+    assert!(
+        listed.contains(&id) && listed.contains("rollout=10") && listed.contains("region IN eu"),
+        "{listed}"
+    );
+
+    s.ok(&["enable", "agent-refactor", "--env", "production"]);
+    assert!(flag_state(&s, "agent-refactor", "production"));
+    let shown = s.ok(&["show", "agent-refactor"]);
+    assert!(shown.contains("production: ON"), "{shown}");
+    assert!(shown.contains("flexibleRollout"), "{shown}");
+    let shown = s.json(&["show", "agent-refactor", "--json"]);
+    assert_eq!(shown["description"], "written by an agent");
+
+    // A client token made by the CLI reads the flag; `token delete` revokes it.
+    let client = s.ok(&["token", "create", "--type", "client", "--env", "production"]);
+    let client = client.trim().to_owned();
+    let tokens = s.json(&["token", "list", "--json"]);
+    assert_eq!(tokens["tokens"].as_array().unwrap().len(), 2);
+
+    // Kill switch.
+    s.ok(&["kill", "agent-refactor"]);
+    assert!(!flag_state(&s, "agent-refactor", "production"));
+
+    // Export, change, import the export back: the state returns.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("production.json");
+    s.ok(&[
+        "export",
+        "--env",
+        "production",
+        "-o",
+        file.to_str().unwrap(),
+    ]);
+    s.ok(&["enable", "agent-refactor"]);
+    s.ok(&["import", "--env", "production", file.to_str().unwrap()]);
+    assert!(!flag_state(&s, "agent-refactor", "production"));
+
+    s.ok(&["strategy", "remove", "agent-refactor", &id]);
+    assert!(
+        s.ok(&["strategy", "list", "agent-refactor"])
+            .trim()
+            .is_empty()
+    );
+
+    // Bad input: a clear one-line error and a non-zero exit; nothing changes.
+    let junk = dir.path().join("junk.json");
+    std::fs::write(&junk, "{not json").unwrap();
+    let out = s.cordon(&["import", "--env", "production", junk.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not JSON"), "{err}");
+    let out = s.cordon(&["strategy", "add", "agent-refactor", "--param", "rollout"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("KEY=VALUE"));
+    let out = s.cordon(&[
+        "strategy",
+        "add",
+        "agent-refactor",
+        "--name",
+        "flexibleRollout",
+        "--param",
+        "rollout=250",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("400"));
+    let out = s.cordon(&["kill", "no-such-flag"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+    let out = s.cordon_as(&client, &["list"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("403"),
+        "a client token is not an admin token"
+    );
+
+    let mut revoke = Command::new(env!("CARGO_BIN_EXE_cordon"))
+        .args(["flags", "token", "delete", "-"])
+        .env("CORDON_FLAGS_URL", &s.url)
+        .env("CORDON_FLAGS_TOKEN", ADMIN)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    writeln!(revoke.stdin.take().unwrap(), "{client}").unwrap();
+    assert!(revoke.wait().unwrap().success());
+    let tokens = s.json(&["token", "list", "--json"]);
+    assert_eq!(tokens["tokens"].as_array().unwrap().len(), 1);
+
+    let verified = s.ok(&["audit", "verify"]);
+    assert!(verified.contains("audit chain intact"), "{verified}");
+}
+
+/// Start a server on an existing database directory.
+fn serve_in(dir: tempfile::TempDir) -> Served {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
+        .args(["flags", "serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(dir.path().join("flags.db"))
+        .env("CORDON_FLAGS_INIT_ADMIN_TOKEN", ADMIN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("the server said where it listens")
+            .unwrap();
+        if let Some(rest) = line.split("serving on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Served {
+        child,
+        url,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn kill_9_under_write_load_loses_no_acknowledged_change() {
+    use cordon_flags::client::AdminClient;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let mut s = serve_in(tempfile::tempdir().unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    // Per flag: the last acknowledged state, and whether a later change was in
+    // flight (sent, not answered) when the server died.
+    type Ledger = Arc<Mutex<Vec<(String, bool, bool)>>>;
+    let ledger: Ledger = Arc::default();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (stop, ledger, url) = (stop.clone(), ledger.clone(), s.url.clone());
+            std::thread::spawn(move || {
+                let client = AdminClient::new(&url, ADMIN).unwrap();
+                let base = "/api/admin/projects/default/features";
+                for j in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let name = format!("w{w}-{j}");
+                    let body = serde_json::json!({ "name": name });
+                    if client.send("POST", base, Some(&body)).is_err() {
+                        return;
+                    }
+                    let i = {
+                        let mut l = ledger.lock().unwrap();
+                        l.push((name.clone(), false, false));
+                        l.len() - 1
+                    };
+                    for on in [true, false, true] {
+                        ledger.lock().unwrap()[i].2 = true;
+                        let path = format!(
+                            "{base}/{name}/environments/production/{}",
+                            if on { "on" } else { "off" }
+                        );
+                        if client.send("POST", &path, None).is_err() {
+                            return;
+                        }
+                        let mut l = ledger.lock().unwrap();
+                        l[i].1 = on;
+                        l[i].2 = false;
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SIGKILL: no chance to flush or clean up.
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let ledger = ledger.lock().unwrap().clone();
+    assert!(
+        ledger.len() >= 8,
+        "the load did some work: {}",
+        ledger.len()
+    );
+
+    // Same database, new process.
+    let dir = std::mem::replace(&mut s._dir, tempfile::tempdir().unwrap());
+    drop(s);
+    let s = serve_in(dir);
+    let list = s.json(&["list", "--json"]);
+    let stored: std::collections::HashMap<String, bool> = list["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let on = f["environments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "production" && e["enabled"] == true);
+            (f["name"].as_str().unwrap().to_owned(), on)
+        })
+        .collect();
+    for (name, acked, in_flight) in &ledger {
+        let Some(on) = stored.get(name) else {
+            panic!("acknowledged flag {name} was lost");
+        };
+        if !in_flight {
+            assert_eq!(on, acked, "{name}: the last acknowledged state was lost");
+        }
+    }
+    let verified = s.ok(&["audit", "verify"]);
+    assert!(verified.contains("audit chain intact"), "{verified}");
+}
