@@ -15,9 +15,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use unleash_types::client_features::ClientFeatures;
-
-use crate::store::{FeatureSummary, Store, StoreError, TokenRecord};
+use crate::store::{Store, StoreError, TokenRecord};
 
 /// The `prev_hash` of the first event.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -47,45 +45,72 @@ pub struct Change<'a> {
 }
 
 impl<'a> Change<'a> {
-    /// An environment's state replaced by an import: the whole state before and after.
-    pub(crate) fn state_imported(
-        environment: &'a str,
-        before: &ClientFeatures,
-        after: &ClientFeatures,
-    ) -> Self {
+    /// A change called `action`, about nothing in particular yet.
+    pub(crate) fn new(action: &'a str) -> Self {
         Change {
-            action: "state-imported",
+            action,
             flag: None,
+            environment: None,
+            before: None,
+            after: None,
+        }
+    }
+
+    pub(crate) fn flag(self, flag: &'a str) -> Self {
+        Change {
+            flag: Some(flag),
+            ..self
+        }
+    }
+
+    pub(crate) fn environment(self, environment: &'a str) -> Self {
+        Change {
             environment: Some(environment),
-            before: Some(crate::wire::to_value(before)),
-            after: Some(crate::wire::to_value(after)),
+            ..self
+        }
+    }
+
+    pub(crate) fn before(self, before: impl Serialize) -> Self {
+        Change {
+            before: Some(crate::wire::to_value(&before)),
+            ..self
+        }
+    }
+
+    pub(crate) fn after(self, after: impl Serialize) -> Self {
+        Change {
+            after: Some(crate::wire::to_value(&after)),
+            ..self
+        }
+    }
+
+    /// [`Self::before`] if there was anything before (no `before` at all otherwise,
+    /// rather than JSON `null`).
+    pub(crate) fn before_if(self, before: Option<impl Serialize>) -> Self {
+        match before {
+            Some(b) => self.before(b),
+            None => self,
+        }
+    }
+
+    /// [`Self::after`] if there is anything after.
+    pub(crate) fn after_if(self, after: Option<impl Serialize>) -> Self {
+        match after {
+            Some(a) => self.after(a),
+            None => self,
         }
     }
 
     /// A token created: its scope and name, never its hash.
     pub(crate) fn token_created(token: &'a TokenRecord) -> Self {
-        Change {
-            action: "api-token-created",
-            flag: None,
-            environment: Some(&token.environment),
-            before: None,
-            after: Some(serde_json::json!({
+        Change::new("api-token-created")
+            .environment(&token.environment)
+            .after(serde_json::json!({
                 "tokenName": token.name,
                 "type": token.token_type.as_str(),
                 "project": token.project,
                 "environment": token.environment,
-            })),
-        }
-    }
-
-    pub(crate) fn feature_created(flag: &'a str, created: Option<&FeatureSummary>) -> Self {
-        Change {
-            action: "feature-created",
-            flag: Some(flag),
-            environment: None,
-            before: None,
-            after: created.map(|f| serde_json::json!(f)),
-        }
+            }))
     }
 
     /// A flag switched in one environment; `before` is `None` when the flag had no
@@ -96,27 +121,16 @@ impl<'a> Change<'a> {
         before: Option<bool>,
         enabled: bool,
     ) -> Self {
-        Change {
-            action: if enabled {
-                "feature-environment-enabled"
-            } else {
-                "feature-environment-disabled"
-            },
-            flag: Some(flag),
-            environment: Some(environment),
-            before: Some(serde_json::json!({ "enabled": before })),
-            after: Some(serde_json::json!({ "enabled": enabled })),
-        }
-    }
-
-    pub(crate) fn archived(flag: &'a str) -> Self {
-        Change {
-            action: "feature-archived",
-            flag: Some(flag),
-            environment: None,
-            before: Some(serde_json::json!({ "archived": false })),
-            after: Some(serde_json::json!({ "archived": true })),
-        }
+        let action = if enabled {
+            "feature-environment-enabled"
+        } else {
+            "feature-environment-disabled"
+        };
+        Change::new(action)
+            .flag(flag)
+            .environment(environment)
+            .before(serde_json::json!({ "enabled": before }))
+            .after(serde_json::json!({ "enabled": enabled }))
     }
 }
 

@@ -42,7 +42,7 @@ use tokio_postgres::{
 };
 
 use crate::schema::{self, Dialect};
-use crate::sql::{Columns, Driver, JsonText, Param, Sql, numbered_dollars};
+use crate::sql::{Columns, Driver, JsonText, Param, Sql, impl_columns, numbered_dollars};
 use crate::store::{ChangeWatch, OnChange, StoreError};
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -396,38 +396,15 @@ fn column<'r, T: FromSql<'r>>(r: &'r Row, i: usize) -> Result<T> {
     r.try_get(i).map_err(pg("read a stored value"))
 }
 
-impl Columns for Row {
-    fn text(&self, i: usize) -> Result<String> {
-        column(self, i)
-    }
-    fn opt_text(&self, i: usize) -> Result<Option<String>> {
-        column(self, i)
-    }
-    fn int(&self, i: usize) -> Result<i64> {
-        column(self, i)
-    }
-    fn int32(&self, i: usize) -> Result<i32> {
-        column(self, i)
-    }
-    fn opt_int32(&self, i: usize) -> Result<Option<i32>> {
-        column(self, i)
-    }
-    fn flag(&self, i: usize) -> Result<bool> {
-        column(self, i)
-    }
-    fn opt_flag(&self, i: usize) -> Result<Option<bool>> {
-        column(self, i)
-    }
-    fn bytes(&self, i: usize) -> Result<Vec<u8>> {
-        column(self, i)
-    }
-    fn json(&self, i: usize) -> Result<String> {
-        column::<JsonText>(self, i).map(|j| j.0)
-    }
-    fn opt_json(&self, i: usize) -> Result<Option<String>> {
-        column::<Option<JsonText>>(self, i).map(|j| j.map(|j| j.0))
-    }
+fn json_column(r: &Row, i: usize) -> Result<String> {
+    column::<JsonText>(r, i).map(|j| j.0)
 }
+
+fn opt_json_column(r: &Row, i: usize) -> Result<Option<String>> {
+    column::<Option<JsonText>>(r, i).map(|j| j.map(|j| j.0))
+}
+
+impl_columns!(Row, column, json_column, opt_json_column);
 
 impl Driver for PgStore {
     fn read<T>(&self, f: impl FnOnce(&dyn Sql) -> Result<T>) -> Result<T> {

@@ -14,6 +14,7 @@ use unleash_types::client_features::{
 };
 
 use crate::metrics::{Application, Counts, Instance, MetricsRow};
+use crate::sql::Columns;
 use crate::store::{FeatureEnvironment, FeatureSummary, StoreError, TokenRecord};
 use crate::token::{TokenHash, TokenType};
 
@@ -34,14 +35,34 @@ pub(crate) fn clamp(n: u64) -> i64 {
     n.min(i64::MAX as u64) as i64
 }
 
-/// A flag in one environment (`features` joined with `feature_environments`).
-pub(crate) struct FeatureRow {
+/// The columns every query about flags starts with: `name, project, type,
+/// description, stale, impression_data` of `features`.
+pub(crate) struct Flag {
     pub name: String,
     pub project: String,
     pub feature_type: Option<String>,
     pub description: Option<String>,
     pub stale: bool,
     pub impression_data: bool,
+}
+
+impl Flag {
+    /// Columns 0 to 5 of `r`.
+    pub(crate) fn read(r: &dyn Columns) -> Result<Self> {
+        Ok(Flag {
+            name: r.text(0)?,
+            project: r.text(1)?,
+            feature_type: r.opt_text(2)?,
+            description: r.opt_text(3)?,
+            stale: r.flag(4)?,
+            impression_data: r.flag(5)?,
+        })
+    }
+}
+
+/// A flag in one environment (`features` joined with `feature_environments`).
+pub(crate) struct FeatureRow {
+    pub flag: Flag,
     pub enabled: bool,
     pub variants: String,
 }
@@ -57,8 +78,13 @@ pub(crate) fn client_state(
     segments: Vec<Segment>,
 ) -> Result<ClientFeatures> {
     let mut by_name: BTreeMap<String, ClientFeature> = BTreeMap::new();
-    for f in features {
-        let variants: Vec<Variant> = from_json("feature variants", &f.variants)?;
+    for FeatureRow {
+        flag: f,
+        enabled,
+        variants,
+    } in features
+    {
+        let variants: Vec<Variant> = from_json("feature variants", &variants)?;
         by_name.insert(
             f.name.clone(),
             ClientFeature {
@@ -68,7 +94,7 @@ pub(crate) fn client_state(
                 description: f.description,
                 stale: Some(f.stale),
                 impression_data: Some(f.impression_data),
-                enabled: f.enabled,
+                enabled,
                 variants: Some(variants),
                 strategies: Some(Vec::new()),
                 ..ClientFeature::default()
@@ -97,12 +123,7 @@ pub(crate) fn client_state(
 /// A flag with one of its environments (or none: a left join), ordered by flag name
 /// and environment.
 pub(crate) struct SummaryRow {
-    pub name: String,
-    pub project: String,
-    pub feature_type: Option<String>,
-    pub description: Option<String>,
-    pub stale: bool,
-    pub impression_data: bool,
+    pub flag: Flag,
     pub archived: bool,
     pub environment: Option<String>,
     pub enabled: Option<bool>,
@@ -113,14 +134,15 @@ pub(crate) struct SummaryRow {
 pub(crate) fn summaries(rows: Vec<SummaryRow>) -> Vec<FeatureSummary> {
     let mut out: Vec<FeatureSummary> = Vec::new();
     for r in rows {
-        if out.last().is_none_or(|f| f.name != r.name) {
+        if out.last().is_none_or(|f| f.name != r.flag.name) {
+            let f = r.flag;
             out.push(FeatureSummary {
-                name: r.name,
-                project: r.project,
-                feature_type: r.feature_type,
-                description: r.description,
-                stale: r.stale,
-                impression_data: r.impression_data,
+                name: f.name,
+                project: f.project,
+                feature_type: f.feature_type,
+                description: f.description,
+                stale: f.stale,
+                impression_data: f.impression_data,
                 archived: r.archived,
                 environments: Vec::new(),
             });

@@ -110,6 +110,46 @@ pub(crate) trait Columns {
     fn opt_json(&self, i: usize) -> Result<Option<String>>;
 }
 
+/// Implements [`Columns`] for a driver's row type with a generic getter `$get(row, i)`
+/// for every column type, and `$json` / `$opt_json` for JSON columns.
+macro_rules! impl_columns {
+    ($row:ty, $get:ident, $json:ident, $opt_json:ident) => {
+        impl crate::sql::Columns for $row {
+            fn text(&self, i: usize) -> Result<String> {
+                $get(self, i)
+            }
+            fn opt_text(&self, i: usize) -> Result<Option<String>> {
+                $get(self, i)
+            }
+            fn int(&self, i: usize) -> Result<i64> {
+                $get(self, i)
+            }
+            fn int32(&self, i: usize) -> Result<i32> {
+                $get(self, i)
+            }
+            fn opt_int32(&self, i: usize) -> Result<Option<i32>> {
+                $get(self, i)
+            }
+            fn flag(&self, i: usize) -> Result<bool> {
+                $get(self, i)
+            }
+            fn opt_flag(&self, i: usize) -> Result<Option<bool>> {
+                $get(self, i)
+            }
+            fn bytes(&self, i: usize) -> Result<Vec<u8>> {
+                $get(self, i)
+            }
+            fn json(&self, i: usize) -> Result<String> {
+                $json(self, i)
+            }
+            fn opt_json(&self, i: usize) -> Result<Option<String>> {
+                $opt_json(self, i)
+            }
+        }
+    };
+}
+pub(crate) use impl_columns;
+
 /// A connection or transaction of one driver.
 pub(crate) trait Sql {
     /// Run a statement; how many rows it changed. `action` names it in errors.

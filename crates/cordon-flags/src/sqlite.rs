@@ -16,7 +16,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use crate::audit::{Anchor, GENESIS};
 use crate::schema::{self, Dialect};
-use crate::sql::{Columns, Driver, Param, Sql};
+use crate::sql::{Columns, Driver, Param, Sql, impl_columns};
 use crate::store::StoreError;
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -240,35 +240,4 @@ fn column<T: rusqlite::types::FromSql>(r: &rusqlite::Row<'_>, i: usize) -> Resul
     r.get(i).map_err(db("read a stored value"))
 }
 
-impl Columns for rusqlite::Row<'_> {
-    fn text(&self, i: usize) -> Result<String> {
-        column(self, i)
-    }
-    fn opt_text(&self, i: usize) -> Result<Option<String>> {
-        column(self, i)
-    }
-    fn int(&self, i: usize) -> Result<i64> {
-        column(self, i)
-    }
-    fn int32(&self, i: usize) -> Result<i32> {
-        column(self, i)
-    }
-    fn opt_int32(&self, i: usize) -> Result<Option<i32>> {
-        column(self, i)
-    }
-    fn flag(&self, i: usize) -> Result<bool> {
-        column(self, i)
-    }
-    fn opt_flag(&self, i: usize) -> Result<Option<bool>> {
-        column(self, i)
-    }
-    fn bytes(&self, i: usize) -> Result<Vec<u8>> {
-        column(self, i)
-    }
-    fn json(&self, i: usize) -> Result<String> {
-        column(self, i)
-    }
-    fn opt_json(&self, i: usize) -> Result<Option<String>> {
-        column(self, i)
-    }
-}
+impl_columns!(rusqlite::Row<'_>, column, column, column);

@@ -517,7 +517,10 @@ impl<D: Driver> Store for D {
             append_event(
                 tx,
                 actor,
-                Change::state_imported(environment, &before, &after),
+                Change::new("state-imported")
+                    .environment(environment)
+                    .before(&before)
+                    .after(&after),
             )
         })
     }
@@ -605,7 +608,9 @@ impl<D: Driver> Store for D {
             append_event(
                 tx,
                 actor,
-                Change::feature_created(&feature.name, after.first()),
+                Change::new("feature-created")
+                    .flag(&feature.name)
+                    .after_if(after.first()),
             )
         })
     }
@@ -654,7 +659,14 @@ impl<D: Driver> Store for D {
                 "UPDATE features SET archived = TRUE WHERE name = ?1",
                 &[&flag],
             )?;
-            append_event(tx, actor, Change::archived(flag))
+            append_event(
+                tx,
+                actor,
+                Change::new("feature-archived")
+                    .flag(flag)
+                    .before(serde_json::json!({ "archived": false }))
+                    .after(serde_json::json!({ "archived": true })),
+            )
         })
     }
 
@@ -837,13 +849,11 @@ impl<D: Driver> Store for D {
             append_event(
                 tx,
                 actor,
-                Change {
-                    action,
-                    flag: Some(flag),
-                    environment: Some(environment),
-                    before: Some(b),
-                    after: Some(a),
-                },
+                Change::new(action)
+                    .flag(flag)
+                    .environment(environment)
+                    .before(b)
+                    .after(a),
             )?;
             Ok(after)
         })
@@ -886,13 +896,10 @@ impl<D: Driver> Store for D {
             append_event(
                 tx,
                 actor,
-                Change {
-                    action: "feature-updated",
-                    flag: Some(flag),
-                    environment: None,
-                    before: Some(serde_json::to_value(&before).unwrap_or_default()),
-                    after: Some(serde_json::to_value(&after).unwrap_or_default()),
-                },
+                Change::new("feature-updated")
+                    .flag(flag)
+                    .before(serde_json::to_value(&before).unwrap_or_default())
+                    .after(serde_json::to_value(&after).unwrap_or_default()),
             )
         })
     }
@@ -919,17 +926,7 @@ impl<D: Driver> Store for D {
                 "DELETE FROM api_tokens WHERE hash = ?1",
                 &[&hash],
             )?;
-            append_event(
-                tx,
-                actor,
-                Change {
-                    action: "api-token-deleted",
-                    flag: None,
-                    environment: None,
-                    before: Some(before),
-                    after: None,
-                },
-            )?;
+            append_event(tx, actor, Change::new("api-token-deleted").before(before))?;
             Ok(true)
         })
     }
@@ -957,13 +954,9 @@ impl<D: Driver> Store for D {
             append_event(
                 tx,
                 actor,
-                Change {
-                    action: "environment-created",
-                    flag: None,
-                    environment: Some(name),
-                    before: None,
-                    after: Some(serde_json::json!({ "name": name })),
-                },
+                Change::new("environment-created")
+                    .environment(name)
+                    .after(serde_json::json!({ "name": name })),
             )
         })
     }
@@ -1007,17 +1000,13 @@ impl<D: Driver> Store for D {
             append_event(
                 tx,
                 actor,
-                Change {
-                    action: if before.is_some() {
-                        "segment-updated"
-                    } else {
-                        "segment-created"
-                    },
-                    flag: None,
-                    environment: None,
-                    before: before.map(|b| crate::wire::to_value(&b)),
-                    after: Some(crate::wire::to_value(&after)),
-                },
+                Change::new(if before.is_some() {
+                    "segment-updated"
+                } else {
+                    "segment-created"
+                })
+                .before_if(before)
+                .after(after),
             )?;
             Ok(id)
         })
@@ -1049,17 +1038,7 @@ impl<D: Driver> Store for D {
                 "DELETE FROM segments WHERE id = ?1",
                 &[&id],
             )?;
-            append_event(
-                tx,
-                actor,
-                Change {
-                    action: "segment-deleted",
-                    flag: None,
-                    environment: None,
-                    before: Some(crate::wire::to_value(&before)),
-                    after: None,
-                },
-            )
+            append_event(tx, actor, Change::new("segment-deleted").before(before))
         })
     }
 
@@ -1085,13 +1064,10 @@ impl<D: Driver> Store for D {
             append_event(
                 tx,
                 actor,
-                Change {
-                    action: "feature-revived",
-                    flag: Some(flag),
-                    environment: None,
-                    before: Some(serde_json::json!({ "archived": true })),
-                    after: Some(serde_json::json!({ "archived": false, "enabled": false })),
-                },
+                Change::new("feature-revived")
+                    .flag(flag)
+                    .before(serde_json::json!({ "archived": true }))
+                    .after(serde_json::json!({ "archived": false, "enabled": false })),
             )
         })
     }
@@ -1115,13 +1091,9 @@ impl<D: Driver> Store for D {
             append_event(
                 tx,
                 actor,
-                Change {
-                    action: "feature-deleted",
-                    flag: Some(flag),
-                    environment: None,
-                    before: before.first().map(|f| serde_json::json!(f)),
-                    after: None,
-                },
+                Change::new("feature-deleted")
+                    .flag(flag)
+                    .before_if(before.first()),
             )
         })
     }
@@ -1157,13 +1129,9 @@ impl<D: Driver> Store for D {
             append_event(
                 tx,
                 actor,
-                Change {
-                    action: "feature-tagged",
-                    flag: Some(flag),
-                    environment: None,
-                    before: None,
-                    after: Some(serde_json::json!({ "type": tag_type, "value": value })),
-                },
+                Change::new("feature-tagged")
+                    .flag(flag)
+                    .after(serde_json::json!({ "type": tag_type, "value": value })),
             )?;
             Ok(true)
         })
@@ -1182,13 +1150,9 @@ impl<D: Driver> Store for D {
             append_event(
                 tx,
                 actor,
-                Change {
-                    action: "feature-untagged",
-                    flag: Some(flag),
-                    environment: None,
-                    before: Some(serde_json::json!({ "type": tag_type, "value": value })),
-                    after: None,
-                },
+                Change::new("feature-untagged")
+                    .flag(flag)
+                    .before(serde_json::json!({ "type": tag_type, "value": value })),
             )?;
             Ok(true)
         })
@@ -1247,13 +1211,10 @@ impl<D: Driver> Store for D {
             append_event(
                 tx,
                 actor,
-                Change {
-                    action: "feature-dependency-added",
-                    flag: Some(child),
-                    environment: None,
-                    before: Some(crate::wire::to_value(&before)),
-                    after: Some(crate::wire::to_value(&after)),
-                },
+                Change::new("feature-dependency-added")
+                    .flag(child)
+                    .before(before)
+                    .after(after),
             )
         })
     }
@@ -1283,13 +1244,10 @@ impl<D: Driver> Store for D {
             append_event(
                 tx,
                 actor,
-                Change {
-                    action: "feature-dependency-removed",
-                    flag: Some(child),
-                    environment: None,
-                    before: Some(crate::wire::to_value(&before)),
-                    after: Some(crate::wire::to_value(&after)),
-                },
+                Change::new("feature-dependency-removed")
+                    .flag(child)
+                    .before(before)
+                    .after(after),
             )
         })
     }
@@ -1318,13 +1276,7 @@ impl<D: Driver> Store for D {
             append_event(
                 tx,
                 actor,
-                Change {
-                    action: "project-created",
-                    flag: None,
-                    environment: None,
-                    before: None,
-                    after: Some(serde_json::json!({ "id": name })),
-                },
+                Change::new("project-created").after(serde_json::json!({ "id": name })),
             )
         })
     }
@@ -1584,12 +1536,7 @@ fn read_client_state(c: &dyn Sql, environment: &str, project: &str) -> Result<Cl
         &[&environment, &project],
         |r| {
             Ok(rows::FeatureRow {
-                name: r.text(0)?,
-                project: r.text(1)?,
-                feature_type: r.opt_text(2)?,
-                description: r.opt_text(3)?,
-                stale: r.flag(4)?,
-                impression_data: r.flag(5)?,
+                flag: rows::Flag::read(r)?,
                 enabled: r.flag(6)?,
                 variants: r.json(7)?,
             })
@@ -1647,12 +1594,7 @@ fn read_features_where(
         &[&project, &only, &archived],
         |r| {
             Ok(rows::SummaryRow {
-                name: r.text(0)?,
-                project: r.text(1)?,
-                feature_type: r.opt_text(2)?,
-                description: r.opt_text(3)?,
-                stale: r.flag(4)?,
-                impression_data: r.flag(5)?,
+                flag: rows::Flag::read(r)?,
                 archived: r.flag(6)?,
                 environment: r.opt_text(7)?,
                 enabled: r.opt_flag(8)?,

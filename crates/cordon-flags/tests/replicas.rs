@@ -154,14 +154,7 @@ async fn a_kill_through_one_replica_reaches_the_others_streams_and_polls() {
     );
 
     // Archived through A: gone from B's stream.
-    let r = a
-        .request(
-            "DELETE",
-            &format!("{FEATURES}/checkout"),
-            &[("Authorization", ADMIN)],
-            None,
-        )
-        .await;
+    let r = a.delete(&format!("{FEATURES}/checkout"), ADMIN).await;
     assert_eq!(r.status, 202);
     assert_eq!(
         next_about(&mut on_b, "checkout").await,

@@ -155,6 +155,11 @@ impl Server {
         self.request("GET", path, &h, None).await
     }
 
+    pub async fn delete(&self, path: &str, token: &str) -> Response {
+        self.request("DELETE", path, &[("Authorization", token)], None)
+            .await
+    }
+
     pub async fn post_json(&self, path: &str, token: &str, body: &serde_json::Value) -> Response {
         let b = serde_json::to_vec(body).unwrap();
         self.request("POST", path, &[("Authorization", token)], Some(&b))
