@@ -902,22 +902,38 @@ async fn admin_get_feature(
     State(app): State<Shared>,
     headers: HeaderMap,
     Path((project, name)): Path<(String, String)>,
-) -> Result<Json<FeatureSummary>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     app.authenticate(&headers, &[TokenType::Admin])?;
     let a = app.clone();
-    let p = project.clone();
-    let features = blocking(move || a.store.features(&p)).await??;
-    features
-        .into_iter()
-        .find(|f| f.name == name)
-        .map(Json)
-        .ok_or_else(|| {
-            StoreError::UnknownFlag {
-                project,
-                flag: name,
-            }
-            .into()
-        })
+    let (p, n) = (project.clone(), name.clone());
+    // As Unleash answers it: each environment with its strategies and variants.
+    let found = blocking(move || -> Result<_, StoreError> {
+        let Some(summary) = a.store.features(&p)?.into_iter().find(|f| f.name == n) else {
+            return Ok(None);
+        };
+        let mut envs = Vec::new();
+        for e in &summary.environments {
+            let config = a.store.feature_environment(&p, &n, &e.name)?;
+            envs.push(serde_json::json!({
+                "name": e.name,
+                "enabled": config.enabled,
+                "strategyCount": e.strategy_count,
+                "strategies": crate::wire::to_value(&config.strategies),
+                "variants": crate::wire::to_value(&config.variants),
+            }));
+        }
+        let mut json = serde_json::to_value(&summary).unwrap_or_default();
+        json["environments"] = envs.into();
+        Ok(Some(json))
+    })
+    .await??;
+    found.map(Json).ok_or_else(|| {
+        StoreError::UnknownFlag {
+            project,
+            flag: name,
+        }
+        .into()
+    })
 }
 
 /// `POST .../features/:name/environments/:env/on|off`. Turning off is the kill

@@ -81,6 +81,17 @@ async fn strategies_are_added_listed_replaced_and_removed() {
     let r = server.get(STRATEGIES, ADMIN, &[]).await;
     assert_eq!(r.json().as_array().unwrap().len(), 1);
     assert_eq!(r.json()[0]["id"], id);
+    // The flag itself shows it too, per environment, as Unleash's admin API does.
+    let flag = server.get(FLAG, ADMIN, &[]).await.json();
+    let production = flag["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "production")
+        .unwrap()
+        .clone();
+    assert_eq!(production["strategies"][0]["id"], id);
+    assert_eq!(production["enabled"], true);
 
     let r = put(
         &server,
