@@ -99,6 +99,7 @@ impl From<StoreError> for ApiError {
             | StoreError::EnvironmentExists(_)
             | StoreError::SegmentInUse { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
             StoreError::NotArchived(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            StoreError::Full(_) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
             e => {
                 tracing::error!(error = %e, "flag store failed");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())

@@ -68,6 +68,8 @@ pub enum StoreError {
     UnknownSegment(i32),
     #[error("segment {id} is used by {flags:?}; remove it from their strategies first")]
     SegmentInUse { id: i32, flags: Vec<String> },
+    #[error("{0}")]
+    Full(String),
     #[error("an environment named {0:?} already exists")]
     EnvironmentExists(String),
     #[error("there is no archived flag {0:?}")]
@@ -460,6 +462,13 @@ CREATE TABLE feature_tags (
     value TEXT NOT NULL,
     PRIMARY KEY (feature, type, value)
 );
+"#,
+    ),
+    (
+        6,
+        r#"
+CREATE INDEX feature_metrics_hour ON feature_metrics (hour);
+CREATE INDEX client_instances_last_seen ON client_instances (last_seen);
 "#,
     ),
 ];
@@ -1038,8 +1047,9 @@ impl Store for SqliteStore {
     }
 
     fn register_client(&self, r: &Registration) -> Result<()> {
-        self.conn()
-            .prepare_cached(
+        let conn = self.conn();
+        admit_instance(&conn, &r.app_name, &r.instance_id, &r.environment)?;
+        conn.prepare_cached(
                 "INSERT INTO client_instances
                     (app_name, instance_id, environment, sdk_version, strategies, interval_ms, last_seen)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -1065,6 +1075,27 @@ impl Store for SqliteStore {
     fn record_metrics(&self, report: &Report) -> Result<usize> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db("begin recording metrics"))?;
+        admit_instance(
+            &tx,
+            &report.app_name,
+            &report.instance_id,
+            &report.environment,
+        )?;
+        // The first report of an hour drops counts past their retention.
+        let new_hour: bool = tx
+            .query_row(
+                "SELECT NOT EXISTS (SELECT 1 FROM feature_metrics WHERE hour = ?1)",
+                [report.hour_ms],
+                |r| r.get(0),
+            )
+            .map_err(db("read metrics"))?;
+        if new_hour {
+            tx.execute(
+                "DELETE FROM feature_metrics WHERE hour < ?1",
+                [report.hour_ms - crate::metrics::RETENTION_MS],
+            )
+            .map_err(db("expire metrics"))?;
+        }
         let mut counted = 0;
         for (flag, counts) in &report.toggles {
             let exists: bool = tx
@@ -1790,6 +1821,39 @@ type StrategyRow = (
     String,
     String,
 );
+
+/// Let a new SDK instance in only while fewer than [`crate::metrics::MAX_INSTANCES`]
+/// are remembered (after forgetting the long-silent ones), so a client token cannot
+/// fill the database with invented application names.
+fn admit_instance(conn: &Connection, app: &str, instance: &str, environment: &str) -> Result<()> {
+    use crate::metrics::{INSTANCE_TTL_MS, MAX_INSTANCES};
+    let known: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM client_instances
+                WHERE app_name = ?1 AND instance_id = ?2 AND environment = ?3)",
+            [app, instance, environment],
+            |r| r.get(0),
+        )
+        .map_err(db("look up an instance"))?;
+    if known {
+        return Ok(());
+    }
+    conn.execute(
+        "DELETE FROM client_instances WHERE last_seen < ?1",
+        [now_millis() - INSTANCE_TTL_MS],
+    )
+    .map_err(db("forget silent instances"))?;
+    let count: i64 = conn
+        .query_row("SELECT COUNT(*) FROM client_instances", [], |r| r.get(0))
+        .map_err(db("count instances"))?;
+    if count >= MAX_INSTANCES {
+        return Err(StoreError::Full(format!(
+            "{MAX_INSTANCES} SDK instances are registered already; new ones are refused until \
+             silent ones expire (after 7 days)"
+        )));
+    }
+    Ok(())
+}
 
 fn read_segments(conn: &Connection) -> Result<Vec<AdminSegment>> {
     let mut stmt = conn
@@ -2532,6 +2596,78 @@ mod tests {
                 Problem::AnchorMismatch { seq: 5 }
             ]
         );
+    }
+
+    #[test]
+    fn invented_instances_are_capped_and_old_counts_expire() {
+        use crate::metrics::{MAX_INSTANCES, RETENTION_MS, parse_registration, parse_report};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("flags.db")).unwrap();
+        let now = now_millis();
+        {
+            let mut conn = store.conn();
+            let tx = conn.transaction().unwrap();
+            for i in 0..MAX_INSTANCES {
+                tx.execute(
+                    "INSERT INTO client_instances
+                        (app_name, instance_id, environment, strategies, last_seen)
+                     VALUES (?1, 'i', 'production', '[]', ?2)",
+                    params![format!("app-{i}"), now],
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let reg = |app: &str| {
+            parse_registration(
+                &serde_json::json!({"appName": app, "instanceId": "i"}),
+                "production",
+                now,
+            )
+            .unwrap()
+        };
+        assert!(matches!(
+            store.register_client(&reg("one-too-many")),
+            Err(StoreError::Full(_))
+        ));
+        store.register_client(&reg("app-7")).unwrap();
+        // Once instances fall silent for a week they are forgotten, and room returns.
+        store
+            .conn()
+            .execute(
+                "UPDATE client_instances SET last_seen = 0 WHERE app_name = 'app-1'",
+                [],
+            )
+            .unwrap();
+        store.register_client(&reg("newcomer")).unwrap();
+
+        // Counts past retention go with the first report of a new hour.
+        store
+            .create_feature(
+                DEFAULT_PROJECT,
+                &NewFeature {
+                    name: "f".into(),
+                    ..NewFeature::default()
+                },
+                &Actor::system(),
+            )
+            .unwrap();
+        let report = |at: i64| {
+            parse_report(
+                &serde_json::json!({"appName": "app-7", "instanceId": "i",
+                    "bucket": {"toggles": {"f": {"yes": 1}}}}),
+                "production",
+                at,
+            )
+            .unwrap()
+        };
+        store
+            .record_metrics(&report(now - RETENTION_MS - 7_200_000))
+            .unwrap();
+        assert_eq!(store.feature_metrics("f", 0).unwrap().len(), 1);
+        store.record_metrics(&report(now)).unwrap();
+        let rows = store.feature_metrics("f", 0).unwrap();
+        assert_eq!(rows.len(), 1, "the expired hour is gone: {rows:?}");
     }
 
     #[test]
