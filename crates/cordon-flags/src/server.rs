@@ -738,15 +738,27 @@ async fn admin_create_token(
             req.token_type
         ))
     })?;
-    let project = match (req.project, req.projects.as_deref()) {
+    // Several projects are kept as one comma-separated scope ("a,b"); project names
+    // cannot contain commas. A list containing "*" is every project.
+    let project = match (req.project, req.projects) {
         (Some(p), None) => p,
-        (None, Some([p])) => p.clone(),
-        (None, None) => "*".to_owned(),
-        (None, Some(_)) => {
+        (None, Some(list)) if list.is_empty() => {
             return Err(ApiError::bad_request(
-                "a token scoped to several projects is not supported yet; give one project or \"*\"",
+                "projects must name at least one project",
             ));
         }
+        (None, Some(list)) if list.iter().any(|p| p == "*") => "*".to_owned(),
+        (None, Some(mut list)) => {
+            if list.len() > 100 || list.iter().any(|p| p.is_empty() || p.contains(',')) {
+                return Err(ApiError::bad_request(
+                    "projects is a list of at most 100 project names",
+                ));
+            }
+            list.sort();
+            list.dedup();
+            list.join(",")
+        }
+        (None, None) => "*".to_owned(),
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
                 "give either project or projects, not both",
@@ -777,7 +789,13 @@ async fn admin_create_token(
     if env != "*" && !envs.contains(&env) {
         return Err(StoreError::UnknownEnvironment(env).into());
     }
-    let secret = token::generate(&project, &environment).map_err(|e| {
+    // Unleash writes a token for several projects as `[]:env.secret`.
+    let shown_project = if project.contains(',') {
+        "[]"
+    } else {
+        &project
+    };
+    let secret = token::generate(shown_project, &environment).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot draw random bytes: {e}"),
@@ -802,7 +820,7 @@ async fn admin_create_token(
             secret,
             token_name: req.token_name,
             token_type: token_type.as_str(),
-            projects: vec![project.clone()],
+            projects: project.split(',').map(str::to_owned).collect(),
             project,
             environment,
         }),

@@ -119,7 +119,8 @@ pub trait Store: Send + Sync + 'static {
     /// other environments). Atomic: on error nothing changes.
     fn import_state(&self, environment: &str, state: &ClientFeatures, actor: &Actor) -> Result<()>;
     /// The state of one environment as the client API serves it (segments as a
-    /// top-level list, not inlined), restricted to `project` unless it is `*`, and the
+    /// top-level list, not inlined), restricted to `project` unless it is `*` (a
+    /// comma-separated list for tokens of several projects), and the
     /// revision it was read at (both from one consistent read).
     fn client_state(&self, environment: &str, project: &str) -> Result<(ClientFeatures, u64)>;
     /// The revision of the flag state: the sequence number of the newest audit event
@@ -2038,7 +2039,7 @@ fn read_client_state(
                         f.impression_data, fe.enabled, fe.variants
                  FROM features f JOIN feature_environments fe ON fe.feature = f.name
                  WHERE fe.environment = ?1 AND NOT f.archived
-                   AND (?2 = '*' OR f.project = ?2)",
+                   AND (?2 = '*' OR instr(',' || ?2 || ',', ',' || f.project || ',') > 0)",
             )
             .map_err(db("read the flag state"))?;
         let mut rows = stmt
