@@ -441,7 +441,7 @@ pub(crate) async fn list_tokens(
         .map(|t| TokenInfo {
             token_name: t.name,
             token_type: t.token_type.as_str(),
-            projects: vec![t.project.clone()],
+            projects: t.project.split(',').map(str::to_owned).collect(),
             project: t.project,
             environment: t.environment,
         })

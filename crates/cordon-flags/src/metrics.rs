@@ -24,6 +24,12 @@ pub const MAX_TOGGLES: usize = 10_000;
 pub const MAX_VARIANTS: usize = 100;
 /// Most strategies named in one registration.
 pub const MAX_STRATEGIES: usize = 100;
+/// Most SDK instances remembered; more are refused (`429`) until old ones expire.
+pub const MAX_INSTANCES: i64 = 10_000;
+/// An instance not heard from for this long is forgotten.
+pub const INSTANCE_TTL_MS: i64 = 7 * 24 * 3_600_000;
+/// Hourly counts older than this are deleted.
+pub const RETENTION_MS: i64 = 31 * 24 * 3_600_000;
 /// Largest single count accepted (a report covers seconds to minutes of evaluations).
 pub const MAX_COUNT: u64 = 1 << 40;
 

@@ -233,6 +233,15 @@ CREATE TABLE feature_tags (
         sqlite: "",
         postgres: "",
     },
+    Migration {
+        version: 6,
+        portable: r#"
+CREATE INDEX feature_metrics_hour ON feature_metrics (hour);
+CREATE INDEX client_instances_last_seen ON client_instances (last_seen);
+"#,
+        sqlite: "",
+        postgres: "",
+    },
 ];
 
 /// The newest schema version this build knows.

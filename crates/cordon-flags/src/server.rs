@@ -102,6 +102,7 @@ impl From<StoreError> for ApiError {
             | StoreError::EnvironmentExists(_)
             | StoreError::SegmentInUse { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
             StoreError::NotArchived(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            StoreError::Full(_) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
             e => {
                 tracing::error!(error = %e, "flag store failed");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
@@ -765,15 +766,27 @@ async fn admin_create_token(
             req.token_type
         ))
     })?;
-    let project = match (req.project, req.projects.as_deref()) {
+    // Several projects are kept as one comma-separated scope ("a,b"); project names
+    // cannot contain commas. A list containing "*" is every project.
+    let project = match (req.project, req.projects) {
         (Some(p), None) => p,
-        (None, Some([p])) => p.clone(),
-        (None, None) => "*".to_owned(),
-        (None, Some(_)) => {
+        (None, Some(list)) if list.is_empty() => {
             return Err(ApiError::bad_request(
-                "a token scoped to several projects is not supported yet; give one project or \"*\"",
+                "projects must name at least one project",
             ));
         }
+        (None, Some(list)) if list.iter().any(|p| p == "*") => "*".to_owned(),
+        (None, Some(mut list)) => {
+            if list.len() > 100 || list.iter().any(|p| p.is_empty() || p.contains(',')) {
+                return Err(ApiError::bad_request(
+                    "projects is a list of at most 100 project names",
+                ));
+            }
+            list.sort();
+            list.dedup();
+            list.join(",")
+        }
+        (None, None) => "*".to_owned(),
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
                 "give either project or projects, not both",
@@ -804,7 +817,13 @@ async fn admin_create_token(
     if env != "*" && !envs.contains(&env) {
         return Err(StoreError::UnknownEnvironment(env).into());
     }
-    let secret = token::generate(&project, &environment).map_err(|e| {
+    // Unleash writes a token for several projects as `[]:env.secret`.
+    let shown_project = if project.contains(',') {
+        "[]"
+    } else {
+        &project
+    };
+    let secret = token::generate(shown_project, &environment).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot draw random bytes: {e}"),
@@ -829,7 +848,7 @@ async fn admin_create_token(
             secret,
             token_name: req.token_name,
             token_type: token_type.as_str(),
-            projects: vec![project.clone()],
+            projects: project.split(',').map(str::to_owned).collect(),
             project,
             environment,
         }),
@@ -930,22 +949,38 @@ async fn admin_get_feature(
     State(app): State<Shared>,
     headers: HeaderMap,
     Path((project, name)): Path<(String, String)>,
-) -> Result<Json<FeatureSummary>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     app.authenticate(&headers, &[TokenType::Admin])?;
     let a = app.clone();
-    let p = project.clone();
-    let features = blocking(move || a.store.features(&p)).await??;
-    features
-        .into_iter()
-        .find(|f| f.name == name)
-        .map(Json)
-        .ok_or_else(|| {
-            StoreError::UnknownFlag {
-                project,
-                flag: name,
-            }
-            .into()
-        })
+    let (p, n) = (project.clone(), name.clone());
+    // As Unleash answers it: each environment with its strategies and variants.
+    let found = blocking(move || -> Result<_, StoreError> {
+        let Some(summary) = a.store.features(&p)?.into_iter().find(|f| f.name == n) else {
+            return Ok(None);
+        };
+        let mut envs = Vec::new();
+        for e in &summary.environments {
+            let config = a.store.feature_environment(&p, &n, &e.name)?;
+            envs.push(serde_json::json!({
+                "name": e.name,
+                "enabled": config.enabled,
+                "strategyCount": e.strategy_count,
+                "strategies": crate::wire::to_value(&config.strategies),
+                "variants": crate::wire::to_value(&config.variants),
+            }));
+        }
+        let mut json = serde_json::to_value(&summary).unwrap_or_default();
+        json["environments"] = envs.into();
+        Ok(Some(json))
+    })
+    .await??;
+    found.map(Json).ok_or_else(|| {
+        StoreError::UnknownFlag {
+            project,
+            flag: name,
+        }
+        .into()
+    })
 }
 
 /// `POST .../features/:name/environments/:env/on|off`. Turning off is the kill

@@ -98,6 +98,8 @@ pub enum StoreError {
     UnknownSegment(i32),
     #[error("segment {id} is used by {flags:?}; remove it from their strategies first")]
     SegmentInUse { id: i32, flags: Vec<String> },
+    #[error("{0}")]
+    Full(String),
     #[error("an environment named {0:?} already exists")]
     EnvironmentExists(String),
     #[error("there is no archived flag {0:?}")]
@@ -147,7 +149,8 @@ pub trait Store: Send + Sync + 'static {
     /// other environments). Atomic: on error nothing changes.
     fn import_state(&self, environment: &str, state: &ClientFeatures, actor: &Actor) -> Result<()>;
     /// The state of one environment as the client API serves it (segments as a
-    /// top-level list, not inlined), restricted to `project` unless it is `*`, and the
+    /// top-level list, not inlined), restricted to `project` unless it is `*` (a
+    /// comma-separated list for tokens of several projects), and the
     /// revision it was read at (both from one consistent read).
     fn client_state(&self, environment: &str, project: &str) -> Result<(ClientFeatures, u64)>;
     /// The revision of the flag state: the sequence number of the newest audit event
@@ -701,6 +704,7 @@ impl<D: Driver> Store for D {
 
     fn register_client(&self, r: &Registration) -> Result<()> {
         self.write("record a client registration", |tx| {
+            admit_instance(tx, &r.app_name, &r.instance_id, &r.environment)?;
             tx.execute(
                 "record a client registration",
                 "INSERT INTO client_instances
@@ -726,6 +730,25 @@ impl<D: Driver> Store for D {
 
     fn record_metrics(&self, report: &Report) -> Result<usize> {
         self.write("record metrics", |tx| {
+            admit_instance(
+                tx,
+                &report.app_name,
+                &report.instance_id,
+                &report.environment,
+            )?;
+            // The first report of an hour drops counts past their retention.
+            let new_hour = !tx.exists(
+                "read metrics",
+                "SELECT 1 FROM feature_metrics WHERE hour = ?1",
+                &[&report.hour_ms],
+            )?;
+            if new_hour {
+                tx.execute(
+                    "expire metrics",
+                    "DELETE FROM feature_metrics WHERE hour < ?1",
+                    &[&(report.hour_ms - crate::metrics::RETENTION_MS)],
+                )?;
+            }
             let mut counted = 0;
             // In flag-name order (a BTreeMap), so two reports lock rows in one order.
             for (flag, counts) in &report.toggles {
@@ -1286,6 +1309,41 @@ impl<D: Driver> Store for D {
     }
 }
 
+/// Let a new SDK instance in only while fewer than [`crate::metrics::MAX_INSTANCES`]
+/// are remembered (after forgetting the long-silent ones), so a client token cannot
+/// fill the database with invented application names.
+fn admit_instance(tx: &dyn Sql, app: &str, instance: &str, environment: &str) -> Result<()> {
+    use crate::metrics::{INSTANCE_TTL_MS, MAX_INSTANCES};
+    if tx.exists(
+        "look up an instance",
+        "SELECT 1 FROM client_instances
+         WHERE app_name = ?1 AND instance_id = ?2 AND environment = ?3",
+        &[&app, &instance, &environment],
+    )? {
+        return Ok(());
+    }
+    tx.execute(
+        "forget silent instances",
+        "DELETE FROM client_instances WHERE last_seen < ?1",
+        &[&(rows::now_millis() - INSTANCE_TTL_MS)],
+    )?;
+    let count = tx
+        .row(
+            "count instances",
+            "SELECT COUNT(*) FROM client_instances",
+            &[],
+            |r| r.int(0),
+        )?
+        .unwrap_or(0);
+    if count >= MAX_INSTANCES {
+        return Err(StoreError::Full(format!(
+            "{MAX_INSTANCES} SDK instances are registered already; new ones are refused until \
+             silent ones expire (after 7 days)"
+        )));
+    }
+    Ok(())
+}
+
 /// Add `counts` to the stored counts of one flag in one hour. The row is created if
 /// missing and locked (by a no-op update) before it is read, so two servers adding
 /// to the same hour at once both count.
@@ -1525,15 +1583,15 @@ fn read_revision(c: &dyn Sql) -> Result<u64> {
     Ok(newest.unwrap_or(0).max(0) as u64)
 }
 
+/// `project` is `*`, one project, or several separated by commas.
 fn read_client_state(c: &dyn Sql, environment: &str, project: &str) -> Result<ClientFeatures> {
-    let features = c.rows(
+    let mut features = c.rows(
         "read features",
         "SELECT f.name, f.project, f.type, f.description, f.stale,
                 f.impression_data, fe.enabled, fe.variants
          FROM features f JOIN feature_environments fe ON fe.feature = f.name
-         WHERE fe.environment = ?1 AND NOT f.archived
-           AND (?2 = '*' OR f.project = ?2)",
-        &[&environment, &project],
+         WHERE fe.environment = ?1 AND NOT f.archived",
+        &[&environment],
         |r| {
             Ok(rows::FeatureRow {
                 flag: rows::Flag::read(r)?,
@@ -1542,6 +1600,9 @@ fn read_client_state(c: &dyn Sql, environment: &str, project: &str) -> Result<Cl
             })
         },
     )?;
+    if project != "*" {
+        features.retain(|f| project.split(',').any(|p| p == f.flag.project));
+    }
     let strategies = c.rows(
         "read strategies",
         "SELECT feature, name, sort_order, parameters, constraints, variants, segments

@@ -81,6 +81,17 @@ async fn strategies_are_added_listed_replaced_and_removed() {
     let r = server.get(STRATEGIES, ADMIN, &[]).await;
     assert_eq!(r.json().as_array().unwrap().len(), 1);
     assert_eq!(r.json()[0]["id"], id);
+    // The flag itself shows it too, per environment, as Unleash's admin API does.
+    let flag = server.get(FLAG, ADMIN, &[]).await.json();
+    let production = flag["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "production")
+        .unwrap()
+        .clone();
+    assert_eq!(production["strategies"][0]["id"], id);
+    assert_eq!(production["enabled"], true);
 
     let r = put(
         &server,
@@ -586,4 +597,59 @@ async fn the_frontend_api_fills_remote_address_from_the_connection() {
         )
         .await;
     assert!(on(&r), "forwarding headers are not trusted");
+}
+
+#[tokio::test]
+async fn a_token_for_several_projects_sees_exactly_those() {
+    let server = common::start().await;
+    let state = json!({"version": 2, "features": [
+        {"name": "in-a", "project": "a", "enabled": true, "strategies": []},
+        {"name": "in-b", "project": "b", "enabled": true, "strategies": []},
+        {"name": "in-c", "project": "c", "enabled": true, "strategies": []}
+    ]});
+    assert_eq!(server.import("production", &state).await.status, 202);
+    let r = server
+        .post_json(
+            "/api/admin/api-tokens",
+            ADMIN,
+            &json!({"tokenName": "ab", "type": "client", "environment": "production",
+                "projects": ["b", "a", "a"]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["projects"], json!(["a", "b"]));
+    let secret = r.json()["secret"].as_str().unwrap().to_owned();
+    assert!(
+        secret.starts_with("[]:production."),
+        "Unleash's format: {secret}"
+    );
+    let r = server.get("/api/client/features", &secret, &[]).await;
+    let mut names: Vec<String> = r.json()["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["in-a", "in-b"]);
+    let r = server.get("/api/client/features/in-c", &secret, &[]).await;
+    assert_eq!(r.status, 404);
+    let r = server.get("/api/admin/api-tokens", ADMIN, &[]).await;
+    assert!(
+        r.json()["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["projects"] == json!(["a", "b"]))
+    );
+    for bad in [json!([]), json!(["a,b"])] {
+        let r = server
+            .post_json(
+                "/api/admin/api-tokens",
+                ADMIN,
+                &json!({"tokenName": "x", "type": "client", "environment": "production", "projects": bad}),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{bad}");
+    }
 }

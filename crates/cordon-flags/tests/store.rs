@@ -393,6 +393,70 @@ fn a_failed_change_writes_no_event<B: Backend>() {
     assert_eq!(store.audit_events().unwrap().len(), 6);
 }
 
+fn invented_instances_are_capped_and_old_counts_expire<B: Backend>() {
+    use cordon_flags::metrics::{MAX_INSTANCES, RETENTION_MS, parse_registration, parse_report};
+    let db = B::new();
+    let store = db.open().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    db.execute(&format!(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {})
+         INSERT INTO client_instances (app_name, instance_id, environment, strategies, last_seen)
+         SELECT 'app-' || i, 'i', 'production', '[]', {now} FROM n",
+        MAX_INSTANCES - 1
+    ))
+    .unwrap();
+    let reg = |app: &str| {
+        parse_registration(
+            &serde_json::json!({"appName": app, "instanceId": "i"}),
+            "production",
+            now,
+        )
+        .unwrap()
+    };
+    assert!(matches!(
+        store.register_client(&reg("one-too-many")),
+        Err(StoreError::Full(_))
+    ));
+    store.register_client(&reg("app-7")).unwrap();
+    // Once instances fall silent for a week they are forgotten, and room returns.
+    db.execute("UPDATE client_instances SET last_seen = 0 WHERE app_name = 'app-1'")
+        .unwrap();
+    store.register_client(&reg("newcomer")).unwrap();
+
+    // Counts past retention go with the first report of a new hour.
+    store
+        .create_feature(
+            DEFAULT_PROJECT,
+            &NewFeature {
+                name: "f".into(),
+                ..NewFeature::default()
+            },
+            &Actor::system(),
+        )
+        .unwrap();
+    let report = |at: i64| {
+        parse_report(
+            &serde_json::json!({"appName": "app-7", "instanceId": "i",
+                "bucket": {"toggles": {"f": {"yes": 1}}}}),
+            "production",
+            at,
+        )
+        .unwrap()
+    };
+    store
+        .record_metrics(&report(now - RETENTION_MS - 7_200_000))
+        .unwrap();
+    assert_eq!(store.feature_metrics("f", 0).unwrap().len(), 1);
+    store.record_metrics(&report(now)).unwrap();
+    store.record_metrics(&report(now)).unwrap();
+    let rows = store.feature_metrics("f", 0).unwrap();
+    assert_eq!(rows.len(), 1, "the expired hour is gone: {rows:?}");
+    assert_eq!(rows[0].yes, 2, "two reports in one hour add up");
+}
+
 /// One `#[test]` per store for each of these functions.
 macro_rules! for_each_store {
     ($($test:ident),* $(,)?) => {
@@ -422,6 +486,7 @@ for_each_store!(
     verify_names_deleted_events,
     verify_names_an_inserted_event,
     a_failed_change_writes_no_event,
+    invented_instances_are_capped_and_old_counts_expire,
 );
 
 /// The SQLite store's anchor beside the database file.
