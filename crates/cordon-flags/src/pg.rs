@@ -1,7 +1,7 @@
 //! The PostgreSQL store, for several server replicas sharing one database.
 //!
-//! [`PgStore`] implements [`Store`] with the schema of `schema.rs`, the same
-//! errors and the same audit chain as [`SqliteStore`](crate::SqliteStore). What
+//! [`PgStore`] is a driver for the store logic of `store.rs` (the same code that runs
+//! on [`SqliteStore`](crate::SqliteStore): same schema, errors, audit chain). What
 //! several writers add:
 //!
 //! - Every write transaction that appends an audit event first takes one
@@ -9,13 +9,13 @@
 //!   replicas are serialized: `seq` never forks or skips, and events commit in `seq`
 //!   order, so no reader sees event N+1 without N.
 //! - Such a transaction also sends `NOTIFY cordon_flags, '<revision>'`, which
-//!   PostgreSQL delivers when it commits. [`Store::watch_changes`] listens on a
+//!   PostgreSQL delivers when it commits. `Store::watch_changes` listens on a
 //!   connection of its own (reconnecting with backoff, and reporting a change after
 //!   every reconnect, since it may have missed some) and tells the server, which drops
 //!   its snapshots, reloads its tokens and refreshes its streams.
 //! - Migrations run in one transaction under another advisory lock, so replicas that
 //!   start together apply them once.
-//! - [`Store::client_state`] reads in one `REPEATABLE READ` transaction, so the state
+//! - `Store::client_state` reads in one `REPEATABLE READ` transaction, so the state
 //!   and its revision agree.
 //!
 //! The trait is synchronous (the server calls it from `spawn_blocking`). The driver is
@@ -27,7 +27,9 @@
 //! connections ([`PgOptions::pool_size`]) are pooled so reads do not queue behind one.
 //!
 //! What it does not do: TLS to the database (use a Unix socket or a trusted network),
-//! or statement timeouts.
+//! statement timeouts, or an audit anchor outside the database (there is no place all
+//! replicas could write it; record the report's `head` elsewhere). A query on a
+//! connection the server has just dropped fails once; the connection is replaced.
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -562,6 +562,33 @@ mod postgres_only {
     }
 
     #[test]
+    fn replicas_bootstrapping_the_same_admin_token_at_once_both_start() {
+        const INIT: &str = "*:*.the-same-init-secret-0123";
+        for _ in 0..5 {
+            let db = common::pg::TestDatabase::create();
+            let stores = [db.open_store(), db.open_store()];
+            let start = std::sync::Barrier::new(2);
+            std::thread::scope(|s| {
+                for store in &stores {
+                    let start = &start;
+                    s.spawn(move || {
+                        start.wait();
+                        cordon_flags::bootstrap_admin_token(store, Some(INIT))
+                            .unwrap_or_else(|e| panic!("a replica failed to start: {e}"))
+                    });
+                }
+            });
+            let admins = stores[0]
+                .tokens()
+                .unwrap()
+                .into_iter()
+                .filter(|t| t.token_type == TokenType::Admin)
+                .count();
+            assert_eq!(admins, 1);
+        }
+    }
+
+    #[test]
     fn the_pool_stays_within_its_size_and_replaces_dropped_connections() {
         let db = common::pg::TestDatabase::create();
         let store = PgStore::connect_with(

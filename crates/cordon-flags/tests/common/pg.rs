@@ -92,6 +92,12 @@ impl TestDatabase {
         }
     }
 
+    /// A store on this database.
+    pub fn open_store(&self) -> cordon_flags::PgStore {
+        cordon_flags::PgStore::connect(&self.url)
+            .unwrap_or_else(|e| panic!("cannot open the test database {}: {e}", self.name))
+    }
+
     /// Run SQL in this database, as someone with direct access would; an error is
     /// the server's message.
     pub fn execute(&self, sql: &str) -> Result<(), String> {
