@@ -316,6 +316,11 @@ impl PgStore {
         block_on(migrate(&mut *store.pool.get()?, &database))?;
         Ok(store)
     }
+
+    /// The database as `user@host:port/name`, for messages (never the password).
+    pub fn database(&self) -> &str {
+        &self.pool.database
+    }
 }
 
 async fn migrate(client: &mut Client, database: &str) -> Result<()> {

@@ -640,6 +640,11 @@ mod postgres_only {
         let url = format!(
             "host={host} port={port} user={user} password=not-the-password dbname=postgres"
         );
+        let db = common::pg::TestDatabase::create();
+        assert_eq!(
+            db.open_store().database(),
+            format!("{user}@{host}:{port}/{}", db.name)
+        );
         let e = PgStore::connect(&url)
             .err()
             .expect("a wrong password is refused");
