@@ -72,7 +72,8 @@ ensure_postgres() {
         echo "starting PostgreSQL cluster $version/$name" >&2
         as_root pg_ctlcluster "$version" "$name" start
     fi
-    as_root su postgres -c "psql -p $port -q -v ON_ERROR_STOP=1" <<SQL
+    # From /, which the postgres user can read, whatever the caller's directory.
+    (cd / && as_root su postgres -c "psql -p $port -q -v ON_ERROR_STOP=1") <<SQL
 DO \$\$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$role') THEN
         CREATE ROLE $role;
