@@ -284,6 +284,7 @@ impl PgStore {
         Self::connect_with(url, PgOptions::default())
     }
 
+    /// [`Self::connect`] with a pool of another size or patience.
     pub fn connect_with(url: &str, options: PgOptions) -> Result<Self> {
         let mut config: Config = url.parse().map_err(StoreError::PgUrl)?;
         if config.get_application_name().is_none() {
