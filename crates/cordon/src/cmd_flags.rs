@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use cordon_flags::client::AdminClient;
-use cordon_flags::{ServeOptions, SqliteStore, Store};
+use cordon_flags::{PgStore, ServeOptions, SqliteStore, Store};
 use cordon_fs::workspace::DataDir;
 
 #[derive(Subcommand)]
@@ -257,8 +257,14 @@ pub struct ServeArgs {
     listen: SocketAddr,
     /// SQLite database file (created with its schema if missing).
     /// Default: flags.db in the data directory ($CORDON_HOME).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "database_url")]
     db: Option<PathBuf>,
+    /// PostgreSQL instead of SQLite, for several replicas sharing one database:
+    /// postgres://USER:PASSWORD@HOST[:PORT]/DB. Changes made through any replica reach
+    /// the streaming clients of every replica (LISTEN/NOTIFY). Prefer the environment
+    /// variable, which keeps the password out of `ps`.
+    #[arg(long, env = "CORDON_FLAGS_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// Admin token to create if no admin token exists yet, as `*:*.SECRET`
     /// (secret of 16 characters or more). Ignored once an admin token exists.
     #[arg(long, env = "CORDON_FLAGS_INIT_ADMIN_TOKEN", hide_env_values = true)]
@@ -699,24 +705,32 @@ fn audit_verify(r: Remote) -> Result<i32, FlagsCliError> {
 }
 
 fn serve(a: ServeArgs) -> Result<i32, FlagsCliError> {
-    let db = match a.db {
-        Some(p) => p,
-        None => {
-            let root = DataDir::from_env()?.root().to_owned();
-            std::fs::create_dir_all(&root).map_err(|source| FlagsCliError::CreateDir {
-                path: root.clone(),
-                source,
-            })?;
-            root.join("flags.db")
+    let (store, where_): (Arc<dyn Store>, String) = match a.database_url.as_deref() {
+        Some(url) if !url.is_empty() => {
+            let store = PgStore::connect(url)?;
+            let name = format!("PostgreSQL {}", store.database());
+            (Arc::new(store), name)
+        }
+        _ => {
+            let db = match a.db {
+                Some(p) => p,
+                None => {
+                    let root = DataDir::from_env()?.root().to_owned();
+                    std::fs::create_dir_all(&root).map_err(|source| FlagsCliError::CreateDir {
+                        path: root.clone(),
+                        source,
+                    })?;
+                    root.join("flags.db")
+                }
+            };
+            (Arc::new(SqliteStore::open(&db)?), db.display().to_string())
         }
     };
-    let store = SqliteStore::open(&db)?;
     let init = a.init_admin_token.as_deref().filter(|t| !t.is_empty());
-    if let Some(generated) = cordon_flags::bootstrap_admin_token(&store, init)? {
+    if let Some(generated) = cordon_flags::bootstrap_admin_token(store.as_ref(), init)? {
         eprintln!("Created the admin token (shown only this once; only its hash is stored):");
         println!("{generated}");
     }
-    let store: Arc<dyn Store> = Arc::new(store);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -729,10 +743,7 @@ fn serve(a: ServeArgs) -> Result<i32, FlagsCliError> {
                 source,
             })?;
         let addr = listener.local_addr().unwrap_or(a.listen);
-        eprintln!(
-            "cordon flags: serving on http://{addr} (database {})",
-            db.display()
-        );
+        eprintln!("cordon flags: serving on http://{addr} (database {where_})");
         cordon_flags::serve(listener, store, ServeOptions::default()).await?;
         Ok(0)
     })

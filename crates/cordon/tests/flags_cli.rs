@@ -345,3 +345,121 @@ fn kill_9_under_write_load_loses_no_acknowledged_change() {
     let verified = s.ok(&["audit", "verify"]);
     assert!(verified.contains("audit chain intact"), "{verified}");
 }
+
+/// A fresh PostgreSQL database for this test, made with `psql`; dropped on drop.
+struct PgDatabase {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl PgDatabase {
+    fn new() -> Self {
+        let admin_url = std::env::var("CORDON_TEST_POSTGRES_URL").expect(
+            "CORDON_TEST_POSTGRES_URL is not set: run scripts/test, which starts PostgreSQL \
+             and sets it (postgres://USER:PASS@127.0.0.1/postgres)",
+        );
+        let name = format!("cordon_cli_{}", std::process::id());
+        let psql = |sql: &str| {
+            let out = Command::new("psql")
+                .arg(&admin_url)
+                .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
+                .output()
+                .expect("psql");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        psql(&format!("DROP DATABASE IF EXISTS {name}"));
+        psql(&format!("CREATE DATABASE {name}"));
+        let (base, _) = admin_url.rsplit_once('/').unwrap();
+        let url = format!("{base}/{name}");
+        Self {
+            admin_url,
+            name,
+            url,
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .arg(&self.admin_url)
+            .args([
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
+
+fn serve_pg(url: &str) -> Served {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
+        .args(["flags", "serve", "--listen", "127.0.0.1:0"])
+        .env("CORDON_FLAGS_DATABASE_URL", url)
+        .env("CORDON_FLAGS_INIT_ADMIN_TOKEN", ADMIN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("the server said where it listens")
+            .unwrap();
+        if let Some(rest) = line.split("serving on ").nth(1) {
+            assert!(line.contains("PostgreSQL"), "{line}");
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Served {
+        child,
+        url,
+        _dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+#[test]
+fn two_replicas_on_postgresql_share_flags_and_the_chain() {
+    let db = PgDatabase::new();
+    let a = serve_pg(&db.url);
+    let b = serve_pg(&db.url);
+    a.ok(&["create", "shared-flag"]);
+    b.ok(&["enable", "shared-flag"]);
+    assert!(
+        flag_state(&a, "shared-flag", "production"),
+        "A sees B's change"
+    );
+    a.ok(&["kill", "shared-flag"]);
+    assert!(
+        !flag_state(&b, "shared-flag", "production"),
+        "B sees A's kill"
+    );
+    let verified = b.ok(&["audit", "verify"]);
+    assert!(verified.contains("audit chain intact"), "{verified}");
+
+    // A wrong password: one clear line, non-zero, and the password is not echoed.
+    let (base, rest) = db.url.split_once("://").unwrap();
+    let (_, host) = rest.split_once('@').unwrap();
+    let wrong = format!("{base}://cordon_test:not-the-password-xyz@{host}");
+    let out = Command::new(env!("CARGO_BIN_EXE_cordon"))
+        .args([
+            "flags",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &wrong,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("not-the-password-xyz"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
