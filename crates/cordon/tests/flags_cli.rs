@@ -20,15 +20,19 @@ impl Drop for Served {
 }
 
 fn serve() -> Served {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
-        .args(["flags", "serve", "--listen", "127.0.0.1:0", "--db"])
-        .arg(dir.path().join("flags.db"))
+    serve_in(tempfile::tempdir().unwrap())
+}
+
+/// Start `cordon flags serve` with `configure`'s database options; wait for its
+/// "serving on" line.
+fn launch(configure: impl FnOnce(&mut Command), dir: tempfile::TempDir) -> Served {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cordon"));
+    cmd.args(["flags", "serve", "--listen", "127.0.0.1:0"])
         .env("CORDON_FLAGS_INIT_ADMIN_TOKEN", ADMIN)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    configure(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let url = loop {
         let line = lines
@@ -40,13 +44,23 @@ fn serve() -> Served {
         }
     };
     // Keep draining stderr so the server never blocks on a full pipe.
-    // Keep draining stderr so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     Served {
         child,
         url,
         _dir: dir,
     }
+}
+
+/// Start a server on the SQLite database in `dir` (created if missing).
+fn serve_in(dir: tempfile::TempDir) -> Served {
+    let db = dir.path().join("flags.db");
+    launch(
+        |c| {
+            c.arg("--db").arg(db);
+        },
+        dir,
+    )
 }
 
 impl Served {
@@ -223,35 +237,6 @@ fn the_flags_cli_drives_a_real_server() {
     assert!(verified.contains("audit chain intact"), "{verified}");
 }
 
-/// Start a server on an existing database directory.
-fn serve_in(dir: tempfile::TempDir) -> Served {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
-        .args(["flags", "serve", "--listen", "127.0.0.1:0", "--db"])
-        .arg(dir.path().join("flags.db"))
-        .env("CORDON_FLAGS_INIT_ADMIN_TOKEN", ADMIN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .expect("the server said where it listens")
-            .unwrap();
-        if let Some(rest) = line.split("serving on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Served {
-        child,
-        url,
-        _dir: dir,
-    }
-}
-
 #[test]
 fn kill_9_under_write_load_loses_no_acknowledged_change() {
     use cordon_flags::client::AdminClient;
@@ -397,31 +382,12 @@ impl Drop for PgDatabase {
 }
 
 fn serve_pg(url: &str) -> Served {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
-        .args(["flags", "serve", "--listen", "127.0.0.1:0"])
-        .env("CORDON_FLAGS_DATABASE_URL", url)
-        .env("CORDON_FLAGS_INIT_ADMIN_TOKEN", ADMIN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .expect("the server said where it listens")
-            .unwrap();
-        if let Some(rest) = line.split("serving on ").nth(1) {
-            assert!(line.contains("PostgreSQL"), "{line}");
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Served {
-        child,
-        url,
-        _dir: tempfile::tempdir().unwrap(),
-    }
+    launch(
+        |c| {
+            c.env("CORDON_FLAGS_DATABASE_URL", url);
+        },
+        tempfile::tempdir().unwrap(),
+    )
 }
 
 #[test]
