@@ -154,7 +154,10 @@ impl Body {
 struct SnapshotCache {
     /// Bumped by every write; a snapshot built from an older generation is not kept.
     generation: u64,
-    map: HashMap<(String, String), Arc<Snapshot>>,
+    /// One cell per scope: the first request after a change builds the snapshot, the
+    /// requests arriving meanwhile wait for that build instead of each starting their
+    /// own (with many pollers, one build per poller stalled every poll for a second).
+    map: HashMap<(String, String), Arc<tokio::sync::OnceCell<Arc<Snapshot>>>>,
 }
 
 pub(crate) struct AppState {
@@ -251,36 +254,37 @@ impl AppState {
         project: &str,
     ) -> Result<Arc<Snapshot>, ApiError> {
         let key = (environment.to_owned(), project.to_owned());
-        let generation = {
-            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(s) = cache.map.get(&key) {
-                return Ok(s.clone());
-            }
-            cache.generation
+        let cell = {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache.map.entry(key.clone()).or_default().clone()
         };
         let this = self.clone();
-        let (env, proj) = key.clone();
-        let snapshot = blocking(move || -> Result<Snapshot, ApiError> {
-            let (state, _) = this.store.client_state(&env, &proj)?;
-            let engine = EngineState::default();
-            if let Some(warnings) = engine.take_state(UpdateMessage::FullResponse(state.clone())) {
-                for w in warnings {
-                    tracing::warn!(toggle = %w.toggle_name, message = %w.message, "flag does not compile");
-                }
-            }
-            Ok(Snapshot {
-                engine,
-                inlined: Body::new(inline_segments(&state)),
-                with_segments: Body::new(state),
+        let snapshot = cell
+            .get_or_try_init(|| async move {
+                let (env, proj) = key;
+                let built = blocking(move || -> Result<Snapshot, ApiError> {
+                    let (state, _) = this.store.client_state(&env, &proj)?;
+                    let engine = EngineState::default();
+                    if let Some(warnings) =
+                        engine.take_state(UpdateMessage::FullResponse(state.clone()))
+                    {
+                        for w in warnings {
+                            tracing::warn!(toggle = %w.toggle_name, message = %w.message, "flag does not compile");
+                        }
+                    }
+                    Ok(Snapshot {
+                        engine,
+                        inlined: Body::new(inline_segments(&state)),
+                        with_segments: Body::new(state),
+                    })
+                })
+                .await??;
+                Ok::<_, ApiError>(Arc::new(built))
             })
-        })
-        .await??;
-        let snapshot = Arc::new(snapshot);
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.generation == generation {
-            cache.map.insert(key, snapshot.clone());
-        }
-        Ok(snapshot)
+            .await?;
+        // A change meanwhile replaced the map, so this cell is no longer served from:
+        // the snapshot is what the store held when this request arrived.
+        Ok(snapshot.clone())
     }
 }
 
@@ -370,6 +374,31 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
 /// Names of fields in `original` that deserializing into the Unleash model dropped,
 /// as JSON paths. The import is rejected when there are any: a misspelt `strategies`
 /// would otherwise import a flag that is on for everyone.
+/// Fields Unleash itself serves in a client-features state that the evaluation model
+/// has no place for and that change no evaluation: a segment's `name`, a strategy
+/// variant's `weightType`. A state copied from Unleash imports with them.
+fn ignorable(path: &str) -> bool {
+    /// `rest` is `[N]` exactly.
+    fn index_only(rest: &str) -> bool {
+        rest.strip_prefix('[')
+            .and_then(|r| r.strip_suffix(']'))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    }
+    let Some((parent, last)) = path.rsplit_once('.') else {
+        return false;
+    };
+    match last {
+        "name" => parent.strip_prefix("$.segments").is_some_and(index_only),
+        "weightType" => parent.rsplit_once(".variants").is_some_and(|(owner, i)| {
+            index_only(i)
+                && owner
+                    .rsplit_once(".strategies")
+                    .is_some_and(|(feature, j)| index_only(j) && !feature.contains(".strategies"))
+        }),
+        _ => false,
+    }
+}
+
 fn dropped_fields(
     original: &serde_json::Value,
     kept: &serde_json::Value,
@@ -383,7 +412,7 @@ fn dropped_fields(
                 let p = format!("{path}.{key}");
                 match k.get(key) {
                     Some(kv) => dropped_fields(v, kv, &p, out),
-                    None if v.is_null() => {}
+                    None if v.is_null() || ignorable(&p) => {}
                     None => out.push(p),
                 }
             }

@@ -543,3 +543,31 @@ async fn the_blocking_admin_client_kills_a_flag() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_state_as_unleash_serves_it_imports() {
+    let server = common::start().await;
+    // Unleash's client API names segments and gives strategy variants a weightType;
+    // neither changes evaluation, and a state copied from Unleash must import.
+    let state = json!({"version": 2, "features": [{
+        "name": "f", "enabled": true,
+        "strategies": [{"name": "default", "parameters": {}, "segments": [1],
+            "variants": [{"name": "a", "weight": 1000, "weightType": "variable", "stickiness": "default"}]}]
+    }], "segments": [{"id": 1, "name": "beta", "constraints": []}]});
+    let r = server.import("production", &state).await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    // Anything else unknown is still refused with its path, including a `name` that
+    // is not a segment's.
+    let state = json!({"version": 2, "features": [], "segments": [{"id": 1, "constraints": [
+        {"contextName": "x", "operator": "IN", "values": ["1"], "name": "oops"}]}]});
+    let r = server.import("production", &state).await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("$.segments[0].constraints[0].name"),
+        "{}",
+        r.json()
+    );
+}
