@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::metrics;
+use crate::rows::now_millis;
 use crate::server::{ApiError, Shared, blocking, parse_json};
 use crate::stream::{FeedError, Frame};
 use crate::token::TokenType;
@@ -34,12 +35,6 @@ impl From<FeedError> for ApiError {
             FeedError::Task => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
-}
-
-fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A revision a client presents back: a plain or quoted (optionally weak) number.
@@ -194,7 +189,7 @@ pub(crate) async fn admin_feature_metrics(
         )));
     }
     let now = now_millis();
-    let since = now - now.rem_euclid(3_600_000) - i64::from(hours_back - 1) * 3_600_000;
+    let since = metrics::hour_start(now) - i64::from(hours_back - 1) * metrics::HOUR_MS;
     let a = app.clone();
     let flag = name.clone();
     let rows = blocking(move || a.store.feature_metrics(&flag, since)).await??;

@@ -27,9 +27,16 @@ pub const MAX_STRATEGIES: usize = 100;
 /// Most SDK instances remembered; more are refused (`429`) until old ones expire.
 pub const MAX_INSTANCES: i64 = 10_000;
 /// An instance not heard from for this long is forgotten.
-pub const INSTANCE_TTL_MS: i64 = 7 * 24 * 3_600_000;
+pub const INSTANCE_TTL_MS: i64 = 7 * 24 * HOUR_MS;
 /// Hourly counts older than this are deleted.
-pub const RETENTION_MS: i64 = 31 * 24 * 3_600_000;
+pub const RETENTION_MS: i64 = 31 * 24 * HOUR_MS;
+/// One hour in milliseconds: counts are filed per hour.
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// The start of the hour `ms` falls in (ms since the epoch).
+pub fn hour_start(ms: i64) -> i64 {
+    ms - ms.rem_euclid(HOUR_MS)
+}
 /// Largest single count accepted (a report covers seconds to minutes of evaluations).
 pub const MAX_COUNT: u64 = 1 << 40;
 
@@ -253,7 +260,7 @@ pub fn parse_report(body: &Value, environment: &str, received_ms: i64) -> Result
         app_name,
         instance_id,
         environment: environment.to_owned(),
-        hour_ms: received_ms - received_ms.rem_euclid(3_600_000),
+        hour_ms: hour_start(received_ms),
         toggles: out,
     })
 }
