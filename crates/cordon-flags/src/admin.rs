@@ -22,7 +22,7 @@ use unleash_types::client_features::{
 };
 use unleash_yggdrasil::{EngineState, UpdateMessage};
 
-use crate::audit::Actor;
+use crate::people::Permission;
 use crate::server::{ApiError, Shared, blocking, parse_json};
 use crate::store::{
     AdminSegment, AdminStrategy, EnvConfig, FeatureEnvTarget, FeatureUpdate, StoreError,
@@ -102,7 +102,7 @@ fn check_constraints(constraints: &[Constraint]) -> Result<(), ApiError> {
 }
 
 /// Check a strategy's shape and compile it with the evaluation engine.
-fn to_strategy(input: StrategyInput) -> Result<Strategy, ApiError> {
+pub(crate) fn to_strategy(input: StrategyInput) -> Result<Strategy, ApiError> {
     let bad = |m: String| Err(ApiError::bad_request(m));
     if input.name.is_empty() || input.name.chars().count() > 100 {
         return bad("a strategy needs a name of 1-100 characters".into());
@@ -198,7 +198,7 @@ fn strategy_json(s: &AdminStrategy) -> Value {
 
 async fn edit(
     app: &Shared,
-    who: crate::store::TokenRecord,
+    who: crate::people::Principal,
     (project, flag, environment): (String, String, String),
     action: &'static str,
     mut f: impl FnMut(&mut EnvConfig) -> Result<(), StoreError> + Send + 'static,
@@ -212,7 +212,7 @@ async fn edit(
             action,
         };
         a.store
-            .edit_feature_environment(&target, &mut f, &Actor::token(&who))
+            .edit_feature_environment(&target, &mut f, &who.actor())
     })
     .await??;
     app.changed().await;
@@ -225,7 +225,7 @@ pub(crate) async fn get_environment(
     headers: axum::http::HeaderMap,
     Path((project, flag, env)): FlagEnvPath,
 ) -> Result<Json<Value>, ApiError> {
-    app.authenticate(&headers, &[TokenType::Admin])?;
+    app.principal(&headers, Permission::Read)?;
     let a = app.clone();
     let (f, e) = (flag.clone(), env.clone());
     let c = blocking(move || a.store.feature_environment(&project, &f, &e)).await??;
@@ -245,7 +245,7 @@ pub(crate) async fn list_strategies(
     headers: axum::http::HeaderMap,
     Path((project, flag, env)): FlagEnvPath,
 ) -> Result<Json<Vec<Value>>, ApiError> {
-    app.authenticate(&headers, &[TokenType::Admin])?;
+    app.principal(&headers, Permission::Read)?;
     let a = app.clone();
     let c = blocking(move || a.store.feature_environment(&project, &flag, &env)).await??;
     Ok(Json(c.strategies.iter().map(strategy_json).collect()))
@@ -258,7 +258,7 @@ pub(crate) async fn add_strategy(
     Path(path): FlagEnvPath,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let who = app.principal(&headers, Permission::Edit)?;
     let (input, _): (StrategyInput, _) = parse_json(body)?;
     let strategy = to_strategy(input)?;
     let id = crate::store::new_id()?;
@@ -293,7 +293,7 @@ pub(crate) async fn update_strategy(
     Path((project, flag, env, id)): StrategyPath,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let who = app.principal(&headers, Permission::Edit)?;
     let (input, _): (StrategyInput, _) = parse_json(body)?;
     let strategy = to_strategy(input)?;
     let (f, e, i) = (flag.clone(), env.clone(), id.clone());
@@ -329,7 +329,7 @@ pub(crate) async fn delete_strategy(
     headers: axum::http::HeaderMap,
     Path((project, flag, env, id)): StrategyPath,
 ) -> Result<StatusCode, ApiError> {
-    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let who = app.principal(&headers, Permission::Edit)?;
     let (f, e) = (flag.clone(), env.clone());
     edit(
         &app,
@@ -353,15 +353,8 @@ pub(crate) async fn delete_strategy(
     Ok(StatusCode::OK)
 }
 
-/// `PUT .../environments/:env/variants`: replace the flag's variants there.
-pub(crate) async fn put_variants(
-    State(app): State<Shared>,
-    headers: axum::http::HeaderMap,
-    Path(path): FlagEnvPath,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let who = app.authenticate(&headers, &[TokenType::Admin])?;
-    let (variants, _): (Vec<Variant>, _) = parse_json(body)?;
+/// Bounds of a flag's variants, and that the engine compiles them.
+pub(crate) fn check_variants(variants: &[Variant]) -> Result<(), ApiError> {
     if variants.len() > MAX_VARIANTS
         || variants
             .iter()
@@ -371,7 +364,19 @@ pub(crate) async fn put_variants(
             "at most {MAX_VARIANTS} variants, each named, with a weight from 0 to 1000"
         )));
     }
-    compile(&[], &variants)?;
+    compile(&[], variants)
+}
+
+/// `PUT .../environments/:env/variants`: replace the flag's variants there.
+pub(crate) async fn put_variants(
+    State(app): State<Shared>,
+    headers: axum::http::HeaderMap,
+    Path(path): FlagEnvPath,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let who = app.principal(&headers, Permission::Edit)?;
+    let (variants, _): (Vec<Variant>, _) = parse_json(body)?;
+    check_variants(&variants)?;
     let config = edit(
         &app,
         who,
@@ -395,7 +400,7 @@ pub(crate) async fn update_feature(
     Path((project, flag)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let who = app.principal(&headers, Permission::Edit)?;
     let (update, _): (FeatureUpdate, _) = parse_json(body)?;
     if update.description.as_deref().is_some_and(too_long)
         || update
@@ -410,7 +415,7 @@ pub(crate) async fn update_feature(
     let a = app.clone();
     blocking(move || {
         a.store
-            .update_feature(&project, &flag, &update, &Actor::token(&who))
+            .update_feature(&project, &flag, &update, &who.actor())
     })
     .await??;
     app.changed().await;
@@ -433,11 +438,13 @@ pub(crate) async fn list_tokens(
     State(app): State<Shared>,
     headers: axum::http::HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    app.authenticate(&headers, &[TokenType::Admin])?;
+    app.principal(&headers, Permission::Administer)?;
     let a = app.clone();
     let tokens = blocking(move || a.store.tokens()).await??;
+    // Personal, agent and session tokens belong to their owner, not to this list.
     let tokens: Vec<TokenInfo> = tokens
         .into_iter()
+        .filter(|t| t.owner.is_none())
         .map(|t| TokenInfo {
             token_name: t.name,
             token_type: t.token_type.as_str(),
@@ -456,23 +463,23 @@ pub(crate) async fn delete_token(
     headers: axum::http::HeaderMap,
     Path(secret): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let who = app.principal(&headers, Permission::Administer)?;
     let hash = TokenHash::of(&secret);
     let a = app.clone();
     let deleted = blocking(move || -> Result<bool, ApiError> {
         let tokens = a.store.tokens()?;
         let target = tokens.iter().find(|t| t.hash == hash);
-        let admins = tokens
-            .iter()
-            .filter(|t| t.token_type == TokenType::Admin)
-            .count();
-        if target.is_some_and(|t| t.token_type == TokenType::Admin) && admins == 1 {
+        let service = |t: &&crate::store::TokenRecord| {
+            t.token_type == TokenType::Admin && t.owner.is_none()
+        };
+        let admins = tokens.iter().filter(service).count();
+        if target.is_some_and(|t| service(&t)) && admins == 1 {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "this is the last admin token; create another admin token before deleting it",
             ));
         }
-        let deleted = a.store.delete_token(&hash, &Actor::token(&who))?;
+        let deleted = a.store.delete_token(&hash, &who.actor())?;
         a.reload_tokens()?;
         Ok(deleted)
     })
@@ -489,7 +496,7 @@ pub(crate) async fn list_projects(
     State(app): State<Shared>,
     headers: axum::http::HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    app.authenticate(&headers, &[TokenType::Admin])?;
+    app.principal(&headers, Permission::Read)?;
     let a = app.clone();
     let projects = blocking(move || a.store.projects()).await??;
     let projects: Vec<Value> = projects
@@ -520,7 +527,7 @@ pub(crate) async fn create_project(
     headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let who = app.principal(&headers, Permission::Administer)?;
     let (p, _): (NewProject, _) = parse_json(body)?;
     if !crate::server::valid_flag_name(&p.id) || p.id.contains('.') || p.id == "*" {
         return Err(ApiError::bad_request(
@@ -529,7 +536,7 @@ pub(crate) async fn create_project(
     }
     let a = app.clone();
     let id = p.id.clone();
-    blocking(move || a.store.create_project(&id, &Actor::token(&who))).await??;
+    blocking(move || a.store.create_project(&id, &who.actor())).await??;
     app.changed().await;
     Ok((
         StatusCode::CREATED,
@@ -551,7 +558,7 @@ pub(crate) async fn events(
     headers: axum::http::HeaderMap,
     q: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    app.authenticate(&headers, &[TokenType::Admin])?;
+    app.principal(&headers, Permission::Read)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let a = app.clone();
@@ -600,7 +607,7 @@ pub(crate) async fn list_environments(
     State(app): State<Shared>,
     headers: Headers,
 ) -> Result<Json<Value>, ApiError> {
-    app.authenticate(&headers, &[TokenType::Admin])?;
+    app.principal(&headers, Permission::Read)?;
     let a = app.clone();
     let envs = blocking(move || a.store.environments()).await??;
     let envs: Vec<Value> = envs
@@ -629,7 +636,7 @@ pub(crate) async fn create_environment(
     headers: Headers,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let who = app.principal(&headers, Permission::Administer)?;
     let (e, _): (NewEnvironment, _) = parse_json(body)?;
     if !valid_name(&e.name) || e.name == "*" {
         return Err(ApiError::bad_request(
@@ -638,7 +645,7 @@ pub(crate) async fn create_environment(
     }
     let a = app.clone();
     let name = e.name.clone();
-    blocking(move || a.store.create_environment(&name, &Actor::token(&who))).await??;
+    blocking(move || a.store.create_environment(&name, &who.actor())).await??;
     app.changed().await;
     Ok((
         StatusCode::CREATED,
@@ -651,7 +658,7 @@ pub(crate) async fn list_segments(
     State(app): State<Shared>,
     headers: Headers,
 ) -> Result<Json<Value>, ApiError> {
-    app.authenticate(&headers, &[TokenType::Admin])?;
+    app.principal(&headers, Permission::Read)?;
     let a = app.clone();
     let segments = blocking(move || a.store.segments()).await??;
     Ok(Json(
@@ -659,7 +666,7 @@ pub(crate) async fn list_segments(
     ))
 }
 
-fn check_segment(s: &AdminSegment) -> Result<(), ApiError> {
+pub(crate) fn check_segment(s: &AdminSegment) -> Result<(), ApiError> {
     if s.name.is_empty() || s.name.chars().count() > 100 {
         return Err(ApiError::bad_request(
             "a segment needs a name of 1-100 characters",
@@ -702,7 +709,7 @@ async fn save_segment(
     id: i32,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<AdminSegment, ApiError> {
-    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let who = app.principal(&headers, Permission::Edit)?;
     let (input, _): (SegmentInput, _) = parse_json(body)?;
     let segment = AdminSegment {
         id,
@@ -713,7 +720,7 @@ async fn save_segment(
     check_segment(&segment)?;
     let a = app.clone();
     let s = segment.clone();
-    let id = blocking(move || a.store.save_segment(&s, &Actor::token(&who))).await??;
+    let id = blocking(move || a.store.save_segment(&s, &who.actor())).await??;
     app.changed().await;
     Ok(AdminSegment { id, ..segment })
 }
@@ -748,9 +755,9 @@ pub(crate) async fn delete_segment(
     headers: Headers,
     Path(id): Path<i32>,
 ) -> Result<StatusCode, ApiError> {
-    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let who = app.principal(&headers, Permission::Edit)?;
     let a = app.clone();
-    blocking(move || a.store.delete_segment(id, &Actor::token(&who))).await??;
+    blocking(move || a.store.delete_segment(id, &who.actor())).await??;
     app.changed().await;
     Ok(StatusCode::OK)
 }
@@ -760,7 +767,7 @@ pub(crate) async fn archived(
     State(app): State<Shared>,
     headers: Headers,
 ) -> Result<Json<Value>, ApiError> {
-    app.authenticate(&headers, &[TokenType::Admin])?;
+    app.principal(&headers, Permission::Read)?;
     let a = app.clone();
     let features = blocking(move || a.store.archived_features()).await??;
     Ok(Json(
@@ -774,9 +781,9 @@ pub(crate) async fn revive(
     headers: Headers,
     Path(flag): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let who = app.principal(&headers, Permission::Edit)?;
     let a = app.clone();
-    blocking(move || a.store.revive_feature(&flag, &Actor::token(&who))).await??;
+    blocking(move || a.store.revive_feature(&flag, &who.actor())).await??;
     app.changed().await;
     Ok(StatusCode::OK)
 }
@@ -787,9 +794,9 @@ pub(crate) async fn delete_archived(
     headers: Headers,
     Path(flag): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let who = app.principal(&headers, Permission::Administer)?;
     let a = app.clone();
-    blocking(move || a.store.delete_archived_feature(&flag, &Actor::token(&who))).await??;
+    blocking(move || a.store.delete_archived_feature(&flag, &who.actor())).await??;
     app.changed().await;
     Ok(StatusCode::OK)
 }
@@ -808,7 +815,7 @@ pub(crate) async fn list_tags(
     headers: Headers,
     Path(flag): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    app.authenticate(&headers, &[TokenType::Admin])?;
+    app.principal(&headers, Permission::Read)?;
     let a = app.clone();
     let tags = blocking(move || a.store.tags(&flag)).await??;
     let tags: Vec<Tag> = tags
@@ -825,7 +832,7 @@ pub(crate) async fn add_tag(
     Path(flag): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let who = app.principal(&headers, Permission::Edit)?;
     let (tag, _): (Tag, _) = parse_json(body)?;
     if !valid_name(&tag.tag_type) || tag.value.is_empty() || tag.value.chars().count() > 100 {
         return Err(ApiError::bad_request(
@@ -834,7 +841,7 @@ pub(crate) async fn add_tag(
     }
     let a = app.clone();
     let (t, v) = (tag.tag_type.clone(), tag.value.clone());
-    let added = blocking(move || a.store.add_tag(&flag, &t, &v, &Actor::token(&who))).await??;
+    let added = blocking(move || a.store.add_tag(&flag, &t, &v, &who.actor())).await??;
     let status = if added {
         StatusCode::CREATED
     } else {
@@ -849,11 +856,11 @@ pub(crate) async fn remove_tag(
     headers: Headers,
     Path((flag, tag_type, value)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let who = app.principal(&headers, Permission::Edit)?;
     let a = app.clone();
     let removed = blocking(move || {
         a.store
-            .remove_tag(&flag, &tag_type, &value, &Actor::token(&who))
+            .remove_tag(&flag, &tag_type, &value, &who.actor())
     })
     .await??;
     if removed {
@@ -883,7 +890,7 @@ pub(crate) async fn add_dependency(
     Path((project, child)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let who = app.principal(&headers, Permission::Edit)?;
     let (d, _): (DependencyInput, _) = parse_json(body)?;
     if d.variants.as_ref().is_some_and(|v| v.len() > MAX_VARIANTS) {
         return Err(ApiError::bad_request(format!(
@@ -898,7 +905,7 @@ pub(crate) async fn add_dependency(
     let a = app.clone();
     blocking(move || {
         a.store
-            .set_dependency(&project, &child, &dependency, &Actor::token(&who))
+            .set_dependency(&project, &child, &dependency, &who.actor())
     })
     .await??;
     app.changed().await;
@@ -911,7 +918,7 @@ pub(crate) async fn remove_dependency(
     headers: Headers,
     Path(path): Path<Vec<(String, String)>>,
 ) -> Result<StatusCode, ApiError> {
-    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let who = app.principal(&headers, Permission::Edit)?;
     let get = |k: &str| path.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let (Some(project), Some(child)) = (get("project"), get("name")) else {
         return Err(ApiError::bad_request("bad path"));
@@ -920,7 +927,7 @@ pub(crate) async fn remove_dependency(
     let a = app.clone();
     blocking(move || {
         a.store
-            .remove_dependency(&project, &child, parent.as_deref(), &Actor::token(&who))
+            .remove_dependency(&project, &child, parent.as_deref(), &who.actor())
     })
     .await??;
     app.changed().await;

@@ -12,10 +12,14 @@
 //!
 //! - [`metrics`]: SDK registrations and evaluation counts, parsed and bounded.
 //!
-//! What it does not do (yet): change requests. See `docs/flags.md`.
+//! - [`cr`] and [`people`]: four-eyes change requests for protected environments, and
+//!   the users, agents and roles they are about. See `docs/flags-governance.md`.
 //! It must not depend on the sandbox crates.
 
 mod admin;
+pub mod cr;
+mod gov;
+pub mod people;
 pub mod audit;
 pub mod client;
 mod live;
@@ -87,6 +91,8 @@ pub fn bootstrap_admin_token(
         project: "*".into(),
         environment: "*".into(),
         hash: token::TokenHash::of(&text),
+        owner: None,
+        expires_ms: None,
     };
     match store.insert_token(&record, &Actor::system()) {
         Ok(()) => Ok(generated.then_some(text)),
@@ -121,6 +127,7 @@ pub async fn serve(
         ) => served.map_err(Error::Serve),
         () = state.feeds.clone().run() => Ok(()),
         () = state.clone().keep_tokens_fresh() => Ok(()),
+        () = state.clone().run_schedules() => Ok(()),
         () = watch => Ok(()),
     }
 }

@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::metrics;
 use crate::rows::now_millis;
+use crate::people::Permission;
 use crate::server::{ApiError, Shared, blocking, parse_json};
 use crate::stream::{FeedError, Frame};
 use crate::token::TokenType;
@@ -180,7 +181,7 @@ pub(crate) async fn admin_feature_metrics(
     Path(name): Path<String>,
     q: Result<Query<MetricsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    app.authenticate(&headers, &[TokenType::Admin])?;
+    app.principal(&headers, Permission::Read)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let hours_back = q.hours_back.unwrap_or(24);
     if !(1..=MAX_HOURS_BACK).contains(&hours_back) {
@@ -208,7 +209,7 @@ pub(crate) async fn admin_applications(
     State(app): State<Shared>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    app.authenticate(&headers, &[TokenType::Admin])?;
+    app.principal(&headers, Permission::Read)?;
     let a = app.clone();
     let apps = blocking(move || a.store.applications()).await??;
     Ok(axum::Json(serde_json::json!({ "applications": apps })).into_response())

@@ -280,6 +280,17 @@ pub fn rfc3339(ms: i64) -> String {
     )
 }
 
+/// An RFC 3339 time (any offset) as milliseconds since the epoch; `None` when it does
+/// not parse.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    if s.len() > 64 {
+        return None;
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;

@@ -173,6 +173,8 @@ pub(crate) fn token(
         project,
         environment,
         hash: TokenHash(hash.try_into().ok()?),
+        owner: None,
+        expires_ms: None,
     })
 }
 

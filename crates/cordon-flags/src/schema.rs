@@ -242,6 +242,42 @@ CREATE INDEX client_instances_last_seen ON client_instances (last_seen);
         sqlite: "",
         postgres: "",
     },
+    Migration {
+        version: 7,
+        portable: r#"
+CREATE TABLE users (
+    name {text} PRIMARY KEY,
+    kind {text} NOT NULL,
+    role {text} NOT NULL,
+    password_hash {text},
+    session {text},
+    created_ms {bigint} NOT NULL
+);
+ALTER TABLE api_tokens ADD COLUMN owner {text};
+ALTER TABLE api_tokens ADD COLUMN expires_ms {bigint};
+CREATE TABLE change_request_settings (
+    project {text} NOT NULL REFERENCES projects(name) ON DELETE CASCADE,
+    environment {text} NOT NULL REFERENCES environments(name) ON DELETE CASCADE,
+    enabled BOOLEAN NOT NULL,
+    required_approvals {bigint} NOT NULL,
+    PRIMARY KEY (project, environment)
+);
+CREATE TABLE change_requests (
+    id {bigint} PRIMARY KEY,
+    project {text} NOT NULL,
+    environment {text} NOT NULL,
+    title {text} NOT NULL,
+    state {text} NOT NULL,
+    created_by {text} NOT NULL,
+    created_ms {bigint} NOT NULL,
+    updated_ms {bigint} NOT NULL,
+    body {json} NOT NULL
+);
+CREATE INDEX change_requests_project ON change_requests (project, state);
+"#,
+        sqlite: "",
+        postgres: "",
+    },
 ];
 
 /// The newest schema version this build knows.

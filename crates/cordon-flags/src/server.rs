@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 use unleash_types::client_features::{ClientFeatures, Context};
 use unleash_yggdrasil::{EngineState, UpdateMessage};
 
-use crate::audit::Actor;
+use crate::people::{Permission, Principal, User};
 use crate::store::{FeatureSummary, NewFeature, Store, StoreError, TokenRecord};
 use crate::stream::Feeds;
 use crate::token::{self, TokenHash, TokenType};
@@ -100,7 +100,14 @@ impl From<StoreError> for ApiError {
             StoreError::FlagExists(_)
             | StoreError::ProjectExists(_)
             | StoreError::EnvironmentExists(_)
-            | StoreError::SegmentInUse { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            | StoreError::SegmentInUse { .. }
+            | StoreError::UserExists(_)
+            | StoreError::ChangeRequestRequired { .. }
+            | StoreError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            StoreError::Forbidden(_) => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
+            StoreError::UnknownChangeRequest { .. } | StoreError::UnknownUser(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+            }
             StoreError::NotArchived(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
             StoreError::Full(_) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
             e => {
@@ -164,6 +171,10 @@ pub(crate) struct AppState {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) feeds: Arc<Feeds>,
     tokens: RwLock<Arc<Vec<TokenRecord>>>,
+    /// Users and agents, for the owners of personal and agent tokens.
+    users: RwLock<Arc<Vec<User>>>,
+    /// Failed logins per user name: (count, start of the window in ms).
+    pub(crate) login_failures: Mutex<HashMap<String, (u32, i64)>>,
     /// Set when another replica may have created a token.
     tokens_stale: Notify,
     cache: Mutex<SnapshotCache>,
@@ -243,9 +254,56 @@ impl AppState {
     }
 
     pub(crate) fn reload_tokens(&self) -> Result<(), StoreError> {
+        let users = self.store.users()?;
         let tokens = self.store.tokens()?;
+        *self.users.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(users);
         *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tokens);
         Ok(())
+    }
+
+    /// Apply scheduled change requests when they are due, once a second.
+    pub(crate) async fn run_schedules(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let store = self.store.clone();
+            let now = crate::rows::now_millis();
+            match tokio::task::spawn_blocking(move || store.run_schedules(now)).await {
+                Ok(Ok(applied)) if !applied.is_empty() => {
+                    tracing::info!(?applied, "applied scheduled change requests");
+                    self.changed().await;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot run scheduled change requests"),
+                Err(e) => tracing::error!(error = %e, "running scheduled change requests failed"),
+            }
+        }
+    }
+
+    /// The user, agent or service behind an admin-API request, if it may do `need`.
+    pub(crate) fn principal(
+        &self,
+        headers: &HeaderMap,
+        need: Permission,
+    ) -> Result<Principal, ApiError> {
+        let token = self.authenticate(headers, &[TokenType::Admin])?;
+        let users = self
+            .users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let who = Principal::of_token(&token, &users, crate::rows::now_millis()).ok_or_else(
+            || {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "this token has expired or its owner was deleted; log in again",
+                )
+            },
+        )?;
+        who.require(need)
+            .map_err(|m| ApiError::new(StatusCode::FORBIDDEN, m))?;
+        Ok(who)
     }
 
     async fn snapshot(
@@ -432,6 +490,8 @@ pub(crate) fn router(
 ) -> Result<(Router, Arc<AppState>), StoreError> {
     let state = Arc::new(AppState {
         tokens: RwLock::new(Arc::new(store.tokens()?)),
+        users: RwLock::new(Arc::new(store.users()?)),
+        login_failures: Mutex::new(HashMap::new()),
         tokens_stale: Notify::new(),
         feeds: Feeds::new(store.clone(), options.max_streams),
         store,
@@ -546,6 +606,65 @@ pub(crate) fn router(
             get(crate::live::admin_applications),
         )
         .route("/api/frontend", get(frontend_get).post(frontend_post))
+        .route(
+            "/api/admin/projects/{project}/change-requests/config",
+            get(crate::gov::get_settings),
+        )
+        .route(
+            "/api/admin/projects/{project}/environments/{env}/change-requests/config",
+            put(crate::gov::put_settings),
+        )
+        .route(
+            "/api/admin/projects/{project}/environments/{env}/change-requests",
+            post(crate::gov::submit),
+        )
+        .route(
+            "/api/admin/projects/{project}/change-requests",
+            get(crate::gov::list),
+        )
+        .route(
+            "/api/admin/projects/{project}/change-requests/open",
+            get(crate::gov::list_open),
+        )
+        .route(
+            "/api/admin/projects/{project}/change-requests/{id}",
+            get(crate::gov::get),
+        )
+        .route(
+            "/api/admin/projects/{project}/change-requests/{id}/state",
+            put(crate::gov::put_state),
+        )
+        .route(
+            "/api/admin/projects/{project}/change-requests/{id}/title",
+            put(crate::gov::put_title),
+        )
+        .route(
+            "/api/admin/projects/{project}/change-requests/{id}/comments",
+            post(crate::gov::comment),
+        )
+        .route(
+            "/api/admin/projects/{project}/change-requests/{id}/changes/{change}",
+            put(crate::gov::put_change).delete(crate::gov::delete_change),
+        )
+        .route("/api/admin/user", get(crate::gov::me))
+        .route(
+            "/api/admin/user/tokens",
+            post(crate::gov::create_personal_token),
+        )
+        .route(
+            "/api/admin/user-admin",
+            get(crate::gov::list_users).post(crate::gov::create_user),
+        )
+        .route(
+            "/api/admin/user-admin/{name}",
+            put(crate::gov::update_user).delete(crate::gov::delete_user),
+        )
+        .route(
+            "/api/admin/agents",
+            get(crate::gov::list_agents).post(crate::gov::create_agent),
+        )
+        .route("/api/admin/login", post(crate::gov::login))
+        .route("/api/admin/logout", post(crate::gov::logout))
         .layer(DefaultBodyLimit::max(options.max_body_bytes));
     let router = admin
         .merge(rest)
@@ -573,7 +692,7 @@ async fn admin_import(
     q: Result<Query<EnvironmentQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let who = app.principal(&headers, Permission::Administer)?;
     let q = environment_query(q)?;
     let (state, raw): (ClientFeatures, Bytes) = parse_json(body)?;
     let original: serde_json::Value = serde_json::from_slice(&raw)
@@ -590,7 +709,7 @@ async fn admin_import(
     let a = app.clone();
     blocking(move || {
         a.store
-            .import_state(&q.environment, &state, &Actor::token(&who))
+            .import_state(&q.environment, &state, &who.actor())
     })
     .await??;
     app.changed().await;
@@ -602,7 +721,7 @@ async fn admin_export(
     headers: HeaderMap,
     q: Result<Query<EnvironmentQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    app.authenticate(&headers, &[TokenType::Admin])?;
+    app.principal(&headers, Permission::Read)?;
     let q = environment_query(q)?;
     let a = app.clone();
     let envs = blocking(move || a.store.environments()).await??;
@@ -787,7 +906,7 @@ async fn admin_create_token(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
-    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let who = app.principal(&headers, Permission::Administer)?;
     let (req, _): (CreateToken, _) = parse_json(body)?;
     let token_type = TokenType::parse(&req.token_type).ok_or_else(|| {
         ApiError::bad_request(format!(
@@ -864,10 +983,12 @@ async fn admin_create_token(
         project: project.clone(),
         environment: environment.clone(),
         hash: TokenHash::of(&secret),
+        owner: None,
+        expires_ms: None,
     };
     let a = app.clone();
     blocking(move || {
-        a.store.insert_token(&record, &Actor::token(&who))?;
+        a.store.insert_token(&record, &who.actor())?;
         a.reload_tokens()
     })
     .await??;
@@ -890,7 +1011,7 @@ async fn admin_audit_verify(
     State(app): State<Shared>,
     headers: HeaderMap,
 ) -> Result<Json<crate::audit::Report>, ApiError> {
-    app.authenticate(&headers, &[TokenType::Admin])?;
+    app.principal(&headers, Permission::Read)?;
     let a = app.clone();
     Ok(Json(
         blocking(move || crate::audit::verify(a.store.as_ref())).await??,
@@ -928,7 +1049,7 @@ async fn admin_create_feature(
     Path(project): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<FeatureSummary>), ApiError> {
-    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let who = app.principal(&headers, Permission::Edit)?;
     let (req, _): (CreateFeature, _) = parse_json(body)?;
     if !valid_flag_name(&req.name) {
         return Err(ApiError::bad_request(format!(
@@ -945,7 +1066,7 @@ async fn admin_create_feature(
     let a = app.clone();
     let created = blocking(move || -> Result<Vec<FeatureSummary>, StoreError> {
         a.store
-            .create_feature(&project, &feature, &Actor::token(&who))?;
+            .create_feature(&project, &feature, &who.actor())?;
         Ok(a.store
             .features(&project)?
             .into_iter()
@@ -966,7 +1087,7 @@ async fn admin_list_features(
     headers: HeaderMap,
     Path(project): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    app.authenticate(&headers, &[TokenType::Admin])?;
+    app.principal(&headers, Permission::Read)?;
     let a = app.clone();
     let features = blocking(move || a.store.features(&project)).await??;
     Ok(Json(
@@ -979,7 +1100,7 @@ async fn admin_get_feature(
     headers: HeaderMap,
     Path((project, name)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    app.authenticate(&headers, &[TokenType::Admin])?;
+    app.principal(&headers, Permission::Read)?;
     let a = app.clone();
     let (p, n) = (project.clone(), name.clone());
     // As Unleash answers it: each environment with its strategies and variants.
@@ -1019,7 +1140,7 @@ async fn admin_switch_feature(
     headers: HeaderMap,
     Path((project, name, env, switch)): Path<(String, String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let who = app.principal(&headers, if switch == "off" { Permission::Kill } else { Permission::Edit })?;
     let enabled = match switch.as_str() {
         "on" => true,
         "off" => false,
@@ -1028,7 +1149,7 @@ async fn admin_switch_feature(
     let a = app.clone();
     let changed = blocking(move || {
         a.store
-            .set_enabled(&project, &name, &env, enabled, &Actor::token(&who))
+            .set_enabled(&project, &name, &env, enabled, &who.actor())
     })
     .await??;
     if changed {
@@ -1043,11 +1164,11 @@ async fn admin_archive_feature(
     headers: HeaderMap,
     Path((project, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let who = app.authenticate(&headers, &[TokenType::Admin])?;
+    let who = app.principal(&headers, Permission::Edit)?;
     let a = app.clone();
     blocking(move || {
         a.store
-            .archive_feature(&project, &name, &Actor::token(&who))
+            .archive_feature(&project, &name, &who.actor())
     })
     .await??;
     app.changed().await;

@@ -101,6 +101,7 @@ pub(crate) trait Columns {
     fn text(&self, i: usize) -> Result<String>;
     fn opt_text(&self, i: usize) -> Result<Option<String>>;
     fn int(&self, i: usize) -> Result<i64>;
+    fn opt_int(&self, i: usize) -> Result<Option<i64>>;
     fn int32(&self, i: usize) -> Result<i32>;
     fn opt_int32(&self, i: usize) -> Result<Option<i32>>;
     fn flag(&self, i: usize) -> Result<bool>;
@@ -122,6 +123,9 @@ macro_rules! impl_columns {
                 $get(self, i)
             }
             fn int(&self, i: usize) -> Result<i64> {
+                $get(self, i)
+            }
+            fn opt_int(&self, i: usize) -> Result<Option<i64>> {
                 $get(self, i)
             }
             fn int32(&self, i: usize) -> Result<i32> {

@@ -21,6 +21,8 @@ use unleash_types::client_features::{ClientFeatures, FeatureDependency, Strategy
 
 use serde::{Deserialize, Serialize};
 
+use crate::cr;
+use crate::people::{Kind, Principal, Role, User};
 use crate::audit::{Actor, Change, Event};
 use crate::metrics::{Application, Counts, MetricsRow, Registration, Report};
 use crate::rows;
@@ -98,6 +100,20 @@ pub enum StoreError {
     UnknownSegment(i32),
     #[error("segment {id} is used by {flags:?}; remove it from their strategies first")]
     SegmentInUse { id: i32, flags: Vec<String> },
+    #[error(
+        "environment {environment:?} of project {project:?} is protected: this change needs a change request (POST /api/admin/projects/{project}/environments/{environment}/change-requests, or `cordon flags cr`); turning a flag off is always allowed"
+    )]
+    ChangeRequestRequired { project: String, environment: String },
+    #[error("there is no change request {id} in project {project:?}")]
+    UnknownChangeRequest { project: String, id: i64 },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("there is no user or agent named {0:?}")]
+    UnknownUser(String),
+    #[error("a user or agent named {0:?} already exists")]
+    UserExists(String),
     #[error("{0}")]
     Full(String),
     #[error("an environment named {0:?} already exists")]
@@ -137,6 +153,11 @@ pub struct TokenRecord {
     /// `*` for every environment (admin tokens only).
     pub environment: String,
     pub hash: TokenHash,
+    /// The user or agent an admin token acts for (personal, agent and console
+    /// session tokens); `None` for service and SDK tokens.
+    pub owner: Option<String>,
+    /// When the token stops working (milliseconds since the epoch); console sessions.
+    pub expires_ms: Option<i64>,
 }
 
 /// The operations the flag server needs from a database.
@@ -267,6 +288,76 @@ pub trait Store: Send + Sync + 'static {
     /// (changes may have been missed meanwhile). The server runs it for as long as it
     /// serves. `None` for a store only this process writes.
     fn watch_changes(&self, on_change: OnChange) -> Option<ChangeWatch>;
+
+    /// Users and agents, by name.
+    fn users(&self) -> Result<Vec<User>>;
+    /// Store a new user or agent.
+    fn create_user(&self, user: &User, actor: &Actor) -> Result<()>;
+    /// Change a user's role or password hash (`None`: leave as is).
+    fn update_user(
+        &self,
+        name: &str,
+        role: Option<Role>,
+        password_hash: Option<&str>,
+        actor: &Actor,
+    ) -> Result<()>;
+    /// Delete a user or agent and every token it owns.
+    fn delete_user(&self, name: &str, actor: &Actor) -> Result<()>;
+    /// Change-request settings of every environment of `project`.
+    fn change_request_settings(&self, project: &str) -> Result<Vec<cr::Setting>>;
+    /// Protect (or stop protecting) one environment of a project.
+    fn set_change_request_settings(
+        &self,
+        project: &str,
+        environment: &str,
+        enabled: bool,
+        required_approvals: i64,
+        actor: &Actor,
+    ) -> Result<()>;
+    /// The change requests of `project`, newest first.
+    fn change_requests(&self, project: &str) -> Result<Vec<cr::View>>;
+    fn change_request(&self, project: &str, id: i64) -> Result<cr::View>;
+    /// Add changes to the caller's draft in (`project`, `environment`), creating it.
+    fn submit_changes(
+        &self,
+        project: &str,
+        environment: &str,
+        changes: &[cr::NewChange],
+        who: &Principal,
+    ) -> Result<cr::View>;
+    /// Replace or drop one change of a request (revokes its approvals).
+    fn edit_change(
+        &self,
+        project: &str,
+        id: i64,
+        change_id: u32,
+        replacement: Option<cr::NewChange>,
+        who: &Principal,
+    ) -> Result<cr::View>;
+    fn set_change_request_title(
+        &self,
+        project: &str,
+        id: i64,
+        title: &str,
+        who: &Principal,
+    ) -> Result<cr::View>;
+    fn comment_change_request(
+        &self,
+        project: &str,
+        id: i64,
+        text: &str,
+        who: &Principal,
+    ) -> Result<cr::View>;
+    /// Submit, approve, reject, apply, schedule or cancel a request.
+    fn transition(
+        &self,
+        project: &str,
+        id: i64,
+        to: &cr::Transition,
+        who: &Principal,
+    ) -> Result<cr::View>;
+    /// Apply the scheduled requests that are due (suspending stale ones); their ids.
+    fn run_schedules(&self, now_ms: i64) -> Result<Vec<i64>>;
 }
 
 /// What [`Store::watch_changes`] calls when the state may have changed elsewhere.
@@ -378,7 +469,7 @@ pub struct FeatureEnvironment {
 }
 
 /// A flag is addressed by name, which is global; `*` when no project is known.
-fn unknown_flag(project: &str, flag: &str) -> StoreError {
+pub(crate) fn unknown_flag(project: &str, flag: &str) -> StoreError {
     StoreError::UnknownFlag {
         project: project.to_owned(),
         flag: flag.to_owned(),
@@ -400,6 +491,7 @@ impl<D: Driver> Store for D {
     fn import_state(&self, environment: &str, state: &ClientFeatures, actor: &Actor) -> Result<()> {
         self.change("import a state", |tx| {
             known_environment(tx, environment)?;
+            crate::cr::guard_environment(tx, environment)?;
             let before = read_client_state(tx, environment, "*")?;
             // Strategies that come back unchanged keep their ids, so an export/import
             // round trip does not break ids that tools or people hold.
@@ -543,7 +635,8 @@ impl<D: Driver> Store for D {
         let rows = self.read(|c| {
             c.rows(
                 "list tokens",
-                "SELECT name, type, project, environment, hash FROM api_tokens",
+                "SELECT name, type, project, environment, hash, owner, expires_ms
+                 FROM api_tokens",
                 &[],
                 |r| {
                     Ok(rows::token(
@@ -552,7 +645,12 @@ impl<D: Driver> Store for D {
                         r.text(2)?,
                         r.text(3)?,
                         r.bytes(4)?,
-                    ))
+                    )
+                    .map(|t| TokenRecord {
+                        owner: r.opt_text(5).ok().flatten(),
+                        expires_ms: r.opt_int(6).ok().flatten(),
+                        ..t
+                    }))
                 },
             )
         })?;
@@ -563,16 +661,27 @@ impl<D: Driver> Store for D {
         self.change("store a token", |tx| {
             tx.execute(
                 "store a token",
-                "INSERT INTO api_tokens (hash, name, type, project, environment)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO api_tokens
+                    (hash, name, type, project, environment, owner, expires_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 &[
                     &token.hash.0.as_slice(),
                     &token.name,
                     &token.token_type.as_str(),
                     &token.project,
                     &token.environment,
+                    &token.owner,
+                    &token.expires_ms,
                 ],
             )?;
+            if token.expires_ms.is_some() {
+                // Console sessions: expired ones are dropped as new ones start.
+                tx.execute(
+                    "drop expired sessions",
+                    "DELETE FROM api_tokens WHERE expires_ms IS NOT NULL AND expires_ms < ?1",
+                    &[&rows::now_millis()],
+                )?;
+            }
             append_event(tx, actor, Change::token_created(token))
         })
     }
@@ -638,6 +747,14 @@ impl<D: Driver> Store for D {
             if before == Some(enabled) {
                 return Ok(false);
             }
+            // Turning on needs four eyes where the environment is protected; turning
+            // off never waits (break-glass), and says so in the log.
+            let break_glass = if enabled {
+                crate::cr::guard(tx, project, environment)?;
+                false
+            } else {
+                crate::cr::required_approvals(tx, project, environment)?.is_some()
+            };
             tx.execute(
                 "switch a flag",
                 "INSERT INTO feature_environments (feature, environment, enabled, variants)
@@ -645,11 +762,11 @@ impl<D: Driver> Store for D {
                  ON CONFLICT (feature, environment) DO UPDATE SET enabled = excluded.enabled",
                 &[&flag, &environment, &enabled],
             )?;
-            append_event(
-                tx,
-                actor,
-                Change::switched(flag, environment, before, enabled),
-            )?;
+            let mut change = Change::switched(flag, environment, before, enabled);
+            if break_glass {
+                change = change.after(serde_json::json!({ "enabled": false, "breakGlass": true }));
+            }
+            append_event(tx, actor, change)?;
             Ok(true)
         })
     }
@@ -657,6 +774,7 @@ impl<D: Driver> Store for D {
     fn archive_feature(&self, project: &str, flag: &str, actor: &Actor) -> Result<()> {
         self.change("archive a flag", |tx| {
             live_feature(tx, project, flag)?;
+            crate::cr::guard_project(tx, project)?;
             tx.execute(
                 "archive a flag",
                 "UPDATE features SET archived = TRUE WHERE name = ?1",
@@ -853,6 +971,7 @@ impl<D: Driver> Store for D {
         self.change("change a flag", |tx| {
             live_feature(tx, project, flag)?;
             known_environment(tx, environment)?;
+            crate::cr::guard(tx, project, environment)?;
             let before = read_env_config(tx, flag, environment)?;
             let mut after = before.clone();
             edit(&mut after)?;
@@ -990,53 +1109,16 @@ impl<D: Driver> Store for D {
 
     fn save_segment(&self, segment: &AdminSegment, actor: &Actor) -> Result<i32> {
         self.change("save a segment", |tx| {
-            let before = read_segments(tx)?.into_iter().find(|s| s.id == segment.id);
-            let id = if segment.id == 0 {
-                tx.row(
-                    "number a segment",
-                    "SELECT COALESCE(MAX(id), 0) + 1 FROM segments",
-                    &[],
-                    |r| r.int32(0),
-                )?
-                .unwrap_or(1)
-            } else if before.is_none() {
-                return Err(StoreError::UnknownSegment(segment.id));
-            } else {
-                segment.id
-            };
-            tx.execute(
-                "save a segment",
-                "INSERT INTO segments (id, name, description, constraints) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (id) DO UPDATE SET name = excluded.name,
-                    description = excluded.description, constraints = excluded.constraints",
-                &[
-                    &id,
-                    &segment.name,
-                    &segment.description,
-                    &Json::of(&segment.constraints),
-                ],
-            )?;
-            let after = AdminSegment {
-                id,
-                ..segment.clone()
-            };
-            append_event(
-                tx,
-                actor,
-                Change::new(if before.is_some() {
-                    "segment-updated"
-                } else {
-                    "segment-created"
-                })
-                .before_if(before)
-                .after(after),
-            )?;
-            Ok(id)
+            if segment.id != 0 {
+                crate::cr::guard_segment(tx, segment.id)?;
+            }
+            write_segment(tx, segment, actor)
         })
     }
 
     fn delete_segment(&self, id: i32, actor: &Actor) -> Result<()> {
         self.change("delete a segment", |tx| {
+            crate::cr::guard_segment(tx, id)?;
             let Some(before) = read_segments(tx)?.into_iter().find(|s| s.id == id) else {
                 return Err(StoreError::UnknownSegment(id));
             };
@@ -1189,56 +1271,8 @@ impl<D: Driver> Store for D {
         actor: &Actor,
     ) -> Result<()> {
         self.change("add a dependency", |tx| {
-            live_feature(tx, project, child)?;
-            let parent = dependency.feature.as_str();
-            if parent == child {
-                return Err(StoreError::Invalid("a flag cannot depend on itself".into()));
-            }
-            live_feature(tx, project, parent).map_err(|_| {
-                StoreError::Invalid(format!(
-                    "the parent {parent:?} must be a live flag in project {project:?}"
-                ))
-            })?;
-            let nested = tx.exists(
-                "check dependencies",
-                "SELECT 1 FROM feature_dependencies WHERE child = ?1 OR parent = ?2",
-                &[&parent, &child],
-            )?;
-            if nested {
-                return Err(StoreError::Invalid(
-                    "dependencies are one level deep: the parent cannot have parents, and a \
-                     flag that is a parent cannot get one"
-                        .into(),
-                ));
-            }
-            let before = read_dependencies(tx, child)?;
-            tx.execute(
-                "replace a dependency",
-                "DELETE FROM feature_dependencies WHERE child = ?1 AND parent = ?2",
-                &[&child, &parent],
-            )?;
-            tx.execute(
-                "add a dependency",
-                "INSERT INTO feature_dependencies (child, parent, enabled, variants, position)
-                 VALUES (?1, ?2, ?3, ?4,
-                    (SELECT COALESCE(MAX(position), -1) + 1 FROM feature_dependencies
-                     WHERE child = ?1))",
-                &[
-                    &child,
-                    &parent,
-                    &dependency.enabled,
-                    &dependency.variants.as_ref().map(Json::of),
-                ],
-            )?;
-            let after = read_dependencies(tx, child)?;
-            append_event(
-                tx,
-                actor,
-                Change::new("feature-dependency-added")
-                    .flag(child)
-                    .before(before)
-                    .after(after),
-            )
+            guard_project_dependencies(tx, project)?;
+            write_dependency(tx, project, child, dependency, actor)
         })
     }
 
@@ -1250,28 +1284,8 @@ impl<D: Driver> Store for D {
         actor: &Actor,
     ) -> Result<()> {
         self.change("remove a dependency", |tx| {
-            live_feature(tx, project, child)?;
-            let before = read_dependencies(tx, child)?;
-            let n = tx.execute(
-                "remove a dependency",
-                "DELETE FROM feature_dependencies
-                 WHERE child = ?1 AND (CAST(?2 AS TEXT) IS NULL OR parent = ?2)",
-                &[&child, &parent],
-            )?;
-            if n == 0 {
-                return Err(StoreError::Invalid(format!(
-                    "{child:?} has no such dependency"
-                )));
-            }
-            let after = read_dependencies(tx, child)?;
-            append_event(
-                tx,
-                actor,
-                Change::new("feature-dependency-removed")
-                    .flag(child)
-                    .before(before)
-                    .after(after),
-            )
+            guard_project_dependencies(tx, project)?;
+            drop_dependency(tx, project, child, parent, actor)
         })
     }
 
@@ -1301,6 +1315,247 @@ impl<D: Driver> Store for D {
                 actor,
                 Change::new("project-created").after(serde_json::json!({ "id": name })),
             )
+        })
+    }
+
+    fn users(&self) -> Result<Vec<User>> {
+        self.read(|c| {
+            c.rows(
+                "list users",
+                "SELECT name, kind, role, password_hash, session, created_ms FROM users
+                 ORDER BY name",
+                &[],
+                |r| {
+                    let (kind, role) = (r.text(1)?, r.text(2)?);
+                    Ok(User {
+                        name: r.text(0)?,
+                        kind: if kind == "agent" { Kind::Agent } else { Kind::User },
+                        // An unknown stored role grants the least.
+                        role: Role::parse(&role).unwrap_or(Role::Viewer),
+                        password_hash: r.opt_text(3)?,
+                        session: r.opt_text(4)?,
+                        created_ms: r.int(5)?,
+                    })
+                },
+            )
+        })
+    }
+
+    fn create_user(&self, user: &User, actor: &Actor) -> Result<()> {
+        self.change("create a user", |tx| {
+            if tx.exists(
+                "look up a user",
+                "SELECT 1 FROM users WHERE name = ?1",
+                &[&user.name],
+            )? {
+                return Err(StoreError::UserExists(user.name.clone()));
+            }
+            tx.execute(
+                "store a user",
+                "INSERT INTO users (name, kind, role, password_hash, session, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                &[
+                    &user.name,
+                    &user.kind.as_str(),
+                    &user.role.as_str(),
+                    &user.password_hash,
+                    &user.session,
+                    &user.created_ms,
+                ],
+            )?;
+            append_event(
+                tx,
+                actor,
+                Change::new(if user.kind == Kind::Agent {
+                    "agent-created"
+                } else {
+                    "user-created"
+                })
+                .after(serde_json::json!({
+                    "username": user.name,
+                    "kind": user.kind.as_str(),
+                    "role": user.role.as_str(),
+                    "session": user.session,
+                    "password": user.password_hash.is_some(),
+                })),
+            )
+        })
+    }
+
+    fn update_user(
+        &self,
+        name: &str,
+        role: Option<Role>,
+        password_hash: Option<&str>,
+        actor: &Actor,
+    ) -> Result<()> {
+        self.change("update a user", |tx| {
+            let Some(before) = tx.row(
+                "read a user",
+                "SELECT role FROM users WHERE name = ?1 AND kind = 'user'",
+                &[&name],
+                |r| r.text(0),
+            )?
+            else {
+                return Err(StoreError::UnknownUser(name.to_owned()));
+            };
+            tx.execute(
+                "update a user",
+                "UPDATE users SET role = COALESCE(?2, role),
+                    password_hash = COALESCE(?3, password_hash) WHERE name = ?1",
+                &[&name, &role.map(Role::as_str), &password_hash],
+            )?;
+            append_event(
+                tx,
+                actor,
+                Change::new("user-updated")
+                    .before(serde_json::json!({ "username": name, "role": before }))
+                    .after(serde_json::json!({
+                        "username": name,
+                        "role": role.map_or(before.clone(), |r| r.as_str().to_owned()),
+                        "passwordChanged": password_hash.is_some(),
+                    })),
+            )
+        })
+    }
+
+    fn delete_user(&self, name: &str, actor: &Actor) -> Result<()> {
+        self.change("delete a user", |tx| {
+            let Some((kind, role)) = tx.row(
+                "read a user",
+                "SELECT kind, role FROM users WHERE name = ?1",
+                &[&name],
+                |r| Ok((r.text(0)?, r.text(1)?)),
+            )?
+            else {
+                return Err(StoreError::UnknownUser(name.to_owned()));
+            };
+            let tokens = tx.execute(
+                "delete a user's tokens",
+                "DELETE FROM api_tokens WHERE owner = ?1",
+                &[&name],
+            )?;
+            tx.execute("delete a user", "DELETE FROM users WHERE name = ?1", &[&name])?;
+            append_event(
+                tx,
+                actor,
+                Change::new("user-deleted")
+                    .before(serde_json::json!({ "username": name, "kind": kind, "role": role }))
+                    .after(serde_json::json!({ "tokensDeleted": tokens })),
+            )
+        })
+    }
+
+    fn change_request_settings(&self, project: &str) -> Result<Vec<cr::Setting>> {
+        self.read(|c| cr::settings(c, project))
+    }
+
+    fn set_change_request_settings(
+        &self,
+        project: &str,
+        environment: &str,
+        enabled: bool,
+        required_approvals: i64,
+        actor: &Actor,
+    ) -> Result<()> {
+        self.change("change a change-request setting", |tx| {
+            cr::set_settings(tx, project, environment, enabled, required_approvals, actor)
+        })
+    }
+
+    fn change_requests(&self, project: &str) -> Result<Vec<cr::View>> {
+        self.read_consistent(|c| {
+            cr::list(c, project)?
+                .into_iter()
+                .map(|r| cr::view(c, r))
+                .collect()
+        })
+    }
+
+    fn change_request(&self, project: &str, id: i64) -> Result<cr::View> {
+        self.read_consistent(|c| cr::view(c, cr::load(c, project, id)?))
+    }
+
+    fn submit_changes(
+        &self,
+        project: &str,
+        environment: &str,
+        changes: &[cr::NewChange],
+        who: &Principal,
+    ) -> Result<cr::View> {
+        self.change("open a change request", |tx| {
+            let id = cr::submit_changes(tx, project, environment, changes, who)?;
+            cr::view(tx, cr::load(tx, project, id)?)
+        })
+    }
+
+    fn edit_change(
+        &self,
+        project: &str,
+        id: i64,
+        change_id: u32,
+        replacement: Option<cr::NewChange>,
+        who: &Principal,
+    ) -> Result<cr::View> {
+        self.change("edit a change request", |tx| {
+            cr::edit_change(tx, project, id, change_id, replacement, who)?;
+            cr::view(tx, cr::load(tx, project, id)?)
+        })
+    }
+
+    fn set_change_request_title(
+        &self,
+        project: &str,
+        id: i64,
+        title: &str,
+        who: &Principal,
+    ) -> Result<cr::View> {
+        self.change("rename a change request", |tx| {
+            cr::set_title(tx, project, id, title, who)?;
+            cr::view(tx, cr::load(tx, project, id)?)
+        })
+    }
+
+    fn comment_change_request(
+        &self,
+        project: &str,
+        id: i64,
+        text: &str,
+        who: &Principal,
+    ) -> Result<cr::View> {
+        self.change("comment on a change request", |tx| {
+            cr::add_comment(tx, project, id, text, who)?;
+            cr::view(tx, cr::load(tx, project, id)?)
+        })
+    }
+
+    fn transition(
+        &self,
+        project: &str,
+        id: i64,
+        to: &cr::Transition,
+        who: &Principal,
+    ) -> Result<cr::View> {
+        self.change("move a change request", |tx| {
+            cr::transition(tx, project, id, to, who)?;
+            cr::view(tx, cr::load(tx, project, id)?)
+        })
+    }
+
+    fn run_schedules(&self, now_ms: i64) -> Result<Vec<i64>> {
+        // Most ticks find nothing due: look before taking the write lock.
+        let due = self.read(|c| {
+            c.exists(
+                "look for scheduled change requests",
+                "SELECT 1 FROM change_requests WHERE state = 'Scheduled'",
+                &[],
+            )
+        })?;
+        if !due {
+            return Ok(Vec::new());
+        }
+        self.change("run scheduled change requests", |tx| {
+            cr::run_schedules(tx, now_ms)
         })
     }
 
@@ -1443,7 +1698,7 @@ fn insert_strategy(
     .map(drop)
 }
 
-fn read_segments(c: &dyn Sql) -> Result<Vec<AdminSegment>> {
+pub(crate) fn read_segments(c: &dyn Sql) -> Result<Vec<AdminSegment>> {
     c.rows(
         "list segments",
         "SELECT id, name, description, constraints FROM segments ORDER BY id",
@@ -1472,7 +1727,7 @@ fn dependency(r: &dyn Columns, first: usize) -> Result<FeatureDependency> {
     })
 }
 
-fn read_dependencies(c: &dyn Sql, child: &str) -> Result<Vec<FeatureDependency>> {
+pub(crate) fn read_dependencies(c: &dyn Sql, child: &str) -> Result<Vec<FeatureDependency>> {
     c.rows(
         "read dependencies",
         "SELECT parent, enabled, variants FROM feature_dependencies
@@ -1498,7 +1753,7 @@ fn strategy(r: &dyn Columns, first: usize) -> Result<Strategy> {
     })
 }
 
-fn read_env_config(c: &dyn Sql, flag: &str, environment: &str) -> Result<EnvConfig> {
+pub(crate) fn read_env_config(c: &dyn Sql, flag: &str, environment: &str) -> Result<EnvConfig> {
     let Some((enabled, variants)) = c.row(
         "read a flag's environment",
         "SELECT enabled, variants FROM feature_environments
@@ -1532,7 +1787,7 @@ fn read_env_config(c: &dyn Sql, flag: &str, environment: &str) -> Result<EnvConf
     })
 }
 
-fn write_env_config(tx: &dyn Sql, flag: &str, environment: &str, c: &EnvConfig) -> Result<()> {
+pub(crate) fn write_env_config(tx: &dyn Sql, flag: &str, environment: &str, c: &EnvConfig) -> Result<()> {
     for id in c
         .strategies
         .iter()
@@ -1669,7 +1924,7 @@ fn read_features_where(
 /// Append one event to the audit chain inside the change's own transaction, which
 /// the driver has made the only writer (see [`Driver::change`]), and announce the new
 /// revision to other servers when it commits.
-fn append_event(tx: &dyn Sql, actor: &Actor, change: Change<'_>) -> Result<()> {
+pub(crate) fn append_event(tx: &dyn Sql, actor: &Actor, change: Change<'_>) -> Result<()> {
     let last = tx.row(
         "read the newest audit event",
         "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
@@ -1698,7 +1953,7 @@ fn append_event(tx: &dyn Sql, actor: &Actor, change: Change<'_>) -> Result<()> {
     tx.announce(event.seq)
 }
 
-fn feature_project(c: &dyn Sql, flag: &str) -> Result<Option<(String, bool)>> {
+pub(crate) fn feature_project(c: &dyn Sql, flag: &str) -> Result<Option<(String, bool)>> {
     c.row(
         "look up a flag",
         "SELECT project, archived FROM features WHERE name = ?1",
@@ -1708,14 +1963,14 @@ fn feature_project(c: &dyn Sql, flag: &str) -> Result<Option<(String, bool)>> {
 }
 
 /// The flag must exist in `project` and not be archived.
-fn live_feature(c: &dyn Sql, project: &str, flag: &str) -> Result<()> {
+pub(crate) fn live_feature(c: &dyn Sql, project: &str, flag: &str) -> Result<()> {
     match feature_project(c, flag)? {
         Some((p, false)) if p == project => Ok(()),
         _ => Err(unknown_flag(project, flag)),
     }
 }
 
-fn known_environment(c: &dyn Sql, environment: &str) -> Result<()> {
+pub(crate) fn known_environment(c: &dyn Sql, environment: &str) -> Result<()> {
     if c.exists(
         "look up the environment",
         "SELECT 1 FROM environments WHERE name = ?1",
@@ -1725,4 +1980,148 @@ fn known_environment(c: &dyn Sql, environment: &str) -> Result<()> {
     } else {
         Err(StoreError::UnknownEnvironment(environment.to_owned()))
     }
+}
+
+/// Create (`id` 0) or replace a segment, with its audit event; returns its id.
+pub(crate) fn write_segment(tx: &dyn Sql, segment: &AdminSegment, actor: &Actor) -> Result<i32> {
+    let before = read_segments(tx)?.into_iter().find(|s| s.id == segment.id);
+    let id = if segment.id == 0 {
+        tx.row(
+            "number a segment",
+            "SELECT COALESCE(MAX(id), 0) + 1 FROM segments",
+            &[],
+            |r| r.int32(0),
+        )?
+        .unwrap_or(1)
+    } else if before.is_none() {
+        return Err(StoreError::UnknownSegment(segment.id));
+    } else {
+        segment.id
+    };
+    tx.execute(
+        "save a segment",
+        "INSERT INTO segments (id, name, description, constraints) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name,
+            description = excluded.description, constraints = excluded.constraints",
+        &[
+            &id,
+            &segment.name,
+            &segment.description,
+            &Json::of(&segment.constraints),
+        ],
+    )?;
+    let after = AdminSegment {
+        id,
+        ..segment.clone()
+    };
+    append_event(
+        tx,
+        actor,
+        Change::new(if before.is_some() {
+            "segment-updated"
+        } else {
+            "segment-created"
+        })
+        .before_if(before)
+        .after(after),
+    )?;
+    Ok(id)
+}
+
+/// Make `child` depend on `dependency.feature`, with its audit event.
+pub(crate) fn write_dependency(
+    tx: &dyn Sql,
+    project: &str,
+    child: &str,
+    dependency: &FeatureDependency,
+    actor: &Actor,
+) -> Result<()> {
+    live_feature(tx, project, child)?;
+    let parent = dependency.feature.as_str();
+    if parent == child {
+        return Err(StoreError::Invalid("a flag cannot depend on itself".into()));
+    }
+    live_feature(tx, project, parent).map_err(|_| {
+        StoreError::Invalid(format!(
+            "the parent {parent:?} must be a live flag in project {project:?}"
+        ))
+    })?;
+    let nested = tx.exists(
+        "check dependencies",
+        "SELECT 1 FROM feature_dependencies WHERE child = ?1 OR parent = ?2",
+        &[&parent, &child],
+    )?;
+    if nested {
+        return Err(StoreError::Invalid(
+            "dependencies are one level deep: the parent cannot have parents, and a \
+             flag that is a parent cannot get one"
+                .into(),
+        ));
+    }
+    let before = read_dependencies(tx, child)?;
+    tx.execute(
+        "replace a dependency",
+        "DELETE FROM feature_dependencies WHERE child = ?1 AND parent = ?2",
+        &[&child, &parent],
+    )?;
+    tx.execute(
+        "add a dependency",
+        "INSERT INTO feature_dependencies (child, parent, enabled, variants, position)
+         VALUES (?1, ?2, ?3, ?4,
+            (SELECT COALESCE(MAX(position), -1) + 1 FROM feature_dependencies
+             WHERE child = ?1))",
+        &[
+            &child,
+            &parent,
+            &dependency.enabled,
+            &dependency.variants.as_ref().map(Json::of),
+        ],
+    )?;
+    let after = read_dependencies(tx, child)?;
+    append_event(
+        tx,
+        actor,
+        Change::new("feature-dependency-added")
+            .flag(child)
+            .before(before)
+            .after(after),
+    )
+}
+
+/// Remove `child`'s dependency on `parent` (all of them for `None`), with its event.
+pub(crate) fn drop_dependency(
+    tx: &dyn Sql,
+    project: &str,
+    child: &str,
+    parent: Option<&str>,
+    actor: &Actor,
+) -> Result<()> {
+    live_feature(tx, project, child)?;
+    let before = read_dependencies(tx, child)?;
+    let n = tx.execute(
+        "remove a dependency",
+        "DELETE FROM feature_dependencies
+         WHERE child = ?1 AND (CAST(?2 AS TEXT) IS NULL OR parent = ?2)",
+        &[&child, &parent],
+    )?;
+    if n == 0 {
+        return Err(StoreError::Invalid(format!(
+            "{child:?} has no such dependency"
+        )));
+    }
+    let after = read_dependencies(tx, child)?;
+    append_event(
+        tx,
+        actor,
+        Change::new("feature-dependency-removed")
+            .flag(child)
+            .before(before)
+            .after(after),
+    )
+}
+
+/// Dependencies hold in every environment, so a project with any protected
+/// environment changes them through change requests only.
+fn guard_project_dependencies(tx: &dyn Sql, project: &str) -> Result<()> {
+    crate::cr::guard_project(tx, project)
 }

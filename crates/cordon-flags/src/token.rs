@@ -111,6 +111,8 @@ mod tests {
             project: project.into(),
             environment: environment.into(),
             hash: TokenHash::of(text),
+            owner: None,
+            expires_ms: None,
         }
     }
 
