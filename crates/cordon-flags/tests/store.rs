@@ -95,6 +95,8 @@ fn client_token() -> TokenRecord {
         project: "*".into(),
         environment: "production".into(),
         hash: TokenHash::of("*:production.s"),
+        owner: None,
+        expires_ms: None,
     }
 }
 
