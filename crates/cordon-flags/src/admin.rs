@@ -469,9 +469,8 @@ pub(crate) async fn delete_token(
     let deleted = blocking(move || -> Result<bool, ApiError> {
         let tokens = a.store.tokens()?;
         let target = tokens.iter().find(|t| t.hash == hash);
-        let service = |t: &&crate::store::TokenRecord| {
-            t.token_type == TokenType::Admin && t.owner.is_none()
-        };
+        let service =
+            |t: &&crate::store::TokenRecord| t.token_type == TokenType::Admin && t.owner.is_none();
         let admins = tokens.iter().filter(service).count();
         if target.is_some_and(|t| service(&t)) && admins == 1 {
             return Err(ApiError::new(
@@ -858,11 +857,8 @@ pub(crate) async fn remove_tag(
 ) -> Result<StatusCode, ApiError> {
     let who = app.principal(&headers, Permission::Edit)?;
     let a = app.clone();
-    let removed = blocking(move || {
-        a.store
-            .remove_tag(&flag, &tag_type, &value, &who.actor())
-    })
-    .await??;
+    let removed =
+        blocking(move || a.store.remove_tag(&flag, &tag_type, &value, &who.actor())).await??;
     if removed {
         Ok(StatusCode::OK)
     } else {

@@ -33,8 +33,8 @@ use crate::rows::now_millis;
 use crate::sql::{Json, Sql};
 use crate::store::{
     AdminSegment, AdminStrategy, EnvConfig, StoreError, append_event, drop_dependency,
-    feature_project, known_environment, new_id, read_dependencies, read_env_config,
-    read_segments, write_dependency, write_env_config, write_segment,
+    feature_project, known_environment, new_id, read_dependencies, read_env_config, read_segments,
+    write_dependency, write_env_config, write_segment,
 };
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -540,7 +540,13 @@ fn save(tx: &dyn Sql, r: &ChangeRequest) -> Result<()> {
     Ok(())
 }
 
-fn event(tx: &dyn Sql, actor: &Actor, action: &str, r: &ChangeRequest, detail: Value) -> Result<()> {
+fn event(
+    tx: &dyn Sql,
+    actor: &Actor,
+    action: &str,
+    r: &ChangeRequest,
+    detail: Value,
+) -> Result<()> {
     let mut after = json!({
         "changeRequest": r.id,
         "project": r.project,
@@ -945,7 +951,13 @@ pub(crate) fn set_title(
     r.title = title.trim().to_owned();
     r.updated_ms = now_millis();
     save(tx, &r)?;
-    event(tx, &who.actor(), "change-request-title-updated", &r, json!({}))
+    event(
+        tx,
+        &who.actor(),
+        "change-request-title-updated",
+        &r,
+        json!({}),
+    )
 }
 
 pub(crate) fn add_comment(
@@ -1335,7 +1347,12 @@ mod tests {
         simulate(&mut s, &Action::UpdateEnabled { enabled: true }, "f", "e").unwrap();
         assert!(s.enabled);
         assert!(matches!(
-            simulate(&mut s, &Action::DeleteStrategy { id: "nope".into() }, "f", "e"),
+            simulate(
+                &mut s,
+                &Action::DeleteStrategy { id: "nope".into() },
+                "f",
+                "e"
+            ),
             Err(StoreError::UnknownStrategy { .. })
         ));
         assert!(

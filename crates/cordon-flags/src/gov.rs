@@ -118,7 +118,9 @@ fn to_change(input: ChangeInput) -> Result<NewChange, ApiError> {
                 .feature
                 .ok_or_else(|| ApiError::bad_request("addDependency needs the parent feature"))?;
             if p.variants.as_ref().is_some_and(|v| v.len() > 100) {
-                return Err(ApiError::bad_request("at most 100 variants in a dependency"));
+                return Err(ApiError::bad_request(
+                    "at most 100 variants in a dependency",
+                ));
             }
             Action::AddDependency(FeatureDependency {
                 feature: parent,
@@ -233,8 +235,11 @@ pub(crate) async fn submit(
         .map(to_change)
         .collect::<Result<Vec<_>, _>>()?;
     let a = app.clone();
-    let view =
-        blocking(move || a.store.submit_changes(&project, &environment, &changes, &who)).await??;
+    let view = blocking(move || {
+        a.store
+            .submit_changes(&project, &environment, &changes, &who)
+    })
+    .await??;
     Ok(json_view(view))
 }
 
@@ -254,12 +259,13 @@ pub(crate) async fn list(
 ) -> Result<Json<Value>, ApiError> {
     app.principal(&headers, Permission::Read)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let state = match q.state.as_deref() {
-        None => None,
-        Some(s) => Some(crate::cr::State::parse(s).ok_or_else(|| {
-            ApiError::bad_request(format!("unknown change-request state {s:?}"))
-        })?),
-    };
+    let state =
+        match q.state.as_deref() {
+            None => None,
+            Some(s) => Some(crate::cr::State::parse(s).ok_or_else(|| {
+                ApiError::bad_request(format!("unknown change-request state {s:?}"))
+            })?),
+        };
     let a = app.clone();
     let all = blocking(move || a.store.change_requests(&project)).await??;
     Ok(Json(Value::Array(
@@ -339,9 +345,10 @@ pub(crate) async fn put_state(
         S::Applied => (Transition::Apply, Permission::Apply),
         S::Cancelled => (Transition::Cancel, Permission::Edit),
         S::Scheduled => {
-            let at = input.scheduled_at.as_deref().ok_or_else(|| {
-                ApiError::bad_request("Scheduled needs scheduledAt (RFC 3339)")
-            })?;
+            let at = input
+                .scheduled_at
+                .as_deref()
+                .ok_or_else(|| ApiError::bad_request("Scheduled needs scheduledAt (RFC 3339)"))?;
             let at = crate::metrics::parse_rfc3339(at).ok_or_else(|| {
                 ApiError::bad_request(format!("scheduledAt {at:?} is not an RFC 3339 time"))
             })?;
@@ -379,8 +386,11 @@ pub(crate) async fn put_title(
     let (t, _): (TitleInput, _) = parse_json(body)?;
     let a = app.clone();
     Ok(json_view(
-        blocking(move || a.store.set_change_request_title(&project, id, &t.title, &who))
-            .await??,
+        blocking(move || {
+            a.store
+                .set_change_request_title(&project, id, &t.title, &who)
+        })
+        .await??,
     ))
 }
 
@@ -747,10 +757,7 @@ fn login_refused() -> ApiError {
 /// Count a failed login for `name`; `Err` once it has failed too often recently.
 fn login_allowed(app: &Shared, name: &str, failed: bool) -> Result<(), ApiError> {
     let now = now_millis();
-    let mut map = app
-        .login_failures
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let mut map = app.login_failures.lock().unwrap_or_else(|p| p.into_inner());
     if map.len() >= MAX_TRACKED_LOGINS {
         map.retain(|_, (_, start)| now - *start < LOGIN_WINDOW_MS);
         if map.len() >= MAX_TRACKED_LOGINS {
@@ -840,16 +847,9 @@ pub(crate) async fn login(
     let expires = now_millis() + people::SESSION_MS;
     let name = user.name.clone();
     let actor = crate::audit::Actor(format!("user:{name}"));
-    let token = blocking(move || {
-        mint(
-            &a,
-            people::SESSION_TOKEN_NAME,
-            &name,
-            Some(expires),
-            &actor,
-        )
-    })
-    .await??;
+    let token =
+        blocking(move || mint(&a, people::SESSION_TOKEN_NAME, &name, Some(expires), &actor))
+            .await??;
     Ok(Json(json!({
         "token": token,
         "username": user.name,

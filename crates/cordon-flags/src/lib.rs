@@ -14,16 +14,17 @@
 //!
 //! - [`cr`] and [`people`]: four-eyes change requests for protected environments, and
 //!   the users, agents and roles they are about. See `docs/flags-governance.md`.
+//!
 //! It must not depend on the sandbox crates.
 
 mod admin;
-pub mod cr;
-mod gov;
-pub mod people;
 pub mod audit;
 pub mod client;
+pub mod cr;
+mod gov;
 mod live;
 pub mod metrics;
+pub mod people;
 pub mod pg;
 mod rows;
 mod schema;

@@ -15,8 +15,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::metrics;
-use crate::rows::now_millis;
 use crate::people::Permission;
+use crate::rows::now_millis;
 use crate::server::{ApiError, Shared, blocking, parse_json};
 use crate::stream::{FeedError, Frame};
 use crate::token::TokenType;

@@ -288,19 +288,14 @@ impl AppState {
         need: Permission,
     ) -> Result<Principal, ApiError> {
         let token = self.authenticate(headers, &[TokenType::Admin])?;
-        let users = self
-            .users
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let who = Principal::of_token(&token, &users, crate::rows::now_millis()).ok_or_else(
-            || {
+        let users = self.users.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let who =
+            Principal::of_token(&token, &users, crate::rows::now_millis()).ok_or_else(|| {
                 ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "this token has expired or its owner was deleted; log in again",
                 )
-            },
-        )?;
+            })?;
         who.require(need)
             .map_err(|m| ApiError::new(StatusCode::FORBIDDEN, m))?;
         Ok(who)
@@ -707,11 +702,7 @@ async fn admin_import(
         )));
     }
     let a = app.clone();
-    blocking(move || {
-        a.store
-            .import_state(&q.environment, &state, &who.actor())
-    })
-    .await??;
+    blocking(move || a.store.import_state(&q.environment, &state, &who.actor())).await??;
     app.changed().await;
     Ok(StatusCode::ACCEPTED)
 }
@@ -1065,8 +1056,7 @@ async fn admin_create_feature(
     };
     let a = app.clone();
     let created = blocking(move || -> Result<Vec<FeatureSummary>, StoreError> {
-        a.store
-            .create_feature(&project, &feature, &who.actor())?;
+        a.store.create_feature(&project, &feature, &who.actor())?;
         Ok(a.store
             .features(&project)?
             .into_iter()
@@ -1140,7 +1130,14 @@ async fn admin_switch_feature(
     headers: HeaderMap,
     Path((project, name, env, switch)): Path<(String, String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let who = app.principal(&headers, if switch == "off" { Permission::Kill } else { Permission::Edit })?;
+    let who = app.principal(
+        &headers,
+        if switch == "off" {
+            Permission::Kill
+        } else {
+            Permission::Edit
+        },
+    )?;
     let enabled = match switch.as_str() {
         "on" => true,
         "off" => false,
@@ -1166,11 +1163,7 @@ async fn admin_archive_feature(
 ) -> Result<StatusCode, ApiError> {
     let who = app.principal(&headers, Permission::Edit)?;
     let a = app.clone();
-    blocking(move || {
-        a.store
-            .archive_feature(&project, &name, &who.actor())
-    })
-    .await??;
+    blocking(move || a.store.archive_feature(&project, &name, &who.actor())).await??;
     app.changed().await;
     Ok(StatusCode::ACCEPTED)
 }

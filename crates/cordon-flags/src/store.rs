@@ -21,10 +21,10 @@ use unleash_types::client_features::{ClientFeatures, FeatureDependency, Strategy
 
 use serde::{Deserialize, Serialize};
 
-use crate::cr;
-use crate::people::{Kind, Principal, Role, User};
 use crate::audit::{Actor, Change, Event};
+use crate::cr;
 use crate::metrics::{Application, Counts, MetricsRow, Registration, Report};
+use crate::people::{Kind, Principal, Role, User};
 use crate::rows;
 pub use crate::schema::SCHEMA_VERSION;
 use crate::sql::{Columns, Driver, Json, Sql};
@@ -103,7 +103,10 @@ pub enum StoreError {
     #[error(
         "environment {environment:?} of project {project:?} is protected: this change needs a change request (POST /api/admin/projects/{project}/environments/{environment}/change-requests, or `cordon flags cr`); turning a flag off is always allowed"
     )]
-    ChangeRequestRequired { project: String, environment: String },
+    ChangeRequestRequired {
+        project: String,
+        environment: String,
+    },
     #[error("there is no change request {id} in project {project:?}")]
     UnknownChangeRequest { project: String, id: i64 },
     #[error("{0}")]
@@ -639,18 +642,14 @@ impl<D: Driver> Store for D {
                  FROM api_tokens",
                 &[],
                 |r| {
-                    Ok(rows::token(
-                        r.text(0)?,
-                        &r.text(1)?,
-                        r.text(2)?,
-                        r.text(3)?,
-                        r.bytes(4)?,
+                    Ok(
+                        rows::token(r.text(0)?, &r.text(1)?, r.text(2)?, r.text(3)?, r.bytes(4)?)
+                            .map(|t| TokenRecord {
+                                owner: r.opt_text(5).ok().flatten(),
+                                expires_ms: r.opt_int(6).ok().flatten(),
+                                ..t
+                            }),
                     )
-                    .map(|t| TokenRecord {
-                        owner: r.opt_text(5).ok().flatten(),
-                        expires_ms: r.opt_int(6).ok().flatten(),
-                        ..t
-                    }))
                 },
             )
         })?;
@@ -1329,7 +1328,11 @@ impl<D: Driver> Store for D {
                     let (kind, role) = (r.text(1)?, r.text(2)?);
                     Ok(User {
                         name: r.text(0)?,
-                        kind: if kind == "agent" { Kind::Agent } else { Kind::User },
+                        kind: if kind == "agent" {
+                            Kind::Agent
+                        } else {
+                            Kind::User
+                        },
                         // An unknown stored role grants the least.
                         role: Role::parse(&role).unwrap_or(Role::Viewer),
                         password_hash: r.opt_text(3)?,
@@ -1435,7 +1438,11 @@ impl<D: Driver> Store for D {
                 "DELETE FROM api_tokens WHERE owner = ?1",
                 &[&name],
             )?;
-            tx.execute("delete a user", "DELETE FROM users WHERE name = ?1", &[&name])?;
+            tx.execute(
+                "delete a user",
+                "DELETE FROM users WHERE name = ?1",
+                &[&name],
+            )?;
             append_event(
                 tx,
                 actor,
@@ -1787,7 +1794,12 @@ pub(crate) fn read_env_config(c: &dyn Sql, flag: &str, environment: &str) -> Res
     })
 }
 
-pub(crate) fn write_env_config(tx: &dyn Sql, flag: &str, environment: &str, c: &EnvConfig) -> Result<()> {
+pub(crate) fn write_env_config(
+    tx: &dyn Sql,
+    flag: &str,
+    environment: &str,
+    c: &EnvConfig,
+) -> Result<()> {
     for id in c
         .strategies
         .iter()

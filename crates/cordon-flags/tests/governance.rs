@@ -157,7 +157,11 @@ async fn nobody_approves_their_own_request_and_two_people_turn_a_flag_on() {
         let r = approve(&server, author, id).await;
         assert_eq!(r.status, 403, "{name} approved their own request");
         // An editor may not approve at all; approvers and admins not their own.
-        let why = if name == "ed" { "may not approve" } else { "your own" };
+        let why = if name == "ed" {
+            "may not approve"
+        } else {
+            "your own"
+        };
         assert!(text(&r).contains(why), "{}", text(&r));
         // Neither a viewer, an editor, nor a service token (not a person) approves.
         for (who, token) in [("viewer", &viewer), ("service", &ADMIN.to_owned())] {
@@ -178,10 +182,15 @@ async fn nobody_approves_their_own_request_and_two_people_turn_a_flag_on() {
         // The diff shows what will change.
         let before = &r.json()["features"][0]["before"];
         let after = &r.json()["features"][0]["after"];
-        assert_eq!((before["enabled"].clone(), after["enabled"].clone()), (json!(false), json!(true)));
+        assert_eq!(
+            (before["enabled"].clone(), after["enabled"].clone()),
+            (json!(false), json!(true))
+        );
         // Viewers cannot apply; the author can.
         assert_eq!(
-            state(&server, &viewer, id, json!({"state": "Applied"})).await.status,
+            state(&server, &viewer, id, json!({"state": "Applied"}))
+                .await
+                .status,
             403
         );
         let r = state(&server, author, id, json!({"state": "Applied"})).await;
@@ -190,7 +199,9 @@ async fn nobody_approves_their_own_request_and_two_people_turn_a_flag_on() {
         assert!(enabled_in_production(&server, &f).await);
         // Closed requests stay closed.
         assert_eq!(
-            state(&server, author, id, json!({"state": "Cancelled"})).await.status,
+            state(&server, author, id, json!({"state": "Cancelled"}))
+                .await
+                .status,
             409
         );
     }
@@ -240,9 +251,19 @@ async fn protected_environments_refuse_direct_changes_but_kill_always_works() {
     let strategies = format!("{PROJECT}/features/checkout/environments/production/strategies");
     let variants = format!("{PROJECT}/features/checkout/environments/production/variants");
     for r in [
-        server.post_json(&strategies, &editor, &json!({"name": "default"})).await,
-        put(&server, &variants, &editor, &json!([{"name": "a", "weight": 1000}])).await,
-        server.delete(&format!("{PROJECT}/features/checkout"), &editor).await,
+        server
+            .post_json(&strategies, &editor, &json!({"name": "default"}))
+            .await,
+        put(
+            &server,
+            &variants,
+            &editor,
+            &json!([{"name": "a", "weight": 1000}]),
+        )
+        .await,
+        server
+            .delete(&format!("{PROJECT}/features/checkout"), &editor)
+            .await,
         server
             .post_json(
                 "/api/admin/state/import?environment=production",
@@ -260,7 +281,10 @@ async fn protected_environments_refuse_direct_changes_but_kill_always_works() {
     }
     // Development is not protected.
     let dev_on = format!("{PROJECT}/features/checkout/environments/development/on");
-    assert_eq!(server.post_json(&dev_on, &editor, &json!({})).await.status, 200);
+    assert_eq!(
+        server.post_json(&dev_on, &editor, &json!({})).await.status,
+        200
+    );
 
     // Break-glass: an agent kills the flag in production, no request needed.
     let r = server.post_json(&off, &bot, &json!({})).await;
@@ -300,7 +324,11 @@ async fn editing_a_request_revokes_its_approvals() {
     let r = approve(&server, &ann, id).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["state"], "In review", "one of two approvals");
-    assert_eq!(approve(&server, &ann, id).await.status, 409, "approvals are unique");
+    assert_eq!(
+        approve(&server, &ann, id).await.status,
+        409,
+        "approvals are unique"
+    );
     // The author raises the rollout: the approval no longer stands.
     let r = put(
         &server,
@@ -319,21 +347,33 @@ async fn editing_a_request_revokes_its_approvals() {
         .await;
     assert_eq!(r.status, 403, "{}", text(&r));
 
-    assert_eq!(approve(&server, &ann, id).await.json()["state"], "In review");
+    assert_eq!(
+        approve(&server, &ann, id).await.json()["state"],
+        "In review"
+    );
     let r = approve(&server, &otto, id).await;
     assert_eq!(r.json()["state"], "Approved", "{}", text(&r));
     // Dropping a change of an approved request sends it back to review.
     let r = server
-        .delete(&format!("{PROJECT}/change-requests/{id}/changes/2"), &author)
+        .delete(
+            &format!("{PROJECT}/change-requests/{id}/changes/2"),
+            &author,
+        )
         .await;
     assert_eq!(r.status, 200, "{}", text(&r));
     assert_eq!(r.json()["state"], "In review");
     assert_eq!(r.json()["approvals"], json!([]));
     assert_eq!(
-        state(&server, &author, id, json!({"state": "Applied"})).await.status,
+        state(&server, &author, id, json!({"state": "Applied"}))
+            .await
+            .status,
         409
     );
-    let types: Vec<Value> = events(&server).await.iter().map(|e| e["type"].clone()).collect();
+    let types: Vec<Value> = events(&server)
+        .await
+        .iter()
+        .map(|e| e["type"].clone())
+        .collect();
     assert!(types.contains(&json!("change-request-approvals-revoked")));
     chain_verifies(&server).await;
 }
@@ -394,22 +434,36 @@ async fn scheduled_requests_apply_on_time_and_are_suspended_by_conflicting_edits
     assert_eq!(r.status, 200, "{}", text(&r));
     // Someone kills promo meanwhile: the schedule must not bring a different state.
     let off = format!("{PROJECT}/features/promo/environments/production/off");
-    assert_eq!(server.post_json(&off, &author, &json!({})).await.status, 200);
+    assert_eq!(
+        server.post_json(&off, &author, &json!({})).await.status,
+        200
+    );
 
     let applied = poll_state(&server, first, |v| v["state"] == "Applied").await;
-    assert_eq!(applied["diff"][0]["after"]["strategies"][0]["name"], "flexibleRollout");
+    assert_eq!(
+        applied["diff"][0]["after"]["strategies"][0]["name"],
+        "flexibleRollout"
+    );
     let suspended = poll_state(&server, second, |v| v["schedule"]["status"] == "suspended").await;
     assert_eq!(suspended["state"], "Scheduled");
     // Applying it by hand is refused too, until it is reviewed again.
     let r = server
-        .get(&format!("{PROJECT}/features/promo/environments/production"), ADMIN, &[])
+        .get(
+            &format!("{PROJECT}/features/promo/environments/production"),
+            ADMIN,
+            &[],
+        )
         .await;
     assert_eq!(r.json()["strategies"], json!([]));
     let r = state(&server, &author, second, json!({"state": "In review"})).await;
     assert_eq!(r.status, 200, "{}", text(&r));
     assert_eq!(r.json()["approvals"], json!([]));
     assert_eq!(r.json()["schedule"], Value::Null);
-    let types: Vec<Value> = events(&server).await.iter().map(|e| e["type"].clone()).collect();
+    let types: Vec<Value> = events(&server)
+        .await
+        .iter()
+        .map(|e| e["type"].clone())
+        .collect();
     assert!(types.contains(&json!("change-request-schedule-suspended")));
     assert!(types.contains(&json!("change-request-scheduled")));
     chain_verifies(&server).await;
@@ -461,11 +515,19 @@ async fn agents_propose_but_never_approve_apply_or_enable_in_production() {
     assert_eq!(approve(&server, &ann, mine).await.status, 200);
     let r = state(&server, &bot, mine, json!({"state": "Applied"})).await;
     assert_eq!(r.status, 403, "{}", text(&r));
-    let r = state(&server, &bot, mine, json!({"state": "Scheduled", "scheduledAt": "2099-01-01T00:00:00Z"})).await;
+    let r = state(
+        &server,
+        &bot,
+        mine,
+        json!({"state": "Scheduled", "scheduledAt": "2099-01-01T00:00:00Z"}),
+    )
+    .await;
     assert_eq!(r.status, 403);
     // Agents administer nothing.
     for r in [
-        server.post_json("/api/admin/agents", &bot, &json!({"name": "twin"})).await,
+        server
+            .post_json("/api/admin/agents", &bot, &json!({"name": "twin"}))
+            .await,
         server
             .post_json(
                 "/api/admin/user-admin",
@@ -480,7 +542,9 @@ async fn agents_propose_but_never_approve_apply_or_enable_in_production() {
             &json!({"changeRequestsEnabled": false}),
         )
         .await,
-        server.post_json("/api/admin/user/tokens", &bot, &json!({})).await,
+        server
+            .post_json("/api/admin/user/tokens", &bot, &json!({}))
+            .await,
     ] {
         assert_eq!(r.status, 403, "{}", text(&r));
     }
@@ -519,7 +583,11 @@ async fn logins_roles_and_sessions() {
         200
     );
     let r = server
-        .post_json(&format!("{PROJECT}/features"), &viewer, &json!({"name": "x"}))
+        .post_json(
+            &format!("{PROJECT}/features"),
+            &viewer,
+            &json!({"name": "x"}),
+        )
         .await;
     assert_eq!(r.status, 403, "{}", text(&r));
 
@@ -550,7 +618,11 @@ async fn logins_roles_and_sessions() {
     // A personal token logs in too; service tokens and agents do not.
     let ed = user(&server, "ed", "editor").await;
     let r = server
-        .post_json("/api/admin/user/tokens", &ed, &json!({"description": "laptop"}))
+        .post_json(
+            "/api/admin/user/tokens",
+            &ed,
+            &json!({"description": "laptop"}),
+        )
         .await;
     assert_eq!(r.status, 201, "{}", text(&r));
     let pat = r.json()["secret"].as_str().unwrap().to_owned();
@@ -558,7 +630,12 @@ async fn logins_roles_and_sessions() {
     assert_eq!(login(json!({"token": ADMIN})).await.status, 403);
     // Personal tokens do not show in the service token list.
     let r = server.get("/api/admin/api-tokens", ADMIN, &[]).await;
-    assert_eq!(r.json()["tokens"].as_array().unwrap().len(), 1, "{}", r.json());
+    assert_eq!(
+        r.json()["tokens"].as_array().unwrap().len(),
+        1,
+        "{}",
+        r.json()
+    );
 
     // Logging out ends the session at once.
     let r = server
@@ -567,10 +644,25 @@ async fn logins_roles_and_sessions() {
     assert_eq!(r.status, 204, "{}", text(&r));
     assert_eq!(server.get("/api/admin/user", &ed, &[]).await.status, 401);
     // Role changes take effect at once; deleting a user revokes their tokens.
-    let r = put(&server, "/api/admin/user-admin/ed", ADMIN, &json!({"role": "admin"})).await;
+    let r = put(
+        &server,
+        "/api/admin/user-admin/ed",
+        ADMIN,
+        &json!({"role": "admin"}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", text(&r));
-    assert_eq!(server.get("/api/admin/user", &pat, &[]).await.json()["role"], "admin");
-    assert_eq!(server.delete("/api/admin/user-admin/ed", ADMIN).await.status, 200);
+    assert_eq!(
+        server.get("/api/admin/user", &pat, &[]).await.json()["role"],
+        "admin"
+    );
+    assert_eq!(
+        server
+            .delete("/api/admin/user-admin/ed", ADMIN)
+            .await
+            .status,
+        200
+    );
     assert_eq!(server.get("/api/admin/user", &pat, &[]).await.status, 401);
     // Bad input.
     for body in [
@@ -578,7 +670,9 @@ async fn logins_roles_and_sessions() {
         json!({"username": "z", "role": "superuser"}),
         json!({"username": "z", "role": "viewer", "password": "short"}),
     ] {
-        let r = server.post_json("/api/admin/user-admin", ADMIN, &body).await;
+        let r = server
+            .post_json("/api/admin/user-admin", ADMIN, &body)
+            .await;
         assert_eq!(r.status, 400, "{body}: {}", text(&r));
     }
     chain_verifies(&server).await;
@@ -595,12 +689,30 @@ async fn bad_change_requests_are_refused_and_store_nothing() {
     assert_eq!(r.status, 400, "{}", text(&r));
     protect(&server, "production", 1).await;
     for (body, status) in [
-        (json!({"feature": "f", "action": "dropTable", "payload": {}}), 400),
-        (json!({"feature": "f", "action": "updateEnabled", "payload": {"enabled": "yes"}}), 400),
-        (json!({"feature": "nope", "action": "updateEnabled", "payload": {"enabled": true}}), 404),
-        (json!({"feature": "f", "action": "deleteStrategy", "payload": {"id": "missing"}}), 404),
-        (json!({"feature": "f", "action": "addStrategy", "payload": {"name": "flexibleRollout", "parameters": {"rollout": "150"}}}), 400),
-        (json!({"feature": "f", "action": "addStrategy", "payload": {"name": "default", "constraints": [{"contextName": "x", "operator": "NOPE", "values": []}]}}), 400),
+        (
+            json!({"feature": "f", "action": "dropTable", "payload": {}}),
+            400,
+        ),
+        (
+            json!({"feature": "f", "action": "updateEnabled", "payload": {"enabled": "yes"}}),
+            400,
+        ),
+        (
+            json!({"feature": "nope", "action": "updateEnabled", "payload": {"enabled": true}}),
+            404,
+        ),
+        (
+            json!({"feature": "f", "action": "deleteStrategy", "payload": {"id": "missing"}}),
+            404,
+        ),
+        (
+            json!({"feature": "f", "action": "addStrategy", "payload": {"name": "flexibleRollout", "parameters": {"rollout": "150"}}}),
+            400,
+        ),
+        (
+            json!({"feature": "f", "action": "addStrategy", "payload": {"name": "default", "constraints": [{"contextName": "x", "operator": "NOPE", "values": []}]}}),
+            400,
+        ),
         (json!([]), 400),
     ] {
         let r = server.post_json(&path, &ed, &body).await;
@@ -609,7 +721,11 @@ async fn bad_change_requests_are_refused_and_store_nothing() {
     let r = server
         .get(&format!("{PROJECT}/change-requests"), ADMIN, &[])
         .await;
-    assert_eq!(r.json(), json!([]), "a refused change left a request behind");
+    assert_eq!(
+        r.json(),
+        json!([]),
+        "a refused change left a request behind"
+    );
     let r = put(
         &server,
         &format!("{PROJECT}/environments/production/change-requests/config"),

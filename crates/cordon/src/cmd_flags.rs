@@ -47,6 +47,17 @@ generated one printed once on standard output. Only its SHA-256 hash is stored."
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Change requests: four-eyes control over protected environments.
+    #[command(subcommand)]
+    Cr(crate::cmd_flags_gov::CrCmd),
+    /// Users (humans with a role: viewer, editor, approver, admin).
+    #[command(subcommand)]
+    User(crate::cmd_flags_gov::UserCmd),
+    /// Agent identities and their tokens.
+    #[command(subcommand)]
+    Agent(crate::cmd_flags_gov::AgentCmd),
+    /// Log in as a user (password on stdin); prints a 12-hour session token.
+    Login(crate::cmd_flags_gov::LoginArgs),
 }
 
 #[derive(Subcommand)]
@@ -212,7 +223,8 @@ pub struct Remote {
         default_value = "http://127.0.0.1:4242"
     )]
     url: String,
-    /// Admin token.
+    /// API token: an admin token, or a user's personal or session token, or an
+    /// agent's token (what it may do follows its role).
     #[arg(long, env = "CORDON_FLAGS_TOKEN", hide_env_values = true)]
     token: String,
 }
@@ -324,16 +336,20 @@ pub fn run(cmd: FlagsCmd) -> Result<i32, FlagsCliError> {
         FlagsCmd::Export(a) => export(a),
         FlagsCmd::Import(a) => import(a),
         FlagsCmd::Audit(AuditCmd::Verify(r)) => audit_verify(r),
+        FlagsCmd::Cr(c) => crate::cmd_flags_gov::cr(c),
+        FlagsCmd::User(c) => crate::cmd_flags_gov::user(c),
+        FlagsCmd::Agent(c) => crate::cmd_flags_gov::agent(c),
+        FlagsCmd::Login(a) => crate::cmd_flags_gov::login(a),
     }
 }
 
-fn admin(r: &Remote) -> Result<AdminClient, FlagsCliError> {
+pub(crate) fn admin(r: &Remote) -> Result<AdminClient, FlagsCliError> {
     Ok(AdminClient::new(&r.url, &r.token)?)
 }
 
 /// Path segments come from the command line; the server only accepts URL-friendly
 /// names, so anything else is escaped and then refused by the server with a 404/400.
-fn segment(s: &str) -> String {
+pub(crate) fn segment(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

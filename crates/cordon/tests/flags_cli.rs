@@ -429,3 +429,113 @@ fn two_replicas_on_postgresql_share_flags_and_the_chain() {
     assert!(!err.contains("not-the-password-xyz"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// Run `cordon flags ARGS` with `stdin` as standard input.
+fn cordon_stdin(s: &Served, token: &str, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
+        .arg("flags")
+        .args(args)
+        .env("CORDON_FLAGS_URL", &s.url)
+        .env("CORDON_FLAGS_TOKEN", token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stdout_ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn four_eyes_from_the_command_line() {
+    let s = serve();
+    s.ok(&["cr", "config", "--env", "production", "--approvals", "1"]);
+    for (name, role) in [("ed", "editor"), ("ann", "approver")] {
+        let out = cordon_stdin(
+            &s,
+            ADMIN,
+            &["user", "add", name, "--role", role, "--password-stdin"],
+            &format!("{name}-long-password\n"),
+        );
+        stdout_ok(out, "user add");
+    }
+    let login = |name: &str| {
+        stdout_ok(
+            cordon_stdin(
+                &s,
+                "-",
+                &["login", name],
+                &format!("{name}-long-password\n"),
+            ),
+            "login",
+        )
+    };
+    let (ed, ann) = (login("ed"), login("ann"));
+    let out = cordon_stdin(&s, "-", &["login", "ed"], "wrong-password\n");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong user name or password"));
+
+    // An agent creates a flag; it starts off everywhere.
+    let bot = stdout_ok(
+        s.cordon(&["agent", "create", "claude", "--session", "run-1"]),
+        "agent create",
+    );
+    stdout_ok(s.cordon_as(&bot, &["create", "new-checkout"]), "create");
+    assert!(!flag_state(&s, "new-checkout", "production"));
+    // Direct enable in production is refused with the way forward.
+    let out = s.cordon_as(&ed, &["enable", "new-checkout"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("change request"));
+
+    let id = stdout_ok(
+        s.cordon_as(&ed, &["cr", "enable", "new-checkout"]),
+        "cr enable",
+    );
+    let out = s.cordon_as(&ed, &["cr", "approve", &id]);
+    assert!(
+        !out.status.success(),
+        "the author approved their own request"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("may not approve"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout_ok(
+        s.cordon_as(&ann, &["cr", "approve", &id, "--comment", "lgtm"]),
+        "approve",
+    );
+    let shown = stdout_ok(s.cordon_as(&ed, &["cr", "show", &id]), "cr show");
+    assert!(shown.contains("[Approved]"), "{shown}");
+    assert!(
+        shown.contains("-  \"enabled\": false") && shown.contains("+  \"enabled\": true"),
+        "{shown}"
+    );
+    assert!(shown.contains("approved by user:ann"), "{shown}");
+    let listed = stdout_ok(s.cordon_as(&ed, &["cr", "list", "--json"]), "cr list");
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed[0]["state"], "Approved");
+    // Agents never apply; the author does.
+    assert!(!s.cordon_as(&bot, &["cr", "apply", &id]).status.success());
+    stdout_ok(s.cordon_as(&ed, &["cr", "apply", &id]), "apply");
+    assert!(flag_state(&s, "new-checkout", "production"));
+    // The kill switch needs no request, even for the agent.
+    stdout_ok(s.cordon_as(&bot, &["kill", "new-checkout"]), "kill");
+    assert!(!flag_state(&s, "new-checkout", "production"));
+    s.ok(&["audit", "verify"]);
+}
