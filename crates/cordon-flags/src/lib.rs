@@ -18,6 +18,7 @@
 mod admin;
 pub mod audit;
 pub mod client;
+pub mod console;
 mod live;
 pub mod metrics;
 pub mod pg;
