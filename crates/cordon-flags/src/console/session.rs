@@ -90,7 +90,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<String> {
-    if s.len() % 2 != 0 || s.len() > 2 * MAX_TOKEN_BYTES {
+    if !s.len().is_multiple_of(2) || s.len() > 2 * MAX_TOKEN_BYTES {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..s.len())
