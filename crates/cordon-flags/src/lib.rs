@@ -20,6 +20,7 @@
 mod admin;
 pub mod audit;
 pub mod client;
+pub mod console;
 pub mod cr;
 mod gov;
 mod live;

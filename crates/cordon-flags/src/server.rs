@@ -665,6 +665,7 @@ pub(crate) fn router(
         .merge(rest)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state.clone());
+    let router = router.clone().merge(crate::console::routes(router));
     Ok((router, state))
 }
 
