@@ -21,6 +21,7 @@ pub mod client;
 mod live;
 pub mod metrics;
 pub mod pg;
+mod playground;
 mod rows;
 mod schema;
 pub mod server;
