@@ -143,7 +143,8 @@ fn parse_context(raw: &Map<String, Value>, environment: &str) -> Result<Context,
 /// again; this only rejects text that would silently evaluate as "now").
 fn chrono_like_rfc3339(t: &str) -> Option<()> {
     let b = t.as_bytes();
-    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
     (b.len() >= 20
         && digits(0..4)
         && b[4] == b'-'
@@ -161,11 +162,7 @@ fn chrono_like_rfc3339(t: &str) -> Option<()> {
 }
 
 /// A throw-away engine holding `features` (and `segments`), asked about `name`.
-fn scratch_enabled(
-    feature: ClientFeature,
-    segments: &[Segment],
-    context: &Context,
-) -> bool {
+fn scratch_enabled(feature: ClientFeature, segments: &[Segment], context: &Context) -> bool {
     let name = feature.name.clone();
     let engine = EngineState::default();
     // A strategy the store accepted compiles; warnings would only repeat that.
@@ -231,8 +228,11 @@ fn explain_strategy(
     all_segments: &[Segment],
     context: &Context,
 ) -> (Value, bool) {
-    let (constraints, constraints_ok) =
-        explain_constraints(flag, strategy.constraints.as_deref().unwrap_or(&[]), context);
+    let (constraints, constraints_ok) = explain_constraints(
+        flag,
+        strategy.constraints.as_deref().unwrap_or(&[]),
+        context,
+    );
     let mut segments_ok = true;
     let segment_results: Vec<Value> = strategy
         .segments

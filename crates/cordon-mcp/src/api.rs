@@ -68,8 +68,12 @@ impl From<ClientError> for ApiError {
 pub trait FlagApi: Send + Sync + 'static {
     /// Send `method path` with an optional JSON body; the answer's JSON (`null` when
     /// empty) for a 2xx, else [`ApiError::Refused`].
-    fn send(&self, method: &'static str, path: &str, body: Option<&Value>)
-    -> Result<Value, ApiError>;
+    fn send(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ApiError>;
 }
 
 /// The real flag server over HTTP(S).

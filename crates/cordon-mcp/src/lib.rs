@@ -59,9 +59,7 @@ impl FlagsServer {
         }
     }
 
-    /// Run `f` on a blocking thread and turn its outcome into MCP's: bad arguments
-    /// are protocol errors (`invalid_params`), server refusals are tool errors the
-    /// agent can read.
+    /// Run `f` on a blocking thread and turn its outcome into MCP's.
     async fn run<A: Send + 'static>(
         &self,
         args: A,
@@ -75,10 +73,17 @@ impl FlagsServer {
     }
 }
 
+/// Every failure is a *tool* error (`isError: true` with one line of text), bad
+/// arguments included: that is what the MCP specification asks for input
+/// validation (the model reads it and corrects the call), and what rmcp itself does
+/// when arguments do not match a tool's schema. Protocol errors are left to rmcp
+/// (unknown tool, malformed request).
 fn result(outcome: Result<Value, ToolError>) -> Result<CallToolResult, ErrorData> {
     match outcome {
         Ok(v) => Ok(CallToolResult::structured(v)),
-        Err(ToolError::InvalidArgument(m)) => Err(ErrorData::invalid_params(m, None)),
+        Err(ToolError::InvalidArgument(m)) => Ok(CallToolResult::error(vec![ContentBlock::text(
+            format!("invalid arguments: {m}"),
+        )])),
         Err(e) => Ok(CallToolResult::error(vec![ContentBlock::text(
             e.to_string(),
         )])),

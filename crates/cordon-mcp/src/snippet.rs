@@ -306,16 +306,46 @@ mod tests {
             py["guard"],
             "if client.is_enabled(\"new-checkout\", {\"userId\": user_id}):\n    charge(cart)\n    log(cart)\nelse:\n    # current behaviour"
         );
-        assert!(py["setup"].as_str().unwrap().contains("from UnleashClient import UnleashClient"));
+        assert!(
+            py["setup"]
+                .as_str()
+                .unwrap()
+                .contains("from UnleashClient import UnleashClient")
+        );
         let ts = wrap(Some("ts"), None).unwrap();
-        assert!(ts["guard"].as_str().unwrap().starts_with("if (unleash.isEnabled('new-checkout', { userId })) {\n  charge(cart)\n"));
-        assert!(ts["setup"].as_str().unwrap().contains("from 'unleash-client'"));
+        assert!(
+            ts["guard"].as_str().unwrap().starts_with(
+                "if (unleash.isEnabled('new-checkout', { userId })) {\n  charge(cart)\n"
+            )
+        );
+        assert!(
+            ts["setup"]
+                .as_str()
+                .unwrap()
+                .contains("from 'unleash-client'")
+        );
         let go = wrap(Some("go"), None).unwrap();
-        assert!(go["guard"].as_str().unwrap().contains("unleash.IsEnabled(\"new-checkout\"") && go["guard"].as_str().unwrap().contains("\n\tcharge(cart)\n"));
+        assert!(
+            go["guard"]
+                .as_str()
+                .unwrap()
+                .contains("unleash.IsEnabled(\"new-checkout\"")
+                && go["guard"].as_str().unwrap().contains("\n\tcharge(cart)\n")
+        );
         let rs = wrap(Some("rust"), None).unwrap();
-        assert!(rs["guard"].as_str().unwrap().contains("is_enabled_str(\"new-checkout\""));
+        assert!(
+            rs["guard"]
+                .as_str()
+                .unwrap()
+                .contains("is_enabled_str(\"new-checkout\"")
+        );
         let java = wrap(Some("java"), None).unwrap();
-        assert!(java["guard"].as_str().unwrap().contains("unleash.isEnabled(\"new-checkout\", context)"));
+        assert!(
+            java["guard"]
+                .as_str()
+                .unwrap()
+                .contains("unleash.isEnabled(\"new-checkout\", context)")
+        );
     }
 
     #[test]

@@ -268,7 +268,10 @@ pub fn explain(feature: &Value) -> Value {
         reasons.push("a parent flag it depends on is not satisfied".to_owned());
     }
     let mut strategies = Vec::new();
-    let data = feature["strategies"]["data"].as_array().cloned().unwrap_or_default();
+    let data = feature["strategies"]["data"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     if data.is_empty() {
         reasons.push("it has no strategies, so it is on for everyone when switched on".into());
     }
@@ -311,9 +314,11 @@ pub fn explain(feature: &Value) -> Value {
                     )
                 })
                 .collect();
-            parts.extend(failed_segments.iter().map(|s| {
-                format!("segment {} failed", s["name"].as_str().unwrap_or("?"))
-            }));
+            parts.extend(
+                failed_segments
+                    .iter()
+                    .map(|s| format!("segment {} failed", s["name"].as_str().unwrap_or("?"))),
+            );
             parts.join("; ")
         } else if s["result"]["evaluationStatus"] != "complete" {
             "custom strategy: the server cannot evaluate it".to_owned()
@@ -617,7 +622,10 @@ pub fn cleanup_flag(api: &dyn FlagApi, a: &CleanupFlag) -> Result<Value> {
             name: a.flag.clone(),
         },
     )?;
-    let envs = state["environments"].as_array().cloned().unwrap_or_default();
+    let envs = state["environments"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let enabled_in: Vec<Value> = envs
         .iter()
         .filter(|e| e["enabled"] == true)
@@ -678,8 +686,11 @@ pub fn cleanup_flag(api: &dyn FlagApi, a: &CleanupFlag) -> Result<Value> {
         } else {
             api.send("DELETE", &feature_path(&a.project, &a.flag), None)?;
             out["archived"] = true.into();
-            out["guidance"] =
-                format!("{} is archived: SDKs no longer see it. Its name stays taken.", a.flag).into();
+            out["guidance"] = format!(
+                "{} is archived: SDKs no longer see it. Its name stays taken.",
+                a.flag
+            )
+            .into();
         }
     }
     Ok(out)
@@ -785,7 +796,10 @@ mod tests {
             },
         )
         .unwrap_err();
-        assert!(matches!(err, ToolError::InvalidArgument(ref m) if m.contains("\"has space\"") && m.contains("a-z")), "{err}");
+        assert!(
+            matches!(err, ToolError::InvalidArgument(ref m) if m.contains("\"has space\"") && m.contains("a-z")),
+            "{err}"
+        );
         assert!(api.sent().is_empty());
         assert!(check_name("flag", "").is_err());
         assert!(check_name("flag", "..").is_err());
@@ -874,9 +888,11 @@ mod tests {
 
     #[test]
     fn enable_is_direct_only_where_unprotected() {
-        let api = Script::default()
-            .on("GET", CONFIG, config(false))
-            .on("POST", &format!("{ENV}/on"), Value::Null);
+        let api = Script::default().on("GET", CONFIG, config(false)).on(
+            "POST",
+            &format!("{ENV}/on"),
+            Value::Null,
+        );
         let a = RequestEnable {
             project: "default".into(),
             flag: "f".into(),
@@ -956,7 +972,10 @@ mod tests {
             message: "invalid API token".into(),
         };
         let m = e.to_string();
-        assert!(m.contains("invalid API token") && m.contains("CORDON_FLAGS_TOKEN"), "{m}");
+        assert!(
+            m.contains("invalid API token") && m.contains("CORDON_FLAGS_TOKEN"),
+            "{m}"
+        );
         assert!(!m.contains('\n'));
     }
 

@@ -2,6 +2,7 @@
 
 mod cli;
 mod cmd_flags;
+mod cmd_mcp;
 mod cmd_net;
 mod cmd_policy;
 mod cmd_session;
