@@ -27,6 +27,7 @@ mod live;
 pub mod metrics;
 pub mod people;
 pub mod pg;
+mod playground;
 mod rows;
 mod schema;
 pub mod server;

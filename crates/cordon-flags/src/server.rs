@@ -568,6 +568,7 @@ pub(crate) fn router(
             put(crate::admin::put_variants),
         )
         .route("/api/admin/audit/verify", get(admin_audit_verify))
+        .route("/api/admin/playground", post(crate::playground::playground))
         .route(
             "/api/admin/projects/{project}/features",
             get(admin_list_features).post(admin_create_feature),

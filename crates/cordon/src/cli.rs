@@ -79,6 +79,9 @@ enum Cmd {
     /// FeatureOps: the Unleash-compatible feature flag server.
     #[command(subcommand)]
     Flags(crate::cmd_flags::FlagsCmd),
+    /// MCP servers for coding agents (`cordon mcp flags`).
+    #[command(subcommand)]
+    Mcp(crate::cmd_mcp::McpCmd),
 }
 
 #[derive(Subcommand)]
@@ -292,6 +295,15 @@ pub fn main() -> i32 {
                 }
             };
         }
+        Cmd::Mcp(m) => {
+            return match crate::cmd_mcp::run(m) {
+                Ok(code) => code,
+                Err(e) => {
+                    out.error(&e.to_string());
+                    1
+                }
+            };
+        }
         Cmd::Policy(p) => {
             return match crate::cmd_policy::run(p) {
                 Ok(code) => code,
@@ -344,7 +356,9 @@ fn filters(paths: &[OsString]) -> Result<Vec<Vec<u8>>, CliError> {
 fn run(cmd: Cmd, out: &Out) -> CmdResult {
     use crate::cmd_session as cs;
     match cmd {
-        Cmd::Run(_) | Cmd::Policy(_) | Cmd::Flags(_) => unreachable!("handled in main"),
+        Cmd::Run(_) | Cmd::Policy(_) | Cmd::Flags(_) | Cmd::Mcp(_) => {
+            unreachable!("handled in main")
+        }
         Cmd::Sessions(a) => Ok(cs::sessions_cmd(a.json, out)?),
         Cmd::Log(a) => Ok(cs::log_cmd(a, out)?),
         Cmd::Pending(a) => Ok(crate::cmd_net::pending_cmd(a, out)?),

@@ -3,6 +3,7 @@
 mod cli;
 mod cmd_flags;
 mod cmd_flags_gov;
+mod cmd_mcp;
 mod cmd_net;
 mod cmd_policy;
 mod cmd_session;
