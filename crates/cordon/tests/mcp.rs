@@ -4,9 +4,8 @@
 //! over streamable HTTP. What the tools did is checked through the admin API (the
 //! `cordon flags` CLI), not through the tools themselves.
 //!
-//! Not covered here until the change-request endpoints land on the flag server:
-//! set_rollout / request_enable / cleanup_flag in a *protected* environment (their
-//! decision logic is unit-tested in cordon-mcp against a scripted server).
+//! The last test is the intended deployment: the MCP server holds only an agent
+//! token, production is protected, and the agent's proposals wait for a human.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -437,4 +436,127 @@ fn mcp_flags_over_streamable_http_with_the_python_sdk() {
     exercise(&mut c, &url, "mcp-http");
     let (_bad, bad_url) = http_server(&url, BAD_TOKEN);
     check_bad_token(&mut Client::start(&["http".into(), bad_url]));
+}
+
+/// `cordon flags ARGS` with `token` and `stdin`; whether it succeeded, and its stdout
+/// and stderr.
+fn flags_as(url: &str, token: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
+        .arg("flags")
+        .args(args)
+        .env("CORDON_FLAGS_URL", url)
+        .env("CORDON_FLAGS_TOKEN", token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn an_agent_proposes_through_mcp_and_only_a_human_turns_production_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, url) = flag_server(&dir);
+    admin(&url, &["cr", "config", "--env", "production"]);
+    let (ok, bot, err) = flags_as(
+        &url,
+        ADMIN,
+        &["agent", "create", "claude", "--session", "run-9"],
+        "",
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = flags_as(
+        &url,
+        ADMIN,
+        &[
+            "user",
+            "add",
+            "ann",
+            "--role",
+            "approver",
+            "--password-stdin",
+        ],
+        "ann-long-password\n",
+    );
+    assert!(ok, "{err}");
+    let (ok, ann, err) = flags_as(&url, "-", &["login", "ann"], "ann-long-password\n");
+    assert!(ok, "{err}");
+
+    let mut c = Client::stdio(&url, &bot);
+    c.call("create_flag", json!({"name": "agent-flag"}));
+    assert!(!enabled_in(&url, "agent-flag", "production"));
+    let state = c.call("get_flag_state", json!({"name": "agent-flag"}));
+    let prod = state["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "production")
+        .unwrap()
+        .clone();
+    assert_eq!(prod["protected"], true, "{state}");
+
+    // Both proposals wait for review; nothing changed in production.
+    let out = c.call(
+        "request_enable",
+        json!({"flag": "agent-flag", "environment": "production", "reason": "tests pass"}),
+    );
+    assert_eq!(out["outcome"], "change-request", "{out}");
+    assert_eq!(out["changeRequest"]["state"], "In review", "{out}");
+    let enable_id = out["changeRequest"]["id"].to_string();
+    let out = c.call(
+        "set_rollout",
+        json!({"flag": "agent-flag", "environment": "production", "percentage": 10}),
+    );
+    assert_eq!(out["outcome"], "change-request", "{out}");
+    assert!(!enabled_in(&url, "agent-flag", "production"));
+    let listed = admin(&url, &["cr", "list", "--json"]);
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["createdBy"]["username"] == "agent:claude"),
+        "{listed}"
+    );
+
+    // The agent's token cannot approve or apply, with or without MCP.
+    let (ok, _, err) = flags_as(&url, &bot, &["cr", "approve", &enable_id], "");
+    assert!(!ok && err.contains("agent"), "{err}");
+    // A human approves and applies.
+    let (ok, _, err) = flags_as(&url, &ann, &["cr", "approve", &enable_id], "");
+    assert!(ok, "{err}");
+    let (ok, _, err) = flags_as(&url, &bot, &["cr", "apply", &enable_id], "");
+    assert!(!ok, "the agent applied: {err}");
+    let (ok, _, err) = flags_as(&url, &ann, &["cr", "apply", &enable_id], "");
+    assert!(ok, "{err}");
+    assert!(enabled_in(&url, "agent-flag", "production"));
+
+    // The kill switch is the agent's too, at once.
+    let out = c.call(
+        "kill_flag",
+        json!({"flag": "agent-flag", "environment": "production"}),
+    );
+    assert_eq!(out["outcome"], "off", "{out}");
+    assert!(!enabled_in(&url, "agent-flag", "production"));
+    // Archiving in a protected project is a proposal too.
+    let out = c.call(
+        "cleanup_flag",
+        json!({"flag": "agent-flag", "archive": true}),
+    );
+    assert_eq!(out["archived"], false, "{out}");
+    assert_eq!(out["changeRequest"]["outcome"], "change-request", "{out}");
+    admin(&url, &["audit", "verify"]);
 }
