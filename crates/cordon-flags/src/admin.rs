@@ -456,19 +456,27 @@ pub(crate) async fn list_tokens(
     Ok(Json(serde_json::json!({ "tokens": tokens })))
 }
 
-/// `DELETE /api/admin/api-tokens/:token`: revoke a token given its secret, at once.
+/// `DELETE /api/admin/api-tokens/:token`: revoke a token given its secret, at once
+/// (admins any token, users their own personal tokens).
 /// The last admin token cannot be deleted (that would lock everyone out).
 pub(crate) async fn delete_token(
     State(app): State<Shared>,
     headers: axum::http::HeaderMap,
     Path(secret): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let who = app.principal(&headers, Permission::Administer)?;
+    let who = app.principal(&headers, Permission::Read)?;
     let hash = TokenHash::of(&secret);
     let a = app.clone();
     let deleted = blocking(move || -> Result<bool, ApiError> {
         let tokens = a.store.tokens()?;
         let target = tokens.iter().find(|t| t.hash == hash);
+        // Users revoke their own personal tokens; everything else is an admin's.
+        let own = who.kind == crate::people::Kind::User
+            && target.is_some_and(|t| t.owner.as_deref() == Some(who.name.as_str()));
+        if !own {
+            who.require(Permission::Administer)
+                .map_err(|m| ApiError::new(StatusCode::FORBIDDEN, m))?;
+        }
         let service =
             |t: &&crate::store::TokenRecord| t.token_type == TokenType::Admin && t.owner.is_none();
         let admins = tokens.iter().filter(service).count();

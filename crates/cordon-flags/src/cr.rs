@@ -902,7 +902,7 @@ fn author_only(r: &ChangeRequest, who: &Principal, what: &str) -> Result<()> {
 
 /// Replace (`Some`) or drop (`None`) one change of a request. Author only; revokes
 /// approvals.
-pub(crate) fn edit_change(
+fn edit_change(
     tx: &dyn Sql,
     project: &str,
     id: i64,
@@ -938,13 +938,7 @@ pub(crate) fn edit_change(
     event(tx, &actor, action, &r, json!({ "change": change_id }))
 }
 
-pub(crate) fn set_title(
-    tx: &dyn Sql,
-    project: &str,
-    id: i64,
-    title: &str,
-    who: &Principal,
-) -> Result<()> {
+fn set_title(tx: &dyn Sql, project: &str, id: i64, title: &str, who: &Principal) -> Result<()> {
     check_text("title", title)?;
     let mut r = open_request(tx, project, id)?;
     author_only(&r, who, "rename")?;
@@ -960,13 +954,7 @@ pub(crate) fn set_title(
     )
 }
 
-pub(crate) fn add_comment(
-    tx: &dyn Sql,
-    project: &str,
-    id: i64,
-    text: &str,
-    who: &Principal,
-) -> Result<()> {
+fn add_comment(tx: &dyn Sql, project: &str, id: i64, text: &str, who: &Principal) -> Result<()> {
     check_text("comment", text)?;
     let mut r = load(tx, project, id)?;
     if r.body.comments.len() >= MAX_COMMENTS {
@@ -988,6 +976,37 @@ pub(crate) fn add_comment(
         &r,
         json!({ "comment": text }),
     )
+}
+
+/// A change to an existing request.
+#[derive(Debug, Clone)]
+pub enum Update {
+    /// Replace (`Some`) or drop (`None`) one change; author only, revokes approvals.
+    Change {
+        id: u32,
+        replacement: Option<NewChange>,
+    },
+    Title(String),
+    Comment(String),
+    Move(Transition),
+}
+
+pub(crate) fn update(
+    tx: &dyn Sql,
+    project: &str,
+    id: i64,
+    update: &Update,
+    who: &Principal,
+) -> Result<()> {
+    match update {
+        Update::Change {
+            id: change,
+            replacement,
+        } => edit_change(tx, project, id, *change, replacement.clone(), who),
+        Update::Title(t) => set_title(tx, project, id, t, who),
+        Update::Comment(c) => add_comment(tx, project, id, c, who),
+        Update::Move(to) => transition(tx, project, id, to, who),
+    }
 }
 
 /// Where a request should go next, as `PUT .../state` asks.
@@ -1017,7 +1036,7 @@ fn permit(who: &Principal, p: Permission) -> Result<()> {
 /// Move a request. Permission to reach the endpoint is checked by the caller; the
 /// rules that depend on the request (author, approvals, state) are checked here, in
 /// the transaction.
-pub(crate) fn transition(
+fn transition(
     tx: &dyn Sql,
     project: &str,
     id: i64,

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use unleash_types::client_features::{FeatureDependency, Variant};
 
 use crate::admin::{StrategyInput, check_segment, check_variants, to_strategy};
-use crate::cr::{Action, NewChange, Transition, View};
+use crate::cr::{Action, NewChange, Transition, Update, View};
 use crate::people::{self, Kind, Permission, Principal, Role, User};
 use crate::rows::now_millis;
 use crate::server::{ApiError, Shared, blocking, parse_json, valid_flag_name};
@@ -362,7 +362,11 @@ pub(crate) async fn put_state(
     };
     let who = app.principal(&headers, need)?;
     let a = app.clone();
-    let view = blocking(move || a.store.transition(&project, id, &to, &who)).await??;
+    let view = blocking(move || {
+        a.store
+            .update_change_request(&project, id, &Update::Move(to), &who)
+    })
+    .await??;
     if view.request.state == S::Applied {
         app.changed().await;
     }
@@ -388,7 +392,7 @@ pub(crate) async fn put_title(
     Ok(json_view(
         blocking(move || {
             a.store
-                .set_change_request_title(&project, id, &t.title, &who)
+                .update_change_request(&project, id, &Update::Title(t.title), &who)
         })
         .await??,
     ))
@@ -416,8 +420,11 @@ pub(crate) async fn comment(
     }
     let (c, _): (CommentInput, _) = parse_json(body)?;
     let a = app.clone();
-    let view =
-        blocking(move || a.store.comment_change_request(&project, id, &c.text, &who)).await??;
+    let view = blocking(move || {
+        a.store
+            .update_change_request(&project, id, &Update::Comment(c.text), &who)
+    })
+    .await??;
     Ok((StatusCode::CREATED, json_view(view)))
 }
 
@@ -434,8 +441,11 @@ pub(crate) async fn put_change(
     let a = app.clone();
     Ok(json_view(
         blocking(move || {
-            a.store
-                .edit_change(&project, id, change, Some(replacement), &who)
+            let u = Update::Change {
+                id: change,
+                replacement: Some(replacement),
+            };
+            a.store.update_change_request(&project, id, &u, &who)
         })
         .await??,
     ))
@@ -450,7 +460,14 @@ pub(crate) async fn delete_change(
     let who = app.principal(&headers, Permission::Edit)?;
     let a = app.clone();
     Ok(json_view(
-        blocking(move || a.store.edit_change(&project, id, change, None, &who)).await??,
+        blocking(move || {
+            let u = Update::Change {
+                id: change,
+                replacement: None,
+            };
+            a.store.update_change_request(&project, id, &u, &who)
+        })
+        .await??,
     ))
 }
 
@@ -488,17 +505,31 @@ pub(crate) async fn me(
     })))
 }
 
-/// `GET /api/admin/user-admin`: users (and agents).
+/// Users or agents, as `{key: [...]}`.
+async fn list_people(
+    app: Shared,
+    headers: HeaderMap,
+    need: Permission,
+    kind: Kind,
+    key: &str,
+) -> Result<Json<Value>, ApiError> {
+    app.principal(&headers, need)?;
+    let a = app.clone();
+    let people = blocking(move || a.store.users()).await??;
+    let listed: Vec<Value> = people
+        .iter()
+        .filter(|u| u.kind == kind)
+        .map(user_json)
+        .collect();
+    Ok(Json(json!({ key: listed })))
+}
+
+/// `GET /api/admin/user-admin`: users.
 pub(crate) async fn list_users(
     State(app): State<Shared>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    app.principal(&headers, Permission::Administer)?;
-    let a = app.clone();
-    let users = blocking(move || a.store.users()).await??;
-    Ok(Json(json!({
-        "users": users.iter().filter(|u| u.kind == Kind::User).map(user_json).collect::<Vec<_>>(),
-    })))
+    list_people(app, headers, Permission::Administer, Kind::User, "users").await
 }
 
 #[derive(Deserialize)]
@@ -731,12 +762,7 @@ pub(crate) async fn list_agents(
     State(app): State<Shared>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    app.principal(&headers, Permission::Read)?;
-    let a = app.clone();
-    let users = blocking(move || a.store.users()).await??;
-    Ok(Json(json!({
-        "agents": users.iter().filter(|u| u.kind == Kind::Agent).map(user_json).collect::<Vec<_>>(),
-    })))
+    list_people(app, headers, Permission::Read, Kind::Agent, "agents").await
 }
 
 #[derive(Deserialize)]

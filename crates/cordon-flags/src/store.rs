@@ -328,35 +328,12 @@ pub trait Store: Send + Sync + 'static {
         changes: &[cr::NewChange],
         who: &Principal,
     ) -> Result<cr::View>;
-    /// Replace or drop one change of a request (revokes its approvals).
-    fn edit_change(
+    /// Edit, rename, comment on or move (submit, approve, apply...) a request.
+    fn update_change_request(
         &self,
         project: &str,
         id: i64,
-        change_id: u32,
-        replacement: Option<cr::NewChange>,
-        who: &Principal,
-    ) -> Result<cr::View>;
-    fn set_change_request_title(
-        &self,
-        project: &str,
-        id: i64,
-        title: &str,
-        who: &Principal,
-    ) -> Result<cr::View>;
-    fn comment_change_request(
-        &self,
-        project: &str,
-        id: i64,
-        text: &str,
-        who: &Principal,
-    ) -> Result<cr::View>;
-    /// Submit, approve, reject, apply, schedule or cancel a request.
-    fn transition(
-        &self,
-        project: &str,
-        id: i64,
-        to: &cr::Transition,
+        update: &cr::Update,
         who: &Principal,
     ) -> Result<cr::View>;
     /// Apply the scheduled requests that are due (suspending stale ones); their ids.
@@ -1496,55 +1473,15 @@ impl<D: Driver> Store for D {
         })
     }
 
-    fn edit_change(
+    fn update_change_request(
         &self,
         project: &str,
         id: i64,
-        change_id: u32,
-        replacement: Option<cr::NewChange>,
+        update: &cr::Update,
         who: &Principal,
     ) -> Result<cr::View> {
-        self.change("edit a change request", |tx| {
-            cr::edit_change(tx, project, id, change_id, replacement, who)?;
-            cr::view(tx, cr::load(tx, project, id)?)
-        })
-    }
-
-    fn set_change_request_title(
-        &self,
-        project: &str,
-        id: i64,
-        title: &str,
-        who: &Principal,
-    ) -> Result<cr::View> {
-        self.change("rename a change request", |tx| {
-            cr::set_title(tx, project, id, title, who)?;
-            cr::view(tx, cr::load(tx, project, id)?)
-        })
-    }
-
-    fn comment_change_request(
-        &self,
-        project: &str,
-        id: i64,
-        text: &str,
-        who: &Principal,
-    ) -> Result<cr::View> {
-        self.change("comment on a change request", |tx| {
-            cr::add_comment(tx, project, id, text, who)?;
-            cr::view(tx, cr::load(tx, project, id)?)
-        })
-    }
-
-    fn transition(
-        &self,
-        project: &str,
-        id: i64,
-        to: &cr::Transition,
-        who: &Principal,
-    ) -> Result<cr::View> {
-        self.change("move a change request", |tx| {
-            cr::transition(tx, project, id, to, who)?;
+        self.change("update a change request", |tx| {
+            cr::update(tx, project, id, update, who)?;
             cr::view(tx, cr::load(tx, project, id)?)
         })
     }

@@ -627,6 +627,20 @@ async fn logins_roles_and_sessions() {
     assert_eq!(r.status, 201, "{}", text(&r));
     let pat = r.json()["secret"].as_str().unwrap().to_owned();
     assert_eq!(login(json!({"token": pat})).await.status, 200);
+    // A user revokes their own personal token, not someone else's.
+    let r = server
+        .post_json(
+            "/api/admin/user/tokens",
+            &ed,
+            &json!({"description": "spare"}),
+        )
+        .await;
+    let spare = r.json()["secret"].as_str().unwrap().to_owned();
+    let other = user(&server, "ned", "editor").await;
+    let path = format!("/api/admin/api-tokens/{spare}");
+    assert_eq!(server.delete(&path, &other).await.status, 403);
+    assert_eq!(server.delete(&path, &ed).await.status, 200);
+    assert_eq!(server.get("/api/admin/user", &spare, &[]).await.status, 401);
     assert_eq!(login(json!({"token": ADMIN})).await.status, 403);
     // Personal tokens do not show in the service token list.
     let r = server.get("/api/admin/api-tokens", ADMIN, &[]).await;

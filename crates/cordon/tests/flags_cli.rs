@@ -1,6 +1,8 @@
 //! `cordon flags ...` end to end: the real binary serving, and the real binary as the
 //! admin client against it.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 
@@ -432,24 +434,7 @@ fn two_replicas_on_postgresql_share_flags_and_the_chain() {
 
 /// Run `cordon flags ARGS` with `stdin` as standard input.
 fn cordon_stdin(s: &Served, token: &str, args: &[&str], stdin: &str) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
-        .arg("flags")
-        .args(args)
-        .env("CORDON_FLAGS_URL", &s.url)
-        .env("CORDON_FLAGS_TOKEN", token)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    common::flags_with_stdin(&s.url, token, args, stdin)
 }
 
 fn stdout_ok(out: Output, what: &str) -> String {

@@ -7,6 +7,8 @@
 //! The last test is the intended deployment: the MCP server holds only an agent
 //! token, production is protected, and the agent's proposals wait for a human.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -441,23 +443,7 @@ fn mcp_flags_over_streamable_http_with_the_python_sdk() {
 /// `cordon flags ARGS` with `token` and `stdin`; whether it succeeded, and its stdout
 /// and stderr.
 fn flags_as(url: &str, token: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
-        .arg("flags")
-        .args(args)
-        .env("CORDON_FLAGS_URL", url)
-        .env("CORDON_FLAGS_TOKEN", token)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = common::flags_with_stdin(url, token, args, stdin);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).trim().to_owned(),

@@ -350,3 +350,26 @@ pub fn diff_paths(v: &serde_json::Value, kind: &str) -> Vec<String> {
     out.sort();
     out
 }
+
+/// `cordon flags ARGS` against the flag server at `url` with `token` (the admin API's
+/// `CORDON_FLAGS_TOKEN`), with `stdin` as its standard input.
+pub fn flags_with_stdin(url: &str, token: &str, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cordon"))
+        .arg("flags")
+        .args(args)
+        .env("CORDON_FLAGS_URL", url)
+        .env("CORDON_FLAGS_TOKEN", token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
