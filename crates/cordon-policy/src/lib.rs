@@ -4,8 +4,10 @@
 //! that serializes to JSON), the TOML parser that reports *every* problem in
 //! a file with its line and column ([`Policy::parse`], [`Diagnostics`]), the
 //! commented default file ([`DEFAULT_POLICY_TOML`]), Ed25519 signing and
-//! verification of policy files ([`sign`], [`verify`], [`verify_any`]), and the
-//! user's list of trusted signing keys ([`UserConfig`]).
+//! verification of policy files ([`sign`], [`verify`], [`verify_any`]), the
+//! user's list of trusted signing keys ([`UserConfig`]), and the anomaly rule
+//! language of `[monitor]` with its built-in rules ([`Monitor`],
+//! [`compile_pattern`]).
 //!
 //! It deliberately does not enforce anything (the sandbox and gateway crates
 //! do), generate randomness (callers pass seeds and nonces in), read the
@@ -14,6 +16,7 @@
 
 mod diag;
 mod model;
+mod monitor;
 mod parse;
 mod sign;
 mod user_config;
@@ -28,8 +31,13 @@ use std::path::{Path, PathBuf};
 pub use diag::{Diagnostic, Diagnostics, WithPath};
 pub use model::{
     BackendKind, DEFAULT_ASK_TIMEOUT, DEFAULT_HIDDEN, DEFAULT_HOSTNAME, DEFAULT_MAX_REQUEST_BODY,
-    DEFAULT_READ_ONLY, HTTP_METHODS, Injection, Mount, Network, OnUnknown, Policy, Rule,
-    RuleAction, Sandbox, Secret, SecretSource, SocketAddrOrIp, Workspace,
+    DEFAULT_READ_ONLY, HTTP_METHODS, Injection, Monitor, MonitorAction, MonitorRule, Mount,
+    Network, OnUnknown, Policy, Rule, RuleAction, Sandbox, Secret, SecretSource, SocketAddrOrIp,
+    Workspace,
+};
+pub use monitor::{
+    CREDENTIAL_PATH_PATTERN, MAX_COUNT, MAX_PATTERN_LEN, NETWORK_TOOLS_PATTERN, PATTERN_SIZE_LIMIT,
+    PRIVILEGE_SYSCALL_PATTERN, compile_pattern, kind_matches,
 };
 pub use parse::{MAX_POLICY_BYTES, parse_injection, parse_secret_source};
 pub use sign::{

@@ -32,6 +32,8 @@ pub struct Policy {
     /// `[[rule]]`: per-request rules for the HTTP gateway, in file order.
     #[serde(rename = "rule")]
     pub rules: Vec<Rule>,
+    /// `[monitor]`: anomaly rules evaluated on the session's events as they happen.
+    pub monitor: Monitor,
 }
 
 /// How the sandbox is isolated from the host.
@@ -428,6 +430,110 @@ pub struct Rule {
     /// Requests per minute allowed to each host through this rule; `None` for
     /// the network-wide limit.
     pub requests_per_minute: Option<u32>,
+}
+
+/// `[monitor]`: which events raise an anomaly, and who hears about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Monitor {
+    /// Whether the built-in rules ([`Monitor::default_rules`]) apply.
+    pub defaults: bool,
+    /// Names of built-in rules switched off.
+    pub disable: Vec<String>,
+    /// Command (argv) run on the host for every `alert` and `kill`, with the
+    /// anomaly as JSON on its standard input; empty for none.
+    pub hook: Vec<String>,
+    /// `[[monitor.rule]]`, in file order. A rule named like a built-in one
+    /// replaces it.
+    #[serde(rename = "rule")]
+    pub rules: Vec<MonitorRule>,
+}
+
+impl Default for Monitor {
+    fn default() -> Self {
+        Monitor {
+            defaults: true,
+            disable: Vec::new(),
+            hook: Vec::new(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+impl Monitor {
+    /// The rules in force: the built-in ones (unless `defaults = false`),
+    /// without the disabled ones, each replaced by a policy rule of the same
+    /// name, then the policy's other rules in file order.
+    pub fn effective_rules(&self) -> Vec<MonitorRule> {
+        let mut out: Vec<MonitorRule> = if self.defaults {
+            Monitor::default_rules()
+                .into_iter()
+                .filter(|r| !self.disable.contains(&r.name))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for rule in &self.rules {
+            match out.iter_mut().find(|r| r.name == rule.name) {
+                Some(slot) => *slot = rule.clone(),
+                None => out.push(rule.clone()),
+            }
+        }
+        out
+    }
+
+    /// The built-in rule set; see `docs/monitor.md`.
+    pub fn default_rules() -> Vec<MonitorRule> {
+        crate::monitor::default_rules()
+    }
+}
+
+/// What a monitor rule does when it fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MonitorAction {
+    /// Record an `anomaly` event.
+    Log,
+    /// Record it, highlight it in the live view and run the hook.
+    Alert,
+    /// Record it, run the hook and stop the session.
+    Kill,
+}
+
+impl MonitorAction {
+    /// The policy spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            MonitorAction::Log => "log",
+            MonitorAction::Alert => "alert",
+            MonitorAction::Kill => "kill",
+        }
+    }
+}
+
+/// `[[monitor.rule]]`: a pattern over session events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MonitorRule {
+    /// Unique name, shown in the anomaly and the summary.
+    pub name: String,
+    /// Event kinds the rule looks at: an exact kind (`proc.exec`), a prefix
+    /// (`net.*`) or `*`; the rule applies when any entry matches.
+    pub kind: Vec<String>,
+    /// Field conditions, all of which must hold: a dotted path into the
+    /// event's data → a regular expression (the `regex` crate's syntax,
+    /// unanchored). A string field is matched as is, a number or boolean as
+    /// its JSON text, an array when any element matches; a missing field
+    /// never matches.
+    #[serde(rename = "where")]
+    pub conditions: BTreeMap<String, String>,
+    /// Fire only once this many matching events happened within `window`.
+    pub count: Option<u32>,
+    /// The sliding window `count` is measured over.
+    #[serde(serialize_with = "ser_opt_secs")]
+    pub window: Option<Duration>,
+    /// What to do.
+    pub action: MonitorAction,
+    /// Text for the anomaly; `None` for one generated from the rule.
+    pub message: Option<String>,
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

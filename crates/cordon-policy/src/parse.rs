@@ -33,6 +33,7 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "network",
     "secrets",
     "rule",
+    "monitor",
 ];
 pub(crate) const SANDBOX_KEYS: &[&str] = &[
     "backend",
@@ -136,6 +137,9 @@ pub(crate) fn parse_policy(text: &str) -> Result<Policy, Diagnostics> {
             }
         }
     }
+    if let Some(t) = w.sub_table(root, "", "monitor") {
+        policy.monitor = w.monitor(t);
+    }
     w.cross_checks(root, &policy, &mount_spans);
     w.c.finish(policy)
 }
@@ -155,7 +159,7 @@ fn join(parent: &str, key: &str) -> String {
     }
 }
 
-fn type_name(item: &Item) -> &'static str {
+pub(crate) fn type_name(item: &Item) -> &'static str {
     match item {
         Item::None => "nothing",
         Item::Table(_) | Item::Value(Value::InlineTable(_)) => "a table",
@@ -298,7 +302,7 @@ impl<'s> Walker<'s> {
     }
 
     /// `[[name]]` sections, or an array of inline tables.
-    fn tables<'t>(
+    pub(crate) fn tables<'t>(
         &mut self,
         item: &'t Item,
         span: Span,
@@ -335,7 +339,13 @@ impl<'s> Walker<'s> {
         }
     }
 
-    fn string(&mut self, item: &Item, span: Span, name: &str, expected: &str) -> Option<String> {
+    pub(crate) fn string(
+        &mut self,
+        item: &Item,
+        span: Span,
+        name: &str,
+        expected: &str,
+    ) -> Option<String> {
         match item.as_str() {
             Some(s) => Some(s.to_string()),
             None => {
@@ -348,7 +358,7 @@ impl<'s> Walker<'s> {
         }
     }
 
-    fn boolean(&mut self, item: &Item, span: Span, name: &str) -> Option<bool> {
+    pub(crate) fn boolean(&mut self, item: &Item, span: Span, name: &str) -> Option<bool> {
         match item.as_bool() {
             Some(b) => Some(b),
             None => {
@@ -361,7 +371,7 @@ impl<'s> Walker<'s> {
         }
     }
 
-    fn positive_integer(&mut self, item: &Item, span: Span, name: &str) -> Option<u64> {
+    pub(crate) fn positive_integer(&mut self, item: &Item, span: Span, name: &str) -> Option<u64> {
         match item.as_integer() {
             Some(n) if n >= 1 => Some(n as u64),
             Some(n) => {
@@ -399,7 +409,7 @@ impl<'s> Walker<'s> {
     }
 
     /// A duration: an integer number of seconds or a string like `"30m"`; never zero.
-    fn duration(&mut self, item: &Item, span: Span, name: &str) -> Option<Duration> {
+    pub(crate) fn duration(&mut self, item: &Item, span: Span, name: &str) -> Option<Duration> {
         let d = self.count_or_text(
             item,
             span.clone(),
@@ -485,7 +495,7 @@ impl<'s> Walker<'s> {
     }
 
     /// An array of strings each checked by `check`; invalid entries are reported and skipped.
-    fn list<T>(
+    pub(crate) fn list<T>(
         &mut self,
         item: &Item,
         span: Span,

@@ -18,6 +18,7 @@
 
 pub mod doctor;
 pub mod glob;
+pub mod monitor;
 pub mod native;
 pub mod network;
 pub mod session;

@@ -128,18 +128,50 @@ pub struct RunOptions {
 
 /// The events sink a session gives its backend: appends to the chained log and
 /// counts failures (a sink cannot return errors into the sandbox).
+///
+/// With a monitor, every event written is also checked against the anomaly
+/// rules; a rule that fires appends an `anomaly` event right after it (which
+/// is never checked again) and carries out the rule's action.
 pub struct LogSink {
     log: EventLog,
     failures: AtomicU64,
     last_error: Mutex<Option<String>>,
+    monitor: Option<crate::monitor::Live>,
 }
 
 impl LogSink {
+    fn new(log: EventLog, monitor: Option<crate::monitor::Live>) -> Arc<LogSink> {
+        let sink = Arc::new(LogSink {
+            log,
+            failures: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            monitor,
+        });
+        if let Some(m) = &sink.monitor {
+            let weak: std::sync::Weak<dyn EventSink> =
+                Arc::downgrade(&(sink.clone() as Arc<dyn EventSink>));
+            m.report_to(weak);
+        }
+        sink
+    }
+
     pub fn append(&self, kind: &str, data: Map<String, Value>) {
-        if let Err(e) = self.log.append(kind, data) {
-            self.failures.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut g) = self.last_error.lock() {
-                *g = Some(e.to_string());
+        match self.log.append(kind, data) {
+            Ok(event) => {
+                if let Some(m) = &self.monitor {
+                    for v in m.engine.observe(kind, &event.data) {
+                        let anomaly =
+                            crate::monitor::anomaly_data(&v, kind, Some(event.seq), &event.data);
+                        self.append(crate::monitor::ANOMALY, anomaly.clone());
+                        m.act(&v, &anomaly);
+                    }
+                }
+            }
+            Err(e) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut g) = self.last_error.lock() {
+                    *g = Some(e.to_string());
+                }
             }
         }
     }
@@ -438,11 +470,11 @@ fn run_session(
         policy_sha256: opts.policy_sha256.clone(),
     });
     write_meta(&dir, &meta)?;
-    let sink = Arc::new(LogSink {
-        log,
-        failures: AtomicU64::new(0),
-        last_error: Mutex::new(None),
-    });
+    let monitor =
+        crate::monitor::Monitor::new(&opts.policy.monitor).map_err(SessionError::Invalid)?;
+    let monitor = (!monitor.is_empty())
+        .then(|| crate::monitor::Live::new(monitor, opts.policy.monitor.hook.clone(), &id));
+    let sink = LogSink::new(log, monitor);
     let policy = &opts.policy;
     let limits = Limits {
         memory: policy.sandbox.memory,
@@ -841,6 +873,9 @@ fn run_mounted(ctx: &Ctx<'_>, mounting: PendingMount) -> Result<Summary, Session
     if let Ok(mut g) = control_slot.lock() {
         *g = Some(control.clone());
     }
+    if let Some(m) = &sink.monitor {
+        m.set_control(control.clone());
+    }
     if budget.exceeded.load(Ordering::Relaxed) {
         control.kill();
     }
@@ -938,6 +973,11 @@ fn run_mounted(ctx: &Ctx<'_>, mounting: PendingMount) -> Result<Summary, Session
 
     let mut limits_hit = ended.limits.clone();
     let stopped = stop_reason.lock().ok().and_then(|g| g.clone());
+    // A monitor rule that killed the sandbox is the reason, not what followed.
+    let monitor_stop = sink.monitor.as_ref().and_then(|m| {
+        m.finish(Duration::from_secs(5));
+        m.killed_by()
+    });
     if let Some((kind, _)) = &stopped
         && !limits_hit.contains(kind)
     {
@@ -983,7 +1023,7 @@ fn run_mounted(ctx: &Ctx<'_>, mounting: PendingMount) -> Result<Summary, Session
             "exit_code": ended.code,
             "signal": ended.signal,
             "limits_hit": limits_hit,
-            "stopped": stopped.as_ref().map(|(_, why)| why),
+            "stopped": monitor_stop.as_ref().or(stopped.as_ref().map(|(_, why)| why)),
             "files_changed": added + modified + deleted,
             "output_bytes": budget.used.load(Ordering::Relaxed),
             "events_suppressed": events_suppressed,
@@ -1009,7 +1049,7 @@ fn run_mounted(ctx: &Ctx<'_>, mounting: PendingMount) -> Result<Summary, Session
         backend: opts.backend,
         exit_code: ended.code,
         signal: ended.signal,
-        stopped: stopped.map(|(_, why)| why),
+        stopped: monitor_stop.or(stopped.map(|(_, why)| why)),
         duration_ms: started.elapsed().as_millis() as u64,
         files_changed: added + modified + deleted,
         added,
