@@ -271,6 +271,13 @@ impl Backend for Native {
             listener,
             events: events.clone(),
             counters: running.counters.clone(),
+            watched: spec
+                .workspace
+                .read_only
+                .iter()
+                .chain(&spec.workspace.hidden)
+                .cloned()
+                .collect(),
         };
         running.supervisor = Some(std::thread::spawn(move || sup.run()));
         let mut ready = serde_json::Map::new();

@@ -5,12 +5,16 @@
 //!
 //! 1. a user-notification filter (built with `seccompiler`, then its match
 //!    action rewritten to `SECCOMP_RET_USER_NOTIF`, which `seccompiler` cannot
-//!    express) for the denied system calls and for `execve`/`execveat`/
-//!    `exit_group`. The listener descriptor goes to the host-side
+//!    express) for the denied system calls and for the observed ones:
+//!    `execve`/`execveat`/`exit_group`, `connect`/`bind`, and opens that ask
+//!    for writing. The listener descriptor goes to the host-side
 //!    [`Supervisor`], which answers denied calls with `EPERM` after recording a
-//!    `syscall.denied` event, and lets exec and exit continue after recording
-//!    `proc.exec` / `proc.exit`. If the supervisor is gone, every notified call
-//!    fails with `ENOSYS`: the filter fails closed.
+//!    `syscall.denied` event, and lets the observed ones continue after
+//!    recording `proc.exec` / `proc.exit` / `proc.connect` / `proc.bind` (IP
+//!    and Unix addresses), and `fs.open` for a write-open of a protected
+//!    workspace path (the read-only mount refuses it; the event is for the
+//!    monitor). If the supervisor is gone, every notified call fails with
+//!    `ENOSYS`: the filter fails closed.
 //! 2. `clone3` → `ENOSYS`, because its flags live in memory a filter cannot read;
 //!    libc falls back to `clone`, whose namespace flags filter 1 inspects.
 //! 3. a six-instruction hand-written filter that refuses the x32 system call
@@ -20,14 +24,17 @@
 //!    newer kernel could reach around the deny-list). `seccompiler` has no way
 //!    to express a range.
 //!
-//! The supervisor reads exec paths and arguments from `/proc/PID/mem` for the log
-//! only: the call continues with whatever is in memory at that time, so these
-//! records describe, they do not decide (see seccomp_unotify(2), "Design goals").
+//! The supervisor reads exec paths and arguments, socket addresses and open
+//! paths from `/proc/PID/mem` for the log only (bounded reads; garbage is
+//! described or skipped, never trusted): the call continues with whatever is
+//! in memory at that time, so these records describe, they do not decide (see
+//! seccomp_unotify(2), "Design goals").
 
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -238,6 +245,27 @@ const OBSERVED: &[(i64, &str)] = &[
     (libc::SYS_execve, "execve"),
     (libc::SYS_execveat, "execveat"),
     (libc::SYS_exit_group, "exit_group"),
+    (libc::SYS_connect, "connect"),
+    (libc::SYS_bind, "bind"),
+    // Every openat2: its flags are in memory a filter cannot read.
+    (libc::SYS_openat2, "openat2"),
+];
+
+/// Opens that continue after the supervisor looked at them, notified only
+/// when their flags ask for writing (`O_WRONLY`, `O_RDWR`, `O_CREAT`,
+/// `O_TRUNC`; `creat` always). Only those aimed at a protected path become
+/// `fs.open` events; the rest cost one round trip and leave no trace.
+const OBSERVED_WRITE_OPENS: &[(i64, &str, u8)] = &[
+    (libc::SYS_openat, "openat", 2),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_open, "open", 1),
+];
+
+const WRITE_FLAGS: [u64; 4] = [
+    libc::O_WRONLY as u64,
+    libc::O_RDWR as u64,
+    libc::O_CREAT as u64,
+    libc::O_TRUNC as u64,
 ];
 
 /// The name of a system call number this module filters, for events.
@@ -263,6 +291,11 @@ const CONDITIONAL: &[(i64, &str)] = &[
     #[cfg(target_arch = "x86_64")]
     (libc::SYS_mknod, "mknod"),
     (libc::SYS_mknodat, "mknodat"),
+    (libc::SYS_openat, "openat"),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_open, "open"),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_creat, "creat"),
 ];
 
 /// The three programs, ready to install (built before the fork that uses them,
@@ -281,6 +314,19 @@ pub fn build() -> Result<Programs, String> {
     for (nr, _, r) in conditional_rules() {
         rules.insert(nr, r);
     }
+    for (nr, _, flags_arg) in OBSERVED_WRITE_OPENS {
+        let r = WRITE_FLAGS
+            .iter()
+            .map(|bit| {
+                let c = Cond::new(*flags_arg, Len::Dword, Op::MaskedEq(*bit), *bit)
+                    .map_err(|e| e.to_string())?;
+                SeccompRule::new(vec![c]).map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        rules.insert(*nr, r);
+    }
+    #[cfg(target_arch = "x86_64")]
+    rules.insert(libc::SYS_creat, Vec::new());
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
@@ -418,6 +464,26 @@ pub struct Supervisor {
     pub listener: OwnedFd,
     pub events: Arc<dyn EventSink>,
     pub counters: Arc<Counters>,
+    /// Paths (as the agent sees them) whose write-opens are recorded as
+    /// `fs.open`: the workspace's read-only and hidden paths.
+    pub watched: Vec<PathBuf>,
+}
+
+/// Whether `nr` is a call the supervisor lets continue (as opposed to refusing it).
+fn continues(nr: i64) -> bool {
+    OBSERVED.iter().any(|(o, _)| *o == nr)
+        || OBSERVED_WRITE_OPENS.iter().any(|(o, _, _)| *o == nr)
+        || is_creat(nr)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn is_creat(nr: i64) -> bool {
+    nr == libc::SYS_creat
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn is_creat(_: i64) -> bool {
+    false
 }
 
 impl Supervisor {
@@ -452,11 +518,42 @@ impl Supervisor {
                 }
             }
             let nr = n.data.nr as i64;
-            let observed = OBSERVED.iter().any(|(o, _)| *o == nr);
+            let observed = continues(nr);
             let mut data = Map::new();
             let kind;
             if observed {
-                if nr == libc::SYS_exit_group {
+                if nr == libc::SYS_connect || nr == libc::SYS_bind {
+                    kind = if nr == libc::SYS_connect {
+                        "proc.connect"
+                    } else {
+                        "proc.bind"
+                    };
+                    if !describe_sockaddr(n.pid, n.data.args[1], n.data.args[2], &mut data) {
+                        // Netlink, AF_UNSPEC, unreadable: nothing a rule wants.
+                        self.answer(&n, true);
+                        continue;
+                    }
+                } else if nr != libc::SYS_exit_group
+                    && nr != libc::SYS_execve
+                    && nr != libc::SYS_execveat
+                {
+                    kind = "fs.open";
+                    let opened = write_open_path(nr, &n);
+                    match opened.filter(|p| self.watched.iter().any(|w| p.starts_with(w))) {
+                        Some(path) => {
+                            data.insert("pid".into(), json!(n.pid));
+                            data.insert("path".into(), json!(path.to_string_lossy()));
+                            data.insert("write".into(), json!(true));
+                            if let Some(comm) = comm(n.pid) {
+                                data.insert("comm".into(), json!(comm));
+                            }
+                        }
+                        None => {
+                            self.answer(&n, true);
+                            continue;
+                        }
+                    }
+                } else if nr == libc::SYS_exit_group {
                     kind = "proc.exit";
                     data.insert("pid".into(), json!(n.pid));
                     data.insert("code".into(), json!(n.data.args[0] as i32));
@@ -490,8 +587,8 @@ impl Supervisor {
                 data.insert("syscall".into(), json!(name_of(nr)));
                 data.insert("nr".into(), json!(nr));
                 data.insert("pid".into(), json!(n.pid));
-                if let Ok(comm) = std::fs::read_to_string(format!("/proc/{}/comm", n.pid)) {
-                    data.insert("comm".into(), json!(comm.trim_end()));
+                if let Some(comm) = comm(n.pid) {
+                    data.insert("comm".into(), json!(comm));
                 }
                 data.insert(
                     "args".into(),
@@ -503,24 +600,7 @@ impl Supervisor {
                     ),
                 );
             }
-            // Only trust what we read if the request is still the same process's.
-            let mut id = n.id;
-            // SAFETY: NOTIF_ID_VALID reads one u64.
-            let valid =
-                unsafe { libc::ioctl(self.listener.as_raw_fd(), NOTIF_ID_VALID, &mut id) } == 0;
-            let resp = NotifResp {
-                id: n.id,
-                val: 0,
-                error: if observed { 0 } else { -libc::EPERM },
-                flags: if observed {
-                    USER_NOTIF_FLAG_CONTINUE
-                } else {
-                    0
-                },
-            };
-            // SAFETY: NOTIF_SEND reads a `struct seccomp_notif_resp` of this layout.
-            unsafe { libc::ioctl(self.listener.as_raw_fd(), NOTIF_SEND, &resp) };
-            if !valid {
+            if !self.answer(&n, observed) {
                 continue;
             }
             let size = serde_json::to_string(&data).map_or(0, |t| t.len() as u64);
@@ -539,6 +619,160 @@ impl Supervisor {
             }
         }
     }
+}
+
+impl Supervisor {
+    /// Lets the call continue (`observed`) or refuses it with `EPERM`; returns
+    /// whether the request was still the same process's when answered, so
+    /// that what was read from its memory may be recorded.
+    fn answer(&self, n: &Notif, observed: bool) -> bool {
+        let mut id = n.id;
+        // SAFETY: NOTIF_ID_VALID reads one u64.
+        let valid = unsafe { libc::ioctl(self.listener.as_raw_fd(), NOTIF_ID_VALID, &mut id) } == 0;
+        let resp = NotifResp {
+            id: n.id,
+            val: 0,
+            error: if observed { 0 } else { -libc::EPERM },
+            flags: if observed {
+                USER_NOTIF_FLAG_CONTINUE
+            } else {
+                0
+            },
+        };
+        // SAFETY: NOTIF_SEND reads a `struct seccomp_notif_resp` of this layout.
+        unsafe { libc::ioctl(self.listener.as_raw_fd(), NOTIF_SEND, &resp) };
+        valid
+    }
+}
+
+fn comm(pid: u32) -> Option<String> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(comm.trim_end().to_string())
+}
+
+/// Longest socket address read from the agent's memory (`sockaddr_storage`).
+const MAX_SOCKADDR: usize = 128;
+
+/// Fills `data` with `pid`, `comm`, `family`, `address` and `port` from the
+/// `sockaddr` at `addr` (of `len` bytes) in process `pid`'s memory. Returns
+/// false for families no rule is about (netlink, `AF_UNSPEC`) and for
+/// addresses that cannot be read.
+fn describe_sockaddr(pid: u32, addr: u64, len: u64, data: &mut Map<String, Value>) -> bool {
+    let len = (len as usize).min(MAX_SOCKADDR);
+    if addr == 0 || len < 2 {
+        return false;
+    }
+    let Ok(mem) = std::fs::File::open(format!("/proc/{pid}/mem")) else {
+        return false;
+    };
+    let mut buf = [0u8; MAX_SOCKADDR];
+    let Ok(got) = mem.read_at(&mut buf[..len], addr) else {
+        return false;
+    };
+    let Some(fields) = decode_sockaddr(&buf[..got]) else {
+        return false;
+    };
+    data.insert("pid".into(), json!(pid));
+    if let Some(comm) = comm(pid) {
+        data.insert("comm".into(), json!(comm));
+    }
+    data.extend(fields);
+    true
+}
+
+/// `family`, `address` and (for IP) `port` of a socket address in its
+/// kernel layout; `None` for other families and for short or garbled input.
+fn decode_sockaddr(b: &[u8]) -> Option<Map<String, Value>> {
+    let family = u16::from_ne_bytes([*b.first()?, *b.get(1)?]);
+    let port = |b: &[u8]| Some(u16::from_be_bytes([*b.get(2)?, *b.get(3)?]));
+    let mut m = Map::new();
+    match i32::from(family) {
+        libc::AF_INET => {
+            let ip: [u8; 4] = b.get(4..8)?.try_into().ok()?;
+            m.insert("family".into(), json!("inet"));
+            m.insert(
+                "address".into(),
+                json!(std::net::Ipv4Addr::from(ip).to_string()),
+            );
+            m.insert("port".into(), json!(port(b)?));
+        }
+        libc::AF_INET6 => {
+            let ip: [u8; 16] = b.get(8..24)?.try_into().ok()?;
+            m.insert("family".into(), json!("inet6"));
+            m.insert(
+                "address".into(),
+                json!(std::net::Ipv6Addr::from(ip).to_string()),
+            );
+            m.insert("port".into(), json!(port(b)?));
+        }
+        libc::AF_UNIX => {
+            let path = &b[2..];
+            let address = match path.first() {
+                None => String::new(),
+                // Abstract: a leading NUL, the rest is the name, NULs and all.
+                Some(0) => format!("@{}", String::from_utf8_lossy(&path[1..])),
+                Some(_) => {
+                    let end = path.iter().position(|&c| c == 0).unwrap_or(path.len());
+                    String::from_utf8_lossy(&path[..end]).into_owned()
+                }
+            };
+            m.insert("family".into(), json!("unix"));
+            m.insert("address".into(), json!(address));
+        }
+        _ => return None,
+    }
+    Some(m)
+}
+
+/// The path a notified open writes to, as the agent sees it (lexically
+/// normalized; symbolic links are not followed), or `None` when the open
+/// does not write or its path cannot be read.
+fn write_open_path(nr: i64, n: &Notif) -> Option<PathBuf> {
+    let a = &n.data.args;
+    let (dirfd, path_ptr) = if nr == libc::SYS_openat || nr == libc::SYS_openat2 {
+        (a[0] as i32, a[1])
+    } else {
+        (libc::AT_FDCWD, a[0])
+    };
+    let mem = std::fs::File::open(format!("/proc/{}/mem", n.pid)).ok()?;
+    if nr == libc::SYS_openat2 {
+        // struct open_how { u64 flags; u64 mode; u64 resolve; }
+        let mut flags = [0u8; 8];
+        if mem.read_at(&mut flags, a[2]).ok()? != 8 {
+            return None;
+        }
+        let flags = u64::from_ne_bytes(flags);
+        if !WRITE_FLAGS.iter().any(|bit| flags & bit != 0) {
+            return None;
+        }
+    }
+    let path = PathBuf::from(read_cstr(&mem, path_ptr, MAX_PATH)?);
+    let full = if path.is_absolute() {
+        path
+    } else {
+        let base = if dirfd == libc::AT_FDCWD {
+            format!("/proc/{}/cwd", n.pid)
+        } else {
+            format!("/proc/{}/fd/{dirfd}", n.pid)
+        };
+        std::fs::read_link(base).ok()?.join(path)
+    };
+    Some(normalize(&full))
+}
+
+/// `.` and `..` removed without touching the file system.
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::Normal(s) => out.push(s),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
 }
 
 fn read_cstr(mem: &std::fs::File, addr: u64, max: usize) -> Option<String> {
@@ -646,6 +880,52 @@ mod tests {
         for (nr, name, _) in conditional_rules() {
             assert_eq!(name_of(nr), name);
         }
+    }
+
+    #[test]
+    fn socket_addresses_are_described_and_garbage_is_not() {
+        let mut v4 = vec![0u8; 16];
+        v4[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        v4[2..4].copy_from_slice(&9u16.to_be_bytes());
+        v4[4..8].copy_from_slice(&[10, 0, 0, 1]);
+        let m = decode_sockaddr(&v4).unwrap();
+        assert_eq!(m["family"], "inet");
+        assert_eq!(m["address"], "10.0.0.1");
+        assert_eq!(m["port"], 9);
+        let mut v6 = vec![0u8; 28];
+        v6[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+        v6[2..4].copy_from_slice(&443u16.to_be_bytes());
+        v6[23] = 1;
+        let m = decode_sockaddr(&v6).unwrap();
+        assert_eq!(
+            (m["family"].as_str(), m["address"].as_str()),
+            (Some("inet6"), Some("::1"))
+        );
+        let mut un = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+        un.extend_from_slice(b"/run/x.sock\0junk");
+        assert_eq!(decode_sockaddr(&un).unwrap()["address"], "/run/x.sock");
+        let mut abs = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+        abs.extend_from_slice(b"\0name");
+        assert_eq!(decode_sockaddr(&abs).unwrap()["address"], "@name");
+        // Truncated, unknown family, empty: no description, no panic.
+        assert!(decode_sockaddr(&v4[..6]).is_none());
+        assert!(decode_sockaddr(&v6[..20]).is_none());
+        assert!(decode_sockaddr(&[]).is_none());
+        assert!(decode_sockaddr(&[1]).is_none());
+        assert!(decode_sockaddr(&(libc::AF_NETLINK as u16).to_ne_bytes()).is_none());
+        for len in 0..64 {
+            let junk: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+            let _ = decode_sockaddr(&junk);
+        }
+    }
+
+    #[test]
+    fn open_paths_are_normalized_lexically() {
+        assert_eq!(
+            normalize(Path::new("/p/a/../.git/./hooks/x")),
+            PathBuf::from("/p/.git/hooks/x")
+        );
+        assert_eq!(normalize(Path::new("/../../etc")), PathBuf::from("/etc"));
     }
 
     #[test]
