@@ -442,8 +442,16 @@ fn session_dir(id: &str) -> R<(String, PathBuf)> {
     Ok((ws.id, dir))
 }
 
+/// One event as one line: time, seq, kind, then `key=value` fields. Text
+/// from the sandbox is escaped before it is styled, so neither it nor the
+/// styling can break the line or paint the terminal.
 fn event_line(e: &Event, out: &Out) -> String {
-    let time = e.ts.get(11..23).unwrap_or(&e.ts);
+    let time = out.style("2", e.ts.get(11..23).unwrap_or(&e.ts));
+    if e.kind == cordon_events::kind::ANOMALY
+        && let Some(line) = anomaly_line(e, out)
+    {
+        return format!("{time} {:>5} {line}", e.seq);
+    }
     let style = if e.is_violation() {
         "1;31"
     } else if e.kind.starts_with("session.") {
@@ -455,20 +463,73 @@ fn event_line(e: &Event, out: &Out) -> String {
     } else {
         "33"
     };
-    let mut fields = String::new();
-    for (k, v) in &e.data {
+    // Pad before styling: escape sequences have no width.
+    let kind = format!("{:<18}", output::one_line(&e.kind));
+    format!(
+        "{time} {:>5} {}{}",
+        e.seq,
+        out.style(style, &kind),
+        fields(&e.data, out)
+    )
+}
+
+fn fields(data: &serde_json::Map<String, serde_json::Value>, out: &Out) -> String {
+    let mut text = String::new();
+    for (k, v) in data {
         let v = match v {
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        fields.push_str(&format!(" {}={}", out.style("2", k), v));
+        text.push_str(&format!(
+            " {}={}",
+            out.style("2", &output::one_line(k)),
+            output::one_line(&v)
+        ));
     }
-    output::one_line(&format!(
-        "{} {:>5} {:<18}{}",
-        out.style("2", time),
-        e.seq,
-        out.style(style, &e.kind),
-        fields
+    text
+}
+
+/// An anomaly stands out: a marker by action (`KILL` white on red, `ALERT`
+/// black on yellow, `log` yellow), the rule and its message, then the event
+/// that caused it.
+fn anomaly_line(e: &Event, out: &Out) -> Option<String> {
+    let d = &e.data;
+    let action = d.get("action")?.as_str()?;
+    let (marker, style) = match action {
+        "kill" => (" KILL ", "1;97;41"),
+        "alert" => (" ALERT ", "1;30;43"),
+        _ => ("log", "33"),
+    };
+    let rule = d.get("rule").and_then(|v| v.as_str()).unwrap_or("?");
+    let message = d.get("message").and_then(|v| v.as_str()).unwrap_or("");
+    let cause = d.get("event");
+    let cause_kind = cause
+        .and_then(|c| c.get("kind"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("?");
+    let cause_seq = cause
+        .and_then(|c| c.get("seq"))
+        .and_then(|v| v.as_u64())
+        .map(|s| format!(" #{s}"))
+        .unwrap_or_default();
+    let cause_fields = cause
+        .and_then(|c| c.get("data"))
+        .and_then(|v| v.as_object())
+        .map(|m| fields(m, out))
+        .unwrap_or_default();
+    let suppressed = d
+        .get("suppressed")
+        .and_then(|v| v.as_u64())
+        .map(|n| format!(" (+{n} not shown)"))
+        .unwrap_or_default();
+    let kind = format!("{:<18}", "anomaly");
+    Some(format!(
+        "{}{} {}: {}{suppressed} <- {}{cause_seq}{cause_fields}",
+        out.style("1;31", &kind),
+        out.style(style, marker),
+        out.style("1", &output::one_line(rule)),
+        output::one_line(message),
+        output::one_line(cause_kind),
     ))
 }
 
@@ -582,4 +643,69 @@ pub fn doctor_cmd(json: bool, out: &Out) -> R {
         );
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::Color;
+    use serde_json::json;
+
+    fn event(seq: u64, kind: &str, data: serde_json::Value) -> Event {
+        Event {
+            seq,
+            ts: "2026-11-27T05:08:48.631204518Z".into(),
+            session: "s".into(),
+            kind: kind.into(),
+            data: data.as_object().cloned().unwrap_or_default(),
+            prev: String::new(),
+            hash: String::new(),
+        }
+    }
+
+    fn anomaly(action: &str) -> Event {
+        event(
+            9,
+            "anomaly",
+            json!({"rule": "network-tools", "action": action, "message": "a network tool was executed",
+                   "event": {"kind": "proc.exec", "seq": 8, "data": {"path": "/usr/bin/curl", "pid": 12}}}),
+        )
+    }
+
+    #[test]
+    fn anomalies_stand_out_by_action() {
+        let plain = Out::new(Color::Never);
+        assert_eq!(
+            event_line(&anomaly("alert"), &plain),
+            "05:08:48.631     9 anomaly            ALERT  network-tools: a network tool was executed \
+             <- proc.exec #8 path=/usr/bin/curl pid=12"
+        );
+        assert!(event_line(&anomaly("kill"), &plain).contains(" KILL  network-tools:"));
+        let colour = Out::new(Color::Always);
+        let alert = event_line(&anomaly("alert"), &colour);
+        let kill = event_line(&anomaly("kill"), &colour);
+        assert!(alert.contains("\x1b[1;30;43m ALERT \x1b[0m"), "{alert:?}");
+        assert!(kill.contains("\x1b[1;97;41m KILL \x1b[0m"), "{kill:?}");
+        assert!(event_line(&anomaly("log"), &colour).contains("\x1b[33mlog\x1b[0m"));
+    }
+
+    #[test]
+    fn lines_keep_colour_and_escape_the_sandboxs_text() {
+        let colour = Out::new(Color::Always);
+        let e = event(
+            3,
+            "proc.exec",
+            json!({"path": "/bin/x\x1b]0;owned\x07\nnext"}),
+        );
+        let line = event_line(&e, &colour);
+        assert!(line.starts_with("\x1b[2m05:08:48.631\x1b[0m"), "{line:?}");
+        assert!(line.contains("\x1b[32mproc.exec"), "{line:?}");
+        assert!(line.contains("/bin/x\\x1b]0;owned\\x07\\nnext"), "{line:?}");
+        assert!(!line.contains('\n') && !line.contains('\x07'));
+        // An anomaly about hostile text is escaped the same way.
+        let mut a = anomaly("kill");
+        a.data["event"]["data"]["path"] = json!("\x1b[2Jx");
+        let line = event_line(&a, &colour);
+        assert!(line.contains("path\x1b[0m=\\x1b[2Jx"), "{line:?}");
+    }
 }
