@@ -441,9 +441,27 @@ fn env_files_are_hidden() {
 
 #[test]
 fn git_hooks_and_config_are_read_only() {
-    let Some(run) = attack("git_hooks", &[], &[]) else {
-        return;
-    };
+    // This test is about the read-only mounts: both writes must be tried and
+    // refused, so the monitor rule that ends the session at the first one is
+    // off here (tests/monitor.rs covers it).
+    let Some(env) = env() else { return };
+    std::fs::write(
+        env.base.join("cordon.toml"),
+        "[monitor]\ndisable = [\"git-hooks-write\"]\n",
+    )
+    .unwrap();
+    let before = tree_hash(&env.base);
+    let run = agent(&env, &[], "git_hooks", &[]);
+    run.assert_blocked();
+    assert_eq!(
+        tree_hash(&env.base),
+        before,
+        "the project changed on the host"
+    );
+    assert!(
+        run.exec_of("git_hooks"),
+        "no proc.exec/proc.exit for git_hooks"
+    );
     assert_eq!(run.stdout.matches("BLOCKED").count(), 2, "{}", run.stdout);
 }
 

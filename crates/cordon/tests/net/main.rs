@@ -117,6 +117,12 @@ from = "env:CORDON_TEST_REAL_BASIC"
 hosts = ["api.test"]
 inject = ["basic"]
 
+# These tests send placeholders toward unbound hosts on purpose and check
+# the gateway's answer; the monitor rule that ends the session for it is
+# tested by placeholder_toward_an_unbound_host_kills_the_session.
+[monitor]
+disable = ["secret-to-unbound-host"]
+
 [[rule]]
 host = "api.test"
 methods = ["DELETE"]
@@ -346,6 +352,40 @@ print(json.load(urllib.request.urlopen(req, timeout=20))["auth_sha256"])
     let verify: Value =
         serde_json::from_str(&net.env.ok(&["audit", "verify", id, "--json"])).unwrap();
     assert_eq!(verify["ok"], true, "{verify}");
+}
+
+#[test]
+fn placeholder_toward_an_unbound_host_kills_the_session() {
+    let Some(net) = setup(&[], "") else { return };
+    let policy_path = net.env.base.join("cordon.toml");
+    let policy = std::fs::read_to_string(&policy_path).unwrap();
+    let policy = policy.replace("disable = [\"secret-to-unbound-host\"]", "");
+    std::fs::write(&policy_path, policy).unwrap();
+    let out = net.run(
+        r#"curl -sS -o /dev/null --max-time 20 https://other.test/echo -H "Authorization: Bearer $API_TOKEN"; sleep 10; echo survived"#,
+    );
+    assert!(!stdout(&out).contains("survived"), "{}", stdout(&out));
+    assert_eq!(out.status.code(), Some(137));
+    let s = summary(&out);
+    assert_eq!(
+        s["stopped"],
+        "killed by monitor rule secret-to-unbound-host: a secret's placeholder was sent toward \
+         a host the secret is not bound to"
+    );
+    let events = net.events(s["session"].as_str().unwrap());
+    let blocked = kinds(&events, "secret.blocked");
+    assert_eq!(blocked[0]["data"]["host"], "other.test", "{blocked:?}");
+    let anomaly = kinds(&events, "anomaly")
+        .into_iter()
+        .find(|e| e["data"]["rule"] == "secret-to-unbound-host")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(anomaly["data"]["action"], "kill");
+    assert_eq!(anomaly["data"]["event"]["seq"], blocked[0]["seq"]);
+    assert!(
+        !net.received()
+            .iter()
+            .any(|r| r["host"].as_str().unwrap_or("").starts_with("other.test"))
+    );
 }
 
 #[test]
