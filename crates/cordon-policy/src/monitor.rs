@@ -135,7 +135,7 @@ pub const NETWORK_TOOLS_PATTERN: &str =
     r"(^|/)(curl|wget|nc|ncat|netcat|socat|ssh|scp|sftp|telnet)$";
 
 /// Paths that usually hold credentials.
-pub const CREDENTIAL_PATH_PATTERN: &str = r"(^|/)(\.ssh/|\.aws/|\.gnupg/|\.kube/config$|\.docker/config\.json$|\.netrc$|\.git-credentials$|id_(rsa|dsa|ecdsa|ed25519)(\.pub)?$|[^/]*\.pem$)|^/etc/(shadow|gshadow)$";
+pub const CREDENTIAL_PATH_PATTERN: &str = r"(^|/)(\.ssh/|\.aws/|\.gnupg/|\.kube/config$|\.docker/config\.json$|\.netrc$|\.git-credentials$|id_(rsa|dsa|ecdsa|ed25519)$|[^/]*(key|private|secret)[^/]*\.pem$|[^/]+\.key$)|^/etc/(shadow|gshadow)$";
 
 /// System calls that change privileges or reach around the sandbox.
 pub const PRIVILEGE_SYSCALL_PATTERN: &str = r"^(setns|unshare|clone|mount|umount2|pivot_root|chroot|fsopen|fsmount|fsconfig|fspick|move_mount|open_tree|open_tree_attr|mount_setattr|ptrace|process_vm_readv|process_vm_writev|pidfd_getfd|bpf|perf_event_open|init_module|finit_module|delete_module|kexec_load|kexec_file_load|keyctl|add_key|request_key|open_by_handle_at|iopl|ioperm|setuid|setgid|setreuid|setregid|setresuid|setresgid|setfsuid|setfsgid|setgroups|capset|prctl)$";

@@ -18,6 +18,7 @@
 
 pub mod doctor;
 pub mod glob;
+pub mod gvisor;
 pub mod monitor;
 pub mod native;
 pub mod network;
@@ -124,6 +125,7 @@ pub trait Running: Send {
 pub fn backend(kind: BackendKind) -> Box<dyn Backend> {
     match kind {
         BackendKind::Native => Box::new(native::Native::new()),
+        BackendKind::Gvisor => Box::new(gvisor::Gvisor::new()),
         other => Box::new(Missing(other)),
     }
 }

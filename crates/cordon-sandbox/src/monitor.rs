@@ -480,7 +480,8 @@ mod tests {
             "/home/u/.docker/config.json",
             "/home/u/.kube/config",
             "/p/.git-credentials",
-            "/p/certs/server.pem",
+            "/p/certs/server-key.pem",
+            "/p/tls/server.key",
             "/home/u/.gnupg/secring.gpg",
         ] {
             assert_eq!(
@@ -493,7 +494,16 @@ mod tests {
                 "{path}"
             );
         }
-        for path in ["/etc/passwd", "/p/src/ssh.rs", "/p/pem.txt"] {
+        // Public material: certificates and CA bundles are read all the time.
+        for path in [
+            "/etc/passwd",
+            "/p/src/ssh.rs",
+            "/p/pem.txt",
+            "/etc/ssl/certs/ca-certificates.crt",
+            "/etc/ssl/certs/sandboxing-egress-ca.pem",
+            "/home/u/.ssh_config.txt",
+            "/home/u/id_ed25519.pub",
+        ] {
             assert!(
                 fired(&m, "fs.open", json!({"path": path})).is_empty(),
                 "{path}"

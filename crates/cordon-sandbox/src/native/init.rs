@@ -60,7 +60,7 @@ pub struct InitConfig {
 }
 
 /// Name of the sandbox's network interface.
-const TAP_NAME: &str = "eth0";
+pub const TAP_NAME: &str = "eth0";
 
 /// Messages from the sandbox to the host.
 #[derive(Serialize, Deserialize, Debug)]

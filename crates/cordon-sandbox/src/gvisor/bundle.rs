@@ -1,0 +1,282 @@
+//! The OCI bundle `runsc` runs: a root file system made of mount points only, and a
+//! `config.json` that mounts into it what the native backend's init mounts — the
+//! host's system directories and a filtered `/etc` read-only, the workspace overlay
+//! read-write at its host path with protected paths read-only and hidden paths
+//! masked, a private `$HOME` and `/tmp`, extra mounts, a fresh `/proc` and `/sys`.
+//!
+//! The root is a directory of this session (`<scratch>/rootfs`), read-only; every
+//! mount point is created in it before runsc starts, so nothing depends on gVisor
+//! creating directories in a read-only root.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::spec::SandboxSpec;
+use crate::{Error, Result};
+
+/// Host directories bound read-only when they exist (symbolic links are recreated),
+/// as in the native backend.
+const SYSTEM_DIRS: &[&str] = &[
+    "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "opt",
+];
+
+/// Most open files the agent may hold.
+const NOFILE: u64 = 4096;
+
+/// What the bundle needs beyond the spec.
+pub struct Options<'a> {
+    pub terminal: bool,
+    /// The network namespace to join (`--network=sandbox`), if any.
+    pub netns: Option<&'a Path>,
+}
+
+fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
+    move |e| Error::io(what, e)
+}
+
+/// `path` (absolute) under `root`.
+fn under(root: &Path, path: &Path) -> PathBuf {
+    root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+/// Create a mount point for `target` in the root: a directory, or an empty file for
+/// a file mount.
+fn mount_point(root: &Path, target: &Path, file: bool) -> Result<()> {
+    let p = under(root, target);
+    if file {
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(io(format!("cannot create {}", parent.display())))?;
+        }
+        if !p.exists() {
+            std::fs::write(&p, b"").map_err(io(format!("cannot create {}", p.display())))?;
+        }
+        Ok(())
+    } else {
+        std::fs::create_dir_all(&p).map_err(io(format!("cannot create {}", p.display())))
+    }
+}
+
+fn bind(source: &Path, target: &Path, writable: bool) -> Value {
+    json!({
+        "destination": target,
+        "type": "bind",
+        "source": source,
+        "options": ["rbind", if writable { "rw" } else { "ro" }, "nosuid", "nodev"],
+    })
+}
+
+fn tmpfs(target: &Path, mode: &str, size: &str, read_only: bool) -> Value {
+    let mut options = vec![
+        "nosuid".to_owned(),
+        "nodev".to_owned(),
+        format!("mode={mode}"),
+        format!("size={size}"),
+    ];
+    if read_only {
+        options.push("ro".into());
+    }
+    json!({"destination": target, "type": "tmpfs", "source": "tmpfs", "options": options})
+}
+
+/// Prepare `<scratch>/rootfs` and return the `config.json` for `spec`.
+pub fn prepare(spec: &SandboxSpec, opts: &Options<'_>) -> Result<Value> {
+    let root = spec.scratch.join("rootfs");
+    std::fs::create_dir_all(&root).map_err(io(format!("cannot create {}", root.display())))?;
+    let empty_file = spec.scratch.join("empty");
+    std::fs::write(&empty_file, b"")
+        .map_err(io(format!("cannot create {}", empty_file.display())))?;
+    let mut mounts = Vec::new();
+    for d in SYSTEM_DIRS {
+        let host = Path::new("/").join(d);
+        let Ok(md) = std::fs::symlink_metadata(&host) else {
+            continue;
+        };
+        let inside = root.join(d);
+        if md.file_type().is_symlink() {
+            let target = std::fs::read_link(&host)
+                .map_err(io(format!("cannot read link {}", host.display())))?;
+            if std::fs::symlink_metadata(&inside).is_err() {
+                std::os::unix::fs::symlink(&target, &inside)
+                    .map_err(io(format!("cannot create {}", inside.display())))?;
+            }
+        } else if md.is_dir() {
+            mount_point(&root, &host, false)?;
+            mounts.push(bind(&host, &host, false));
+        }
+    }
+    // /etc: the host's, read-only, with what must never enter masked.
+    mount_point(&root, Path::new("/etc"), false)?;
+    mounts.push(bind(Path::new("/etc"), Path::new("/etc"), false));
+    for name in crate::native::init::ETC_DENY {
+        let host = Path::new("/etc").join(name);
+        match std::fs::symlink_metadata(&host) {
+            Ok(md) if md.is_dir() => mounts.push(tmpfs(&host, "0755", "4k", true)),
+            Ok(md) if md.is_file() => mounts.push(bind(&empty_file, &host, false)),
+            _ => {}
+        }
+    }
+    for (target, fstype) in [("/proc", "proc"), ("/sys", "sysfs")] {
+        mount_point(&root, Path::new(target), false)?;
+        mounts.push(json!({
+            "destination": target, "type": fstype, "source": fstype,
+            "options": ["nosuid", "nodev", "noexec", "ro"],
+        }));
+    }
+    mount_point(&root, Path::new("/dev"), false)?;
+    mounts.push(json!({
+        "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+        "options": ["nosuid", "mode=755"],
+    }));
+    mount_point(&root, Path::new("/tmp"), false)?;
+    mounts.push(tmpfs(Path::new("/tmp"), "1777", "512m", false));
+    mount_point(&root, &spec.home, false)?;
+    mounts.push(tmpfs(&spec.home, "0700", "512m", false));
+
+    // The workspace overlay at its host path; protected paths read-only over it,
+    // hidden ones masked.
+    let ws = &spec.workspace;
+    mount_point(&root, &ws.target, false)?;
+    mounts.push(bind(&ws.source, &ws.target, true));
+    let host_of = |p: &Path| ws.source.join(p.strip_prefix(&ws.target).unwrap_or(p));
+    for p in &ws.read_only {
+        let host = host_of(p);
+        if host.exists() {
+            mounts.push(bind(&host, p, false));
+        }
+    }
+    for p in &ws.hidden {
+        match std::fs::symlink_metadata(host_of(p)) {
+            Ok(md) if md.is_dir() => mounts.push(tmpfs(p, "0700", "4k", true)),
+            Ok(_) => mounts.push(bind(&empty_file, p, false)),
+            Err(_) => {}
+        }
+    }
+    for m in &spec.mounts {
+        let file = std::fs::metadata(&m.source).is_ok_and(|md| !md.is_dir());
+        // A target under /etc or another bound directory exists there already.
+        if !m.target.starts_with("/etc") {
+            mount_point(&root, &m.target, file)?;
+        }
+        mounts.push(bind(&m.source, &m.target, m.writable));
+    }
+
+    let mut rlimits = vec![json!({"type": "RLIMIT_NOFILE", "hard": NOFILE, "soft": NOFILE})];
+    if let Some(p) = spec.limits.pids {
+        // The sentry enforces RLIMIT_NPROC per user inside the sandbox; a cgroup
+        // pids limit would count the sandbox's host threads instead.
+        rlimits.push(json!({"type": "RLIMIT_NPROC", "hard": p, "soft": p}));
+    }
+    let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let no_caps: Vec<String> = Vec::new();
+    let mut network = json!({"type": "network"});
+    if let Some(ns) = opts.netns {
+        network["path"] = json!(ns);
+    }
+    Ok(json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": opts.terminal,
+            "user": {"uid": 0, "gid": 0},
+            "args": spec.argv,
+            "env": env,
+            "cwd": spec.cwd,
+            "capabilities": {
+                "bounding": no_caps, "effective": no_caps, "inheritable": no_caps,
+                "permitted": no_caps, "ambient": no_caps,
+            },
+            "noNewPrivileges": true,
+            "rlimits": rlimits,
+        },
+        "root": {"path": root, "readonly": true},
+        "hostname": spec.hostname,
+        "mounts": mounts,
+        "linux": {
+            "namespaces": [
+                {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, network,
+            ],
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{BindMount, Limits, NetworkMode, WorkspaceMount};
+
+    fn spec(dir: &Path) -> SandboxSpec {
+        let ws = dir.join("mnt");
+        std::fs::create_dir_all(ws.join(".git/hooks")).unwrap();
+        std::fs::write(ws.join(".env"), b"SECRET=1").unwrap();
+        SandboxSpec {
+            session: "s1".into(),
+            argv: vec!["sh".into(), "-c".into(), "true".into()],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            cwd: "/home/me/project".into(),
+            hostname: "cordon".into(),
+            workspace: WorkspaceMount {
+                source: ws,
+                target: "/home/me/project".into(),
+                read_only: vec!["/home/me/project/.git/hooks".into()],
+                hidden: vec!["/home/me/project/.env".into()],
+            },
+            mounts: vec![BindMount {
+                source: dir.join("resolv.conf"),
+                target: "/etc/resolv.conf".into(),
+                writable: false,
+            }],
+            home: "/home/agent".into(),
+            limits: Limits {
+                pids: Some(64),
+                ..Limits::default()
+            },
+            scratch: dir.join("root"),
+            network: NetworkMode::Loopback,
+        }
+    }
+
+    #[test]
+    fn the_bundle_mirrors_the_native_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("resolv.conf"), b"nameserver 10.0.0.1\n").unwrap();
+        let s = spec(dir.path());
+        let c = prepare(
+            &s,
+            &Options {
+                terminal: false,
+                netns: None,
+            },
+        )
+        .unwrap();
+        let mounts = c["mounts"].as_array().unwrap();
+        let at =
+            |t: &str| -> Vec<&Value> { mounts.iter().filter(|m| m["destination"] == t).collect() };
+        let ws = at("/home/me/project");
+        assert_eq!(ws[0]["options"][1], "rw", "the workspace is writable");
+        assert_eq!(at("/home/me/project/.git/hooks")[0]["options"][1], "ro");
+        let hidden = at("/home/me/project/.env");
+        assert_eq!(hidden[0]["source"], json!(dir.path().join("root/empty")));
+        assert_eq!(at("/usr")[0]["options"][1], "ro");
+        assert_eq!(at("/home/agent")[0]["type"], "tmpfs");
+        if Path::new("/etc/shadow").exists() {
+            assert_eq!(
+                at("/etc/shadow")[0]["source"],
+                json!(dir.path().join("root/empty")),
+                "/etc/shadow is masked"
+            );
+        }
+        assert_eq!(c["root"]["readonly"], true);
+        assert_eq!(c["process"]["noNewPrivileges"], true);
+        assert_eq!(c["process"]["capabilities"]["bounding"], json!([]));
+        assert!(
+            c["process"]["rlimits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["type"] == "RLIMIT_NPROC" && r["hard"] == 64)
+        );
+        assert!(dir.path().join("root/rootfs/home/me/project").is_dir());
+        assert!(dir.path().join("root/rootfs/usr").is_dir());
+    }
+}
