@@ -440,6 +440,12 @@ fn run_session(
         let serve = ServeOptions {
             fs_name: format!("cordon:{id}"),
             quota: quota.clone(),
+            // The kernel lets an inode open for FUSE passthrough be opened only in
+            // passthrough mode again, and a write open of a base file cannot be (its
+            // bytes move into the store): gVisor's gofer keeps a read-only descriptor
+            // on every file it walks, so each write of an existing file would fail
+            // with EIO. Reads are served from userspace and the page cache instead.
+            passthrough: opts.backend != BackendKind::Gvisor,
             ..ServeOptions::default()
         };
         let (ws, mnt) = (ws.clone(), mnt.clone());

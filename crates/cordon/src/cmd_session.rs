@@ -35,7 +35,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     workspace: Option<PathBuf>,
     /// Isolation backend. Overrides `[sandbox] backend`.
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(BackendKind::ALL.map(|k| k.name())))]
+    #[arg(long, env = "CORDON_BACKEND", value_parser = clap::builder::PossibleValuesParser::new(BackendKind::ALL.map(|k| k.name())))]
     backend: Option<String>,
     /// Wall-clock limit, e.g. 90s, 30m. Overrides `[sandbox] timeout`.
     #[arg(long, value_name = "DURATION")]

@@ -24,11 +24,118 @@ const SYSTEM_DIRS: &[&str] = &[
 /// Most open files the agent may hold.
 const NOFILE: u64 = 4096;
 
+/// System calls refused with `EPERM` inside the sandbox (`runsc --oci-seccomp`): the
+/// native backend's deny list, as far as gVisor implements the call at all (what it
+/// does not implement fails with `ENOSYS` anyway, and a name its filter compiler does
+/// not know would stop the sandbox from starting).
+const DENIED: &[&str] = &[
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "kcmp",
+    "bpf",
+    "perf_event_open",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "userfaultfd",
+    "setns",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "swapon",
+    "swapoff",
+    "reboot",
+    "syslog",
+    "acct",
+    "quotactl",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "iopl",
+    "ioperm",
+    "vhangup",
+    "modify_ldt",
+];
+
+/// The OCI seccomp profile: [`DENIED`], namespace flags on `unshare`/`clone`, the
+/// terminal-injection ioctls, device nodes, and raw, packet and vsock sockets.
+pub fn seccomp() -> Value {
+    let eperm = |names: &[&str], args: Value| json!({"names": names, "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM, "args": args});
+    let arg = |index: u32, op: &str, value: u64, two: u64| json!({"index": index, "value": value, "valueTwo": two, "op": op});
+    let mut rules = vec![eperm(DENIED, json!([]))];
+    let ns = [
+        libc::CLONE_NEWUSER,
+        libc::CLONE_NEWNS,
+        libc::CLONE_NEWPID,
+        libc::CLONE_NEWNET,
+        libc::CLONE_NEWIPC,
+        libc::CLONE_NEWUTS,
+        libc::CLONE_NEWCGROUP,
+    ];
+    for bit in ns {
+        let bit = bit as u64;
+        rules.push(eperm(
+            &["unshare", "clone"],
+            json!([arg(0, "SCMP_CMP_MASKED_EQ", bit, bit)]),
+        ));
+    }
+    for request in [0x5412u64 /* TIOCSTI */, 0x541c /* TIOCLINUX */] {
+        rules.push(eperm(
+            &["ioctl"],
+            json!([arg(1, "SCMP_CMP_EQ", request, 0)]),
+        ));
+    }
+    const S_IFMT: u64 = 0o170000;
+    for kind in [libc::S_IFBLK as u64, libc::S_IFCHR as u64] {
+        rules.push(eperm(
+            &["mknodat"],
+            json!([arg(2, "SCMP_CMP_MASKED_EQ", S_IFMT, kind)]),
+        ));
+        rules.push(eperm(
+            &["mknod"],
+            json!([arg(1, "SCMP_CMP_MASKED_EQ", S_IFMT, kind)]),
+        ));
+    }
+    for family in [libc::AF_PACKET, libc::AF_VSOCK, libc::AF_KEY, libc::AF_ALG] {
+        rules.push(eperm(
+            &["socket", "socketpair"],
+            json!([arg(0, "SCMP_CMP_EQ", family as u64, 0)]),
+        ));
+    }
+    for ty in [libc::SOCK_RAW as u64, 10 /* SOCK_PACKET */] {
+        rules.push(eperm(
+            &["socket"],
+            json!([arg(1, "SCMP_CMP_MASKED_EQ", 0xf, ty)]),
+        ));
+    }
+    json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": rules,
+    })
+}
+
 /// What the bundle needs beyond the spec.
 pub struct Options<'a> {
     pub terminal: bool,
     /// The network namespace to join (`--network=sandbox`), if any.
     pub netns: Option<&'a Path>,
+    /// Entries below `/etc` only root may read on the host (relative to `/etc`, is a
+    /// directory).
+    pub etc_private: Vec<(PathBuf, bool)>,
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
@@ -80,13 +187,40 @@ fn tmpfs(target: &Path, mode: &str, size: &str, read_only: bool) -> Value {
     json!({"destination": target, "type": "tmpfs", "source": "tmpfs", "options": options})
 }
 
+/// Refuse a mount target inside the workspace that goes through a symbolic link
+/// there, as the native backend does: a link planted in the project must not decide
+/// where a mount lands.
+fn no_links_in_workspace(spec: &SandboxSpec, target: &Path) -> Result<()> {
+    let ws = &spec.workspace;
+    let Ok(rel) = target.strip_prefix(&ws.target) else {
+        return Ok(());
+    };
+    let mut p = ws.source.clone();
+    for c in rel.components() {
+        p.push(c);
+        if std::fs::symlink_metadata(&p).is_ok_and(|md| md.file_type().is_symlink()) {
+            return Err(Error::Setup(format!(
+                "{} has a symbolic link in it ({}); mount targets and protected paths must be \
+                 real files and directories",
+                target.display(),
+                p.strip_prefix(&ws.source).unwrap_or(&p).display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Prepare `<scratch>/rootfs` and return the `config.json` for `spec`.
 pub fn prepare(spec: &SandboxSpec, opts: &Options<'_>) -> Result<Value> {
     let root = spec.scratch.join("rootfs");
     std::fs::create_dir_all(&root).map_err(io(format!("cannot create {}", root.display())))?;
+    // What masks a file: empty, and readable by nobody (the agent is uid 0 in the
+    // sandbox, without capabilities, so mode 000 keeps it out).
     let empty_file = spec.scratch.join("empty");
     std::fs::write(&empty_file, b"")
         .map_err(io(format!("cannot create {}", empty_file.display())))?;
+    std::fs::set_permissions(&empty_file, std::os::unix::fs::PermissionsExt::from_mode(0))
+        .map_err(io(format!("cannot protect {}", empty_file.display())))?;
     let mut mounts = Vec::new();
     for d in SYSTEM_DIRS {
         let host = Path::new("/").join(d);
@@ -112,10 +246,42 @@ pub fn prepare(spec: &SandboxSpec, opts: &Options<'_>) -> Result<Value> {
     for name in crate::native::init::ETC_DENY {
         let host = Path::new("/etc").join(name);
         match std::fs::symlink_metadata(&host) {
-            Ok(md) if md.is_dir() => mounts.push(tmpfs(&host, "0755", "4k", true)),
+            Ok(md) if md.is_dir() => mounts.push(tmpfs(&host, "0000", "4k", true)),
             Ok(md) if md.is_file() => mounts.push(bind(&empty_file, &host, false)),
             _ => {}
         }
+    }
+    // Top-level /etc entries not everyone may read (the native backend leaves them
+    // out of its /etc), and below /etc what only root may read: the agent is uid 0
+    // here.
+    if let Ok(entries) = std::fs::read_dir("/etc") {
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(md) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if md.file_type().is_symlink()
+                || crate::native::init::world_readable(&md)
+                || crate::native::init::ETC_DENY
+                    .iter()
+                    .any(|d| path.file_name().is_some_and(|n| n == *d))
+            {
+                continue;
+            }
+            mounts.push(if md.is_dir() {
+                tmpfs(&path, "0000", "4k", true)
+            } else {
+                bind(&empty_file, &path, false)
+            });
+        }
+    }
+    for (rel, dir) in &opts.etc_private {
+        let path = Path::new("/etc").join(rel);
+        mounts.push(if *dir {
+            tmpfs(&path, "0000", "4k", true)
+        } else {
+            bind(&empty_file, &path, false)
+        });
     }
     for (target, fstype) in [("/proc", "proc"), ("/sys", "sysfs")] {
         mount_point(&root, Path::new(target), false)?;
@@ -129,6 +295,11 @@ pub fn prepare(spec: &SandboxSpec, opts: &Options<'_>) -> Result<Value> {
         "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
         "options": ["nosuid", "mode=755"],
     }));
+    // gVisor's own /dev has a FUSE device and a TUN device (both served by the
+    // sentry); the agent needs neither.
+    for dev in ["/dev/fuse", "/dev/net/tun"] {
+        mounts.push(bind(&empty_file, Path::new(dev), false));
+    }
     mount_point(&root, Path::new("/tmp"), false)?;
     mounts.push(tmpfs(Path::new("/tmp"), "1777", "512m", false));
     mount_point(&root, &spec.home, false)?;
@@ -154,6 +325,7 @@ pub fn prepare(spec: &SandboxSpec, opts: &Options<'_>) -> Result<Value> {
         }
     }
     for m in &spec.mounts {
+        no_links_in_workspace(spec, &m.target)?;
         let file = std::fs::metadata(&m.source).is_ok_and(|md| !md.is_dir());
         // A target under /etc or another bound directory exists there already.
         if !m.target.starts_with("/etc") {
@@ -193,6 +365,7 @@ pub fn prepare(spec: &SandboxSpec, opts: &Options<'_>) -> Result<Value> {
         "hostname": spec.hostname,
         "mounts": mounts,
         "linux": {
+            "seccomp": seccomp(),
             "namespaces": [
                 {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, network,
             ],
@@ -246,6 +419,7 @@ mod tests {
             &Options {
                 terminal: false,
                 netns: None,
+                etc_private: Vec::new(),
             },
         )
         .unwrap();

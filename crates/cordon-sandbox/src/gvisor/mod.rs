@@ -394,6 +394,12 @@ impl Backend for Gvisor {
                     "/etc/nsswitch.conf",
                     "/etc/passwd",
                     "/etc/group",
+                    "/etc/host.conf",
+                    "/etc/hosts",
+                    "/etc/resolv.conf",
+                    "/etc/gai.conf",
+                    "/etc/ssl/certs",
+                    "/etc/cordon",
                 ]
                 .iter()
                 .map(PathBuf::from),
@@ -426,6 +432,11 @@ impl Backend for Gvisor {
             &bundle::Options {
                 terminal: tty.is_some(),
                 netns: netns.as_ref().map(|n| n.path.as_path()),
+                etc_private: if is_root() {
+                    crate::native::init::etc_private()
+                } else {
+                    Vec::new()
+                },
             },
         )?;
         let config_path = scratch.join("config.json");
@@ -444,6 +455,7 @@ impl Backend for Gvisor {
                 "--network=none"
             })
             .arg("--ignore-cgroups")
+            .arg("--oci-seccomp")
             .arg(format!("--pod-init-config={}", pod_init.display()))
             .args(rootless_flag())
             .arg("run")
@@ -738,7 +750,7 @@ impl Running for GvisorRunning {
             (None, Some(s)) => (128 + s, Some(s)),
             (None, None) => (128, None),
         };
-        let limits = match &self.enforcement {
+        let mut limits = match &self.enforcement {
             Enforcement::Cgroup(c) => c.hits(),
             _ => Vec::new(),
         };
@@ -762,6 +774,9 @@ impl Running for GvisorRunning {
             }
         }
         let s = &self.stats;
+        if s.pids_hit.load(Ordering::Relaxed) && !limits.contains(&crate::LimitKind::Pids) {
+            limits.push(crate::LimitKind::Pids);
+        }
         let mut data = Map::new();
         data.insert("messages".into(), json!(s.messages.load(Ordering::Relaxed)));
         data.insert(

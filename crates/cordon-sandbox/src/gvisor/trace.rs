@@ -32,13 +32,18 @@ use crate::EventSink;
 
 /// Largest message read; gVisor's are far smaller (an execve with a long argv is a
 /// few KiB). Longer ones are truncated by the socket and skipped.
-pub const MAX_MESSAGE: usize = 256 * 1024;
+pub const MAX_MESSAGE: usize = 4 << 20;
 /// Most events one trace session turns into log events.
 pub const EVENT_BUDGET: u64 = 20_000;
-/// Longest string kept from a message (paths, arguments).
+/// Longest string kept from a message (paths); arguments are cut shorter.
 const MAX_TEXT: usize = 4096;
-/// Most arguments kept from an exec.
-const MAX_ARGS: usize = 64;
+/// Most arguments kept from an exec, and the longest one (as the native backend
+/// keeps them).
+const MAX_ARGS: usize = 32;
+const MAX_ARG: usize = 256;
+
+/// Most `trace.dropped` events one session logs.
+const MAX_DROP_REPORTS: u32 = 16;
 
 /// The protocol version this reader speaks (runsc 2022-12 sends 1).
 const VERSION: u32 = 1;
@@ -105,6 +110,36 @@ pub struct ExecveInfo {
     pub binary_path: String,
     #[prost(string, repeated, tag = "3")]
     pub argv: Vec<String>,
+}
+
+/// `gvisor.syscall.Execve` (the `execve`/`execveat` entry points: the path as the
+/// caller named it, as the native backend records it).
+#[derive(Clone, PartialEq, Message)]
+pub struct Execve {
+    #[prost(message, optional, tag = "1")]
+    pub context_data: Option<ContextData>,
+    #[prost(message, optional, tag = "2")]
+    pub exit: Option<Exit>,
+    #[prost(uint64, tag = "3")]
+    pub sysno: u64,
+    #[prost(int64, tag = "4")]
+    pub fd: i64,
+    #[prost(string, tag = "5")]
+    pub fd_path: String,
+    #[prost(string, tag = "6")]
+    pub pathname: String,
+    #[prost(string, repeated, tag = "7")]
+    pub argv: Vec<String>,
+}
+
+/// The context and result of a `clone`, `fork` or `vfork` exit point (the rest of
+/// `gvisor.syscall.Clone`/`Fork` is not needed).
+#[derive(Clone, PartialEq, Message)]
+pub struct Spawned {
+    #[prost(message, optional, tag = "1")]
+    pub context_data: Option<ContextData>,
+    #[prost(message, optional, tag = "2")]
+    pub exit: Option<Exit>,
 }
 
 /// `gvisor.sentry.TaskExit`.
@@ -209,15 +244,32 @@ mod kind {
     pub const SYSCALL_RAW: u16 = 6;
     pub const SYSCALL_OPEN: u16 = 7;
     pub const SYSCALL_CONNECT: u16 = 10;
+    pub const SYSCALL_EXECVE: u16 = 11;
+    pub const SYSCALL_CLONE: u16 = 23;
+    pub const SYSCALL_FORK: u16 = 29;
     pub const SYSCALL_SETID: u16 = 14;
     pub const SYSCALL_SETRESID: u16 = 15;
     pub const SYSCALL_BIND: u16 = 24;
 }
 
-/// Privilege-related system calls traced by number (`syscall/sysno/N/enter`); the
-/// set* calls have named points of their own.
+/// Privilege-related system calls traced by number (`syscall/sysno/N/enter`): the
+/// native backend's denied list, so both backends report the same attempts. The
+/// set*id calls have named points of their own; `clone` and `socket` are reported
+/// only with namespace flags, and for raw or packet sockets.
 pub const PRIVILEGED_SYSNOS: &[(u64, &str)] = &[
+    (41, "socket"),
+    (56, "clone"),
     (101, "ptrace"),
+    (133, "mknod"),
+    (259, "mknodat"),
+    (248, "add_key"),
+    (249, "request_key"),
+    (304, "open_by_handle_at"),
+    (310, "process_vm_readv"),
+    (311, "process_vm_writev"),
+    (320, "kexec_file_load"),
+    (323, "userfaultfd"),
+    (425, "io_uring_setup"),
     (105, "setuid"),
     (106, "setgid"),
     (113, "setreuid"),
@@ -261,7 +313,11 @@ pub fn pod_init_config(endpoint: &Path) -> Value {
     ];
     let mut points = vec![
         json!({"name": "container/start", "context_fields": ctx}),
-        json!({"name": "sentry/execve", "context_fields": ctx}),
+        json!({"name": "syscall/execve/enter", "context_fields": ctx}),
+        json!({"name": "syscall/execveat/enter", "optional_fields": ["fd_path"], "context_fields": ctx}),
+        json!({"name": "syscall/clone/exit", "context_fields": ctx}),
+        json!({"name": "syscall/fork/exit", "context_fields": ctx}),
+        json!({"name": "syscall/vfork/exit", "context_fields": ctx}),
         json!({"name": "sentry/task_exit", "context_fields": ctx}),
         json!({"name": "syscall/openat/enter", "optional_fields": ["fd_path"], "context_fields": ctx}),
         json!({"name": "syscall/open/enter", "context_fields": ctx}),
@@ -297,6 +353,14 @@ fn bounded(s: &str) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
+}
+
+fn arg(s: &str) -> String {
+    let mut end = s.len().min(MAX_ARG);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
 }
 
 fn context(data: &mut Map<String, Value>, c: &Option<ContextData>) {
@@ -417,7 +481,7 @@ pub fn decode(
                 "path".into(),
                 json!(bounded(m.args.first().map_or("", String::as_str))),
             );
-            let argv: Vec<String> = m.args.iter().take(MAX_ARGS).map(|a| bounded(a)).collect();
+            let argv: Vec<String> = m.args.iter().take(MAX_ARGS).map(|a| arg(a)).collect();
             data.insert("argv".into(), json!(argv));
             Some(("proc.exec", data))
         }
@@ -425,9 +489,32 @@ pub fn decode(
             let m = ExecveInfo::decode(payload).ok()?;
             context(&mut data, &m.context_data);
             data.insert("path".into(), json!(bounded(&m.binary_path)));
-            let argv: Vec<String> = m.argv.iter().take(MAX_ARGS).map(|a| bounded(a)).collect();
+            let argv: Vec<String> = m.argv.iter().take(MAX_ARGS).map(|a| arg(a)).collect();
             data.insert("argv".into(), json!(argv));
             Some(("proc.exec", data))
+        }
+        kind::SYSCALL_EXECVE => {
+            let m = Execve::decode(payload).ok()?;
+            context(&mut data, &m.context_data);
+            let path = if m.pathname.is_empty() && !m.fd_path.is_empty() {
+                &m.fd_path
+            } else {
+                &m.pathname
+            };
+            data.insert("path".into(), json!(bounded(path)));
+            let argv: Vec<String> = m.argv.iter().take(MAX_ARGS).map(|a| arg(a)).collect();
+            data.insert("argv".into(), json!(argv));
+            Some(("proc.exec", data))
+        }
+        kind::SYSCALL_CLONE | kind::SYSCALL_FORK => {
+            // A new process refused for want of room: the process limit
+            // (RLIMIT_NPROC, enforced by the sentry) was reached.
+            let m = Spawned::decode(payload).ok()?;
+            if m.exit.as_ref()?.errorno != i64::from(libc::EAGAIN) {
+                return None;
+            }
+            context(&mut data, &m.context_data);
+            Some(("limit.pids", data))
         }
         kind::SENTRY_TASK_EXIT => {
             let m = TaskExit::decode(payload).ok()?;
@@ -493,6 +580,22 @@ pub fn decode(
         }
         kind::SYSCALL_RAW => {
             let m = RawSyscall::decode(payload).ok()?;
+            // Ordinary clones and sockets are not privilege-related.
+            let ns_flags = (libc::CLONE_NEWUSER
+                | libc::CLONE_NEWNS
+                | libc::CLONE_NEWPID
+                | libc::CLONE_NEWNET
+                | libc::CLONE_NEWIPC
+                | libc::CLONE_NEWUTS
+                | libc::CLONE_NEWCGROUP) as u64;
+            let raw_socket = m.arg2 & 0xf == libc::SOCK_RAW as u64
+                || m.arg2 & 0xf == 10 // SOCK_PACKET, the obsolete packet socket type
+                || m.arg1 == libc::AF_PACKET as u64;
+            match m.sysno {
+                56 if m.arg1 & ns_flags == 0 => return None,
+                41 if !raw_socket => return None,
+                _ => {}
+            }
             context(&mut data, &m.context_data);
             data.insert("syscall".into(), json!(sysno_name(m.sysno)));
             data.insert(
@@ -530,6 +633,8 @@ pub struct Stats {
     pub dropped: AtomicU64,
     /// The container/start point arrived: the trace session is live.
     pub live: AtomicBool,
+    /// A process could not be created because the process limit was reached.
+    pub pids_hit: AtomicBool,
 }
 
 /// Accept runsc's connection on `listener`, answer the handshake, and turn messages
@@ -568,6 +673,7 @@ pub fn serve(listener: OwnedFd, scope: Scope, events: Arc<dyn EventSink>, stats:
         return;
     }
     let mut emitted = 0u64;
+    let mut drop_reports = 0u32;
     loop {
         let n = match rustix::net::recv(&conn, &mut buf, RecvFlags::TRUNC) {
             Ok((0, _)) => return,
@@ -584,13 +690,24 @@ pub fn serve(listener: OwnedFd, scope: Scope, events: Arc<dyn EventSink>, stats:
             stats.malformed.fetch_add(1, Ordering::Relaxed);
             continue;
         };
-        stats
+        // gVisor counts points it could not send (the socket was full, or one
+        // message was larger than its send buffer, ~208 KiB: an exec with a huge
+        // argument list). Say so in the log as it happens, a few times at most.
+        let before = stats
             .dropped
             .fetch_max(u64::from(dropped), Ordering::Relaxed);
+        if u64::from(dropped) > before && drop_reports < MAX_DROP_REPORTS {
+            drop_reports += 1;
+            let mut data = Map::new();
+            data.insert("dropped".into(), json!(dropped));
+            events.event("trace.dropped", data);
+        }
         if message_type == kind::CONTAINER_START {
             stats.live.store(true, Ordering::Relaxed);
         }
         match decode(message_type, payload, &scope) {
+            // A fork bomb fails thousands of forks: the limit is one event.
+            Some(("limit.pids", _)) if stats.pids_hit.swap(true, Ordering::Relaxed) => {}
             Some((kind, data)) if emitted < EVENT_BUDGET => {
                 emitted += 1;
                 events.event(kind, data);
@@ -698,6 +815,50 @@ mod tests {
     }
 
     #[test]
+    fn execs_keep_the_named_path_and_refused_forks_are_the_process_limit() {
+        let exec = Execve {
+            context_data: ctx(5, 5),
+            pathname: "/bin/true".into(),
+            argv: vec!["true".into()],
+            ..Default::default()
+        };
+        let (k, d) = decode(kind::SYSCALL_EXECVE, &exec.encode_to_vec(), &scope()).unwrap();
+        assert_eq!((k, d["path"].as_str()), ("proc.exec", Some("/bin/true")));
+        let fork = |errorno: i64| Spawned {
+            context_data: ctx(5, 5),
+            exit: Some(Exit {
+                result: -1,
+                errorno,
+            }),
+        };
+        let refused = fork(libc::EAGAIN as i64).encode_to_vec();
+        assert_eq!(
+            decode(kind::SYSCALL_FORK, &refused, &scope()).unwrap().0,
+            "limit.pids"
+        );
+        assert!(decode(kind::SYSCALL_CLONE, &fork(0).encode_to_vec(), &scope()).is_none());
+    }
+
+    #[test]
+    fn only_namespace_clones_and_raw_sockets_are_privilege_events() {
+        let raw = |sysno: u64, arg1: u64, arg2: u64| RawSyscall {
+            context_data: ctx(4, 4),
+            sysno,
+            arg1,
+            arg2,
+            ..Default::default()
+        };
+        let report = |m: RawSyscall| decode(kind::SYSCALL_RAW, &m.encode_to_vec(), &scope());
+        assert!(report(raw(56, libc::SIGCHLD as u64, 0)).is_none(), "a fork");
+        let (_, d) = report(raw(56, libc::CLONE_NEWUSER as u64, 0)).unwrap();
+        assert_eq!(d["syscall"], "clone");
+        assert!(report(raw(41, libc::AF_INET as u64, libc::SOCK_STREAM as u64)).is_none());
+        let (_, d) = report(raw(41, libc::AF_INET as u64, libc::SOCK_RAW as u64)).unwrap();
+        assert_eq!(d["syscall"], "socket");
+        assert!(report(raw(41, libc::AF_PACKET as u64, libc::SOCK_DGRAM as u64)).is_some());
+    }
+
+    #[test]
     fn opens_are_reported_only_outside_the_workspace_and_routine_places() {
         let open = |pathname: &str, flags: i32| Open {
             context_data: ctx(3, 3),
@@ -753,7 +914,7 @@ mod tests {
     fn the_trace_config_names_only_points_runsc_2022_has() {
         let c = pod_init_config(Path::new("/run/t.sock"));
         let points = c["trace_session"]["points"].as_array().unwrap();
-        assert!(points.iter().any(|p| p["name"] == "sentry/execve"));
+        assert!(points.iter().any(|p| p["name"] == "syscall/execve/enter"));
         assert!(
             points
                 .iter()

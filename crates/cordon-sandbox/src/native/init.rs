@@ -781,7 +781,7 @@ fn etc_overlay(
 }
 
 /// Whether "other" may read a file (or list and enter a directory).
-fn world_readable(md: &std::fs::Metadata) -> bool {
+pub fn world_readable(md: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::PermissionsExt;
     let mode = md.permissions().mode();
     if md.is_dir() {

@@ -4,6 +4,19 @@
 # state, and on the session's event log.
 import ctypes, errno, fcntl, os, socket, struct, sys, time
 
+# The backend the attack runs on (`cordon run` sets it): on gVisor the agent's /dev
+# is the sentry's own device file system, and its /proc shows neither NoNewPrivs nor
+# mount flags, so a few checks look at what matters there instead.
+SANDBOX = os.environ.get("CORDON_SANDBOX", "native")
+
+
+def openable(path):
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+        return True
+    except OSError:
+        return False
+
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 
@@ -182,8 +195,13 @@ def attack(name, args):
             except OSError:
                 os._exit(99)
         _, st = os.waitpid(pid, 0)
-        ok = ("CapEff:\t0000000000000000" in status and "NoNewPrivs:\t1" in status
-              and usr and "nosuid" in usr[0])
+        if SANDBOX == "gvisor":
+            # gVisor's /proc has no NoNewPrivs line and no mount flags: what must
+            # hold is no capability and a setuid-root su that fails.
+            ok = "CapEff:\t0000000000000000" in status and os.WEXITSTATUS(st) != 0
+        else:
+            ok = ("CapEff:\t0000000000000000" in status and "NoNewPrivs:\t1" in status
+                  and usr and "nosuid" in usr[0])
         print(("BLOCKED" if ok else "ESCAPED") + f": {cap} usr={'nosuid' in (usr[0] if usr else '')} su_status={st}")
     elif name == "tiocsti":
         for fd in (0, 1, 2):
@@ -224,7 +242,8 @@ def attack(name, args):
         try_read("/proc/kcore")
     elif name == "dev_disk":
         devs = sorted(os.listdir("/dev"))
-        bad = [d for d in devs if d.startswith(("sd", "vd", "nvme", "mem", "kmem", "port", "kvm", "fuse", "loop"))]
+        bad = [d for d in devs if d.startswith(("sd", "vd", "nvme", "mem", "kmem", "port", "kvm", "fuse", "loop"))
+               and openable("/dev/" + d)]
         print(("ESCAPED" if bad else "BLOCKED") + f": /dev has {devs}")
     elif name == "host_env":
         leaked = [k for k in os.environ if k.startswith("CORDON_CANARY")]
@@ -316,7 +335,15 @@ def attack(name, args):
         for d in ("/dev/null", "/dev/full"):
             try:
                 os.chmod(d, 0o600)
-                print(f"ESCAPED: chmod {d}")
+                sentry_dev = SANDBOX == "gvisor" and any(
+                    l.split()[4] == "/dev" and " - tmpfs none " in l
+                    for l in open("/proc/self/mountinfo"))
+                if sentry_dev:
+                    # The node is gVisor's own, in its private /dev; the host's is
+                    # checked unchanged by the test.
+                    print(f"BLOCKED: chmod {d} reached only gVisor's device node")
+                else:
+                    print(f"ESCAPED: chmod {d}")
             except OSError as e:
                 print(f"BLOCKED: chmod {d}: {e.strerror}")
     elif name == "hidden_through_symlink":
