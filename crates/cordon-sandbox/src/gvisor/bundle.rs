@@ -219,8 +219,11 @@ pub fn prepare(spec: &SandboxSpec, opts: &Options<'_>) -> Result<Value> {
     let empty_file = spec.scratch.join("empty");
     std::fs::write(&empty_file, b"")
         .map_err(io(format!("cannot create {}", empty_file.display())))?;
-    std::fs::set_permissions(&empty_file, std::os::unix::fs::PermissionsExt::from_mode(0))
-        .map_err(io(format!("cannot protect {}", empty_file.display())))?;
+    std::fs::set_permissions(
+        &empty_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o000),
+    )
+    .map_err(io(format!("cannot protect {}", empty_file.display())))?;
     let mut mounts = Vec::new();
     for d in SYSTEM_DIRS {
         let host = Path::new("/").join(d);
