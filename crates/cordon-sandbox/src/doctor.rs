@@ -193,6 +193,23 @@ pub fn probe_all() -> Vec<Feature> {
             .map_err(|e| format!("/dev/fuse: {e}")),
     );
     push("network gateway", gateway_probe());
+    push(
+        "gvisor",
+        match crate::gvisor::find_runsc() {
+            None => {
+                Err("runsc not found (Debian: apt-get install runsc; or set CORDON_RUNSC)".into())
+            }
+            Some(runsc) => crate::gvisor::version(&runsc).map(|v| {
+                let p = crate::gvisor::platform(&runsc);
+                format!(
+                    "{v} at {}; platform {} ({})",
+                    runsc.display(),
+                    p.name,
+                    p.why
+                )
+            }),
+        },
+    );
     v
 }
 

@@ -380,6 +380,8 @@ impl Backend for Gvisor {
             .map_err(|e| Error::io(format!("cannot write {}", pod_init.display()), e))?;
         let scope = trace::Scope {
             workspace: spec.workspace.target.clone(),
+            read_only: spec.workspace.read_only.clone(),
+            hidden: spec.workspace.hidden.clone(),
             routine: [
                 "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt",
             ]

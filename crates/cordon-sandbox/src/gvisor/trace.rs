@@ -427,6 +427,11 @@ pub struct Scope {
     /// Other places whose reads are routine: system directories, the private home
     /// and temporary directories, /proc, /dev.
     pub routine: Vec<PathBuf>,
+    /// Workspace paths the agent may not write (read-only) or see (hidden): opens
+    /// of hidden ones and write-opens of read-only ones are reported, as the
+    /// native backend reports them.
+    pub read_only: Vec<PathBuf>,
+    pub hidden: Vec<PathBuf>,
 }
 
 impl Scope {
@@ -434,7 +439,8 @@ impl Scope {
     /// workspace, or a read in a routine place.
     fn reportable(&self, path: &Path, write: bool) -> bool {
         if path.starts_with(&self.workspace) {
-            return false;
+            return self.hidden.iter().any(|h| path.starts_with(h))
+                || write && self.read_only.iter().any(|r| path.starts_with(r));
         }
         let routine = self.routine.iter().any(|r| path.starts_with(r));
         !routine || write && !path.starts_with("/dev") && !path.starts_with("/tmp")
@@ -730,6 +736,8 @@ mod tests {
             routine: ["/usr", "/lib", "/proc", "/dev", "/tmp", "/home/agent"]
                 .map(PathBuf::from)
                 .to_vec(),
+            read_only: vec!["/work/p/.git/hooks".into()],
+            hidden: vec!["/work/p/.env".into()],
         }
     }
 
@@ -872,6 +880,17 @@ mod tests {
         assert!(
             report(open("src/main.rs", libc::O_RDWR)).is_none(),
             "workspace"
+        );
+        assert!(report(open(".git/hooks/pre-commit", 0)).is_none(), "a read");
+        let (_, d) = report(open(
+            ".git/hooks/pre-commit",
+            libc::O_WRONLY | libc::O_APPEND,
+        ))
+        .unwrap();
+        assert_eq!(d["path"], "/work/p/.git/hooks/pre-commit");
+        assert!(
+            report(open(".env", 0)).is_some(),
+            "hidden files are reported"
         );
         assert!(
             report(open("/usr/lib/libc.so.6", 0)).is_none(),
