@@ -90,8 +90,12 @@ fn identity_and_view_inside() {
     assert_eq!(Path::new(lines[1]), env.base.canonicalize().unwrap());
     assert_eq!(lines[3], "0", "the private home is empty");
     assert!(text.contains("CapEff:\t0000000000000000"), "{text}");
-    assert!(text.contains("NoNewPrivs:\t1"), "{text}");
-    assert!(text.contains("Seccomp:\t2"), "{text}");
+    // gVisor's /proc/self/status has no NoNewPrivs or Seccomp line (both are set:
+    // the OCI spec asks for them and the escape suite checks their effect).
+    if !common::gvisor() {
+        assert!(text.contains("NoNewPrivs:\t1"), "{text}");
+        assert!(text.contains("Seccomp:\t2"), "{text}");
+    }
     let procs: u32 = lines[7].trim().parse().unwrap();
     assert!(procs <= 6, "the sandbox sees {procs} processes");
 }
@@ -150,7 +154,11 @@ fn terminal_with_size() {
         "winsize(37, 101)",
     );
     assert!(status.success(), "{text}");
-    assert!(text.contains("/dev/pts/"), "{text}");
+    // Debian's runsc (2022-12) refuses statx(AT_NO_AUTOMOUNT), so `tty` cannot name
+    // the terminal there; `stty` and `test -t` show it is one.
+    if !common::gvisor() {
+        assert!(text.contains("/dev/pts/"), "{text}");
+    }
     assert!(text.contains("37 101"), "{text}");
     assert!(text.contains("is-a-tty"), "{text}");
 }
@@ -703,6 +711,13 @@ fn sandbox_ready_records_the_isolation_in_force() {
         .iter()
         .find(|e| e["kind"] == "sandbox.ready")
         .expect("sandbox.ready");
+    if common::gvisor() {
+        // No Landlock under gVisor: the sentry is the boundary, and the platform
+        // it runs on is recorded.
+        assert_eq!(ready["data"]["backend"], "gvisor", "{ready}");
+        assert!(ready["data"]["platform"].is_string(), "{ready}");
+        return;
+    }
     assert!(
         ["full", "partial"].contains(&ready["data"]["landlock"].as_str().unwrap()),
         "{ready}"

@@ -336,6 +336,19 @@ impl Backend for Gvisor {
                     .into(),
             ));
         }
+        // A program that is not there ends the run as a shell would (127, or 126
+        // when it is not executable), with the native backend's message; runsc would
+        // only say it failed (128).
+        if let Err((code, why)) = find_program(spec) {
+            let msg = format!("cordon: cannot run {}: {why}\n", spec.argv[0]);
+            match &stdio {
+                Stdio::Pipes { stderr, .. } => {
+                    let _ = rustix::io::write(stderr, msg.as_bytes());
+                }
+                Stdio::Terminal { .. } => eprint!("{msg}"),
+            }
+            return Ok(Box::new(NotStarted { code }));
+        }
         let platform = platform(&runsc);
         let scratch = &spec.scratch;
         std::fs::create_dir_all(scratch)
@@ -564,6 +577,91 @@ impl Backend for Gvisor {
     }
 }
 
+/// Where a path of the sandbox's view is on the host before the sandbox starts: in
+/// the workspace, an extra mount, or a system directory (the private home and /tmp
+/// start empty).
+fn host_view(spec: &SandboxSpec, p: &Path) -> Option<PathBuf> {
+    if let Ok(rel) = p.strip_prefix(&spec.workspace.target) {
+        return Some(spec.workspace.source.join(rel));
+    }
+    for m in spec.mounts.iter().rev() {
+        if let Ok(rel) = p.strip_prefix(&m.target) {
+            return Some(m.source.join(rel));
+        }
+    }
+    ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/opt", "/etc"]
+        .iter()
+        .any(|d| p.starts_with(d))
+        .then(|| p.to_path_buf())
+}
+
+/// Look the agent's program up as `execvp` would, in the sandbox's view:
+/// `Err((127, ENOENT))` when it is nowhere, `Err((126, EACCES))` when it is not
+/// executable.
+fn find_program(spec: &SandboxSpec) -> std::result::Result<(), (i32, &'static str)> {
+    use std::os::unix::fs::PermissionsExt;
+    let name = Path::new(&spec.argv[0]);
+    let candidates: Vec<PathBuf> = if spec.argv[0].contains('/') {
+        vec![spec.cwd.join(name)]
+    } else {
+        let path = spec.env.iter().find(|(k, _)| k == "PATH").map_or(
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            |(_, v)| v.as_str(),
+        );
+        path.split(':')
+            .filter(|d| d.starts_with('/'))
+            .map(|d| Path::new(d).join(name))
+            .collect()
+    };
+    let mut found_unexecutable = false;
+    for c in candidates {
+        let Some(host) = host_view(spec, &c) else {
+            // Somewhere only the sandbox knows (its /tmp, its home): let runsc try.
+            return Ok(());
+        };
+        match std::fs::metadata(&host) {
+            Ok(md) if md.is_file() && md.permissions().mode() & 0o111 != 0 => return Ok(()),
+            Ok(md) if md.is_file() => found_unexecutable = true,
+            _ => {}
+        }
+    }
+    Err(if found_unexecutable {
+        (126, "EACCES")
+    } else {
+        (127, "ENOENT")
+    })
+}
+
+/// A run that ended before the sandbox started (the program was not found).
+struct NotStarted {
+    code: i32,
+}
+
+struct NoControl;
+
+impl Control for NoControl {
+    fn signal(&self, _: i32) {}
+    fn kill(&self) {}
+}
+
+impl Running for NotStarted {
+    fn control(&self) -> Arc<dyn Control> {
+        Arc::new(NoControl)
+    }
+    fn terminal(&mut self) -> Option<OwnedFd> {
+        None
+    }
+    fn wait(&mut self) -> Result<Ended> {
+        Ok(Ended {
+            code: self.code,
+            signal: None,
+            limits: Vec::new(),
+            enforcement: "the sandbox did not start".into(),
+            events_suppressed: 0,
+        })
+    }
+}
+
 /// Accept runsc's console socket connection and take the terminal's master side.
 fn receive_console(
     listener: std::os::unix::net::UnixListener,
@@ -745,12 +843,23 @@ impl Running for GvisorRunning {
                 Err(e) => return Err(Error::io("waiting for runsc", e)),
             }
         };
-        // runsc passes the agent's exit code on, and 128+N when a signal N ended it.
-        let (code, signal) = match (status.code(), status.signal()) {
-            (Some(c), _) if c > 128 && c <= 128 + 64 => (c, Some(c - 128)),
-            (Some(c), _) => (c, None),
-            (None, Some(s)) => (128 + s, Some(s)),
-            (None, None) => (128, None),
+        // runsc passes the agent's exit code on, and 128+N when a signal N ended
+        // it, which `exit 130` cannot be told apart from: the trace session's exit
+        // of pid 1 says which it was, when it arrived.
+        if let Some(t) = self.tracer.take() {
+            // The sandbox is gone, so the sink's connection is closed; a tracer that
+            // never got one is left behind (it holds nothing but a listener).
+            if self.stats.messages.load(Ordering::Relaxed) > 0 {
+                let _ = t.join();
+            }
+        }
+        let traced = self.stats.init_exit.lock().ok().and_then(|g| *g);
+        let (code, signal) = match (status.code(), status.signal(), traced) {
+            (Some(c), _, Some((tc, ts))) if c == tc => (c, ts),
+            (Some(c), _, _) if c > 128 && c <= 128 + 64 => (c, Some(c - 128)),
+            (Some(c), _, _) => (c, None),
+            (None, Some(s), _) => (128 + s, Some(s)),
+            (None, None, _) => (128, None),
         };
         let mut limits = match &self.enforcement {
             Enforcement::Cgroup(c) => c.hits(),
@@ -768,13 +877,6 @@ impl Running for GvisorRunning {
             .stderr(std::process::Stdio::null())
             .status();
         self.netns.take();
-        if let Some(t) = self.tracer.take() {
-            // The sandbox is gone, so the sink's connection is closed; a tracer that
-            // never got one is left behind (it holds nothing but a listener).
-            if self.stats.messages.load(Ordering::Relaxed) > 0 {
-                let _ = t.join();
-            }
-        }
         let s = &self.stats;
         if s.pids_hit.load(Ordering::Relaxed) && !limits.contains(&crate::LimitKind::Pids) {
             limits.push(crate::LimitKind::Pids);

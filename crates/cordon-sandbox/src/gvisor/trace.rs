@@ -641,6 +641,8 @@ pub struct Stats {
     pub live: AtomicBool,
     /// A process could not be created because the process limit was reached.
     pub pids_hit: AtomicBool,
+    /// How the sandbox's first process (the agent, pid 1) ended: `(code, signal)`.
+    pub init_exit: std::sync::Mutex<Option<(i32, Option<i32>)>>,
 }
 
 /// Accept runsc's connection on `listener`, answer the handshake, and turn messages
@@ -714,6 +716,21 @@ pub fn serve(listener: OwnedFd, scope: Scope, events: Arc<dyn EventSink>, stats:
         match decode(message_type, payload, &scope) {
             // A fork bomb fails thousands of forks: the limit is one event.
             Some(("limit.pids", _)) if stats.pids_hit.swap(true, Ordering::Relaxed) => {}
+            Some(("proc.exit", data)) if data.get("pid") == Some(&json!(1)) => {
+                let field = |k: &str| data.get(k).and_then(Value::as_i64);
+                let signal = field("signal").map(|s| s as i32);
+                let code = match signal {
+                    Some(s) => 128 + s,
+                    None => field("code").unwrap_or(0) as i32,
+                };
+                if let Ok(mut g) = stats.init_exit.lock() {
+                    *g = Some((code, signal));
+                }
+                if emitted < EVENT_BUDGET {
+                    emitted += 1;
+                    events.event("proc.exit", data);
+                }
+            }
             Some((kind, data)) if emitted < EVENT_BUDGET => {
                 emitted += 1;
                 events.event(kind, data);

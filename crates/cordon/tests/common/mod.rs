@@ -373,3 +373,9 @@ pub fn flags_with_stdin(url: &str, token: &str, args: &[&str], stdin: &str) -> O
         .unwrap();
     child.wait_with_output().unwrap()
 }
+
+/// The end-to-end suites run on the backend `CORDON_BACKEND` names (`scripts/test`
+/// runs them on `native`, then the sandbox suites again on `gvisor`).
+pub fn gvisor() -> bool {
+    std::env::var("CORDON_BACKEND").as_deref() == Ok("gvisor")
+}
