@@ -24,6 +24,8 @@
 //! - Platform: systrap where this runsc has it, KVM where it boots here (probed once
 //!   and remembered per runsc version and kernel), else ptrace ([`platform`]).
 //! - Monitoring: a trace session on a `SOCK_SEQPACKET` socket ([`trace`]).
+//!   `CORDON_GVISOR_TRACE=off` runs without it (for measuring its cost); the
+//!   session's `sandbox.ready` event then says `trace: false`.
 //! - Signals: `runsc run` does not forward signals; [`Control::signal`] uses
 //!   `runsc kill`.
 //!
@@ -385,6 +387,7 @@ impl Backend for Gvisor {
         }
 
         // Trace session.
+        let tracing_on = std::env::var("CORDON_GVISOR_TRACE").as_deref() != Ok("off");
         let sock_path = scratch.join("trace.sock");
         let _ = std::fs::remove_file(&sock_path);
         let listener = seqpacket_listener(&sock_path)?;
@@ -471,7 +474,7 @@ impl Backend for Gvisor {
             })
             .arg("--ignore-cgroups")
             .arg("--oci-seccomp")
-            .arg(format!("--pod-init-config={}", pod_init.display()))
+            .args(tracing_on.then(|| format!("--pod-init-config={}", pod_init.display())))
             .args(rootless_flag())
             .arg("run")
             .arg("--bundle")
@@ -545,6 +548,7 @@ impl Backend for Gvisor {
         data.insert("backend".into(), json!("gvisor"));
         data.insert("platform".into(), json!(platform.name));
         data.insert("platform_reason".into(), json!(platform.why));
+        data.insert("trace".into(), json!(tracing_on));
         data.insert("runsc".into(), json!(version(&runsc).unwrap_or_default()));
         data.insert("pid".into(), json!(pid));
         events.event("sandbox.ready", data);
@@ -571,6 +575,7 @@ impl Backend for Gvisor {
             link,
             netns,
             tracer: Some(tracer),
+            tracing: tracing_on,
             stats,
             events,
         }))
@@ -818,6 +823,7 @@ struct GvisorRunning {
     link: Option<OwnedFd>,
     netns: Option<NetNs>,
     tracer: Option<std::thread::JoinHandle<()>>,
+    tracing: bool,
     stats: Arc<trace::Stats>,
     events: Arc<dyn EventSink>,
 }
@@ -896,7 +902,7 @@ impl Running for GvisorRunning {
             json!(s.suppressed.load(Ordering::Relaxed)),
         );
         self.events.event("trace.summary", data);
-        if !s.live.load(Ordering::Relaxed) {
+        if self.tracing && !s.live.load(Ordering::Relaxed) {
             let mut data = Map::new();
             data.insert(
                 "error".into(),
