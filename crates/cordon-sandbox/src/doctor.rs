@@ -199,13 +199,13 @@ pub fn probe_all() -> Vec<Feature> {
             None => {
                 Err("runsc not found (Debian: apt-get install runsc; or set CORDON_RUNSC)".into())
             }
-            Some(runsc) => crate::gvisor::version(&runsc).map(|v| {
-                let p = crate::gvisor::platform(&runsc);
+            Some(runsc) => crate::gvisor::probe(&runsc).map(|r| {
                 format!(
-                    "{v} at {}; platform {} ({})",
+                    "{} at {}; platform {} ({})",
+                    r.version,
                     runsc.display(),
-                    p.name,
-                    p.why
+                    r.platform.name,
+                    r.platform.why
                 )
             }),
         },

@@ -141,20 +141,86 @@ fn cache_file() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("cordon").join("gvisor-platform"))
+    Some(base.join("cordon").join("gvisor-runsc.json"))
 }
 
-/// The fastest platform that works here: `$CORDON_GVISOR_PLATFORM` if set; else
-/// systrap if this runsc has it; else KVM if `/dev/kvm` is usable and a probe
-/// sandbox boots on it within [`KVM_PROBE`]; else ptrace. The probe's verdict is
-/// remembered per runsc version and kernel release.
-pub fn platform(runsc: &Path) -> Platform {
-    if let Ok(p) = std::env::var("CORDON_GVISOR_PLATFORM") {
-        return Platform {
-            name: p,
-            why: "set by CORDON_GVISOR_PLATFORM".into(),
-        };
+/// What Cordon knows about one runsc binary: its version and the platform to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Runsc {
+    pub path: PathBuf,
+    pub version: String,
+    pub platform: Platform,
+}
+
+/// Probe `runsc` (version, platforms, whether KVM boots), or reuse the last probe of
+/// the same binary on the same kernel: a start-up should not pay for three runsc
+/// processes before the one that runs the agent. The cache is keyed by the binary's
+/// path, size and modification time and the kernel release, and lives in the user's
+/// cache directory. `$CORDON_GVISOR_PLATFORM` overrides the platform.
+pub fn probe(runsc: &Path) -> std::result::Result<Runsc, String> {
+    use std::os::unix::fs::MetadataExt;
+    static MEMO: std::sync::Mutex<Option<Runsc>> = std::sync::Mutex::new(None);
+    let md = std::fs::metadata(runsc).map_err(|e| format!("{}: {e}", runsc.display()))?;
+    let key = format!(
+        "{}\t{}\t{}.{}\t{}",
+        runsc.display(),
+        md.size(),
+        md.mtime(),
+        md.mtime_nsec(),
+        rustix::system::uname().release().to_string_lossy()
+    );
+    let overridden = |mut r: Runsc| {
+        if let Ok(p) = std::env::var("CORDON_GVISOR_PLATFORM") {
+            r.platform = Platform {
+                name: p,
+                why: "set by CORDON_GVISOR_PLATFORM".into(),
+            };
+        }
+        r
+    };
+    let mut memo = MEMO.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(r) = memo.as_ref().filter(|r| r.path == runsc) {
+        return Ok(overridden(r.clone()));
     }
+    let cached = cache_file()
+        .and_then(|f| std::fs::read(f).ok())
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .filter(|v| v["key"] == key.as_str())
+        .and_then(|v| {
+            Some(Runsc {
+                path: runsc.to_path_buf(),
+                version: v["version"].as_str()?.to_owned(),
+                platform: Platform {
+                    name: v["platform"].as_str()?.to_owned(),
+                    why: format!("{} (probed before)", v["why"].as_str()?),
+                },
+            })
+        });
+    let r = match cached {
+        Some(r) => r,
+        None => {
+            let version = version(runsc)?;
+            let platform = choose_platform(runsc);
+            if let Some(f) = cache_file() {
+                let _ = std::fs::create_dir_all(f.parent().unwrap_or(Path::new(".")));
+                let v = json!({"key": key, "version": version, "platform": platform.name, "why": platform.why});
+                let _ = std::fs::write(&f, v.to_string());
+            }
+            Runsc {
+                path: runsc.to_path_buf(),
+                version,
+                platform,
+            }
+        }
+    };
+    *memo = Some(r.clone());
+    Ok(overridden(r))
+}
+
+/// The fastest platform that works here: systrap if this runsc has it; else KVM if
+/// `/dev/kvm` is usable and a probe sandbox boots on it within [`KVM_PROBE`]; else
+/// ptrace.
+fn choose_platform(runsc: &Path) -> Platform {
     let have = platforms(runsc);
     if have.iter().any(|p| p == "systrap") {
         return Platform {
@@ -177,44 +243,14 @@ pub fn platform(runsc: &Path) -> Platform {
     {
         return ptrace("no systrap in this runsc, and /dev/kvm is not usable".into());
     }
-    let key = format!(
-        "{}\t{}",
-        version(runsc).unwrap_or_default(),
-        rustix::system::uname().release().to_string_lossy()
-    );
-    let cached = cache_file().and_then(|f| std::fs::read_to_string(f).ok());
-    if let Some(line) = cached.as_deref().and_then(|c| c.lines().next())
-        && let Some((k, verdict)) = line.rsplit_once('\t')
-        && k == key
-    {
-        return if verdict == "kvm" {
-            Platform {
-                name: "kvm".into(),
-                why: "no systrap in this runsc; KVM boots here (probed before)".into(),
-            }
-        } else {
-            ptrace(format!(
-                "no systrap in this runsc; KVM did not boot here (probed before: {verdict})"
-            ))
-        };
-    }
-    let verdict = match probe_kvm(runsc) {
-        Ok(()) => "kvm".to_owned(),
-        Err(e) => e,
-    };
-    if let Some(f) = cache_file() {
-        let _ = std::fs::create_dir_all(f.parent().unwrap_or(Path::new(".")));
-        let _ = std::fs::write(&f, format!("{key}\t{verdict}\n"));
-    }
-    if verdict == "kvm" {
-        Platform {
+    match probe_kvm(runsc) {
+        Ok(()) => Platform {
             name: "kvm".into(),
             why: "no systrap in this runsc; KVM boots here".into(),
-        }
-    } else {
-        ptrace(format!(
-            "no systrap in this runsc; KVM did not boot here: {verdict}"
-        ))
+        },
+        Err(e) => ptrace(format!(
+            "no systrap in this runsc; KVM did not boot here: {e}"
+        )),
     }
 }
 
@@ -315,7 +351,7 @@ impl Backend for Gvisor {
             .runsc
             .as_deref()
             .ok_or("runsc is not installed (Debian: apt-get install runsc; or set CORDON_RUNSC)")?;
-        version(runsc).map(|_| ())
+        probe(runsc).map(|_| ())
     }
 
     fn start(
@@ -351,7 +387,8 @@ impl Backend for Gvisor {
             }
             return Ok(Box::new(NotStarted { code }));
         }
-        let platform = platform(&runsc);
+        let info = probe(&runsc).map_err(unavailable)?;
+        let platform = info.platform.clone();
         let scratch = &spec.scratch;
         std::fs::create_dir_all(scratch)
             .map_err(|e| Error::io(format!("cannot create {}", scratch.display()), e))?;
@@ -549,7 +586,7 @@ impl Backend for Gvisor {
         data.insert("platform".into(), json!(platform.name));
         data.insert("platform_reason".into(), json!(platform.why));
         data.insert("trace".into(), json!(tracing_on));
-        data.insert("runsc".into(), json!(version(&runsc).unwrap_or_default()));
+        data.insert("runsc".into(), json!(info.version));
         data.insert("pid".into(), json!(pid));
         events.event("sandbox.ready", data);
 
