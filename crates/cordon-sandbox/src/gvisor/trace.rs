@@ -302,32 +302,43 @@ fn sysno_name(n: u64) -> String {
 }
 
 /// The trace session for `runsc --pod-init-config`: the points Cordon turns into
-/// events, and the remote sink at `endpoint`.
-pub fn pod_init_config(endpoint: &Path) -> Value {
-    let ctx = [
-        "thread_id",
-        "group_id",
-        "container_id",
-        "cwd",
-        "process_name",
-    ];
+/// events, and the remote sink at `endpoint`. With `dirfd_paths` the sentry also
+/// sends the path of the directory descriptor an `openat` is relative to, so those
+/// opens resolve; that path walk costs about 15% on an open-heavy workload
+/// (`bench/startup/gvisor`), so it is off unless asked for
+/// (`CORDON_GVISOR_TRACE=full`).
+pub fn pod_init_config(endpoint: &Path, dirfd_paths: bool) -> Value {
+    // Context fields cost the sentry work on every point (the working directory
+    // is a path walk): each point asks for what its event uses. Opens need the
+    // working directory and the directory descriptor's path to resolve relative
+    // names; nothing needs the container id.
+    let ctx = ["thread_id", "group_id", "process_name"];
+    let open_ctx = ["thread_id", "group_id", "process_name", "cwd"];
+    let point = |name: &str| json!({"name": name, "context_fields": ctx});
+    let open = |name: &str, fd_path: bool| {
+        let mut p = json!({"name": name, "context_fields": open_ctx});
+        if fd_path {
+            p["optional_fields"] = json!(["fd_path"]);
+        }
+        p
+    };
     let mut points = vec![
-        json!({"name": "container/start", "context_fields": ctx}),
-        json!({"name": "syscall/execve/enter", "context_fields": ctx}),
+        point("container/start"),
+        point("syscall/execve/enter"),
         json!({"name": "syscall/execveat/enter", "optional_fields": ["fd_path"], "context_fields": ctx}),
-        json!({"name": "syscall/clone/exit", "context_fields": ctx}),
-        json!({"name": "syscall/fork/exit", "context_fields": ctx}),
-        json!({"name": "syscall/vfork/exit", "context_fields": ctx}),
-        json!({"name": "sentry/task_exit", "context_fields": ctx}),
-        json!({"name": "syscall/openat/enter", "optional_fields": ["fd_path"], "context_fields": ctx}),
-        json!({"name": "syscall/open/enter", "context_fields": ctx}),
-        json!({"name": "syscall/creat/enter", "context_fields": ctx}),
-        json!({"name": "syscall/connect/enter", "optional_fields": ["fd_path"], "context_fields": ctx}),
-        json!({"name": "syscall/bind/enter", "optional_fields": ["fd_path"], "context_fields": ctx}),
-        json!({"name": "syscall/setuid/enter", "context_fields": ctx}),
-        json!({"name": "syscall/setgid/enter", "context_fields": ctx}),
-        json!({"name": "syscall/setresuid/enter", "context_fields": ctx}),
-        json!({"name": "syscall/setresgid/enter", "context_fields": ctx}),
+        point("syscall/clone/exit"),
+        point("syscall/fork/exit"),
+        point("syscall/vfork/exit"),
+        point("sentry/task_exit"),
+        open("syscall/openat/enter", dirfd_paths),
+        open("syscall/open/enter", false),
+        open("syscall/creat/enter", false),
+        point("syscall/connect/enter"),
+        point("syscall/bind/enter"),
+        point("syscall/setuid/enter"),
+        point("syscall/setgid/enter"),
+        point("syscall/setresuid/enter"),
+        point("syscall/setresgid/enter"),
     ];
     let named = [105, 106, 117, 119];
     for (n, _) in PRIVILEGED_SYSNOS {
@@ -450,11 +461,15 @@ impl Scope {
 /// Resolve an open's path the way the sentry did: absolute, or relative to the
 /// directory descriptor's path (or the working directory for `AT_FDCWD`), with `.`
 /// and `..` folded lexically.
-fn absolute(o: &Open, cwd: &str) -> PathBuf {
+/// `None` for a name relative to a directory descriptor whose path was not asked
+/// for (see [`pod_init_config`]).
+fn absolute(o: &Open, cwd: &str) -> Option<PathBuf> {
     let base = if o.pathname.starts_with('/') {
         PathBuf::from("/")
-    } else if o.fd == libc::AT_FDCWD as i64 || o.fd_path.is_empty() {
+    } else if o.fd == libc::AT_FDCWD as i64 {
         PathBuf::from(if cwd.is_empty() { "/" } else { cwd })
+    } else if o.fd_path.is_empty() {
+        return None;
     } else {
         PathBuf::from(&o.fd_path)
     };
@@ -468,7 +483,7 @@ fn absolute(o: &Open, cwd: &str) -> PathBuf {
             _ => {}
         }
     }
-    out
+    Some(out)
 }
 
 /// What one message becomes: an event kind and its data, or nothing.
@@ -544,16 +559,27 @@ pub fn decode(
                 .context_data
                 .as_ref()
                 .map_or(String::new(), |c| c.cwd.clone());
-            let path = absolute(&m, &cwd);
             let access = m.flags & libc::O_ACCMODE as u32;
             let write = access != libc::O_RDONLY as u32
                 || m.flags & (libc::O_CREAT | libc::O_TRUNC) as u32 != 0
                 || m.sysno == libc::SYS_creat as u64;
-            if !scope.reportable(&path, write) {
-                return None;
+            match absolute(&m, &cwd) {
+                Some(path) => {
+                    if !scope.reportable(&path, write) {
+                        return None;
+                    }
+                    data.insert("path".into(), json!(bounded(&path.to_string_lossy())));
+                }
+                // Relative to a directory descriptor whose path the sentry did not
+                // send: only writes are reported, by name, marked unresolved.
+                None if write => {
+                    data.insert("path".into(), json!(bounded(&m.pathname)));
+                    data.insert("dirfd".into(), json!(m.fd));
+                    data.insert("resolved".into(), json!(false));
+                }
+                None => return None,
             }
             context(&mut data, &m.context_data);
-            data.insert("path".into(), json!(bounded(&path.to_string_lossy())));
             data.insert("write".into(), json!(write));
             Some(("fs.open", data))
         }
@@ -884,6 +910,32 @@ mod tests {
     }
 
     #[test]
+    fn opens_relative_to_a_directory_descriptor() {
+        let at = |fd_path: &str, flags: i32| Open {
+            context_data: ctx(3, 3),
+            fd: 5,
+            fd_path: fd_path.into(),
+            pathname: "shadow".into(),
+            flags: flags as u32,
+            sysno: libc::SYS_openat as u64,
+            ..Default::default()
+        };
+        let report = |o: Open| decode(kind::SYSCALL_OPEN, &o.encode_to_vec(), &scope());
+        // With the descriptor's path (CORDON_GVISOR_TRACE=full): resolved.
+        let (_, d) = report(at("/etc", 0)).unwrap();
+        assert_eq!(d["path"], "/etc/shadow");
+        // Without it: never guessed from the working directory; writes reported
+        // by name, reads not.
+        assert!(report(at("", 0)).is_none());
+        let (_, d) = report(at("", libc::O_WRONLY)).unwrap();
+        assert_eq!(
+            (d["path"].as_str(), d["resolved"].as_bool()),
+            (Some("shadow"), Some(false))
+        );
+        assert_eq!(d["dirfd"], 5);
+    }
+
+    #[test]
     fn opens_are_reported_only_outside_the_workspace_and_routine_places() {
         let open = |pathname: &str, flags: i32| Open {
             context_data: ctx(3, 3),
@@ -948,7 +1000,7 @@ mod tests {
 
     #[test]
     fn the_trace_config_names_only_points_runsc_2022_has() {
-        let c = pod_init_config(Path::new("/run/t.sock"));
+        let c = pod_init_config(Path::new("/run/t.sock"), false);
         let points = c["trace_session"]["points"].as_array().unwrap();
         assert!(points.iter().any(|p| p["name"] == "syscall/execve/enter"));
         assert!(
