@@ -9,7 +9,7 @@ mod common;
 
 use std::process::Output;
 
-use common::Env;
+use common::{Env, events, summary};
 use serde_json::Value;
 
 fn env() -> Option<Env> {
@@ -39,21 +39,6 @@ fn run(env: &Env, script: &str) -> Output {
         ])
         .output()
         .unwrap()
-}
-
-fn summary(out: &Output) -> Value {
-    let err = String::from_utf8_lossy(&out.stderr);
-    err.lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no JSON summary in:\n{err}"))
-}
-
-fn events(env: &Env, id: &str) -> Vec<Value> {
-    env.ok(&["log", id, "--json"])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn find<'a>(events: &'a [Value], kind: &str, f: impl Fn(&Value) -> bool) -> Option<&'a Value> {

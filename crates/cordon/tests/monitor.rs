@@ -8,7 +8,7 @@ mod common;
 
 use std::process::Output;
 
-use common::Env;
+use common::{Env, events, summary};
 use serde_json::Value;
 
 fn env() -> Option<Env> {
@@ -25,21 +25,6 @@ fn run(env: &Env, script: &str) -> Output {
         .args(["run", "--json", "--no-tty", "--", "sh", "-c", script])
         .output()
         .unwrap()
-}
-
-fn summary(out: &Output) -> Value {
-    let err = String::from_utf8_lossy(&out.stderr);
-    err.lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no JSON summary in:\n{err}"))
-}
-
-fn events(env: &Env, id: &str) -> Vec<Value> {
-    env.ok(&["log", id, "--json"])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {

@@ -379,3 +379,20 @@ pub fn flags_with_stdin(url: &str, token: &str, args: &[&str], stdin: &str) -> O
 pub fn gvisor() -> bool {
     std::env::var("CORDON_BACKEND").as_deref() == Ok("gvisor")
 }
+
+/// The JSON summary `cordon run --json` prints last on standard error.
+pub fn summary(out: &Output) -> serde_json::Value {
+    let err = String::from_utf8_lossy(&out.stderr);
+    err.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON summary in:\n{err}"))
+}
+
+/// A session's events, from `cordon log ID --json`.
+pub fn events(env: &Env, id: &str) -> Vec<serde_json::Value> {
+    env.ok(&["log", id, "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
