@@ -596,18 +596,31 @@ impl Backend for Gvisor {
         data.insert("pid".into(), json!(pid));
         events.event("sandbox.ready", data);
 
+        let control = Arc::new(GvisorControl {
+            runsc: runsc.clone(),
+            state: state.clone(),
+            id: id.clone(),
+            run: rustix::process::Pid::from_raw(pid as i32).and_then(|p| {
+                rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+            }),
+        });
+        let mut child = child;
         let terminal = match (console, tty) {
             (Some((listener, _)), Some((rows, cols))) => {
-                Some(receive_console(listener, rows, cols)?)
+                match receive_console(listener, &mut child, rows, cols) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        // Not left running without its terminal.
+                        control.kill();
+                        let _ = child.wait();
+                        return Err(e);
+                    }
+                }
             }
             _ => None,
         };
         Ok(Box::new(GvisorRunning {
-            control: Arc::new(GvisorControl {
-                runsc: runsc.clone(),
-                state: state.clone(),
-                id: id.clone(),
-            }),
+            control,
             child,
             runsc,
             state,
@@ -710,15 +723,39 @@ impl Running for NotStarted {
     }
 }
 
-/// Accept runsc's console socket connection and take the terminal's master side.
+/// Accept runsc's console socket connection and take the terminal's master side;
+/// an error if runsc exits first or takes longer than 30 seconds.
 fn receive_console(
     listener: std::os::unix::net::UnixListener,
+    child: &mut Child,
     rows: u16,
     cols: u16,
 ) -> Result<OwnedFd> {
-    let (conn, _) = listener
-        .accept()
-        .map_err(|e| Error::io("runsc did not connect to the console socket", e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::io("cannot poll the console socket", e))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let conn = loop {
+        match listener.accept() {
+            Ok((c, _)) => break c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(Error::Setup(format!(
+                        "runsc ended ({status}) before handing over the terminal"
+                    )));
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(Error::Setup(
+                        "runsc did not hand over the terminal within 30 seconds".into(),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(Error::io("runsc did not connect to the console socket", e)),
+        }
+    };
+    conn.set_nonblocking(false)
+        .map_err(|e| Error::io("cannot read the console socket", e))?;
     let mut buf = [0u8; 256];
     let fd = crate::sys::recv_msg(conn.as_fd(), &mut buf)
         .map_err(|e| Error::io("cannot receive the terminal from runsc", e))?
@@ -825,6 +862,9 @@ struct GvisorControl {
     runsc: PathBuf,
     state: PathBuf,
     id: String,
+    /// The `runsc run` process: killing it tears the sandbox down (its children
+    /// die with it), the fallback when `runsc kill` cannot reach the container.
+    run: Option<OwnedFd>,
 }
 
 impl GvisorControl {
@@ -851,6 +891,9 @@ impl Control for GvisorControl {
 
     fn kill(&self) {
         self.runsc_kill(libc::SIGKILL, true);
+        if let Some(fd) = &self.run {
+            let _ = rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL);
+        }
     }
 }
 
