@@ -33,8 +33,8 @@ use crate::rows::now_millis;
 use crate::sql::{Json, Sql};
 use crate::store::{
     AdminSegment, AdminStrategy, EnvConfig, StoreError, append_event, drop_dependency,
-    feature_project, known_environment, new_id, read_dependencies, read_env_config, read_segments,
-    write_dependency, write_env_config, write_segment,
+    feature_project, known_environment, mark_archived, new_id, read_dependencies, read_env_config,
+    read_segments, write_dependency, write_env_config, write_segment,
 };
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -1246,11 +1246,7 @@ fn apply(tx: &dyn Sql, r: &mut ChangeRequest, actor: &Actor) -> Result<()> {
         };
         write_env_config(tx, &flag, &r.environment, &config)?;
         if after.archived && !before.archived {
-            tx.execute(
-                "archive a flag",
-                "UPDATE features SET archived = TRUE WHERE name = ?1",
-                &[&flag],
-            )?;
+            mark_archived(tx, &flag)?;
         }
         append_event(
             tx,

@@ -751,11 +751,7 @@ impl<D: Driver> Store for D {
         self.change("archive a flag", |tx| {
             live_feature(tx, project, flag)?;
             crate::cr::guard_project(tx, project)?;
-            tx.execute(
-                "archive a flag",
-                "UPDATE features SET archived = TRUE WHERE name = ?1",
-                &[&flag],
-            )?;
+            mark_archived(tx, flag)?;
             append_event(
                 tx,
                 actor,
@@ -2073,4 +2069,14 @@ pub(crate) fn drop_dependency(
 /// environment changes them through change requests only.
 fn guard_project_dependencies(tx: &dyn Sql, project: &str) -> Result<()> {
     crate::cr::guard_project(tx, project)
+}
+
+/// Archive a flag (the caller writes the event).
+pub(crate) fn mark_archived(tx: &dyn Sql, flag: &str) -> Result<()> {
+    tx.execute(
+        "archive a flag",
+        "UPDATE features SET archived = TRUE WHERE name = ?1",
+        &[&flag],
+    )?;
+    Ok(())
 }

@@ -928,13 +928,11 @@ impl Running for GvisorRunning {
     }
 
     fn wait(&mut self) -> Result<Ended> {
-        let status = loop {
-            match self.child.wait() {
-                Ok(s) => break s,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io("waiting for runsc", e)),
-            }
-        };
+        // `Child::wait` retries on EINTR itself.
+        let status = self
+            .child
+            .wait()
+            .map_err(|e| Error::io("waiting for runsc", e))?;
         // runsc passes the agent's exit code on, and 128+N when a signal N ended
         // it, which `exit 130` cannot be told apart from: the trace session's exit
         // of pid 1 says which it was, when it arrived.
