@@ -85,6 +85,8 @@ struct Seen {
 #[derive(Clone, Default)]
 struct UpstreamState {
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Paths of the request heads received, noted before bodies are read.
+    heads: Arc<Mutex<Vec<String>>>,
     sse_gate: Arc<Notify>,
 }
 
@@ -106,6 +108,11 @@ async fn upstream_service(
     req: Request<Incoming>,
     state: UpstreamState,
 ) -> Result<Response<TestBody>, Infallible> {
+    state
+        .heads
+        .lock()
+        .unwrap()
+        .push(req.uri().path().to_string());
     let path = req.uri().path().to_string();
     if path == "/ws" {
         return Ok(websocket_echo(req));
@@ -606,6 +613,73 @@ async fn placeholder_to_another_host_is_blocked() {
         .wait_for("secret.blocked", |m| m["where"] == "body")
         .await;
     assert_eq!(env.gw.stats().requests_blocked, 2);
+
+    // A body of declared length is checked whole before the request goes
+    // out: the upstream does not even see the head, however slowly the
+    // placeholder arrives.
+    let (tx, body) = chan_body();
+    let mut sender = env.h1("other.test").await;
+    let json = format!("{{\"key\":\"{TOKEN_PH}\"}}");
+    let req = Request::post("/declared")
+        .header("host", "other.test")
+        .header("content-length", json.len())
+        .header("expect", "100-continue")
+        .body(body)
+        .unwrap();
+    let pending = tokio::spawn(async move { sender.send_request(req).await });
+    let (a, b) = json.split_at(12);
+    tx.send(Bytes::from(a.to_string())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tx.send(Bytes::from(b.to_string())).await.unwrap();
+    drop(tx);
+    let resp = pending.await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let heads = env.up.state.heads.lock().unwrap().clone();
+    assert!(
+        !heads.iter().any(|p| p == "/declared"),
+        "a request head reached the upstream: {heads:?}"
+    );
+    assert_eq!(env.gw.stats().requests_blocked, 3);
+}
+
+#[tokio::test]
+async fn small_bodies_read_whole_still_arrive_intact() {
+    let env = env().await;
+    let (tx, body) = chan_body();
+    let mut sender = env.h1("api.test").await;
+    let req = Request::post("/echo")
+        .header("host", "api.test")
+        .header("content-length", 10)
+        .header("expect", "100-continue")
+        .body(body)
+        .unwrap();
+    let pending = tokio::spawn(async move { sender.send_request(req).await });
+    tx.send(Bytes::from_static(b"hello")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tx.send(Bytes::from_static(b"world")).await.unwrap();
+    drop(tx);
+    let resp = pending.await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let seen = env.up.state.last();
+    assert_eq!(seen.body, b"helloworld");
+    assert!(seen.headers.get("expect").is_none(), "{:?}", seen.headers);
+    assert_eq!(seen.headers["content-length"], "10");
+
+    // A body shorter than it claims is refused, and nothing goes out.
+    let mut io = env.connect("plain.test", 80);
+    io.write_all(b"POST /short HTTP/1.1\r\nHost: plain.test\r\nContent-Length: 50\r\n\r\nshort")
+        .await
+        .unwrap();
+    io.shutdown().await.unwrap();
+    let mut resp = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), io.read_to_end(&mut resp))
+        .await
+        .expect("the gateway answered or closed")
+        .unwrap();
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(!resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let heads = env.up.state.heads.lock().unwrap().clone();
+    assert!(!heads.iter().any(|p| p == "/short"), "{heads:?}");
 }
 
 #[tokio::test]

@@ -32,6 +32,10 @@ use super::scrub::{Needle, replace_all};
 use super::upstream::{DialError, normalize_name};
 use super::{Gateway, ask_refusal, obj, secrets};
 
+/// Request bodies declared (`Content-Length`) at most this long are read
+/// whole and checked before the request is sent upstream.
+const PREFETCH_BODY: u64 = 64 * 1024;
+
 /// Response bodies as hyper's server takes them.
 pub(crate) type RespBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
@@ -589,7 +593,6 @@ async fn proxy(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> 
         .map(|i| (*i, gw.secrets.placeholder(*i).to_vec()))
         .collect();
     let body = RequestBody::new(body, limit, watched, trip.clone(), rec.bytes_up.clone());
-    let upstream_req = Request::from_parts(parts, body.boxed_unsync());
     let client = if upgrade {
         &gw.upgrade_client
     } else {
@@ -611,6 +614,46 @@ async fn proxy(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<RespBody> 
             ),
         );
     };
+    // A body of declared small size is read whole before anything goes
+    // upstream (holding an upstream slot, which bounds the memory this takes), so a refused body (a placeholder toward the wrong host, a
+    // length that lies) leaves no trace there at all. Larger or open-ended
+    // bodies stream: the checks cut them off mid-way and the upstream sees a
+    // truncated request, never the refused bytes.
+    let body = match content_length(&parts.headers) {
+        Some(n) if n <= PREFETCH_BODY => {
+            let read =
+                tokio::time::timeout(gw.limits.upstream_response_timeout, body.collect()).await;
+            match read {
+                Ok(Ok(whole)) => {
+                    // What `Expect: 100-continue` asked for has been done.
+                    parts.headers.remove(header::EXPECT);
+                    whole.map_err(|e| match e {}).boxed_unsync()
+                }
+                Ok(Err(e)) => {
+                    if let Some(t) = trip.get() {
+                        return rec.refuse_tripped(t);
+                    }
+                    return rec.refuse(
+                        StatusCode::BAD_REQUEST,
+                        "bad-body",
+                        format!("the request body could not be read: {e}"),
+                    );
+                }
+                Err(_) => {
+                    return rec.refuse(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "body-timeout",
+                        format!(
+                            "the {n}-byte request body did not arrive within {}s",
+                            gw.limits.upstream_response_timeout.as_secs()
+                        ),
+                    );
+                }
+            }
+        }
+        _ => body.boxed_unsync(),
+    };
+    let upstream_req = Request::from_parts(parts, body);
     let sent = tokio::time::timeout(
         gw.limits.upstream_response_timeout,
         client.request(upstream_req),
