@@ -3,7 +3,11 @@
 commands, interleaved round-robin so machine noise hits all of them alike.
 
 Usage: measure.py ROUNDS NAME=COMMAND... (COMMAND is run by /bin/sh -c)
-Prints one JSON object per command with median and p95 in milliseconds.
+Prints one JSON object per command with median and p95 in milliseconds, then
+one per command after the first with the per-round ratio of its time to exit to
+the first command's in the same round (median and the middle 80%): pairing
+within a round cancels the slow drift of a noisy machine. The order of the
+commands is reversed every other round so neither side always runs warm.
 """
 import json, os, statistics, subprocess, sys, time
 
@@ -34,8 +38,8 @@ def main():
     total = {n: [] for n, _ in cmds}
     for _, c in cmds:  # warm caches once
         once(c)
-    for _ in range(rounds):
-        for n, c in cmds:
+    for r in range(rounds):
+        for n, c in (cmds if r % 2 == 0 else cmds[::-1]):
             f, t = once(c)
             first[n].append(f)
             total[n].append(t)
@@ -46,6 +50,16 @@ def main():
             "first_output_p95_ms": round(pct(first[n], 0.95), 2),
             "exit_median_ms": round(statistics.median(total[n]), 2),
             "exit_p95_ms": round(pct(total[n], 0.95), 2),
+            "exit_ms": [round(x, 1) for x in total[n]],
+        }))
+    base = cmds[0][0]
+    for n, _ in cmds[1:]:
+        ratios = [t / b for t, b in zip(total[n], total[base])]
+        print(json.dumps({
+            "ratio": f"{n}/{base}", "rounds": rounds,
+            "exit_ratio_median": round(statistics.median(ratios), 4),
+            "exit_ratio_p10": round(pct(ratios, 0.10), 4),
+            "exit_ratio_p90": round(pct(ratios, 0.90), 4),
         }))
 
 
