@@ -63,6 +63,12 @@ s.settimeout(0.5)
 s.connect_ex(("10.1.2.3", 8080))
 b = socket.socket()
 b.bind(("127.0.0.1", 0))
+# A name relative to a directory descriptor: resolved by default.
+etc = os.open("/etc", os.O_RDONLY | os.O_DIRECTORY)
+try:
+    os.open("gshadow", os.O_RDONLY, dir_fd=etc)
+except OSError:
+    pass
 PY
 exit 3"#,
     );
@@ -96,6 +102,10 @@ exit 3"#,
         find(&ev, "fs.open", |d| d["path"] == "/etc/shadow"
             && d["write"] == false)
         .is_some()
+    );
+    assert!(
+        find(&ev, "fs.open", |d| d["path"] == "/etc/gshadow").is_some(),
+        "the open relative to a directory descriptor was not resolved: {ev:?}"
     );
     assert!(
         find(&ev, "proc.privilege", |d| d["syscall"] == "setuid"

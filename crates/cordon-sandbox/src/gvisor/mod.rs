@@ -25,9 +25,8 @@
 //!   and remembered per runsc version and kernel), else ptrace ([`platform`]).
 //! - Monitoring: a trace session on a `SOCK_SEQPACKET` socket ([`trace`]).
 //!   `CORDON_GVISOR_TRACE=off` runs without it (for measuring its cost; the
-//!   session's `sandbox.ready` event then says `trace: false`), `=full` also
-//!   resolves `openat` names relative to directory descriptors (about 15% slower
-//!   on open-heavy work).
+//!   session's `sandbox.ready` event then says `trace: false`), `=lite` without
+//!   resolving `openat` names relative to directory descriptors.
 //! - Signals: `runsc run` does not forward signals; [`Control::signal`] uses
 //!   `runsc kill`.
 //!
@@ -417,6 +416,21 @@ impl Backend for Gvisor {
         };
 
         // Network.
+        // Trace session: on with directory-descriptor paths (the default), `lite`
+        // without them, or `off` (both for measuring what it costs).
+        let (tracing_on, dirfd_paths) = match std::env::var("CORDON_GVISOR_TRACE")
+            .unwrap_or_default()
+            .as_str()
+        {
+            "" | "on" => (true, true),
+            "lite" => (true, false),
+            "off" => (false, false),
+            other => {
+                return Err(Error::Spec(format!(
+                    "CORDON_GVISOR_TRACE={other:?} is not understood; use on, lite or off"
+                )));
+            }
+        };
         let mut netns = None;
         let mut link = None;
         if spec.network == NetworkMode::Gateway {
@@ -425,16 +439,13 @@ impl Backend for Gvisor {
             netns = Some(ns);
         }
 
-        // Trace session.
-        let trace_mode = std::env::var("CORDON_GVISOR_TRACE").unwrap_or_default();
-        let tracing_on = trace_mode != "off";
         let sock_path = scratch.join("trace.sock");
         let _ = std::fs::remove_file(&sock_path);
         let listener = seqpacket_listener(&sock_path)?;
         let pod_init = scratch.join("trace.json");
         std::fs::write(
             &pod_init,
-            trace::pod_init_config(&sock_path, trace_mode == "full").to_string(),
+            trace::pod_init_config(&sock_path, dirfd_paths).to_string(),
         )
         .map_err(|e| Error::io(format!("cannot write {}", pod_init.display()), e))?;
         let scope = trace::Scope {

@@ -302,11 +302,11 @@ fn sysno_name(n: u64) -> String {
 }
 
 /// The trace session for `runsc --pod-init-config`: the points Cordon turns into
-/// events, and the remote sink at `endpoint`. With `dirfd_paths` the sentry also
-/// sends the path of the directory descriptor an `openat` is relative to, so those
-/// opens resolve; that path walk costs about 15% on an open-heavy workload
-/// (`bench/startup/gvisor`), so it is off unless asked for
-/// (`CORDON_GVISOR_TRACE=full`).
+/// events, and the remote sink at `endpoint`. With `dirfd_paths` (the default;
+/// `CORDON_GVISOR_TRACE=lite` turns it off) the sentry also sends the path of the
+/// directory descriptor an `openat` is relative to, so those opens resolve; on
+/// an open-heavy workload (`bench/startup/gvisor`) that costs nothing measurable
+/// since the reader takes messages in batches.
 pub fn pod_init_config(endpoint: &Path, dirfd_paths: bool) -> Value {
     // Context fields cost the sentry work on every point (the working directory
     // is a path walk): each point asks for what its event uses. Opens need the
