@@ -670,9 +670,8 @@ fn mint(
 struct PatInput {
     #[serde(default)]
     description: Option<String>,
-    /// Accepted for compatibility; personal tokens do not expire here.
+    /// When the token stops working (RFC 3339); none means it lasts until revoked.
     #[serde(default)]
-    #[allow(dead_code)]
     expires_at: Option<String>,
 }
 
@@ -696,13 +695,30 @@ pub(crate) async fn create_personal_token(
             "a token description has 1-100 characters",
         ));
     }
+    let expires_ms = match p.expires_at.as_deref() {
+        None => None,
+        Some(t) => {
+            let Some(ms) = crate::metrics::parse_rfc3339(t) else {
+                return Err(ApiError::bad_request(format!(
+                    "expiresAt {t:?} is not an RFC 3339 time (e.g. 2027-01-31T00:00:00Z)"
+                )));
+            };
+            if ms <= now_millis() {
+                return Err(ApiError::bad_request(format!(
+                    "expiresAt {t:?} is not in the future"
+                )));
+            }
+            Some(ms)
+        }
+    };
     let a = app.clone();
     let (d, name) = (description.clone(), who.name.clone());
-    let secret = blocking(move || mint(&a, &d, &name, None, &who.actor())).await??;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "secret": secret, "description": description })),
-    ))
+    let secret = blocking(move || mint(&a, &d, &name, expires_ms, &who.actor())).await??;
+    let mut out = json!({ "secret": secret, "description": description });
+    if let Some(ms) = expires_ms {
+        out["expiresAt"] = crate::metrics::rfc3339(ms).into();
+    }
+    Ok((StatusCode::CREATED, Json(out)))
 }
 
 #[derive(Deserialize)]

@@ -626,7 +626,43 @@ async fn logins_roles_and_sessions() {
         .await;
     assert_eq!(r.status, 201, "{}", text(&r));
     let pat = r.json()["secret"].as_str().unwrap().to_owned();
+    assert!(r.json().get("expiresAt").is_none(), "{}", r.json());
     assert_eq!(login(json!({"token": pat})).await.status, 200);
+    // A personal token with an end stops working at that end; an end that is
+    // not a time, or already past, is refused.
+    for bad in ["tomorrow", "2020-01-01T00:00:00Z"] {
+        let r = server
+            .post_json(
+                "/api/admin/user/tokens",
+                &ed,
+                &json!({"description": "bad", "expiresAt": bad}),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{bad}: {}", text(&r));
+        assert!(text(&r).contains("expiresAt"), "{}", text(&r));
+    }
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 2;
+    let soon = chrono::DateTime::from_timestamp(soon as i64, 0)
+        .unwrap()
+        .to_rfc3339();
+    let r = server
+        .post_json(
+            "/api/admin/user/tokens",
+            &ed,
+            &json!({"description": "short", "expiresAt": soon}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", text(&r));
+    assert!(r.json()["expiresAt"].is_string(), "{}", r.json());
+    let short = r.json()["secret"].as_str().unwrap().to_owned();
+    assert_eq!(server.get("/api/admin/user", &short, &[]).await.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(2600)).await;
+    assert_eq!(server.get("/api/admin/user", &short, &[]).await.status, 401);
+    assert_eq!(login(json!({"token": short})).await.status, 401);
     // A user revokes their own personal token, not someone else's.
     let r = server
         .post_json(

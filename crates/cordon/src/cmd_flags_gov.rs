@@ -166,8 +166,44 @@ pub struct UserNameArgs {
 pub struct UserTokenArgs {
     #[arg(long, default_value = "cli")]
     description: String,
+    /// When the token stops working: a duration from now (`90d`, `12h`, `30m`) or
+    /// an RFC 3339 time. Without it the token lasts until revoked.
+    #[arg(long, value_name = "WHEN", value_parser = parse_expiry)]
+    expires: Option<String>,
     #[command(flatten)]
     remote: Remote,
+}
+
+/// `--expires`: a duration from now (`90d`, `12h`, `30m`) or an RFC 3339 time, as
+/// the RFC 3339 time the server takes.
+fn parse_expiry(s: &str) -> Result<String, String> {
+    let unit = |c: char| match c {
+        'd' => Some(86_400),
+        'h' => Some(3_600),
+        'm' => Some(60),
+        _ => None,
+    };
+    if let Some(last) = s.chars().last()
+        && let Some(secs) = unit(last)
+        && let Ok(n) = s[..s.len() - 1].parse::<i64>()
+    {
+        if n <= 0 || n > 3650 * 86_400 / secs {
+            return Err(format!("{s:?}: give a duration between 1 and 10 years"));
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| e.to_string())?
+            .as_secs() as i64;
+        let at = chrono::DateTime::from_timestamp(now + n * secs, 0)
+            .ok_or_else(|| format!("{s:?} is too far away"))?;
+        return Ok(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| {
+            t.with_timezone(&chrono::Utc)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        })
+        .map_err(|_| format!("{s:?} is neither a duration (90d, 12h, 30m) nor an RFC 3339 time"))
 }
 
 #[derive(Args)]
@@ -496,10 +532,14 @@ pub fn user(cmd: UserCmd) -> Result<i32, FlagsCliError> {
             let v = admin(&a.remote)?.send(
                 "POST",
                 "/api/admin/user/tokens",
-                Some(&json!({ "description": a.description })),
+                Some(&json!({ "description": a.description, "expiresAt": a.expires })),
             )?;
             println!("{}", v["secret"].as_str().unwrap_or_default());
             eprintln!("this personal token is shown once; only its hash is stored");
+            match v["expiresAt"].as_str() {
+                Some(t) => eprintln!("it stops working at {t}"),
+                None => eprintln!("it works until revoked (--expires sets an end)"),
+            }
             Ok(0)
         }
     }
@@ -570,4 +610,35 @@ pub fn login(a: LoginArgs) -> Result<i32, FlagsCliError> {
         v["expiresAt"].as_str().unwrap_or("?")
     );
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_expiry;
+
+    #[test]
+    fn expiry_is_a_duration_from_now_or_a_time() {
+        let t = parse_expiry("2030-05-01T12:00:00+02:00").unwrap();
+        assert_eq!(t, "2030-05-01T10:00:00Z");
+        let in_a_day = parse_expiry("1d").unwrap();
+        let at = chrono::DateTime::parse_from_rfc3339(&in_a_day).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!((at.timestamp() - now - 86_400).abs() < 5, "{in_a_day}");
+        assert!(parse_expiry("90m").is_ok() && parse_expiry("12h").is_ok());
+        for bad in [
+            "",
+            "d",
+            "0d",
+            "-1d",
+            "1w",
+            "11000d",
+            "tomorrow",
+            "2030-13-01T00:00:00Z",
+        ] {
+            assert!(parse_expiry(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
 }

@@ -471,6 +471,12 @@ fn four_eyes_from_the_command_line() {
         )
     };
     let (ed, ann) = (login("ed"), login("ann"));
+    // A personal token with an end says when it stops working.
+    let out = s.cordon_as(&ed, &["user", "token", "--expires", "30d"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let pat = stdout_ok(out, "user token --expires");
+    assert!(err.contains("it stops working at 20"), "{err}");
+    stdout_ok(s.cordon_as(&pat, &["list"]), "list with the personal token");
     let out = cordon_stdin(&s, "-", &["login", "ed"], "wrong-password\n");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("wrong user name or password"));
