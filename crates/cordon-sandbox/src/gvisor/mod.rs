@@ -415,7 +415,6 @@ impl Backend for Gvisor {
             _ => Vec::new(),
         };
 
-        // Network.
         // Trace session: on with directory-descriptor paths (the default), `lite`
         // without them, or `off` (both for measuring what it costs).
         let (tracing_on, dirfd_paths) = match std::env::var("CORDON_GVISOR_TRACE")
@@ -431,6 +430,8 @@ impl Backend for Gvisor {
                 )));
             }
         };
+
+        // Network.
         let mut netns = None;
         let mut link = None;
         if spec.network == NetworkMode::Gateway {
@@ -439,6 +440,7 @@ impl Backend for Gvisor {
             netns = Some(ns);
         }
 
+        // The trace socket and configuration.
         let sock_path = scratch.join("trace.sock");
         let _ = std::fs::remove_file(&sock_path);
         let listener = seqpacket_listener(&sock_path)?;
