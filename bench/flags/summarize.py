@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 """Medians per measurement from a bench/flags results file, as markdown tables,
-with the ratio to Unleash Edge's published requests per CPU.
+with the ratio to Unleash Edge run in the same run (rows named SET-edge-KIND)
+and to Edge's published requests per CPU.
 
-Edge was not run here. Its figures are from Unleash Edge's docs/benchmarking.md
+The published figures are from Unleash Edge's docs/benchmarking.md
 (github.com/Unleash/unleash-edge, `hey -z 10s` against `docker run --cpus=N`,
 other hardware): a 5-flag set (about 2 kB) and the Unleash demo instance's
 350 flags / 200 strategies (about 100 kB); the frontend API without a context.
@@ -20,6 +21,9 @@ EDGE = {
     ("small", "frontend"): (39_000, 141_090),
     ("large", "frontend"): (6_900, 40_921),
 }
+
+# The version bench/flags/run builds and runs as the peer.
+EDGE_HERE = "20.1.0"
 
 rows = defaultdict(list)
 noisy = defaultdict(list)
@@ -55,9 +59,19 @@ for set_ in ("small", "large"):
               f"({sizes.get('frontend_enabled')} flags on for the context)")
 
 print()
-print("| set | endpoint | req/s (1 CPU) | p50 | p99 | max | server CPU | wrk CPU | others / steal "
-      "| Edge 1 CPU | ours / Edge 1 CPU | Edge 8 CPUs / 8 | ours / that |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+
+def paired(name, peer):
+    """Ratios ours / peer of the requests per second, round by round."""
+    theirs = {r["round"]: r["rps"] for r in rows.get(peer, []) if "rps" in r}
+    return [r["rps"] / theirs[r["round"]] for r in rows.get(name, [])
+            if r.get("round") in theirs and theirs[r["round"]]]
+
+
+print("| set | endpoint | server | req/s (1 CPU) | p50 | p99 | max | server CPU | wrk CPU "
+      "| others / steal | ours / Edge here (per round) | Edge published 1 CPU | ours / that "
+      "| Edge 8 CPUs / 8 | ours / that |")
+print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 LABELS = {
     "client": "`GET /api/client/features`",
     "client-304": "`GET /api/client/features`, `If-None-Match` → 304",
@@ -65,22 +79,35 @@ LABELS = {
     "frontend-get": "`GET /api/frontend?userId=…&properties[…]=…`",
     "frontend-post": "`POST /api/frontend` `{\"context\": …}`",
 }
+
+
+def line(set_, label, server, name, here):
+    rps = med(name, "rps")
+    print(f"| {set_} | {label} | {server} | {fmt(rps)} | {med(name, 'p50_us') / 1000:.2f} ms "
+          f"| {med(name, 'p99_us') / 1000:.2f} ms | {med(name, 'max_us') / 1000:.1f} ms "
+          f"| {fmt(med(name, 'server_cpu_pct'))}% "
+          f"| {fmt(med(name, 'tool_cpu_pct'))}% | {fmt(med(name, 'others_cpu_pct'))}% / "
+          f"{fmt(med(name, 'steal_pct'))}% | {here} |")
+
+
 for set_ in ("small", "large"):
     for kind, label in LABELS.items():
         name = f"{set_}-{kind}"
         if name not in rows:
             continue
         rps = med(name, "rps")
+        ratios = paired(name, f"{set_}-edge-{kind}")
+        here = (f"**{statistics.median(ratios):.2f}x** ("
+                + ", ".join(f"{r:.2f}" for r in ratios) + ")") if ratios else "–"
         edge = EDGE.get((set_, kind.split("-")[0])) if kind != "client-304" else None
         if edge:
             one, eight = edge
             cmp = (f"{one:,} | {rps / one:.2f}x | {eight / 8:,.0f} | {rps / (eight / 8):.2f}x")
         else:
             cmp = "– | – | – | –"
-        print(f"| {set_} | {label} | {fmt(rps)} | {med(name, 'p50_us') / 1000:.2f} ms "
-              f"| {med(name, 'p99_us') / 1000:.2f} ms | {med(name, 'max_us') / 1000:.1f} ms "
-              f"| {fmt(med(name, 'server_cpu_pct'))}% "
-              f"| {fmt(med(name, 'tool_cpu_pct'))}% | {fmt(med(name, 'others_cpu_pct'))}% / {fmt(med(name, 'steal_pct'))}% | {cmp} |")
+        line(set_, label, "cordon", name, f"{here} | {cmp}")
+        if f"{set_}-edge-{kind}" in rows:
+            line(set_, label, f"Edge {EDGE_HERE}", f"{set_}-edge-{kind}", "– | – | – | – | –")
 
 print()
 print("| set | streaming clients | flips × clients | p50 | p99 | max | slowest client p99 "
