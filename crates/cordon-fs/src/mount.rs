@@ -143,16 +143,16 @@ pub fn check_mountpoint(mountpoint: &Path, base: &Path) -> Result<PathBuf> {
 
 /// Mounts `ws` at `mountpoint`. Requests are served by [`Mounted::run`].
 pub fn mount(ws: &Workspace, mountpoint: &Path, opts: &ServeOptions) -> Result<Mounted> {
-    let base = {
-        let conn = ws.connect_read_only()?;
-        ws.base_path(&conn)?
-    };
+    // The connection that will serve the mount, opened once: it tells the base too.
+    let conn = ws.connect()?;
+    let base = ws.base_path(&conn)?;
     if !base.is_dir() {
         return Err(Error::BaseMissing { path: base });
     }
     let mountpoint = check_mountpoint(mountpoint, &base)?;
     let lock = ws.lock()?;
-    let overlay = ws.overlay(
+    let overlay = ws.overlay_on(
+        conn,
         &lock,
         OverlayOptions {
             passthrough: opts.passthrough,

@@ -218,6 +218,18 @@ impl DataDir {
         {
             return Err(Error::UnknownWorkspace { id: id.into() });
         }
+        // A full id is found without listing every workspace (which grows with
+        // each `cordon run`); an exact name wins over prefixes either way.
+        for (kind, dir) in self.kinds() {
+            let path = dir.join(id);
+            if path.join(DB_FILE).is_file() {
+                return Ok(Workspace {
+                    id: id.into(),
+                    kind,
+                    dir: path,
+                });
+            }
+        }
         let mut matches = Vec::new();
         for (kind, dir) in self.kinds() {
             let Ok(rd) = std::fs::read_dir(&dir) else {
@@ -476,9 +488,20 @@ impl Workspace {
     }
 
     /// Builds the overlay for serving. The caller must hold the mount lock.
-    pub fn overlay(&self, _lock: &MountLock, opts: OverlayOptions) -> Result<Overlay> {
+    pub fn overlay(&self, lock: &MountLock, opts: OverlayOptions) -> Result<Overlay> {
+        self.overlay_on(self.connect()?, lock, opts)
+    }
+
+    /// [`Workspace::overlay`] on a connection the caller opened with
+    /// [`Workspace::connect`] (opening one parses the whole schema, about half
+    /// a millisecond that `cordon run` would otherwise pay twice).
+    pub fn overlay_on(
+        &self,
+        conn: Connection,
+        _lock: &MountLock,
+        opts: OverlayOptions,
+    ) -> Result<Overlay> {
         let db = self.db_path();
-        let conn = self.connect()?;
         let base_path = self.base_path(&conn)?;
         let base = Base::open(&base_path)?;
         let store = Store::new(conn, &db).map_err(|e| Error::sqlite(&db, e))?;

@@ -783,12 +783,7 @@ fn etc_overlay(
 /// Whether "other" may read a file (or list and enter a directory).
 pub fn world_readable(md: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    let mode = md.permissions().mode();
-    if md.is_dir() {
-        mode & 0o005 == 0o005
-    } else {
-        mode & 0o004 != 0
-    }
+    mode_readable(md.permissions().mode(), md.is_dir())
 }
 
 /// Cover `inside` (the sandbox's view of a host path) with something empty.
@@ -803,61 +798,124 @@ fn mask(inside: &Path, is_dir: bool, empty_file: &Path) -> Result<(), String> {
 /// Entries below the host's /etc that only root may read (inside world-readable
 /// top-level directories; top-level entries are filtered by `etc_overlay`
 /// itself). Runs on the host, on its own thread, while the workspace is
-/// prepared: the walk costs several milliseconds.
+/// prepared.
+///
+/// The walk works relative to directory descriptors and takes symbolic links
+/// from the directory entry's type without a `stat`: /etc is mostly links
+/// (`alternatives/`, `ssl/certs/`), and resolving every full path from `/`
+/// made the walk about twice as slow (5.7–6.4 ms against 2.6–3.3 ms here, a
+/// sizeable share of a sandbox's start).
 pub fn etc_private() -> Vec<(PathBuf, bool)> {
+    private_below(Path::new("/etc"), ETC_DENY)
+}
+
+/// [`etc_private`] for any directory: what is not world-readable inside the
+/// world-readable directories of `root`, except those named in `skip`.
+fn private_below(root: &Path, skip: &[&str]) -> Vec<(PathBuf, bool)> {
     let mut out = Vec::new();
     let mut budget = 20_000;
-    let Ok(entries) = std::fs::read_dir("/etc") else {
+    let Ok(etc) = rustix::fs::open(
+        root,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) else {
         return out;
     };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        if ETC_DENY.iter().any(|d| **d == *name.to_string_lossy()) {
-            continue;
+    for_each_entry(etc.as_fd(), |name, mode| {
+        let rel = std::ffi::OsStr::from_bytes(name.to_bytes());
+        if skip.iter().any(|d| **d == *rel.to_string_lossy()) {
+            return;
         }
-        if let Ok(md) = e.path().symlink_metadata()
-            && md.is_dir()
-            && world_readable(&md)
-        {
-            private_entries(&e.path(), Path::new(&name), 6, &mut budget, &mut out);
+        if mode_is(mode, rustix::fs::FileType::Directory) && mode_readable(mode, true) {
+            private_entries(etc.as_fd(), name, Path::new(rel), 6, &mut budget, &mut out);
         }
-    }
+    });
     out
 }
 
-/// Files below `dir` (host) that are not world-readable, as paths relative to
-/// it; bounded in depth and entries so a huge /etc cannot stall the start.
+/// Calls `f(name, mode)` for every entry of the directory `dir` except `.`,
+/// `..` and symbolic links (which are never followed). As with the path-based
+/// walk this replaced, an entry that vanishes before its `stat` is skipped and a
+/// read error ends the listing (root can list and stat everything in /etc, so
+/// both mean the entry was removed meanwhile).
+fn for_each_entry(dir: BorrowedFd<'_>, mut f: impl FnMut(&std::ffi::CStr, u32)) {
+    let Ok(entries) = rustix::fs::Dir::read_from(dir) else {
+        return;
+    };
+    for e in entries {
+        let Ok(e) = e else { return };
+        let name = e.file_name();
+        if name == c"." || name == c".." || e.file_type() == rustix::fs::FileType::Symlink {
+            continue;
+        }
+        let Ok(st) = rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        if !mode_is(st.st_mode, rustix::fs::FileType::Symlink) {
+            f(name, st.st_mode);
+        }
+    }
+}
+
+fn mode_is(mode: u32, t: rustix::fs::FileType) -> bool {
+    rustix::fs::FileType::from_raw_mode(mode) == t
+}
+
+/// Whether "other" may read a file (or list and enter a directory) of this mode.
+fn mode_readable(mode: u32, is_dir: bool) -> bool {
+    if is_dir {
+        mode & 0o005 == 0o005
+    } else {
+        mode & 0o004 != 0
+    }
+}
+
+/// Files below `parent/name` (host) that are not world-readable, as paths
+/// relative to /etc (`rel`); bounded in depth and entries so a huge /etc cannot
+/// stall the start. Past either bound the directory is masked as a whole: what
+/// was not looked at is not shown.
 fn private_entries(
-    dir: &Path,
+    parent: BorrowedFd<'_>,
+    name: &std::ffi::CStr,
     rel: &Path,
     depth: u32,
     budget: &mut u32,
     out: &mut Vec<(PathBuf, bool)>,
 ) {
-    if depth == 0 {
+    if depth == 0 || *budget == 0 {
+        out.push((rel.to_path_buf(), true));
         return;
     }
-    let Ok(entries) = std::fs::read_dir(dir) else {
+    let Ok(dir) = rustix::fs::openat(
+        parent,
+        name,
+        rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::DIRECTORY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) else {
         return;
     };
-    for e in entries.flatten() {
+    let mut cut = false;
+    for_each_entry(dir.as_fd(), |child, mode| {
+        if cut {
+            return;
+        }
         if *budget == 0 {
+            out.push((rel.to_path_buf(), true));
+            cut = true;
             return;
         }
         *budget -= 1;
-        let Ok(md) = e.path().symlink_metadata() else {
-            continue;
-        };
-        let r = rel.join(e.file_name());
-        if md.file_type().is_symlink() {
-            continue;
+        let r = rel.join(std::ffi::OsStr::from_bytes(child.to_bytes()));
+        let is_dir = mode_is(mode, rustix::fs::FileType::Directory);
+        if !mode_readable(mode, is_dir) {
+            out.push((r, is_dir));
+        } else if is_dir {
+            private_entries(dir.as_fd(), child, &r, depth - 1, budget, out);
         }
-        if !world_readable(&md) {
-            out.push((r, md.is_dir()));
-        } else if md.is_dir() {
-            private_entries(&e.path(), &r, depth - 1, budget, out);
-        }
-    }
+    });
 }
 
 /// `/etc` as a tmpfs of read-only binds of the host's entries, minus the
@@ -1235,4 +1293,84 @@ fn resolve_program(name: &str, env: &[(String, String)]) -> CString {
         }
     }
     fallback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    fn chmod(p: &Path, mode: u32) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn the_walk_finds_what_others_cannot_read_and_never_follows_links() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        for d in ["app/conf.d", "app/deep/a/b/c/d/e", "open", "skipme"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for f in [
+            "app/public.conf",
+            "app/secret.key",
+            "app/conf.d/token",
+            "app/deep/a/b/c/d/e/far",
+            "top-secret",
+            "skipme/secret",
+        ] {
+            std::fs::write(root.join(f), "x").unwrap();
+        }
+        chmod(&root.join("app/secret.key"), 0o600);
+        chmod(&root.join("app/conf.d/token"), 0o640);
+        chmod(&root.join("app/deep/a/b/c/d/e/far"), 0o600);
+        chmod(&root.join("top-secret"), 0o600);
+        chmod(&root.join("skipme/secret"), 0o600);
+        std::fs::create_dir(root.join("app/private")).unwrap();
+        chmod(&root.join("app/private"), 0o750);
+        // A link into a private place and a link to a directory: neither followed.
+        symlink(root.join("app/private"), root.join("open/link-dir")).unwrap();
+        symlink("/proc/self/root/etc", root.join("open/escape")).unwrap();
+        let mut found = private_below(root, &["skipme"]);
+        found.sort();
+        assert_eq!(
+            found,
+            vec![
+                (PathBuf::from("app/conf.d/token"), false),
+                // Seven levels down: not looked into, so masked whole.
+                (PathBuf::from("app/deep/a/b/c/d/e"), true),
+                (PathBuf::from("app/private"), true),
+                (PathBuf::from("app/secret.key"), false),
+            ],
+            "top-level entries are etc_overlay's business; skipped names and links \
+             are left alone"
+        );
+    }
+
+    #[test]
+    fn past_the_entry_budget_directories_are_masked_whole() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        for d in ["a", "b"] {
+            std::fs::create_dir(root.join(d)).unwrap();
+            for i in 0..3 {
+                std::fs::write(root.join(d).join(format!("f{i}")), "x").unwrap();
+            }
+        }
+        let mut out = Vec::new();
+        let mut budget = 4;
+        let dir =
+            rustix::fs::open(root, rustix::fs::OFlags::RDONLY, rustix::fs::Mode::empty()).unwrap();
+        private_entries(dir.as_fd(), c"a", Path::new("a"), 6, &mut budget, &mut out);
+        assert!(out.is_empty(), "three entries fit in the budget: {out:?}");
+        private_entries(dir.as_fd(), c"b", Path::new("b"), 6, &mut budget, &mut out);
+        assert_eq!(out, vec![(PathBuf::from("b"), true)]);
+        private_entries(dir.as_fd(), c"a", Path::new("a"), 6, &mut budget, &mut out);
+        assert_eq!(out.last(), Some(&(PathBuf::from("a"), true)));
+    }
+
+    #[test]
+    fn a_missing_root_yields_nothing() {
+        assert!(private_below(Path::new("/nonexistent/cordon"), &[]).is_empty());
+    }
 }
