@@ -20,11 +20,10 @@ use crate::server::{ApiError, Shared, blocking, parse_json, valid_flag_name};
 use crate::store::{AdminSegment, AdminStrategy, StoreError, TokenRecord};
 use crate::token::{self, TokenHash, TokenType};
 
-/// Failed logins per name allowed in [`LOGIN_WINDOW_MS`] before that name is refused.
-const MAX_LOGIN_FAILURES: u32 = 5;
+/// Failed logins per name allowed in [`LOGIN_WINDOW_MS`] before that name is
+/// refused. Counted in the database, so replicas sharing one count together.
+const MAX_LOGIN_FAILURES: i64 = 5;
 const LOGIN_WINDOW_MS: i64 = 5 * 60 * 1000;
-/// Names tracked by the login limiter before it forgets them all.
-const MAX_TRACKED_LOGINS: usize = 10_000;
 
 fn json_view(v: View) -> Json<Value> {
     Json(v.to_json())
@@ -796,24 +795,17 @@ fn login_refused() -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "wrong user name or password")
 }
 
-/// Count a failed login for `name`; `Err` once it has failed too often recently.
-fn login_allowed(app: &Shared, name: &str, failed: bool) -> Result<(), ApiError> {
-    let now = now_millis();
-    let mut map = app.login_failures.lock().unwrap_or_else(|p| p.into_inner());
-    if map.len() >= MAX_TRACKED_LOGINS {
-        map.retain(|_, (_, start)| now - *start < LOGIN_WINDOW_MS);
-        if map.len() >= MAX_TRACKED_LOGINS {
-            map.clear();
-        }
-    }
-    let entry = map.entry(name.to_owned()).or_insert((0, now));
-    if now - entry.1 >= LOGIN_WINDOW_MS {
-        *entry = (0, now);
-    }
-    if failed {
-        entry.0 += 1;
-    }
-    if entry.0 >= MAX_LOGIN_FAILURES {
+/// Count a failed login for `name` (when `failed`); `Err` once it has failed too
+/// often recently, through this server or any replica sharing its database.
+async fn login_allowed(app: &Shared, name: &str, failed: bool) -> Result<(), ApiError> {
+    let a = app.clone();
+    let n = name.to_owned();
+    let failures = blocking(move || {
+        a.store
+            .login_failures(&n, failed, now_millis(), LOGIN_WINDOW_MS)
+    })
+    .await??;
+    if failures >= MAX_LOGIN_FAILURES {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             format!("too many failed logins for {name:?}; wait five minutes"),
@@ -834,7 +826,7 @@ pub(crate) async fn login(
             if name.len() > 64 || password.len() > people::MAX_PASSWORD {
                 return Err(login_refused());
             }
-            login_allowed(&app, &name, false)?;
+            login_allowed(&app, &name, false).await?;
             let a = app.clone();
             let n = name.clone();
             let found = blocking(move || -> Result<Option<User>, StoreError> {
@@ -852,7 +844,7 @@ pub(crate) async fn login(
             match found {
                 Some(u) => u,
                 None => {
-                    login_allowed(&app, &name, true)?;
+                    login_allowed(&app, &name, true).await?;
                     return Err(login_refused());
                 }
             }

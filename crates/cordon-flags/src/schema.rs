@@ -278,6 +278,20 @@ CREATE INDEX change_requests_project ON change_requests (project, state);
         sqlite: "",
         postgres: "",
     },
+    Migration {
+        version: 8,
+        // Failed console logins per user name, shared by every replica so that
+        // spreading guesses over replicas gains nothing.
+        portable: r#"
+CREATE TABLE login_failures (
+    name {text} PRIMARY KEY,
+    failures {bigint} NOT NULL,
+    window_start_ms {bigint} NOT NULL
+);
+"#,
+        sqlite: "",
+        postgres: "",
+    },
 ];
 
 /// The newest schema version this build knows.

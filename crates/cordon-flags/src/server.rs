@@ -175,8 +175,6 @@ pub(crate) struct AppState {
     tokens: RwLock<Arc<Vec<TokenRecord>>>,
     /// Users and agents, for the owners of personal and agent tokens.
     users: RwLock<Arc<Vec<User>>>,
-    /// Failed logins per user name: (count, start of the window in ms).
-    pub(crate) login_failures: Mutex<HashMap<String, (u32, i64)>>,
     /// Set when another replica may have created a token.
     tokens_stale: Notify,
     cache: Mutex<SnapshotCache>,
@@ -495,7 +493,6 @@ pub(crate) fn router(
     let state = Arc::new(AppState {
         tokens: RwLock::new(Arc::new(store.tokens()?)),
         users: RwLock::new(Arc::new(store.users()?)),
-        login_failures: Mutex::new(HashMap::new()),
         tokens_stale: Notify::new(),
         feeds: Feeds::new(store.clone(), options.max_streams),
         store,

@@ -338,6 +338,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<cr::View>;
     /// Apply the scheduled requests that are due (suspending stale ones); their ids.
     fn run_schedules(&self, now_ms: i64) -> Result<Vec<i64>>;
+
+    /// Failed logins for `name` in the window that started at most `window_ms`
+    /// before `now_ms`, after counting one more when `failed`. A window that has
+    /// passed starts again; names whose window passed are forgotten.
+    fn login_failures(&self, name: &str, failed: bool, now_ms: i64, window_ms: i64) -> Result<i64>;
 }
 
 /// What [`Store::watch_changes`] calls when the state may have changed elsewhere.
@@ -457,6 +462,35 @@ pub(crate) fn unknown_flag(project: &str, flag: &str) -> StoreError {
 }
 
 impl<D: Driver> Store for D {
+    fn login_failures(&self, name: &str, failed: bool, now_ms: i64, window_ms: i64) -> Result<i64> {
+        let expired = now_ms.saturating_sub(window_ms);
+        self.write("count failed logins", |tx| {
+            if failed {
+                tx.execute(
+                    "forget failed logins",
+                    "DELETE FROM login_failures WHERE window_start_ms <= ?1",
+                    &[&expired],
+                )?;
+                tx.execute(
+                    "count a failed login",
+                    "INSERT INTO login_failures (name, failures, window_start_ms)
+                     VALUES (?1, 1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET failures = login_failures.failures + 1",
+                    &[&name, &now_ms],
+                )?;
+            }
+            Ok(tx
+                .row(
+                    "count failed logins",
+                    "SELECT failures FROM login_failures
+                     WHERE name = ?1 AND window_start_ms > ?2",
+                    &[&name, &expired],
+                    |r| r.int(0),
+                )?
+                .unwrap_or(0))
+        })
+    }
+
     fn environments(&self) -> Result<Vec<String>> {
         self.read(|c| {
             c.rows(

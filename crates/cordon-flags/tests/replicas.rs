@@ -278,3 +278,44 @@ async fn a_replica_whose_listener_was_cut_off_catches_up() {
     switch(&a, "checkout", true).await;
     assert_eq!(next_about(&mut on_b, "checkout").await.1, Some(true));
 }
+
+async fn login(server: &Server, name: &str, password: &str) -> u16 {
+    let body = serde_json::to_vec(&json!({"username": name, "password": password})).unwrap();
+    server
+        .request("POST", "/api/admin/login", &[], Some(body.as_slice()))
+        .await
+        .status
+}
+
+async fn add_user(server: &Server, name: &str) {
+    let r = server
+        .post_json(
+            "/api/admin/user-admin",
+            ADMIN,
+            &json!({"username": name, "role": "editor", "password": format!("{name}-long-password")}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+}
+
+#[tokio::test]
+async fn failed_logins_spread_over_replicas_count_together() {
+    let (_db, a, b) = replicas().await;
+    add_user(&a, "pat").await;
+    // Four failures, two through each replica, are answered as wrong guesses; the
+    // fifth (the third through A) reaches the limit, which each replica alone
+    // would not have.
+    for (i, server) in [&a, &b, &a, &b].into_iter().enumerate() {
+        assert_eq!(
+            login(server, "pat", "a-wrong-guess").await,
+            401,
+            "guess {i}"
+        );
+    }
+    assert_eq!(login(&a, "pat", "a-wrong-guess").await, 429);
+    assert_eq!(login(&b, "pat", "pat-long-password").await, 429);
+    assert_eq!(login(&a, "pat", "pat-long-password").await, 429);
+    // Another name is not affected.
+    add_user(&b, "quinn").await;
+    assert_eq!(login(&a, "quinn", "quinn-long-password").await, 200);
+}
