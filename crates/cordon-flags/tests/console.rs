@@ -144,11 +144,26 @@ impl Browser {
         }
     }
 
+    /// Click the submit button `selector` and wait for the answer's page, so what
+    /// is read next (the path, an alert) is not from the page the form was on.
+    async fn submit(&self, selector: &str) {
+        let old = self.css("html").await;
+        self.css(selector).await.click().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while old.tag_name().await.is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "submitting {selector} loaded no page"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn sign_in_with_password(&self, base: &str, user: &str, password: &str) {
         self.goto(&format!("{base}/console/login")).await;
         self.fill("#username", user).await;
         self.fill("#password", password).await;
-        self.css("#sign-in").await.click().await.unwrap();
+        self.submit("#sign-in").await;
         assert!(
             self.path().await.starts_with("/console/flags"),
             "{user} not signed in: {}",
@@ -191,13 +206,13 @@ async fn console_on_the_real_server() {
     browser
         .fill("#token", "*:*.not-a-real-token-0000000000")
         .await;
-    browser.css("#sign-in-token").await.click().await.unwrap();
+    browser.submit("#sign-in-token").await;
     assert_eq!(browser.path().await, "/console/login");
     assert!(browser.text(".alert.error").await.contains("HTTP 401"));
 
     // A service token is not a person: it cannot sign in to the console.
     browser.fill("#token", common::ADMIN).await;
-    browser.css("#sign-in-token").await.click().await.unwrap();
+    browser.submit("#sign-in-token").await;
     assert_eq!(browser.path().await, "/console/login");
     assert!(browser.text(".alert.error").await.contains("HTTP 403"));
     let r = server

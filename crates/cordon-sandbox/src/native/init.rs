@@ -803,8 +803,9 @@ fn mask(inside: &Path, is_dir: bool, empty_file: &Path) -> Result<(), String> {
 /// The walk works relative to directory descriptors and takes symbolic links
 /// from the directory entry's type without a `stat`: /etc is mostly links
 /// (`alternatives/`, `ssl/certs/`), and resolving every full path from `/`
-/// made the walk about twice as slow (5.7–6.4 ms against 2.6–3.3 ms here, a
-/// sizeable share of a sandbox's start).
+/// made the walk about twice as slow (two runs of 3 x 20 scans of this
+/// machine's /etc: 5.7–6.4 ms against 2.6–3.3 ms, and 4.1–4.3 ms against
+/// 2.2–2.4 ms; a sizeable share of a sandbox's start).
 pub fn etc_private() -> Vec<(PathBuf, bool)> {
     private_below(Path::new("/etc"), ETC_DENY)
 }
@@ -834,16 +835,15 @@ fn private_below(root: &Path, skip: &[&str]) -> Vec<(PathBuf, bool)> {
 }
 
 /// Calls `f(name, mode)` for every entry of the directory `dir` except `.`,
-/// `..` and symbolic links (which are never followed). As with the path-based
-/// walk this replaced, an entry that vanishes before its `stat` is skipped and a
-/// read error ends the listing (root can list and stat everything in /etc, so
-/// both mean the entry was removed meanwhile).
-fn for_each_entry(dir: BorrowedFd<'_>, mut f: impl FnMut(&std::ffi::CStr, u32)) {
+/// `..` and symbolic links (which are never followed). An entry that vanishes
+/// before its `stat` is skipped; false when the listing itself failed, so the
+/// caller can mask what it could not see.
+fn for_each_entry(dir: BorrowedFd<'_>, mut f: impl FnMut(&std::ffi::CStr, u32)) -> bool {
     let Ok(entries) = rustix::fs::Dir::read_from(dir) else {
-        return;
+        return false;
     };
     for e in entries {
-        let Ok(e) = e else { return };
+        let Ok(e) = e else { return false };
         let name = e.file_name();
         if name == c"." || name == c".." || e.file_type() == rustix::fs::FileType::Symlink {
             continue;
@@ -855,6 +855,7 @@ fn for_each_entry(dir: BorrowedFd<'_>, mut f: impl FnMut(&std::ffi::CStr, u32)) 
             f(name, st.st_mode);
         }
     }
+    true
 }
 
 fn mode_is(mode: u32, t: rustix::fs::FileType) -> bool {
@@ -872,8 +873,8 @@ fn mode_readable(mode: u32, is_dir: bool) -> bool {
 
 /// Files below `parent/name` (host) that are not world-readable, as paths
 /// relative to /etc (`rel`); bounded in depth and entries so a huge /etc cannot
-/// stall the start. Past either bound the directory is masked as a whole: what
-/// was not looked at is not shown.
+/// stall the start. Past either bound, or when it cannot be opened or listed,
+/// the directory is masked as a whole: what was not looked at is not shown.
 fn private_entries(
     parent: BorrowedFd<'_>,
     name: &std::ffi::CStr,
@@ -886,7 +887,7 @@ fn private_entries(
         out.push((rel.to_path_buf(), true));
         return;
     }
-    let Ok(dir) = rustix::fs::openat(
+    let dir = match rustix::fs::openat(
         parent,
         name,
         rustix::fs::OFlags::RDONLY
@@ -894,11 +895,17 @@ fn private_entries(
             | rustix::fs::OFlags::NOFOLLOW
             | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
-    ) else {
-        return;
+    ) {
+        Ok(dir) => dir,
+        // Removed since it was listed: nothing to hide.
+        Err(rustix::io::Errno::NOENT) => return,
+        Err(_) => {
+            out.push((rel.to_path_buf(), true));
+            return;
+        }
     };
     let mut cut = false;
-    for_each_entry(dir.as_fd(), |child, mode| {
+    let listed = for_each_entry(dir.as_fd(), |child, mode| {
         if cut {
             return;
         }
@@ -916,6 +923,9 @@ fn private_entries(
             private_entries(dir.as_fd(), child, &r, depth - 1, budget, out);
         }
     });
+    if !listed && !cut {
+        out.push((rel.to_path_buf(), true));
+    }
 }
 
 /// `/etc` as a tmpfs of read-only binds of the host's entries, minus the
