@@ -130,31 +130,26 @@ impl Browser {
             .find(Locator::XPath(&xpath))
             .await
             .unwrap_or_else(|e| panic!("no button {label:?}: {e}"));
-        // Every button submits a form: wait until the old page is gone, so what is read
-        // next comes from the answer, not from the page the button was on.
+        self.click_for_page(button, &format!("pressing {label:?}"))
+            .await;
+    }
+
+    /// Click the submit button `selector` and wait for the answer's page.
+    async fn submit(&self, selector: &str) {
+        let button = self.css(selector).await;
+        self.click_for_page(button, &format!("submitting {selector}"))
+            .await;
+    }
+
+    /// Every button submits a form: click it and wait until the old page is gone, so
+    /// what is read next (the path, an alert) comes from the answer, not from the
+    /// page the button was on.
+    async fn click_for_page(&self, button: fantoccini::elements::Element, what: &str) {
         let old = self.css("html").await;
         button.click().await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while old.tag_name().await.is_ok() {
-            assert!(
-                Instant::now() < deadline,
-                "pressing {label:?} loaded no page"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Click the submit button `selector` and wait for the answer's page, so what
-    /// is read next (the path, an alert) is not from the page the form was on.
-    async fn submit(&self, selector: &str) {
-        let old = self.css("html").await;
-        self.css(selector).await.click().await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while old.tag_name().await.is_ok() {
-            assert!(
-                Instant::now() < deadline,
-                "submitting {selector} loaded no page"
-            );
+            assert!(Instant::now() < deadline, "{what} loaded no page");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
