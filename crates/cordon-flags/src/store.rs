@@ -464,30 +464,34 @@ pub(crate) fn unknown_flag(project: &str, flag: &str) -> StoreError {
 impl<D: Driver> Store for D {
     fn login_failures(&self, name: &str, failed: bool, now_ms: i64, window_ms: i64) -> Result<i64> {
         let expired = now_ms.saturating_sub(window_ms);
-        self.write("count failed logins", |tx| {
-            if failed {
-                tx.execute(
-                    "forget failed logins",
-                    "DELETE FROM login_failures WHERE window_start_ms <= ?1",
-                    &[&expired],
-                )?;
-                tx.execute(
-                    "count a failed login",
-                    "INSERT INTO login_failures (name, failures, window_start_ms)
-                     VALUES (?1, 1, ?2)
-                     ON CONFLICT (name) DO UPDATE SET failures = login_failures.failures + 1",
-                    &[&name, &now_ms],
-                )?;
-            }
-            Ok(tx
-                .row(
-                    "count failed logins",
-                    "SELECT failures FROM login_failures
-                     WHERE name = ?1 AND window_start_ms > ?2",
-                    &[&name, &expired],
-                    |r| r.int(0),
-                )?
-                .unwrap_or(0))
+        let count = |c: &dyn Sql| {
+            Ok(c.row(
+                "count failed logins",
+                "SELECT failures FROM login_failures
+                 WHERE name = ?1 AND window_start_ms > ?2",
+                &[&name, &expired],
+                |r| r.int(0),
+            )?
+            .unwrap_or(0))
+        };
+        if !failed {
+            // The check before a password is verified only reads.
+            return self.read(count);
+        }
+        self.write("count a failed login", |tx| {
+            tx.execute(
+                "forget failed logins",
+                "DELETE FROM login_failures WHERE window_start_ms <= ?1",
+                &[&expired],
+            )?;
+            tx.execute(
+                "count a failed login",
+                "INSERT INTO login_failures (name, failures, window_start_ms)
+                 VALUES (?1, 1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET failures = login_failures.failures + 1",
+                &[&name, &now_ms],
+            )?;
+            count(tx)
         })
     }
 
