@@ -824,12 +824,7 @@ async fn frontend_eval(
             format!("could not encode the answer: {e}"),
         )
     })?;
-    let mut resp = (StatusCode::OK, body).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Ok(resp)
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// The frontend API's answer: the flags enabled for `context`, in name order, each
@@ -839,20 +834,14 @@ async fn frontend_eval(
 /// that then had to be filtered and sorted; with 350 flags that was most of a
 /// request's time.
 fn frontend_body(snapshot: &Snapshot, context: &Context) -> serde_json::Result<Vec<u8>> {
+    /// [`FrontendToggle`] with a borrowed name.
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
     struct Toggle<'a> {
         name: &'a str,
         enabled: bool,
-        variant: Variant,
+        variant: FrontendVariant,
         impression_data: bool,
-    }
-    #[derive(Serialize)]
-    struct Variant {
-        name: String,
-        enabled: bool,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        payload: Option<unleash_types::client_features::Payload>,
     }
     #[derive(Serialize)]
     struct Answer<'a> {
@@ -868,7 +857,7 @@ fn frontend_body(snapshot: &Snapshot, context: &Context) -> serde_json::Result<V
             Toggle {
                 name,
                 enabled: true,
-                variant: Variant {
+                variant: FrontendVariant {
                     name: v.name,
                     enabled: v.enabled,
                     payload: v.payload,
