@@ -177,6 +177,7 @@ impl Errno {
     pub const ELOOP: Errno = Errno(libc::ELOOP);
     pub const E2BIG: Errno = Errno(libc::E2BIG);
     pub const EOVERFLOW: Errno = Errno(libc::EOVERFLOW);
+    pub const ESTALE: Errno = Errno(libc::ESTALE);
 
     /// The raw number.
     pub fn code(self) -> i32 {

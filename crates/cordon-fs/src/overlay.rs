@@ -1473,6 +1473,16 @@ impl Overlay {
             self.record_seen_once(&rel)?;
         }
         let n = self.node(id)?;
+        let can_passthrough = in_base.is_some()
+            && self.opts.passthrough
+            && !writable
+            && n.kind == libc::S_IFREG
+            && n.cached_opens == 0;
+        if !can_passthrough && n.pt_opens > 0 && n.kind == libc::S_IFREG && n.ghost.is_none() {
+            self.split_from_passthrough(id, writable)?;
+            return Err(Errno::ESTALE);
+        }
+        let n = self.node(id)?;
         let mut handle = Handle {
             node: id,
             flags,
@@ -1481,12 +1491,7 @@ impl Overlay {
             base: None,
         };
         let io = match in_base {
-            Some(rel)
-                if self.opts.passthrough
-                    && !writable
-                    && n.kind == libc::S_IFREG
-                    && n.cached_opens == 0 =>
-            {
+            Some(rel) if can_passthrough => {
                 let file = self.base.open_file(&rel)?;
                 handle.passthrough = true;
                 IoMode::Passthrough(file)
@@ -1509,6 +1514,30 @@ impl Overlay {
         self.next_fh += 1;
         self.handles.insert(fh, handle);
         Ok(Opened { fh, io })
+    }
+
+    /// Makes way for an open that cannot share node `id`'s passthrough mode.
+    ///
+    /// Since Linux 6.9 the kernel binds an inode with a passthrough open to its
+    /// backing (base) file and fails any other kind of open of it with `EIO`.
+    /// Instead, the node keeps serving the descriptors already open (they go on
+    /// reading the base bytes, as in overlayfs without `metacopy`) but loses its
+    /// name, and the open is answered with `ESTALE`: the kernel then retries the
+    /// path walk once with `LOOKUP_REVAL`, our lookup returns a fresh node for the
+    /// name, and the open succeeds on that one. A write open first copies the
+    /// metadata up, so the delta records the node's original number as the
+    /// file's origin (the inode number comes back after a remount).
+    fn split_from_passthrough(&mut self, id: u64, writable: bool) -> OpResult<()> {
+        if writable {
+            self.copy_up_meta(id)?;
+        }
+        let before = self.getattr(id).ok();
+        self.retire(id, before, false);
+        tracing::debug!(
+            node = id,
+            "split a passthrough node for a non-passthrough open"
+        );
+        Ok(())
     }
 
     /// The kernel refused a passthrough open: serve handle `fh` from userspace.
@@ -1673,11 +1702,18 @@ impl Overlay {
         }
         let (opens, pt_left, ident) = (n.opens, n.pt_opens, n.ident.clone());
         if opens == 0
-            && let Ident::Delta(ino) = ident
-            && let Some(row) = self.store.inode(ino)?
+            && let Ident::Delta(ino) = &ident
+            && let Some(row) = self.store.inode(*ino)?
             && row.nlink == 0
             && !row.is_dir()
+            // A node split off for passthrough readers shares the inode with the
+            // node that replaced it: their closes must not free it under the other.
+            && !self
+                .nodes
+                .iter()
+                .any(|(&other, o)| other != h.node && o.ident == ident && o.opens > 0)
         {
+            let ino = *ino;
             // Last close of a file unlinked while open.
             let before = self.getattr(h.node).ok();
             self.store.tx(|s| s.delete_inode(ino))?;
@@ -2110,6 +2146,41 @@ mod tests {
         let attr = ov.link(id, ROOT_ID, b"alias").unwrap();
         assert_eq!(attr.nlink, 2);
         assert_eq!(path_id(&mut ov, "alias").unwrap(), id);
+    }
+
+    #[test]
+    fn a_write_open_beside_passthrough_readers_moves_the_name_to_a_new_node() {
+        let f = fixture(project);
+        let mut ov = f.overlay();
+        ov.set_passthrough(true);
+        let old = path_id(&mut ov, "top.txt").unwrap();
+        let reader = ov.open(old, libc::O_RDONLY).unwrap();
+        assert!(matches!(reader.io, IoMode::Passthrough(_)));
+        // The kernel would fail a non-passthrough open of this inode: ask it to
+        // look the name up again instead.
+        assert_eq!(ov.open(old, libc::O_WRONLY).unwrap_err(), Errno::ESTALE);
+        let new = path_id(&mut ov, "top.txt").unwrap();
+        assert_ne!(new, old);
+        let w = ov.open(new, libc::O_WRONLY).unwrap();
+        assert!(matches!(w.io, IoMode::Cached));
+        ov.write(w.fh, 0, b"# changed").unwrap();
+        assert_eq!(
+            ov.getattr(old).unwrap().size,
+            3,
+            "the reader's view is frozen"
+        );
+        // Unlinked while the writer holds it: the reader's last close must not
+        // free the inode under the writer.
+        ov.unlink(ROOT_ID, b"top.txt").unwrap();
+        ov.release(reader.fh).unwrap();
+        ov.write(w.fh, 9, b"!").unwrap();
+        ov.release(w.fh).unwrap();
+        let n: i64 = ov
+            .store()
+            .conn()
+            .query_row("SELECT COUNT(*) FROM fs_inode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1, "only the root, after the writer's last close");
     }
 
     #[test]

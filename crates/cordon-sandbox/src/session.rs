@@ -441,10 +441,12 @@ fn run_session(
             fs_name: format!("cordon:{id}"),
             quota: quota.clone(),
             // The kernel lets an inode open for FUSE passthrough be opened only in
-            // passthrough mode again, and a write open of a base file cannot be (its
-            // bytes move into the store): gVisor's gofer keeps a read-only descriptor
-            // on every file it walks, so each write of an existing file would fail
-            // with EIO. Reads are served from userspace and the page cache instead.
+            // passthrough mode again. A write open by path gets around it (the
+            // overlay answers ESTALE and the kernel looks the name up afresh), but
+            // gVisor's gofer keeps a read-only descriptor on every file it walks and
+            // reopens files through /proc/self/fd, which the kernel does not look up
+            // again: each write of an existing file would fail with EIO. Reads are
+            // served from userspace and the page cache instead.
             passthrough: opts.backend != BackendKind::Gvisor,
             ..ServeOptions::default()
         };

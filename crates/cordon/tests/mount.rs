@@ -968,3 +968,76 @@ fn cached_directory_listings_follow_changes_from_both_sides() {
     assert_eq!(list(), "agent host ");
     drop(m);
 }
+
+#[test]
+fn a_base_file_held_open_for_reading_can_still_be_rewritten() {
+    // With FUSE passthrough the kernel ties an inode to its backing file, and
+    // on Linux 6.9+ refuses a non-passthrough open of that inode with EIO.
+    let Some(env) = fuse_env(|b| {
+        write(&b.join("log.txt"), b"old\n");
+        write(&b.join("cut.txt"), b"cut me\n");
+        write(&b.join("tail.txt"), b"line 1\n");
+    }) else {
+        return;
+    };
+    let id = env.create();
+    let m = env.mount(&id);
+    let read_all = |f: &mut fs::File| {
+        let mut s = String::new();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.read_to_string(&mut s).unwrap();
+        s
+    };
+
+    // A reader keeps the file open while another open rewrites it.
+    let mut reader = fs::File::open(env.mnt.join("log.txt")).unwrap();
+    assert_eq!(read_all(&mut reader), "old\n");
+    let mut w = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(env.mnt.join("log.txt"))
+        .expect("a write open next to a passthrough reader");
+    w.write_all(b"new\n").unwrap();
+    drop(w);
+    assert_eq!(
+        fs::read_to_string(env.mnt.join("log.txt")).unwrap(),
+        "new\n"
+    );
+    // The earlier reader keeps a working descriptor on the old bytes.
+    assert!(reader.metadata().is_ok());
+    assert_eq!(read_all(&mut reader), "old\n");
+    // The same through a shell's `>` (O_CREAT|O_TRUNC).
+    sh(&env.mnt, "echo newer > log.txt");
+    assert_eq!(
+        fs::read_to_string(env.mnt.join("log.txt")).unwrap(),
+        "newer\n"
+    );
+
+    // Truncated by path (no open), then opened again while a reader holds it.
+    let reader2 = fs::File::open(env.mnt.join("cut.txt")).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(env.mnt.join("cut.txt"))
+        .unwrap()
+        .set_len(3)
+        .unwrap();
+    assert_eq!(fs::read_to_string(env.mnt.join("cut.txt")).unwrap(), "cut");
+    drop(reader2);
+
+    // Appending while a follower has it open, as `tail -f` would.
+    let follower = fs::File::open(env.mnt.join("tail.txt")).unwrap();
+    sh(
+        &env.mnt,
+        "echo 'line 2' >> tail.txt && cat tail.txt >/dev/null",
+    );
+    let mut again = fs::File::open(env.mnt.join("tail.txt")).unwrap();
+    assert_eq!(read_all(&mut again), "line 1\nline 2\n");
+    drop((again, follower, reader));
+    drop(m);
+
+    let changed = diff_paths(&env.diff_json(&id), "modified");
+    for f in ["log.txt", "cut.txt", "tail.txt"] {
+        assert!(changed.iter().any(|p| p == f), "{f} in {changed:?}");
+    }
+    assert_eq!(fs::read(env.base.join("log.txt")).unwrap(), b"old\n");
+}
