@@ -22,6 +22,8 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -81,6 +83,59 @@ pub struct OverlayFs {
     want_passthrough: bool,
     /// What the kernel agreed to at `init`, for `cordon workspace mount` to report.
     negotiated: Arc<Mutex<Negotiated>>,
+    writeback: Option<WalWriteback>,
+}
+
+/// Starts the disk writing the WAL while a large write is still arriving.
+///
+/// Written data sits in the WAL's page cache until something syncs it; a
+/// program that writes 256 MiB and then calls `fsync` would wait for all of it
+/// at the end. Every [`WalWriteback::EVERY`] bytes a helper thread asks the
+/// kernel to start writing the WAL out (`sync_file_range(SYNC_FILE_RANGE_WRITE)`,
+/// which does not wait), so the final `fsync` finds little left to do. It
+/// changes nothing about durability: only `fsync` promises anything.
+struct WalWriteback {
+    pending: AtomicU64,
+    kick: SyncSender<()>,
+}
+
+impl WalWriteback {
+    const EVERY: u64 = 8 << 20;
+
+    fn start(wal: std::path::PathBuf) -> Option<WalWriteback> {
+        let (kick, wake) = std::sync::mpsc::sync_channel::<()>(1);
+        std::thread::Builder::new()
+            .name("cordon-writeback".into())
+            .spawn(move || {
+                let mut file: Option<std::fs::File> = None;
+                // Ends when the file system (the sender) is dropped.
+                while wake.recv().is_ok() {
+                    // The WAL can be recreated by a checkpoint; reopen it each time.
+                    file = std::fs::File::open(&wal).ok().or(file);
+                    if let Some(f) = &file {
+                        use std::os::fd::AsRawFd;
+                        // SAFETY: a plain system call on a descriptor we own.
+                        unsafe {
+                            libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
+                        };
+                    }
+                }
+            })
+            .ok()?;
+        Some(WalWriteback {
+            pending: AtomicU64::new(0),
+            kick,
+        })
+    }
+
+    fn wrote(&self, n: u64) {
+        if self.pending.fetch_add(n, Ordering::Relaxed) + n < Self::EVERY {
+            return;
+        }
+        self.pending.store(0, Ordering::Relaxed);
+        // A kick already queued covers this one; a helper that died costs only speed.
+        let _ = self.kick.try_send(());
+    }
 }
 
 /// Features the kernel accepted.
@@ -166,7 +221,10 @@ fn caller(req: &Request) -> Caller {
 impl OverlayFs {
     /// Wraps an overlay for serving.
     pub fn new(overlay: Overlay, opts: &ServeOptions) -> Self {
+        let mut wal = overlay.store().path().as_os_str().to_owned();
+        wal.push("-wal");
         OverlayFs {
+            writeback: WalWriteback::start(wal.into()),
             inner: Mutex::new(overlay),
             backing: Mutex::new(HashMap::new()),
             ttl: opts.ttl,
@@ -510,7 +568,12 @@ impl fuser::Filesystem for OverlayFs {
         reply: ReplyWrite,
     ) {
         match self.ov().write(fh.0, offset, data) {
-            Ok(n) => reply.written(n),
+            Ok(n) => {
+                reply.written(n);
+                if let Some(w) = &self.writeback {
+                    w.wrote(u64::from(n));
+                }
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
