@@ -405,8 +405,15 @@ impl Workspace {
 
     /// Opens the store and base for reading the merged view without a mount.
     pub fn open_view(&self, read_only: bool) -> Result<(Store, Base)> {
+        let conn = schema::open(&self.db_path(), read_only)?;
+        self.view_on(conn)
+    }
+
+    /// [`Self::open_view`] on a connection the caller already opened (from
+    /// [`Self::connect`] or [`Self::connect_read_only`]): SQLite parses the
+    /// schema once per connection, which costs more than the reads it serves.
+    pub fn view_on(&self, conn: Connection) -> Result<(Store, Base)> {
         let db = self.db_path();
-        let conn = schema::open(&db, read_only)?;
         let base_path = self.base_path(&conn)?;
         let base = Base::open(&base_path)?;
         let store = Store::new(conn, &db).map_err(|e| Error::sqlite(&db, e))?;

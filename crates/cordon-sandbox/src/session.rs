@@ -349,6 +349,7 @@ pub fn run(data: &DataDir, mut opts: RunOptions) -> Result<Summary, SessionError
     ])
     .ok();
     let fresh = opts.resume.is_none();
+    let mut view_conn = None;
     let ws = match &opts.resume {
         Some(id) => {
             let ws = data.resolve(id)?;
@@ -363,6 +364,8 @@ pub fn run(data: &DataDir, mut opts: RunOptions) -> Result<Summary, SessionError
                     base.display()
                 )));
             }
+            // Kept for reading the view later in the run (one schema parse).
+            view_conn = Some(conn);
             ws
         }
         None => data.create_session_unsynced(&project, cordon_fs::schema::DEFAULT_CHUNK_SIZE)?,
@@ -379,6 +382,7 @@ pub fn run(data: &DataDir, mut opts: RunOptions) -> Result<Summary, SessionError
         on_start,
         &agent_started,
         signals,
+        view_conn,
     );
     if result.is_err() && fresh && !agent_started.get() {
         // Nothing ran: a session that never started is not worth keeping.
@@ -401,6 +405,8 @@ struct Ctx<'a> {
     agent_started: &'a std::cell::Cell<bool>,
     /// The user's signals, registered before anything was set up.
     signals: Mutex<Option<signal_hook::iterator::Signals>>,
+    /// A read-only connection to the workspace opened before the run, if any.
+    view_conn: Mutex<Option<rusqlite::Connection>>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -413,6 +419,7 @@ fn run_session(
     on_start: Box<dyn FnOnce(&str)>,
     agent_started: &std::cell::Cell<bool>,
     signals: Option<signal_hook::iterator::Signals>,
+    view_conn: Option<rusqlite::Connection>,
 ) -> Result<Summary, SessionError> {
     let id = ws.id.clone();
     let dir = session_dir(data, &id);
@@ -477,7 +484,13 @@ fn run_session(
         error: None,
         policy_sha256: opts.policy_sha256.clone(),
     });
-    write_meta(&dir, &meta)?;
+    // The run's record reaches session.json while the sandbox starts (a
+    // rename over the old file makes ext4 flush the new one first, which
+    // costs milliseconds); the final write below waits for it.
+    let meta_written = {
+        let (dir, meta) = (dir.clone(), meta.clone());
+        std::thread::spawn(move || write_meta(&dir, &meta))
+    };
     let monitor =
         crate::monitor::Monitor::new(&opts.policy.monitor).map_err(SessionError::Invalid)?;
     let monitor = (!monitor.is_empty())
@@ -519,6 +532,7 @@ fn run_session(
         placeholder_nonce: meta.placeholder_nonce.clone(),
         agent_started,
         signals: Mutex::new(signals),
+        view_conn: Mutex::new(view_conn),
     };
     let mut result = run_mounted(&ctx, mounting);
     if let Some(Ok(Err(e))) = syncer.map(|t| t.join()) {
@@ -535,6 +549,12 @@ fn run_session(
         if let Err(sync) = sink.log.sync() {
             tracing::warn!(error = %sync, "could not sync the session log");
         }
+    }
+    let started_record = meta_written
+        .join()
+        .unwrap_or_else(|_| Err(SessionError::Invalid("could not save session.json".into())));
+    if let Err(e) = &started_record {
+        tracing::warn!(error = %e, "could not record the run's start");
     }
     if let Some(last) = meta.runs.last_mut() {
         last.ended = Some(now());
@@ -672,10 +692,15 @@ fn run_mounted(ctx: &Ctx<'_>, mounting: PendingMount) -> Result<Summary, Session
     // workspace shows exactly the project, so the project is read directly; a
     // resumed one is read from its store and base in-process (a FUSE lookup
     // only for matches that are symlinks, resolved the way the agent will).
-    let resumed_view = if fresh {
-        None
-    } else {
-        Some(ws.open_view(true)?)
+    let kept = ctx
+        .view_conn
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    let resumed_view = match (fresh, kept) {
+        (true, _) => None,
+        (false, Some(conn)) => Some(ws.view_on(conn)?),
+        (false, None) => Some(ws.open_view(true)?),
     };
     let expand = |pat: &str| -> Vec<PathBuf> {
         match &resumed_view {
@@ -713,7 +738,7 @@ fn run_mounted(ctx: &Ctx<'_>, mounting: PendingMount) -> Result<Summary, Session
     for pat in policy.workspace.effective_hidden() {
         hidden.extend(expand(pat));
     }
-    drop(resumed_view);
+
     let mut mounts = Vec::new();
     for m in &policy.mounts {
         if !m.source.exists() {
@@ -1010,7 +1035,11 @@ fn run_mounted(ctx: &Ctx<'_>, mounting: PendingMount) -> Result<Summary, Session
     unmounted?;
     // What changed, for the summary.
     let (mut added, mut modified, mut deleted) = (0, 0, 0);
-    if let Ok((store, base)) = ws.open_view(true) {
+    let view = match resumed_view {
+        Some(v) => Ok(v),
+        None => ws.open_view(true),
+    };
+    if let Ok((store, base)) = view {
         let view = cordon_fs::changes::View {
             store: &store,
             base: &base,

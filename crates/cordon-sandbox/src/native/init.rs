@@ -54,9 +54,13 @@ pub struct InitConfig {
     pub rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
     /// `cgroup.procs` files stage 1 joins before unsharing anything.
     pub cgroup_procs: Vec<PathBuf>,
-    /// Entries below /etc (relative, with "is a directory") that only root
-    /// may read, to mask when the agent is host uid 0 (see [`etc_private`]).
+    /// Entries in and below /etc (relative, with "is a directory") that only
+    /// root may read, to mask when the agent is host uid 0 (see [`etc_private`]).
     pub etc_private: Vec<(PathBuf, bool)>,
+    /// Whether the host made that list (as root). If not, stage 1 checks the
+    /// top level of /etc itself.
+    #[serde(default)]
+    pub etc_scanned: bool,
 }
 
 /// Name of the sandbox's network interface.
@@ -286,7 +290,7 @@ fn wait_forwarding(main: i32, reap_all: bool) -> ! {
 fn init_main(cfg: InitConfig) -> ! {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    if let Err(e) = setup_root(&cfg.spec, &cfg.etc_private) {
+    if let Err(e) = setup_root(&cfg.spec, &cfg.etc_private, cfg.etc_scanned) {
         fail(e, 125);
     }
     let pid = fork_or_fail();
@@ -449,7 +453,11 @@ fn under(root: &Path, p: &Path) -> Result<PathBuf, String> {
 /// `etc_private`: files below /etc only root may read, masked because the agent
 /// of a root invoker is host uid 0 (without capabilities); for any other user
 /// the kernel's permission checks already keep them out and the list is empty.
-fn setup_root(spec: &SandboxSpec, etc_private: &[(PathBuf, bool)]) -> Result<(), String> {
+fn setup_root(
+    spec: &SandboxSpec,
+    etc_private: &[(PathBuf, bool)],
+    etc_scanned: bool,
+) -> Result<(), String> {
     let r = spec.scratch.as_path();
     step(
         || "cannot make the mount tree private".into(),
@@ -489,7 +497,7 @@ fn setup_root(spec: &SandboxSpec, etc_private: &[(PathBuf, bool)]) -> Result<(),
             bind(&host, &inside, true, false)?;
         }
     }
-    setup_etc(r, &empty_file, etc_private, &spec.mounts)?;
+    setup_etc(r, &empty_file, etc_private, etc_scanned, &spec.mounts)?;
     // Mount points for extra mounts under /etc exist before /etc is locked.
     for m in &spec.mounts {
         if m.target.starts_with("/etc") {
@@ -677,6 +685,7 @@ fn etc_overlay(
     r: &Path,
     etc: &Path,
     etc_private: &[(PathBuf, bool)],
+    etc_scanned: bool,
     mounts: &[crate::BindMount],
 ) -> Result<bool, String> {
     let layer = r.join(".cordon-etc-layer");
@@ -710,10 +719,12 @@ fn etc_overlay(
     for e in entries.flatten() {
         let name = e.file_name();
         let denied = ETC_DENY.iter().any(|d| **d == *name.to_string_lossy());
-        let private = e
-            .path()
-            .symlink_metadata()
-            .is_ok_and(|md| !md.file_type().is_symlink() && !world_readable(&md));
+        // The host's scan already looked at every entry (a `stat` each, on
+        // the start's critical path here).
+        let private = !etc_scanned
+            && e.path()
+                .symlink_metadata()
+                .is_ok_and(|md| !md.file_type().is_symlink() && !world_readable(&md));
         if denied || private {
             whiteout(Path::new(&name))?;
         }
@@ -795,10 +806,10 @@ fn mask(inside: &Path, is_dir: bool, empty_file: &Path) -> Result<(), String> {
     }
 }
 
-/// Entries below the host's /etc that only root may read (inside world-readable
-/// top-level directories; top-level entries are filtered by `etc_overlay`
-/// itself). Runs on the host, on its own thread, while the workspace is
-/// prepared.
+/// Entries in and below the host's /etc that only root may read (the top
+/// level, and inside world-readable directories). Runs on the host, on its own
+/// thread, while the workspace is prepared; stage 1 then needs no `stat` of
+/// its own.
 ///
 /// The walk works relative to directory descriptors and takes symbolic links
 /// from the directory entry's type without a `stat`: /etc is mostly links
@@ -810,8 +821,8 @@ pub fn etc_private() -> Vec<(PathBuf, bool)> {
     private_below(Path::new("/etc"), ETC_DENY)
 }
 
-/// [`etc_private`] for any directory: what is not world-readable inside the
-/// world-readable directories of `root`, except those named in `skip`.
+/// [`etc_private`] for any directory: what is not world-readable in `root` and
+/// inside its world-readable directories, except the entries named in `skip`.
 fn private_below(root: &Path, skip: &[&str]) -> Vec<(PathBuf, bool)> {
     let mut out = Vec::new();
     let mut budget = 20_000;
@@ -827,7 +838,10 @@ fn private_below(root: &Path, skip: &[&str]) -> Vec<(PathBuf, bool)> {
         if skip.iter().any(|d| **d == *rel.to_string_lossy()) {
             return;
         }
-        if mode_is(mode, rustix::fs::FileType::Directory) && mode_readable(mode, true) {
+        let is_dir = mode_is(mode, rustix::fs::FileType::Directory);
+        if !mode_readable(mode, is_dir) {
+            out.push((PathBuf::from(rel), is_dir));
+        } else if is_dir {
             private_entries(etc.as_fd(), name, Path::new(rel), 6, &mut budget, &mut out);
         }
     });
@@ -934,11 +948,12 @@ fn setup_etc(
     r: &Path,
     empty_file: &Path,
     etc_private: &[(PathBuf, bool)],
+    etc_scanned: bool,
     mounts: &[crate::BindMount],
 ) -> Result<(), String> {
     let etc = r.join("etc");
     mount_point(&etc, false)?;
-    if etc_overlay(r, &etc, etc_private, mounts)? {
+    if etc_overlay(r, &etc, etc_private, etc_scanned, mounts)? {
         return Ok(());
     }
     tmpfs(&etc, "0755", 0)?;
@@ -1351,9 +1366,9 @@ mod tests {
                 (PathBuf::from("app/deep/a/b/c/d/e"), true),
                 (PathBuf::from("app/private"), true),
                 (PathBuf::from("app/secret.key"), false),
+                (PathBuf::from("top-secret"), false),
             ],
-            "top-level entries are etc_overlay's business; skipped names and links \
-             are left alone"
+            "skipped names and links are left alone"
         );
     }
 

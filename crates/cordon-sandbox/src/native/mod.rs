@@ -193,6 +193,7 @@ impl Backend for Native {
             tty,
             cgroup_procs,
             etc_private: if uid0 { take_etc_scan() } else { Vec::new() },
+            etc_scanned: uid0,
             rlimits: cgroup::rlimits(&spec.limits, with_cgroup),
         };
         // The configuration travels in a memfd: a socket message is capped at
