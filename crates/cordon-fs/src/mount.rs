@@ -144,7 +144,18 @@ pub fn check_mountpoint(mountpoint: &Path, base: &Path) -> Result<PathBuf> {
 /// Mounts `ws` at `mountpoint`. Requests are served by [`Mounted::run`].
 pub fn mount(ws: &Workspace, mountpoint: &Path, opts: &ServeOptions) -> Result<Mounted> {
     // The connection that will serve the mount, opened once: it tells the base too.
-    let conn = ws.connect()?;
+    mount_on(ws, ws.connect()?, mountpoint, opts)
+}
+
+/// [`mount`] served by `conn`, a read-write connection to `ws`'s database set
+/// up as [`Workspace::connect`] does (or as
+/// [`crate::workspace::Unbuilt::build_for_serving`] returns it).
+pub fn mount_on(
+    ws: &Workspace,
+    conn: rusqlite::Connection,
+    mountpoint: &Path,
+    opts: &ServeOptions,
+) -> Result<Mounted> {
     let base = ws.base_path(&conn)?;
     if !base.is_dir() {
         return Err(Error::BaseMissing { path: base });

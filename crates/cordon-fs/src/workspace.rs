@@ -109,11 +109,14 @@ impl DataDir {
         self.create_in("workspace", "workspaces", base, chunk_size)
     }
 
-    /// Creates the workspace of a new `cordon run` session
-    /// (`sessions/<id>/workspace.db`; the session keeps its records beside it),
-    /// without waiting for the disk (see [`Self::create_workspace_unsynced`]).
-    pub fn create_session_unsynced(&self, base: &Path, chunk_size: u32) -> Result<Workspace> {
-        self.create_in("session", "sessions", base, chunk_size)
+    /// Starts the workspace of a new `cordon run` session
+    /// (`sessions/<id>/workspace.db`; the session keeps its records beside it):
+    /// every check, and the session's directory. The database is written by
+    /// [`Unbuilt::build`], which `cordon run` does on the mount's thread while
+    /// it writes the session's records, without waiting for the disk (see
+    /// [`Self::create_workspace_unsynced`]).
+    pub fn begin_session(&self, base: &Path, chunk_size: u32) -> Result<Unbuilt> {
+        self.begin_in("session", "sessions", base, chunk_size)
     }
 
     fn create_in(
@@ -123,6 +126,22 @@ impl DataDir {
         base: &Path,
         chunk_size: u32,
     ) -> Result<Workspace> {
+        let unbuilt = self.begin_in(kind, subdir, base, chunk_size)?;
+        let ws = unbuilt.workspace().clone();
+        if let Err(e) = unbuilt.build() {
+            let _ = std::fs::remove_dir_all(&ws.dir);
+            return Err(e);
+        }
+        Ok(ws)
+    }
+
+    fn begin_in(
+        &self,
+        kind: &'static str,
+        subdir: &str,
+        base: &Path,
+        chunk_size: u32,
+    ) -> Result<Unbuilt> {
         if !schema::CHUNK_SIZE_RANGE.contains(&chunk_size) || !chunk_size.is_power_of_two() {
             return Err(Error::Invalid {
                 what: "chunk size",
@@ -150,48 +169,11 @@ impl DataDir {
         let id = new_id();
         let dir = parent.join(&id);
         std::fs::create_dir(&dir).map_err(|e| Error::io(&dir, e))?;
-        let db_path = dir.join(DB_FILE);
-        let result = (|| {
-            let st = rustix::fs::stat(&base_path).map_err(|e| Error::io(&base_path, e.into()))?;
-            let conn = Connection::open(&db_path).map_err(|e| Error::sqlite(&db_path, e))?;
-            schema::prepare_new(&conn).map_err(|e| Error::sqlite(&db_path, e))?;
-            schema::configure(&conn).map_err(|e| Error::sqlite(&db_path, e))?;
-            // Creation is one transaction into a fresh WAL; SQLite's own syncs
-            // (and the checkpoint when this connection closes) would cost
-            // more than everything else `cordon run` does before the agent
-            // starts. Instead: no syncs while building, no checkpoint on close
-            // (the mount's checkpointer folds the WAL in), and one explicit
-            // sync of each file and the directory at the end.
-            conn.pragma_update(None, "synchronous", "OFF")
-                .and_then(|()| {
-                    conn.set_db_config(
-                        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-                        true,
-                    )
-                })
-                .map_err(|e| Error::sqlite(&db_path, e))?;
-            let now = Timestamp::now();
-            schema::initialize(
-                &conn,
-                &schema::NewDatabase {
-                    workspace_id: &id,
-                    base_path: &base_path,
-                    chunk_size,
-                    root_mode: st.st_mode,
-                    root_uid: st.st_uid,
-                    root_gid: st.st_gid,
-                    root_nlink: (st.st_nlink as u32).max(2),
-                    now: (now.sec, now.nsec),
-                },
-            )
-            .map_err(|e| Error::sqlite(&db_path, e))?;
-            Ok(())
-        })();
-        if let Err(e) = result {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
-        }
-        Ok(Workspace { id, kind, dir })
+        Ok(Unbuilt {
+            ws: Workspace { id, kind, dir },
+            base_path,
+            chunk_size,
+        })
     }
 
     /// Finds a workspace or session by its exact id (for destructive commands).
@@ -783,6 +765,89 @@ fn unescape_mountinfo(s: &str) -> std::ffi::OsString {
         }
     }
     std::ffi::OsString::from_vec(out)
+}
+
+/// A workspace whose directory exists but whose database is not written yet
+/// (see [`DataDir::begin_session`]).
+#[derive(Debug)]
+pub struct Unbuilt {
+    ws: Workspace,
+    base_path: PathBuf,
+    chunk_size: u32,
+}
+
+impl Unbuilt {
+    /// The workspace it will be.
+    pub fn workspace(&self) -> &Workspace {
+        &self.ws
+    }
+
+    /// Writes the database (schema and root, without syncing: see
+    /// [`Workspace::sync_files`]). On failure the directory stays for the
+    /// caller to remove.
+    pub fn build(self) -> Result<()> {
+        self.write().map(drop)
+    }
+
+    /// [`Self::build`], returning the connection that wrote it, set up to serve
+    /// a mount (see [`crate::mount::mount_on`]): its schema is parsed already.
+    pub fn build_for_serving(self) -> Result<Connection> {
+        let db = self.ws.db_path();
+        let conn = self.write()?;
+        schema::configure(&conn)
+            .and_then(|()| {
+                conn.set_db_config(
+                    rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                    false,
+                )
+            })
+            .map(drop)
+            .map_err(|e| Error::sqlite(&db, e))?;
+        Ok(conn)
+    }
+
+    fn write(self) -> Result<Connection> {
+        let Unbuilt {
+            ws,
+            base_path,
+            chunk_size,
+        } = self;
+        let db_path = ws.db_path();
+        let st = rustix::fs::stat(&base_path).map_err(|e| Error::io(&base_path, e.into()))?;
+        let conn = Connection::open(&db_path).map_err(|e| Error::sqlite(&db_path, e))?;
+        schema::prepare_new(&conn).map_err(|e| Error::sqlite(&db_path, e))?;
+        schema::configure(&conn).map_err(|e| Error::sqlite(&db_path, e))?;
+        // Creation is one transaction into a fresh WAL; SQLite's own syncs
+        // (and the checkpoint when this connection closes) would cost
+        // more than everything else `cordon run` does before the agent
+        // starts. Instead: no syncs while building, no checkpoint on close
+        // (the mount's checkpointer folds the WAL in), and one explicit
+        // sync of each file and the directory at the end.
+        conn.pragma_update(None, "synchronous", "OFF")
+            .and_then(|()| {
+                conn.set_db_config(
+                    rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                    true,
+                )
+            })
+            .map_err(|e| Error::sqlite(&db_path, e))?;
+        let now = Timestamp::now();
+        schema::initialize(
+            &conn,
+            &schema::NewDatabase {
+                workspace_id: &ws.id,
+                base_path: &base_path,
+                chunk_size,
+                root_mode: st.st_mode,
+                root_uid: st.st_uid,
+                root_gid: st.st_gid,
+                root_nlink: (st.st_nlink as u32).max(2),
+                now: (now.sec, now.nsec),
+            },
+        )
+        .map_err(|e| Error::sqlite(&db_path, e))?;
+        Ok(conn)
+    }
 }
 
 #[cfg(test)]

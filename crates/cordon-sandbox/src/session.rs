@@ -350,6 +350,7 @@ pub fn run(data: &DataDir, mut opts: RunOptions) -> Result<Summary, SessionError
     .ok();
     let fresh = opts.resume.is_none();
     let mut view_conn = None;
+    let mut unbuilt = None;
     let ws = match &opts.resume {
         Some(id) => {
             let ws = data.resolve(id)?;
@@ -368,7 +369,14 @@ pub fn run(data: &DataDir, mut opts: RunOptions) -> Result<Summary, SessionError
             view_conn = Some(conn);
             ws
         }
-        None => data.create_session_unsynced(&project, cordon_fs::schema::DEFAULT_CHUNK_SIZE)?,
+        None => {
+            // Checked and reserved now; its database is written on the mount's
+            // thread while this one writes the session's records.
+            let u = data.begin_session(&project, cordon_fs::schema::DEFAULT_CHUNK_SIZE)?;
+            let ws = u.workspace().clone();
+            unbuilt = Some(u);
+            ws
+        }
     };
     tracing::debug!(id = %ws.id, "workspace ready");
     let on_start = std::mem::replace(&mut opts.on_start, Box::new(|_| {}));
@@ -383,6 +391,7 @@ pub fn run(data: &DataDir, mut opts: RunOptions) -> Result<Summary, SessionError
         &agent_started,
         signals,
         view_conn,
+        unbuilt,
     );
     if result.is_err() && fresh && !agent_started.get() {
         // Nothing ran: a session that never started is not worth keeping.
@@ -420,13 +429,19 @@ fn run_session(
     agent_started: &std::cell::Cell<bool>,
     signals: Option<signal_hook::iterator::Signals>,
     view_conn: Option<rusqlite::Connection>,
+    unbuilt: Option<cordon_fs::workspace::Unbuilt>,
 ) -> Result<Summary, SessionError> {
     let id = ws.id.clone();
     let dir = session_dir(data, &id);
-    // A new workspace's files reach the disk while the sandbox starts.
-    let syncer = opts.resume.is_none().then(|| {
+    // A new workspace's files reach the disk while the sandbox starts, once
+    // the mount's thread has written them.
+    let (built, on_built) = std::sync::mpsc::channel::<()>();
+    let syncer = unbuilt.is_some().then(|| {
         let ws = ws.clone();
-        std::thread::spawn(move || ws.sync_files())
+        std::thread::spawn(move || match on_built.recv() {
+            Ok(()) => ws.sync_files(),
+            Err(_) => Ok(()),
+        })
     });
     // The log's lock is the session's: a second `cordon run --session` on a
     // running session stops here, before it changes anything.
@@ -459,7 +474,15 @@ fn run_session(
         };
         let (ws, mnt) = (ws.clone(), mnt.clone());
         PendingMount(Some(std::thread::spawn(move || {
-            cordon_fs::mount::mount(&ws, &mnt, &serve).and_then(|m| m.spawn())
+            let mounted = match unbuilt {
+                Some(u) => {
+                    let conn = u.build_for_serving()?;
+                    let _ = built.send(());
+                    cordon_fs::mount::mount_on(&ws, conn, &mnt, &serve)
+                }
+                None => cordon_fs::mount::mount(&ws, &mnt, &serve),
+            };
+            mounted.and_then(|m| m.spawn())
         })))
     };
     let mut meta = read_meta(data, &id).unwrap_or_else(|_| SessionMeta {
