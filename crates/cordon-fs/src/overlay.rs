@@ -2009,6 +2009,13 @@ mod tests {
         d
     }
 
+    fn inode_rows(ov: &Overlay) -> i64 {
+        ov.store()
+            .conn()
+            .query_row("SELECT COUNT(*) FROM fs_inode", [], |r| r.get(0))
+            .unwrap()
+    }
+
     fn write_file(ov: &mut Overlay, parent: &str, name: &str, data: &[u8]) {
         let p = path_id(ov, parent).unwrap();
         let (_, o) = ov
@@ -2175,12 +2182,11 @@ mod tests {
         ov.release(reader.fh).unwrap();
         ov.write(w.fh, 9, b"!").unwrap();
         ov.release(w.fh).unwrap();
-        let n: i64 = ov
-            .store()
-            .conn()
-            .query_row("SELECT COUNT(*) FROM fs_inode", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 1, "only the root, after the writer's last close");
+        assert_eq!(
+            inode_rows(&ov),
+            1,
+            "only the root, after the writer's last close"
+        );
     }
 
     #[test]
@@ -2194,12 +2200,7 @@ mod tests {
         assert_eq!(ov.read(o.fh, 0, 100).unwrap(), b"still here");
         assert_eq!(ov.getattr(id).unwrap().nlink, 0);
         ov.release(o.fh).unwrap();
-        let n: i64 = ov
-            .store()
-            .conn()
-            .query_row("SELECT COUNT(*) FROM fs_inode", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 1, "released after the last close");
+        assert_eq!(inode_rows(&ov), 1, "released after the last close");
     }
 
     #[test]
