@@ -414,8 +414,6 @@ struct Ctx<'a> {
     agent_started: &'a std::cell::Cell<bool>,
     /// The user's signals, registered before anything was set up.
     signals: Mutex<Option<signal_hook::iterator::Signals>>,
-    /// A read-only connection to the workspace opened before the run, if any.
-    view_conn: Mutex<Option<rusqlite::Connection>>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -555,9 +553,8 @@ fn run_session(
         placeholder_nonce: meta.placeholder_nonce.clone(),
         agent_started,
         signals: Mutex::new(signals),
-        view_conn: Mutex::new(view_conn),
     };
-    let mut result = run_mounted(&ctx, mounting);
+    let mut result = run_mounted(&ctx, mounting, view_conn);
     if let Some(Ok(Err(e))) = syncer.map(|t| t.join()) {
         // The run's outcome stands; the user hears that its workspace may not
         // survive a power loss.
@@ -665,7 +662,13 @@ fn protected(mnt: &Path, project: &Path, pattern: &str) -> Vec<PathBuf> {
     out
 }
 
-fn run_mounted(ctx: &Ctx<'_>, mounting: PendingMount) -> Result<Summary, SessionError> {
+/// `view_conn`: a read-only connection to a resumed session's workspace, opened
+/// before the run, to read its view with.
+fn run_mounted(
+    ctx: &Ctx<'_>,
+    mounting: PendingMount,
+    view_conn: Option<rusqlite::Connection>,
+) -> Result<Summary, SessionError> {
     let Ctx {
         opts,
         ws,
@@ -715,12 +718,7 @@ fn run_mounted(ctx: &Ctx<'_>, mounting: PendingMount) -> Result<Summary, Session
     // workspace shows exactly the project, so the project is read directly; a
     // resumed one is read from its store and base in-process (a FUSE lookup
     // only for matches that are symlinks, resolved the way the agent will).
-    let kept = ctx
-        .view_conn
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
-    let resumed_view = match (fresh, kept) {
+    let resumed_view = match (fresh, view_conn) {
         (true, _) => None,
         (false, Some(conn)) => Some(ws.view_on(conn)?),
         (false, None) => Some(ws.open_view(true)?),
