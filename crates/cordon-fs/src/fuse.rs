@@ -221,10 +221,8 @@ fn caller(req: &Request) -> Caller {
 impl OverlayFs {
     /// Wraps an overlay for serving.
     pub fn new(overlay: Overlay, opts: &ServeOptions) -> Self {
-        let mut wal = overlay.store().path().as_os_str().to_owned();
-        wal.push("-wal");
         OverlayFs {
-            writeback: WalWriteback::start(wal.into()),
+            writeback: WalWriteback::start(overlay.store().wal_path().to_path_buf()),
             inner: Mutex::new(overlay),
             backing: Mutex::new(HashMap::new()),
             ttl: opts.ttl,

@@ -201,6 +201,11 @@ impl Store {
         &self.path
     }
 
+    /// Path of the database's write-ahead log.
+    pub fn wal_path(&self) -> &Path {
+        &self.wal_path
+    }
+
     /// Size of a data chunk.
     pub fn chunk_size(&self) -> u64 {
         self.chunk_size
