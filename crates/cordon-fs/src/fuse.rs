@@ -84,7 +84,13 @@ pub struct OverlayFs {
     /// What the kernel agreed to at `init`, for `cordon workspace mount` to report.
     negotiated: Arc<Mutex<Negotiated>>,
     writeback: Option<WalWriteback>,
+    /// The node last written that has no `security.capability` attribute
+    /// (0: none). See [`OverlayFs::answers_no_caps`].
+    no_caps: AtomicU64,
 }
+
+/// The attribute the kernel asks about before every write to a file.
+const CAPS_XATTR: &[u8] = b"security.capability";
 
 /// Starts the disk writing the WAL while a large write is still arriving.
 ///
@@ -228,6 +234,34 @@ impl OverlayFs {
             ttl: opts.ttl,
             want_passthrough: opts.passthrough,
             negotiated: Arc::new(Mutex::new(Negotiated::default())),
+            no_caps: AtomicU64::new(0),
+        }
+    }
+
+    /// Before each write the kernel asks whether the file carries file
+    /// capabilities (to drop them, as a write must). Answered from the
+    /// overlay, that question would wait for the previous write's commit and
+    /// undo the overlap `write` sets up; so the node a write just went to is
+    /// remembered as having none, and that answer needs no lock. Any change
+    /// to the attribute, and the node's `forget`, drop the memory.
+    fn answers_no_caps(&self, ino: u64, name: &[u8]) -> bool {
+        name == CAPS_XATTR && ino != 0 && self.no_caps.load(Ordering::Acquire) == ino
+    }
+
+    /// Called with the overlay held, after a write's copy-up.
+    fn note_written(&self, ov: &Overlay, ino: u64) {
+        if self.no_caps.load(Ordering::Acquire) != ino
+            && ov.getxattr(ino, CAPS_XATTR) == Err(Errno::ENODATA)
+        {
+            self.no_caps.store(ino, Ordering::Release);
+        }
+    }
+
+    fn caps_may_change(&self, ino: u64, name: Option<&[u8]>) {
+        if name.is_none_or(|n| n == CAPS_XATTR) {
+            let _ = self
+                .no_caps
+                .compare_exchange(ino, 0, Ordering::AcqRel, Ordering::Acquire);
         }
     }
 
@@ -374,7 +408,10 @@ impl fuser::Filesystem for OverlayFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.ov().forget(ino.0, nlookup);
+        let mut ov = self.ov();
+        ov.forget(ino.0, nlookup);
+        // The node may be gone and its number given to another file.
+        self.caps_may_change(ino.0, None);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -556,7 +593,7 @@ impl fuser::Filesystem for OverlayFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -565,14 +602,27 @@ impl fuser::Filesystem for OverlayFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.ov().write(fh.0, offset, data) {
-            Ok(n) => {
-                reply.written(n);
-                if let Some(w) = &self.writeback {
-                    w.wrote(u64::from(n));
-                }
+        let mut ov = self.ov();
+        let w = match ov.begin_write(fh.0, offset, data.len()) {
+            Ok(w) => w,
+            Err(e) => return reply.error(errno(e)),
+        };
+        self.note_written(&ov, ino.0);
+        if write_behind(&ov, data.len()) {
+            // Acknowledged before it is stored, with the overlay still held:
+            // the writer's next request crosses into this process while this
+            // one commits, and no request can see the file before the commit.
+            reply.written(data.len() as u32);
+            ov.finish_write(w, data);
+        } else {
+            match ov.commit_write(w, data) {
+                Ok(n) => reply.written(n),
+                Err(e) => return reply.error(errno(e)),
             }
-            Err(e) => reply.error(errno(e)),
+        }
+        drop(ov);
+        if let Some(w) = &self.writeback {
+            w.wrote(data.len() as u64);
         }
     }
 
@@ -584,7 +634,8 @@ impl fuser::Filesystem for OverlayFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Every write is already committed; nothing is buffered here.
+        // Writes are stored before the overlay is released (see `write`): nothing
+        // is buffered here for a flush to wait on.
         reply.ok();
     }
 
@@ -620,11 +671,11 @@ impl fuser::Filesystem for OverlayFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.ov().fsync() {
+        match self.ov().fsync(Some(fh.0)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
@@ -732,7 +783,7 @@ impl fuser::Filesystem for OverlayFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.ov().fsync() {
+        match self.ov().fsync(None) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
@@ -767,13 +818,20 @@ impl fuser::Filesystem for OverlayFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match self.ov().setxattr(ino.0, name.as_bytes(), value, flags) {
+        let mut ov = self.ov();
+        let r = ov.setxattr(ino.0, name.as_bytes(), value, flags);
+        self.caps_may_change(ino.0, Some(name.as_bytes()));
+        drop(ov);
+        match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if self.answers_no_caps(ino.0, name.as_bytes()) {
+            return reply.error(errno(Errno::ENODATA));
+        }
         xattr_reply(self.ov().getxattr(ino.0, name.as_bytes()), size, reply);
     }
 
@@ -782,7 +840,11 @@ impl fuser::Filesystem for OverlayFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.ov().removexattr(ino.0, name.as_bytes()) {
+        let mut ov = self.ov();
+        let r = ov.removexattr(ino.0, name.as_bytes());
+        self.caps_may_change(ino.0, Some(name.as_bytes()));
+        drop(ov);
+        match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
@@ -848,6 +910,24 @@ impl fuser::Filesystem for OverlayFs {
             Err(e) => reply.error(errno(e)),
         }
     }
+}
+
+/// Writes at least this large may be acknowledged before they are stored.
+/// Smaller ones gain little from it: their cost is the round trip, not the copy.
+const WRITE_BEHIND_MIN: usize = 128 << 10;
+
+/// Whether a write may be acknowledged before it is stored
+/// ([`Overlay::finish_write`]). Only large writes, and only while the
+/// database's file system has plenty of room: a full disk then fails the
+/// write that hits it, as on ext4, rather than the next write or `fsync`.
+fn write_behind(ov: &Overlay, len: usize) -> bool {
+    if len < WRITE_BEHIND_MIN {
+        return false;
+    }
+    let dir = ov.store().path().parent().unwrap_or(Path::new("/"));
+    // The WAL takes a little more than the data; checkpoints need room too.
+    let need = (len as u64).saturating_mul(4).saturating_add(64 << 20);
+    rustix::fs::statvfs(dir).is_ok_and(|s| s.f_bavail.saturating_mul(s.f_frsize) >= need)
 }
 
 fn xattr_reply(r: Result<Vec<u8>, Errno>, size: u32, reply: ReplyXattr) {

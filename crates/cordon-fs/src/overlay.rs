@@ -149,6 +149,21 @@ struct Node {
     cached_opens: u32,
     /// Attributes to report after the object was removed while still referenced.
     ghost: Option<Attr>,
+    /// A write that was acknowledged before it was stored, and then failed to
+    /// store: every later write and `fsync` of the file reports it until the
+    /// file's last close (see [`Overlay::begin_write`]).
+    write_error: Option<Errno>,
+}
+
+/// A write accepted by [`Overlay::begin_write`], waiting for its bytes to be
+/// stored.
+pub struct PendingWrite {
+    node: u64,
+    ino: i64,
+    append: bool,
+    offset: u64,
+    /// Quota charged for it, refunded if storing fails.
+    charged: u64,
 }
 
 struct Handle {
@@ -331,6 +346,7 @@ impl Overlay {
                 pt_opens: 0,
                 cached_opens: 0,
                 ghost: None,
+                write_error: None,
             },
         );
         ov.idents.insert(Ident::Delta(ROOT_INO), ROOT_ID);
@@ -413,6 +429,7 @@ impl Overlay {
                 pt_opens: 0,
                 cached_opens: 0,
                 ghost: None,
+                write_error: None,
             },
         );
         self.idents.insert(ident, id);
@@ -1660,32 +1677,95 @@ impl Overlay {
 
     /// `write`; returns the number of bytes written.
     pub fn write(&mut self, fh: u64, offset: u64, data: &[u8]) -> OpResult<u32> {
+        let w = self.begin_write(fh, offset, data.len())?;
+        self.commit_write(w, data)
+    }
+
+    /// The part of a `write` that can refuse it: the handle's mode, an earlier
+    /// lost write, copy-up, the size limit and the quota. What is left
+    /// ([`Overlay::commit_write`]) fails only if the database does; a server
+    /// may acknowledge a large write between the two, while it still holds
+    /// the overlay ([`Overlay::finish_write`]): the kernel's hand-off of the
+    /// next request then overlaps this one's commit, and every later request
+    /// still sees it committed.
+    pub fn begin_write(&mut self, fh: u64, offset: u64, len: usize) -> OpResult<PendingWrite> {
         let h = self.handles.get(&fh).ok_or(Errno::EBADF)?;
         if h.flags & libc::O_ACCMODE == libc::O_RDONLY {
             return Err(Errno::EBADF);
         }
         let (id, append) = (h.node, h.flags & libc::O_APPEND != 0);
-        let ino = self.copy_up_data(id)?;
-        if let Some(q) = &self.opts.quota {
-            let size = self.store.inode_req(ino)?.size;
-            let start = if append { size } else { offset };
-            q.charge(start.saturating_add(data.len() as u64).saturating_sub(size))?;
+        if let Some(e) = self.nodes.get(&id).and_then(|n| n.write_error) {
+            return Err(e);
         }
-        self.store.tx(|s| {
-            let mut row = s.inode_req(ino)?;
-            let offset = if append { row.size } else { offset };
-            row.size = s.write_data(ino, row.size, offset, data)?;
+        let ino = self.copy_up_data(id)?;
+        let size = self.store.inode_req(ino)?.size;
+        let start = if append { size } else { offset };
+        let end = start
+            .checked_add(len as u64)
+            .filter(|&e| e <= crate::store::MAX_FILE_SIZE)
+            .ok_or(Errno::EFBIG)?;
+        let charged = end.saturating_sub(size);
+        if let Some(q) = &self.opts.quota {
+            q.charge(charged)?;
+        }
+        Ok(PendingWrite {
+            node: id,
+            ino,
+            append,
+            offset,
+            charged,
+        })
+    }
+
+    /// Stores a write that [`Overlay::begin_write`] accepted.
+    pub fn commit_write(&mut self, w: PendingWrite, data: &[u8]) -> OpResult<u32> {
+        self.store_write(&w, data)?;
+        Ok(data.len() as u32)
+    }
+
+    /// Stores a write that [`Overlay::begin_write`] accepted and the caller
+    /// has already reported as done. A failure here comes too late for that
+    /// write, so it is kept on the file: every later write and `fsync` of it
+    /// returns the error until its last close, as a local file system
+    /// reports a failed writeback at `fsync`.
+    pub fn finish_write(&mut self, w: PendingWrite, data: &[u8]) {
+        if let Err(e) = self.store_write(&w, data) {
+            tracing::error!(node = w.node, error = %e, bytes = data.len(),
+                "an acknowledged write could not be stored; the file reports it at its next write or fsync");
+            if let Some(n) = self.nodes.get_mut(&w.node) {
+                n.write_error.get_or_insert(e);
+            }
+        }
+    }
+
+    fn store_write(&mut self, w: &PendingWrite, data: &[u8]) -> OpResult<()> {
+        let r = self.store.tx(|s| {
+            let mut row = s.inode_req(w.ino)?;
+            let offset = if w.append { row.size } else { w.offset };
+            row.size = s.write_data(w.ino, row.size, offset, data)?;
             let now = Timestamp::now();
             row.mtime = now;
             row.ctime = now;
             s.update_inode(&row)
-        })?;
-        Ok(data.len() as u32)
+        });
+        if r.is_err()
+            && let Some(q) = &self.opts.quota
+        {
+            q.refund(w.charged);
+        }
+        r
     }
 
-    /// `fsync` / `fsyncdir`: make committed changes durable.
-    pub fn fsync(&self) -> OpResult<()> {
-        self.store.sync()
+    /// `fsync` / `fsyncdir`: make committed changes durable. With a file
+    /// handle, also reports a write of that file that was acknowledged but
+    /// could not be stored.
+    pub fn fsync(&self, fh: Option<u64>) -> OpResult<()> {
+        self.store.sync()?;
+        let node = fh.and_then(|fh| self.handles.get(&fh)).map(|h| h.node);
+        match node.and_then(|id| self.nodes.get(&id)?.write_error) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// `release`: closes a file handle. Returns whether it was a passthrough open
@@ -1699,6 +1779,9 @@ impl Overlay {
         }
         if h.cached {
             n.cached_opens = n.cached_opens.saturating_sub(1);
+        }
+        if n.opens == 0 {
+            n.write_error = None;
         }
         let (opens, pt_left, ident) = (n.opens, n.pt_opens, n.ident.clone());
         if opens == 0
@@ -2153,6 +2236,40 @@ mod tests {
         let attr = ov.link(id, ROOT_ID, b"alias").unwrap();
         assert_eq!(attr.nlink, 2);
         assert_eq!(path_id(&mut ov, "alias").unwrap(), id);
+    }
+
+    #[test]
+    fn an_acknowledged_write_that_fails_to_store_is_reported_until_the_last_close() {
+        let f = fixture(project);
+        let mut ov = f.overlay();
+        let id = path_id(&mut ov, "top.txt").unwrap();
+        let a = ov.open(id, libc::O_WRONLY).unwrap();
+        let b = ov.open(id, libc::O_RDWR).unwrap();
+        let w = ov.begin_write(a.fh, 0, 5).unwrap();
+        // The server has told the kernel the write succeeded; now the database fails.
+        let conn = ov.store().conn();
+        conn.pragma_update(None, "query_only", true).unwrap();
+        ov.finish_write(w, b"lost!");
+        ov.store()
+            .conn()
+            .pragma_update(None, "query_only", false)
+            .unwrap();
+        assert_eq!(read_all(&mut ov, "top.txt"), b"top", "nothing was stored");
+        let e = ov.write(b.fh, 0, b"x").unwrap_err();
+        assert_ne!(e, Errno::EBADF);
+        assert_eq!(ov.fsync(Some(a.fh)), Err(e), "fsync reports it");
+        assert_eq!(ov.fsync(Some(b.fh)), Err(e), "on every open handle");
+        assert_eq!(ov.fsync(Some(a.fh)), Err(e), "and keeps reporting it");
+        assert_eq!(ov.fsync(None), Ok(()), "not a directory's fsync");
+        ov.release(a.fh).unwrap();
+        assert_eq!(ov.fsync(Some(b.fh)), Err(e));
+        ov.release(b.fh).unwrap();
+        // Reopened after the last close: a fresh start.
+        let c = ov.open(id, libc::O_WRONLY).unwrap();
+        assert_eq!(ov.write(c.fh, 0, b"new").unwrap(), 3);
+        assert_eq!(ov.fsync(Some(c.fh)), Ok(()));
+        ov.release(c.fh).unwrap();
+        assert_eq!(read_all(&mut ov, "top.txt"), b"new");
     }
 
     #[test]

@@ -1041,3 +1041,78 @@ fn a_base_file_held_open_for_reading_can_still_be_rewritten() {
     }
     assert_eq!(fs::read(env.base.join("log.txt")).unwrap(), b"old\n");
 }
+
+#[test]
+fn large_writes_land_in_order_and_still_drop_file_capabilities() {
+    let Some(env) = fuse_env(|_| {}) else { return };
+    let id = env.create();
+    let m = env.mount(&id);
+    let path = env.mnt.join("big.bin");
+
+    // 1 MiB writes are acknowledged before they are stored (the data
+    // directory has room): overlapping rewrites must still land in order.
+    let mut model = vec![0u8; 6 << 20];
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    for (i, off) in [0usize, 1 << 20, 512 << 10, 3 << 20, 2560 << 10, 5 << 20, 0]
+        .into_iter()
+        .enumerate()
+    {
+        let chunk: Vec<u8> = (0..1usize << 20)
+            .map(|j| (i * 31 + j % 251) as u8)
+            .collect();
+        f.seek(SeekFrom::Start(off as u64)).unwrap();
+        f.write_all(&chunk).unwrap();
+        model[off..off + chunk.len()].copy_from_slice(&chunk);
+        // Read back at once, through another descriptor.
+        let mut back = vec![0u8; chunk.len()];
+        fs::File::open(&path)
+            .unwrap()
+            .read_at_exact(&mut back, off as u64);
+        assert!(back == chunk, "write {i} at {off} reads back");
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    assert!(fs::read(&path).unwrap() == model, "the whole file");
+
+    // A write removes the file's capabilities (the kernel asks before each
+    // write), also right after a write that found none.
+    // vfs_cap_data revision 2: effective, permitted = CAP_NET_RAW (13).
+    let mut caps = Vec::new();
+    for word in [0x0200_0001u32, 1 << 13, 0, 0, 0] {
+        caps.extend_from_slice(&word.to_le_bytes());
+    }
+    rustix::fs::setxattr(
+        &path,
+        "security.capability",
+        &caps,
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        rustix::fs::getxattr(&path, "security.capability", &mut buf).unwrap(),
+        caps.len()
+    );
+    let mut f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all(&[7u8; 1 << 20]).unwrap();
+    drop(f);
+    assert_eq!(
+        rustix::fs::getxattr(&path, "security.capability", &mut buf).unwrap_err(),
+        rustix::io::Errno::NODATA,
+        "the write dropped the capabilities"
+    );
+    drop(m);
+    let m = env.mount(&id);
+    assert_eq!(
+        rustix::fs::getxattr(&path, "security.capability", &mut buf).unwrap_err(),
+        rustix::io::Errno::NODATA,
+        "and the delta agrees"
+    );
+    drop(m);
+}
