@@ -37,6 +37,7 @@ impl Checkpointer {
         let mut wal = db.as_os_str().to_owned();
         wal.push("-wal");
         let wal = PathBuf::from(wal);
+        let reserve = crate::store::SpaceReserve::for_db(db);
         let (stop, wake) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("cordon-checkpoint".into())
@@ -45,6 +46,8 @@ impl Checkpointer {
                 let mut seen: Option<SystemTime> = modified(&wal);
                 let mut dirty = false;
                 let mut busy_since: Option<Instant> = None;
+                let mut short = false;
+                reserve.refill();
                 while wake.recv_timeout(Self::TICK)
                     == Err(std::sync::mpsc::RecvTimeoutError::Timeout)
                 {
@@ -57,20 +60,39 @@ impl Checkpointer {
                     }
                     let long_busy = busy_since.is_some_and(|t| t.elapsed() > Self::MAX_BUSY);
                     if dirty && (!changed || long_busy) {
+                        if !room_to_checkpoint(&wal, crate::store::SpaceReserve::SIZE) {
+                            // A checkpoint that runs out of room stops half way,
+                            // having used up what a delete needs; wait for room.
+                            if !short {
+                                tracing::warn!(wal = %wal.display(),
+                                    "the disk is too full to fold the WAL into the database; waiting for room");
+                                short = true;
+                            }
+                            continue;
+                        }
+                        short = false;
                         let r: rusqlite::Result<(i64, i64, i64)> =
                             conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                             });
-                        if let Err(e) = r {
-                            tracing::warn!(error = %e, "background checkpoint failed");
+                        match r {
+                            Err(e) => tracing::warn!(error = %e, "background checkpoint failed"),
+                            // A delete on a full disk may have used the reserve.
+                            Ok(_) => {
+                                reserve.refill();
+                            }
                         }
                         dirty = changed;
                         busy_since = None;
                     }
                 }
+                // Only a mounted workspace needs the reserve.
+                reserve.release();
                 // The server's connection is closed by now: fold the WAL in and
                 // truncate it, leaving one compact file.
-                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+                if room_to_checkpoint(&wal, 0) {
+                    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+                }
             })
             .ok()?;
         Some(Checkpointer {
@@ -78,6 +100,18 @@ impl Checkpointer {
             thread: Some(thread),
         })
     }
+}
+
+/// Whether the database's file system has room for a checkpoint to finish
+/// (the WAL's size, an upper bound of what the database file can grow by)
+/// with `keep` bytes to spare.
+fn room_to_checkpoint(wal: &Path, keep: u64) -> bool {
+    let Ok(len) = std::fs::metadata(wal).map(|m| m.len()) else {
+        return true;
+    };
+    let dir = wal.parent().unwrap_or(Path::new("/"));
+    rustix::fs::statvfs(dir)
+        .is_ok_and(|s| s.f_bavail.saturating_mul(s.f_frsize) >= len.saturating_add(keep))
 }
 
 impl Drop for Checkpointer {

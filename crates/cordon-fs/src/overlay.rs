@@ -828,7 +828,7 @@ impl Overlay {
         }
         let file = self.base.open_file(&path)?;
         let st_now = self.base.stat(&path)?;
-        self.store.tx(|s| {
+        self.store.tx_data(|s| {
             let sha = s.fill_from(ino, &file, row.size)?;
             s.clear_metacopy(ino)?;
             // The hash describes what the overlay first saw only if the base file is
@@ -1739,7 +1739,7 @@ impl Overlay {
     }
 
     fn store_write(&mut self, w: &PendingWrite, data: &[u8]) -> OpResult<()> {
-        let r = self.store.tx(|s| {
+        let r = self.store.tx_data(|s| {
             let mut row = s.inode_req(w.ino)?;
             let offset = if w.append { row.size } else { w.offset };
             row.size = s.write_data(w.ino, row.size, offset, data)?;
@@ -1830,7 +1830,7 @@ impl Overlay {
                 q.charge(end.saturating_sub(size))?;
             }
         }
-        self.store.tx(|s| {
+        self.store.tx_data(|s| {
             let mut row = s.inode_req(ino)?;
             if mode & (PUNCH | ZERO) != 0 {
                 s.punch_hole(ino, row.size, offset, len)?;

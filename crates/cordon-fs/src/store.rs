@@ -175,6 +175,83 @@ pub struct Store {
     path: PathBuf,
     wal_path: PathBuf,
     chunk_size: u64,
+    reserve: SpaceReserve,
+}
+
+/// Room held on the database's file system so that deleting files still works
+/// once it is full.
+///
+/// SQLite needs free space to delete anything: the deletion is written to the
+/// WAL before the space it frees can be used. On a full disk an agent could
+/// then not even clean up after itself. The mount keeps this file (a few MiB,
+/// allocated, beside the database) while there is room; a transaction that
+/// changes names or attributes ([`Store::tx`]) and fails for lack of space
+/// drops the file and tries once more. The mount's checkpointer puts it back once there is
+/// room again.
+#[derive(Debug, Clone)]
+pub struct SpaceReserve {
+    path: PathBuf,
+}
+
+impl SpaceReserve {
+    /// Enough for the WAL frames of deleting a file of many GiB.
+    pub const SIZE: u64 = 4 << 20;
+
+    pub fn for_db(db: &Path) -> Self {
+        let mut p = db.as_os_str().to_owned();
+        p.push("-reserve");
+        SpaceReserve {
+            path: PathBuf::from(p),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Creates the reserve if it is missing and the file system has room for
+    /// it and as much again. Returns whether it is in place.
+    pub fn refill(&self) -> bool {
+        if self.path.exists() {
+            return true;
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("/"));
+        let room = rustix::fs::statvfs(dir)
+            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+            .unwrap_or(0);
+        if room < 2 * Self::SIZE {
+            return false;
+        }
+        let made = (|| -> std::io::Result<()> {
+            use std::os::unix::fs::OpenOptionsExt;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&self.path)?;
+            // Allocated blocks, not a hole: only those are space held back.
+            if rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, Self::SIZE)
+                .is_err()
+            {
+                use std::io::Write;
+                let zeros = vec![0u8; 1 << 20];
+                let mut f = &f;
+                for _ in 0..Self::SIZE >> 20 {
+                    f.write_all(&zeros)?;
+                }
+            }
+            Ok(())
+        })();
+        if made.is_err() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+        made.is_ok()
+    }
+
+    /// Gives the space back to the file system. Returns whether there was any.
+    pub fn release(&self) -> bool {
+        std::fs::remove_file(&self.path).is_ok()
+    }
 }
 
 impl Store {
@@ -188,6 +265,7 @@ impl Store {
             path: path.to_path_buf(),
             wal_path: PathBuf::from(wal),
             chunk_size,
+            reserve: SpaceReserve::for_db(path),
         })
     }
 
@@ -211,8 +289,25 @@ impl Store {
         self.chunk_size
     }
 
-    /// Runs `f` inside an immediate transaction; rolls back if it fails.
-    pub fn tx<T>(&self, f: impl FnOnce(&Store) -> OpResult<T>) -> OpResult<T> {
+    /// Runs `f` inside an immediate transaction; rolls back if it fails. For
+    /// changes to names and attributes: if it fails for lack of space, the
+    /// [`SpaceReserve`] is given back and it runs once more, so that an agent
+    /// on a full disk can still delete, rename and create what it needs to
+    /// clean up. File data goes through [`Self::tx_data`].
+    pub fn tx<T>(&self, f: impl Fn(&Store) -> OpResult<T>) -> OpResult<T> {
+        match self.tx_data(&f) {
+            Err(e) if e == Errno::ENOSPC && self.reserve.release() => {
+                tracing::warn!(reserve = %self.reserve.path().display(),
+                    "the workspace's disk is full: released the space reserve so that deletes can proceed");
+                self.tx_data(&f)
+            }
+            r => r,
+        }
+    }
+
+    /// [`Self::tx`] for file data, which never uses the space reserve: a
+    /// full disk fails the write that fills it.
+    pub fn tx_data<T>(&self, f: impl FnOnce(&Store) -> OpResult<T>) -> OpResult<T> {
         let tx = rusqlite::Transaction::new_unchecked(
             &self.conn,
             rusqlite::TransactionBehavior::Immediate,
