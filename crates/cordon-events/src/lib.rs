@@ -86,6 +86,10 @@ pub use verify::{Problem, ProblemKind, VerifyReport, verify};
 pub const LOG_FILE: &str = "events.jsonl";
 /// File name of the anchor (`{"seq":N,"hash":"…"}` of the last event) next to the log.
 pub const ANCHOR_FILE: &str = "events.head";
+/// File name of the writer's record of the log it last synced (length, SHA-256,
+/// last event, counts), which lets [`EventLog::resume`] skip re-verifying an
+/// unchanged log. A cache: when missing or stale the log is verified in full.
+pub const VERIFIED_FILE: &str = "events.verified";
 /// The longest line [`EventLog::append`] writes, newline included. Longer events have
 /// their longest strings shortened and are marked `"truncated": true`.
 pub const MAX_EVENT_LINE: usize = 64 * 1024;

@@ -804,3 +804,139 @@ fn anchor_is_one_fixed_size_record_rewritten_in_place() {
     assert!(report.ok, "{report:?}");
     assert_eq!(report.events, 4);
 }
+
+#[test]
+fn a_quick_resume_holds_its_events_until_the_log_is_verified() {
+    let (dir, events) = log_with(50);
+    let log = EventLog::resume(dir.path(), SESSION).unwrap();
+    let next = log.append(kind::SESSION_START, Map::new()).unwrap();
+    assert_eq!((next.seq, &next.prev), (50, &events[49].hash));
+    let after = log.append(kind::SYSCALL_DENIED, sample(1)).unwrap();
+    assert_eq!(lines(dir.path()).len(), 50, "held until verified");
+    log.verified().unwrap();
+    assert_eq!(lines(dir.path()).len(), 52);
+    // Counts cover the whole log: 50 earlier events (one in four a violation).
+    let before = verify(dir.path(), SESSION).unwrap();
+    assert!(before.ok, "{before:?}");
+    let violations = events
+        .iter()
+        .filter(|e| cordon_events::is_violation(&e.kind))
+        .count() as u64;
+    assert_eq!(
+        log.stats(),
+        Stats {
+            events: 52,
+            violations: violations + 1
+        }
+    );
+    // Written straight away from now on, and the anchor follows.
+    let third = log.append(kind::PROC_EXIT, Map::new()).unwrap();
+    assert_eq!(lines(dir.path()).len(), 53);
+    assert_eq!(log.head().unwrap().hash, third.hash);
+    drop(log);
+    assert!(verify(dir.path(), SESSION).unwrap().ok);
+    assert_eq!(read_all(dir.path()).unwrap()[51].hash, after.hash);
+
+    // Dropped without `verified`: the held events still land.
+    let log = EventLog::resume(dir.path(), SESSION).unwrap();
+    log.append(kind::SESSION_START, Map::new()).unwrap();
+    drop(log);
+    assert_eq!(lines(dir.path()).len(), 54);
+    assert!(verify(dir.path(), SESSION).unwrap().ok);
+}
+
+#[test]
+fn a_quick_resume_of_a_log_broken_in_the_middle_appends_nothing() {
+    let (dir, _) = log_with(20);
+    let mut l = lines(dir.path());
+    l[6] = l[6].replace(r#""i":6,"#, r#""i":7,"#);
+    write_lines(dir.path(), &l);
+    // The end is intact, so the log opens at once...
+    let log = EventLog::resume(dir.path(), SESSION).unwrap();
+    log.append(kind::SESSION_START, Map::new()).unwrap();
+    // ...and the verification names the edit.
+    match log.verified().unwrap_err() {
+        Error::Broken {
+            line, seq, kind, ..
+        } => assert_eq!((line, seq, kind), (7, Some(6), ProblemKind::Edited)),
+        other => panic!("unexpected error: {other}"),
+    }
+    assert!(log.append(kind::PROC_EXIT, Map::new()).is_err());
+    drop(log);
+    assert_eq!(lines(dir.path()), l, "nothing was appended");
+
+    // A broken end (the last event gone) is refused at once, as open_append does.
+    let (dir, _) = log_with(20);
+    let mut l = lines(dir.path());
+    l.pop();
+    write_lines(dir.path(), &l);
+    assert!(matches!(
+        EventLog::resume(dir.path(), SESSION).err().unwrap(),
+        Error::Broken {
+            kind: ProblemKind::Truncated,
+            ..
+        }
+    ));
+    assert_eq!(lines(dir.path()), l);
+}
+
+#[test]
+fn a_resume_after_a_sync_trusts_the_unchanged_log_and_not_an_edited_one() {
+    let (dir, events) = log_with(30);
+    {
+        let log = EventLog::resume(dir.path(), SESSION).unwrap();
+        log.verified().unwrap();
+        log.sync().unwrap();
+    }
+    assert!(dir.path().join(cordon_events::VERIFIED_FILE).exists());
+    // Unchanged since the sync: open at once, nothing held.
+    let log = EventLog::resume(dir.path(), SESSION).unwrap();
+    let next = log.append(kind::SESSION_START, Map::new()).unwrap();
+    assert_eq!((next.seq, &next.prev), (30, &events[29].hash));
+    assert_eq!(lines(dir.path()).len(), 31, "written at once");
+    let violations = events.iter().filter(|e| e.is_violation()).count() as u64;
+    assert_eq!(
+        log.stats(),
+        Stats {
+            events: 31,
+            violations
+        }
+    );
+    log.sync().unwrap();
+    drop(log);
+    assert!(verify(dir.path(), SESSION).unwrap().ok);
+
+    // The same length, one byte changed: the record no longer matches, so the
+    // log is verified in full and the edit found.
+    let mut l = lines(dir.path());
+    l[3] = l[3].replace(r#""i":3,"#, r#""i":4,"#);
+    write_lines(dir.path(), &l);
+    let log = EventLog::resume(dir.path(), SESSION).unwrap();
+    log.append(kind::SESSION_START, Map::new()).unwrap();
+    assert!(matches!(
+        log.verified().unwrap_err(),
+        Error::Broken {
+            kind: ProblemKind::Edited,
+            line: 4,
+            ..
+        }
+    ));
+    drop(log);
+    assert_eq!(lines(dir.path()), l);
+
+    // A record that lies about the counts is not trusted either.
+    let (dir, _) = log_with(5);
+    EventLog::resume(dir.path(), SESSION)
+        .unwrap()
+        .sync()
+        .unwrap();
+    let path = dir.path().join(cordon_events::VERIFIED_FILE);
+    let mut record: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    record["events"] = json!(500);
+    fs::write(&path, record.to_string()).unwrap();
+    let log = EventLog::resume(dir.path(), SESSION).unwrap();
+    log.append(kind::SESSION_START, Map::new()).unwrap();
+    assert_eq!(lines(dir.path()).len(), 5, "held: verified in full");
+    log.verified().unwrap();
+    assert_eq!(log.stats().events, 6);
+}

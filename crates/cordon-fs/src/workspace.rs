@@ -884,13 +884,18 @@ fn from_template(dir: &Path, db: &Path, new: &schema::NewDatabase<'_>) -> Option
             tracing::warn!(template = %template.display(), error = %e,
                 "the workspace template is unusable; removing it and building the database in full");
             let _ = std::fs::remove_file(&template);
-            for suffix in ["", "-wal", "-shm"] {
-                let mut p = db.as_os_str().to_owned();
-                p.push(suffix);
-                let _ = std::fs::remove_file(p);
-            }
+            remove_database(db);
             None
         }
+    }
+}
+
+/// Removes a database file with its WAL and shared-memory files, if any.
+fn remove_database(db: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
     }
 }
 
@@ -905,11 +910,7 @@ fn write_template(dir: &Path, template: &Path) -> std::io::Result<()> {
         .create(dir)?;
     let name = template.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    for suffix in ["", "-wal", "-shm"] {
-        let mut p = tmp.as_os_str().to_owned();
-        p.push(suffix);
-        let _ = std::fs::remove_file(p);
-    }
+    remove_database(&tmp);
     schema::write_template(&tmp).map_err(std::io::Error::other)?;
     File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, template)?;

@@ -444,7 +444,9 @@ fn run_session(
     // The log's lock is the session's: a second `cordon run --session` on a
     // running session stops here, before it changes anything.
     let log = if dir.join(cordon_events::LOG_FILE).exists() {
-        EventLog::open_append(&dir, &id)?
+        // Verified on a thread while the sandbox is set up; the agent starts
+        // only once the log is known intact (see `verified` below).
+        EventLog::resume(&dir, &id)?
     } else {
         EventLog::create(&dir, &id)?
     };
@@ -882,6 +884,9 @@ fn run_mounted(
             (s, Some(r))
         }
     };
+    // A resumed session's earlier log must be intact before the agent runs;
+    // until now its new events were held back (EventLog::resume).
+    sink.log.verified()?;
     let sink_dyn: Arc<dyn EventSink> = sink.clone();
     tracing::debug!("starting the backend");
     let mut running = match backend.start(&spec, stdio, sink_dyn) {

@@ -257,6 +257,16 @@ fn audit_detects_tampering() {
     assert_eq!(v.status.code(), Some(1));
     let report = String::from_utf8_lossy(&v.stdout);
     assert!(report.contains("edited"), "{report}");
+    // Resuming the session is refused before the agent runs, and the broken
+    // log gets nothing appended (its end is intact, so it is verified while
+    // the sandbox is set up).
+    let edited = std::fs::read(&log).unwrap();
+    let out = run(&env, &["--session", &id], "echo AGENT-RAN");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("AGENT-RAN"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 1") || err.contains("edited"), "{err}");
+    assert_eq!(std::fs::read(&log).unwrap(), edited, "nothing appended");
     // Deleting the last event is caught by the anchor.
     let mut lines: Vec<&str> = text.lines().collect();
     lines.pop();
