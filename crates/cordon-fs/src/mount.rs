@@ -30,6 +30,10 @@ struct Checkpointer {
 impl Checkpointer {
     const TICK: Duration = Duration::from_millis(250);
     const MAX_BUSY: Duration = Duration::from_secs(5);
+    /// A WAL this long is folded in even while writes continue: past
+    /// [`crate::schema::WAL_AUTOCHECKPOINT_PAGES`] (512 MiB) the writer
+    /// itself would checkpoint, stalling the agent's write for all of it.
+    const BUSY_WAL: u64 = 320 << 20;
 
     fn start(db: &Path) -> Option<Checkpointer> {
         let conn = rusqlite::Connection::open(db).ok()?;
@@ -58,7 +62,8 @@ impl Checkpointer {
                         dirty = true;
                         busy_since.get_or_insert_with(Instant::now);
                     }
-                    let long_busy = busy_since.is_some_and(|t| t.elapsed() > Self::MAX_BUSY);
+                    let long_busy = busy_since.is_some_and(|t| t.elapsed() > Self::MAX_BUSY)
+                        || std::fs::metadata(&wal).is_ok_and(|m| m.len() >= Self::BUSY_WAL);
                     if dirty && (!changed || long_busy) {
                         if !room_to_checkpoint(&wal, crate::store::SpaceReserve::SIZE) {
                             // A checkpoint that runs out of room stops half way,
