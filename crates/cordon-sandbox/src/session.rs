@@ -441,6 +441,26 @@ fn run_session(
             Err(_) => Ok(()),
         })
     });
+    let quota = opts.policy.sandbox.disk_quota.map(Quota::new);
+    let serve = ServeOptions {
+        fs_name: format!("cordon:{id}"),
+        quota: quota.clone(),
+        // The kernel lets an inode open for FUSE passthrough be opened only in
+        // passthrough mode again. A write open by path gets around it (the
+        // overlay answers ESTALE and the kernel looks the name up afresh), but
+        // gVisor's gofer keeps a read-only descriptor on every file it walks and
+        // reopens files through /proc/self/fd, which the kernel does not look up
+        // again: each write of an existing file would fail with EIO. Reads are
+        // served from userspace and the page cache instead.
+        passthrough: opts.backend != BackendKind::Gvisor,
+        ..ServeOptions::default()
+    };
+    let mnt = dir.join("mnt");
+    // The FUSE mount comes up on its own thread while the session's records
+    // are written. A new session's id is unknown to any other `cordon`, so its
+    // database is built and mounted from the start, ahead of the log; a
+    // resumed one mounts only under the log's lock (below).
+    let early = unbuilt.map(|u| start_mount(ws, &mnt, serve.clone(), Some(u), built.clone()));
     // The log's lock is the session's: a second `cordon run --session` on a
     // running session stops here, before it changes anything.
     let log = if dir.join(cordon_events::LOG_FILE).exists() {
@@ -450,41 +470,13 @@ fn run_session(
     } else {
         EventLog::create(&dir, &id)?
     };
-    let mnt = dir.join("mnt");
-    clear_stale_mount(ws, &mnt);
+    if early.is_none() {
+        clear_stale_mount(ws, &mnt);
+    }
     for d in [&mnt, &dir.join("root")] {
         std::fs::create_dir_all(d).map_err(io(format!("cannot create {}", d.display())))?;
     }
-    // The FUSE mount comes up on its own thread while the session's records
-    // are written.
-    let quota = opts.policy.sandbox.disk_quota.map(Quota::new);
-    let mounting = {
-        let serve = ServeOptions {
-            fs_name: format!("cordon:{id}"),
-            quota: quota.clone(),
-            // The kernel lets an inode open for FUSE passthrough be opened only in
-            // passthrough mode again. A write open by path gets around it (the
-            // overlay answers ESTALE and the kernel looks the name up afresh), but
-            // gVisor's gofer keeps a read-only descriptor on every file it walks and
-            // reopens files through /proc/self/fd, which the kernel does not look up
-            // again: each write of an existing file would fail with EIO. Reads are
-            // served from userspace and the page cache instead.
-            passthrough: opts.backend != BackendKind::Gvisor,
-            ..ServeOptions::default()
-        };
-        let (ws, mnt) = (ws.clone(), mnt.clone());
-        PendingMount(Some(std::thread::spawn(move || {
-            let mounted = match unbuilt {
-                Some(u) => {
-                    let conn = u.build_for_serving()?;
-                    let _ = built.send(());
-                    cordon_fs::mount::mount_on(&ws, conn, &mnt, &serve)
-                }
-                None => cordon_fs::mount::mount(&ws, &mnt, &serve),
-            };
-            mounted.and_then(|m| m.spawn())
-        })))
-    };
+    let mounting = early.unwrap_or_else(|| start_mount(ws, &mnt, serve, None, built));
     let mut meta = read_meta(data, &id).unwrap_or_else(|_| SessionMeta {
         id: id.clone(),
         base: project.to_path_buf(),
@@ -591,6 +583,31 @@ fn run_session(
         result = Err(e);
     }
     result
+}
+
+/// Mounts the workspace at `mnt` on a new thread, building its database
+/// first when it is new (and then telling `built`).
+fn start_mount(
+    ws: &Workspace,
+    mnt: &Path,
+    serve: ServeOptions,
+    unbuilt: Option<cordon_fs::workspace::Unbuilt>,
+    built: std::sync::mpsc::Sender<()>,
+) -> PendingMount {
+    let (ws, mnt) = (ws.clone(), mnt.to_path_buf());
+    PendingMount(Some(std::thread::spawn(move || {
+        let mounted = match unbuilt {
+            Some(u) => {
+                let conn = u.build_for_serving()?;
+                let _ = built.send(());
+                // The session's thread makes it too; whichever comes first.
+                std::fs::create_dir_all(&mnt).map_err(|e| cordon_fs::Error::io(&mnt, e))?;
+                cordon_fs::mount::mount_on(&ws, conn, &mnt, &serve)
+            }
+            None => cordon_fs::mount::mount(&ws, &mnt, &serve),
+        };
+        mounted.and_then(|m| m.spawn())
+    })))
 }
 
 /// A FUSE mount left at the session's mount point by a `cordon` that was
