@@ -55,7 +55,8 @@ impl Checkpointer {
                 while wake.recv_timeout(Self::TICK)
                     == Err(std::sync::mpsc::RecvTimeoutError::Timeout)
                 {
-                    let now = modified(&wal);
+                    let meta = std::fs::metadata(&wal).ok();
+                    let now = meta.as_ref().and_then(|m| m.modified().ok());
                     let changed = now != seen;
                     seen = now;
                     if changed {
@@ -63,7 +64,7 @@ impl Checkpointer {
                         busy_since.get_or_insert_with(Instant::now);
                     }
                     let long_busy = busy_since.is_some_and(|t| t.elapsed() > Self::MAX_BUSY)
-                        || std::fs::metadata(&wal).is_ok_and(|m| m.len() >= Self::BUSY_WAL);
+                        || meta.is_some_and(|m| m.len() >= Self::BUSY_WAL);
                     if dirty && (!changed || long_busy) {
                         if !room_to_checkpoint(&wal, crate::store::SpaceReserve::SIZE) {
                             // A checkpoint that runs out of room stops half way,
