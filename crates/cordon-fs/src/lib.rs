@@ -18,6 +18,7 @@
 //! - [`workspace`]: workspaces on disk (data directory, ids, locks, snapshots, forks).
 //! - [`changes`]: diff and apply.
 //! - [`export`]: patch and tar export.
+//! - [`vfs`]: the SQLite VFS that gathers WAL writes.
 
 pub mod base;
 pub mod changes;
@@ -29,6 +30,7 @@ pub mod mount;
 pub mod overlay;
 pub mod schema;
 pub mod store;
+pub mod vfs;
 pub mod workspace;
 
 pub use error::{Errno, Error, OpResult, Result};

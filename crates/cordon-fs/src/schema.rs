@@ -400,7 +400,12 @@ pub fn open(path: &Path, read_only: bool) -> Result<Connection> {
     } else {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| Error::sqlite(path, e))?;
+    // Writers gather the WAL's small writes into large ones (see `vfs`).
+    let conn = match crate::vfs::name() {
+        Some(vfs) if !read_only => Connection::open_with_flags_and_vfs(path, flags, vfs),
+        _ => Connection::open_with_flags(path, flags),
+    }
+    .map_err(|e| Error::sqlite(path, e))?;
     // The first read of the header is where a foreign file shows itself.
     let tables: Vec<String> = (|| {
         let mut stmt = conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table'")?;
