@@ -38,10 +38,9 @@ use rusqlite::ffi;
 /// Name the VFS is registered under.
 pub const NAME: &CStr = c"cordon-walbuf";
 
-/// Bytes gathered before the buffer is written out. Large enough to hold a
-/// 1 MiB file write's frames (about 1.1 MiB with the b-tree pages) in one
-/// `pwrite`.
-const BUFFER: usize = 4 << 20;
+/// Bytes gathered before the buffer is written out: a 1 MiB file write's
+/// frames (about 1.1 MiB with the b-tree pages) in one go.
+const BUFFER: usize = 2 << 20;
 
 /// Size of a WAL frame header; its bytes 4..8 hold the database size after a
 /// commit, zero in every other frame (see SQLite's `wal.c`, "WAL frame
