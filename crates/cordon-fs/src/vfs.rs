@@ -310,50 +310,63 @@ unsafe extern "C" fn x_write(
     if commit { flush(w) } else { ffi::SQLITE_OK }
 }
 
+/// Runs `call` with the real file and its methods, after writing out the
+/// buffer when `flush` is set; `missing` if the real VFS lacks the method.
+///
+/// # Safety
+/// `file` must be a [`WalFile`] opened by [`x_open`].
+unsafe fn forward(
+    file: *mut ffi::sqlite3_file,
+    flush_first: bool,
+    missing: c_int,
+    call: impl FnOnce(*mut ffi::sqlite3_file, &ffi::sqlite3_io_methods) -> Option<c_int>,
+) -> c_int {
+    // SAFETY: per the function's contract.
+    let w = unsafe { wal(file) };
+    if flush_first {
+        let rc = flush(w);
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+    }
+    call(w.real, methods(w)).unwrap_or(missing)
+}
+
+// Every other operation on the WAL sees the file with the buffer written out
+// first. Locks, sector size and device flags are the real file's, unchanged
+// (a WAL has no locks of its own). In each, the SAFETY argument is the same:
+// SQLite passes a file `x_open` set up, and the real, open file gets SQLite's
+// own arguments.
+
 unsafe extern "C" fn x_read(
     file: *mut ffi::sqlite3_file,
     data: *mut c_void,
     amount: c_int,
     offset: ffi::sqlite3_int64,
 ) -> c_int {
-    // SAFETY: SQLite passes a file `x_open` set up.
-    let w = unsafe { wal(file) };
-    let rc = flush(w);
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    match methods(w).xRead {
-        // SAFETY: forwarded unchanged to the real, open file.
-        Some(read) => unsafe { read(w.real, data, amount, offset) },
-        None => ffi::SQLITE_IOERR_READ,
+    // SAFETY: see above.
+    unsafe {
+        forward(file, true, ffi::SQLITE_IOERR_READ, |real, m| {
+            m.xRead.map(|f| f(real, data, amount, offset))
+        })
     }
 }
 
 unsafe extern "C" fn x_truncate(file: *mut ffi::sqlite3_file, size: ffi::sqlite3_int64) -> c_int {
-    // SAFETY: SQLite passes a file `x_open` set up.
-    let w = unsafe { wal(file) };
-    let rc = flush(w);
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    match methods(w).xTruncate {
-        // SAFETY: forwarded unchanged to the real, open file.
-        Some(f) => unsafe { f(w.real, size) },
-        None => ffi::SQLITE_IOERR_TRUNCATE,
+    // SAFETY: see above.
+    unsafe {
+        forward(file, true, ffi::SQLITE_IOERR_TRUNCATE, |real, m| {
+            m.xTruncate.map(|f| f(real, size))
+        })
     }
 }
 
 unsafe extern "C" fn x_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
-    // SAFETY: SQLite passes a file `x_open` set up.
-    let w = unsafe { wal(file) };
-    let rc = flush(w);
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    match methods(w).xSync {
-        // SAFETY: forwarded unchanged to the real, open file.
-        Some(f) => unsafe { f(w.real, flags) },
-        None => ffi::SQLITE_IOERR_FSYNC,
+    // SAFETY: see above.
+    unsafe {
+        forward(file, true, ffi::SQLITE_IOERR_FSYNC, |real, m| {
+            m.xSync.map(|f| f(real, flags))
+        })
     }
 }
 
@@ -361,16 +374,11 @@ unsafe extern "C" fn x_file_size(
     file: *mut ffi::sqlite3_file,
     size: *mut ffi::sqlite3_int64,
 ) -> c_int {
-    // SAFETY: SQLite passes a file `x_open` set up.
-    let w = unsafe { wal(file) };
-    let rc = flush(w);
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    match methods(w).xFileSize {
-        // SAFETY: forwarded unchanged to the real, open file.
-        Some(f) => unsafe { f(w.real, size) },
-        None => ffi::SQLITE_IOERR_FSTAT,
+    // SAFETY: see above.
+    unsafe {
+        forward(file, true, ffi::SQLITE_IOERR_FSTAT, |real, m| {
+            m.xFileSize.map(|f| f(real, size))
+        })
     }
 }
 
@@ -379,73 +387,58 @@ unsafe extern "C" fn x_file_control(
     op: c_int,
     arg: *mut c_void,
 ) -> c_int {
-    // SAFETY: SQLite passes a file `x_open` set up.
-    let w = unsafe { wal(file) };
-    let rc = flush(w);
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    match methods(w).xFileControl {
-        // SAFETY: forwarded unchanged to the real, open file.
-        Some(f) => unsafe { f(w.real, op, arg) },
-        None => ffi::SQLITE_NOTFOUND,
+    // SAFETY: see above.
+    unsafe {
+        forward(file, true, ffi::SQLITE_NOTFOUND, |real, m| {
+            m.xFileControl.map(|f| f(real, op, arg))
+        })
     }
 }
 
-// The rest are forwarded to the real file unchanged: a WAL has no locks of
-// its own, and its sector size and device flags are the real file's.
-
 unsafe extern "C" fn x_lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    // SAFETY: SQLite passes a file `x_open` set up.
-    let w = unsafe { wal(file) };
-    match methods(w).xLock {
-        // SAFETY: the real file is open; the arguments are SQLite's own.
-        Some(f) => unsafe { f(w.real, level) },
-        None => ffi::SQLITE_OK,
+    // SAFETY: see above.
+    unsafe {
+        forward(file, false, ffi::SQLITE_OK, |real, m| {
+            m.xLock.map(|f| f(real, level))
+        })
     }
 }
 
 unsafe extern "C" fn x_unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    // SAFETY: SQLite passes a file `x_open` set up.
-    let w = unsafe { wal(file) };
-    match methods(w).xUnlock {
-        // SAFETY: the real file is open; the arguments are SQLite's own.
-        Some(f) => unsafe { f(w.real, level) },
-        None => ffi::SQLITE_OK,
+    // SAFETY: see above.
+    unsafe {
+        forward(file, false, ffi::SQLITE_OK, |real, m| {
+            m.xUnlock.map(|f| f(real, level))
+        })
     }
 }
 
 unsafe extern "C" fn x_check_reserved_lock(file: *mut ffi::sqlite3_file, out: *mut c_int) -> c_int {
-    // SAFETY: SQLite passes a file `x_open` set up.
-    let w = unsafe { wal(file) };
-    match methods(w).xCheckReservedLock {
-        // SAFETY: the real file is open; `out` is SQLite's valid out pointer.
-        Some(f) => unsafe { f(w.real, out) },
-        None => {
-            // SAFETY: as above.
-            unsafe { *out = 0 };
-            ffi::SQLITE_OK
-        }
+    // SAFETY: see above; `out` is SQLite's valid out pointer.
+    unsafe {
+        forward(file, false, ffi::SQLITE_OK, |real, m| {
+            Some(match m.xCheckReservedLock {
+                Some(f) => f(real, out),
+                None => {
+                    *out = 0;
+                    ffi::SQLITE_OK
+                }
+            })
+        })
     }
 }
 
 unsafe extern "C" fn x_sector_size(file: *mut ffi::sqlite3_file) -> c_int {
-    // SAFETY: SQLite passes a file `x_open` set up.
-    let w = unsafe { wal(file) };
-    match methods(w).xSectorSize {
-        // SAFETY: the real file is open.
-        Some(f) => unsafe { f(w.real) },
-        None => 4096,
-    }
+    // SAFETY: see above.
+    unsafe { forward(file, false, 4096, |real, m| m.xSectorSize.map(|f| f(real))) }
 }
 
 unsafe extern "C" fn x_device_characteristics(file: *mut ffi::sqlite3_file) -> c_int {
-    // SAFETY: SQLite passes a file `x_open` set up.
-    let w = unsafe { wal(file) };
-    match methods(w).xDeviceCharacteristics {
-        // SAFETY: the real file is open.
-        Some(f) => unsafe { f(w.real) },
-        None => 0,
+    // SAFETY: see above.
+    unsafe {
+        forward(file, false, 0, |real, m| {
+            m.xDeviceCharacteristics.map(|f| f(real))
+        })
     }
 }
 
