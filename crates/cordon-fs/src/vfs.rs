@@ -59,16 +59,16 @@ pub fn name() -> Option<&'static CStr> {
     REGISTERED.get_or_init(register).then_some(NAME)
 }
 
-/// The wrapped VFS: `sqlite3_vfs` must live as long as the process.
+/// The real VFS. Ours is leaked: SQLite keeps (and links, through `pNext`)
+/// a registered VFS for the life of the process.
 struct Registered {
-    vfs: ffi::sqlite3_vfs,
     real: *mut ffi::sqlite3_vfs,
 }
 
-// SAFETY: both are written once, before registration, and only read after;
-// SQLite's VFS objects are shared between threads by design.
+// SAFETY: the pointer is written once, before registration, and only read
+// after; SQLite's VFS objects are shared between threads by design.
 unsafe impl Send for Registered {}
-// SAFETY: as for `Send`: never written after registration.
+// SAFETY: as for `Send`.
 unsafe impl Sync for Registered {}
 
 static VFS: OnceLock<Registered> = OnceLock::new();
@@ -110,10 +110,11 @@ fn register() -> bool {
     vfs.zName = NAME.as_ptr();
     vfs.pNext = ptr::null_mut();
     vfs.xOpen = Some(x_open);
-    let reg = VFS.get_or_init(|| Registered { vfs, real });
-    // SAFETY: the VFS object lives in a static for the rest of the process;
-    // SQLite links it into its list (`pNext`) under its own mutex.
-    let rc = unsafe { ffi::sqlite3_vfs_register(ptr::from_ref(&reg.vfs).cast_mut(), 0) };
+    VFS.get_or_init(|| Registered { real });
+    let ours = Box::into_raw(Box::new(vfs));
+    // SAFETY: `ours` is leaked, so it lives for the rest of the process, and
+    // only SQLite touches it from here on (under its own mutex).
+    let rc = unsafe { ffi::sqlite3_vfs_register(ours, 0) };
     rc == ffi::SQLITE_OK
 }
 
@@ -293,14 +294,6 @@ unsafe extern "C" fn x_write(
     if len == FRAME_HEADER && bytes[4..8] != [0; 4] {
         w.commit_next = true;
     }
-    if len >= PIECE {
-        // Too big to gain from gathering (the buffer is empty: flushed above).
-        return match methods(w).xWrite {
-            // SAFETY: the real file is open; `data` holds `amount` bytes.
-            Some(write) => unsafe { write(w.real, data, amount, offset) },
-            None => ffi::SQLITE_IOERR_WRITE,
-        };
-    }
     // SAFETY: as above.
     let buf = unsafe { &mut *w.buf };
     if buf.is_empty() {
@@ -449,9 +442,13 @@ mod tests {
     use std::path::Path;
 
     fn writer(path: &Path) -> Connection {
+        writer_with_pages(path, 16384)
+    }
+
+    fn writer_with_pages(path: &Path, page_size: u32) -> Connection {
         let conn = Connection::open_with_flags_and_vfs(path, OpenFlags::default(), name().unwrap())
             .unwrap();
-        conn.pragma_update(None, "page_size", 16384).unwrap();
+        conn.pragma_update(None, "page_size", page_size).unwrap();
         conn.pragma_update(None, "journal_mode", "WAL").unwrap();
         conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
         conn.execute_batch("CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v BLOB NOT NULL)")
@@ -477,9 +474,17 @@ mod tests {
 
     #[test]
     fn a_commit_is_in_the_file_before_another_connection_can_see_it() {
+        // 16 KiB is the workspaces' page size; a database made elsewhere
+        // may have SQLite's default 4 KiB or its largest, 64 KiB.
+        for page_size in [16384, 4096, 65536] {
+            commits_are_visible(page_size);
+        }
+    }
+
+    fn commits_are_visible(page_size: u32) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let w = writer(&path);
+        let w = writer_with_pages(&path, page_size);
         let r = Connection::open(&path).unwrap();
         for k in 0..48i64 {
             // Sizes from one page to many, so commits end mid-buffer, on a
@@ -500,7 +505,11 @@ mod tests {
             .unwrap();
             tx.commit().unwrap();
             // Another connection reads the frames from the file itself.
-            assert_eq!(read(&r, k), Some(blob(k, 1, len)), "row {k} of {len} bytes");
+            assert_eq!(
+                read(&r, k),
+                Some(blob(k, 1, len)),
+                "row {k} of {len} bytes, {page_size}-byte pages"
+            );
             if k % 16 == 15 {
                 r.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
                     .unwrap();
@@ -513,12 +522,18 @@ mod tests {
     }
 
     #[test]
-    fn a_copy_taken_mid_transaction_recovers_exactly_the_commits() {
+    fn a_copy_of_the_files_recovers_exactly_the_commits() {
+        for page_size in [16384, 4096, 65536] {
+            recovers_commits(page_size);
+        }
+    }
+
+    fn recovers_commits(page_size: u32) {
         // A crash keeps what the process had handed to the kernel: a copy of
         // the database and WAL files, opened afresh, is what a restart sees.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let w = writer(&path);
+        let w = writer_with_pages(&path, page_size);
         for k in 0..6i64 {
             w.execute(
                 "INSERT INTO t (k, v) VALUES (?1, ?2)",
@@ -526,6 +541,8 @@ mod tests {
             )
             .unwrap();
         }
+        // Right after a commit, and in the middle of the next transaction.
+        let at_rest = copy_files(&path, "at-rest");
         let tx = w.unchecked_transaction().unwrap();
         for k in 6..12i64 {
             tx.execute(
@@ -534,25 +551,34 @@ mod tests {
             )
             .unwrap();
         }
-        let copy = dir.path().join("copy");
-        std::fs::copy(&path, &copy).unwrap();
+        let mid = copy_files(&path, "mid");
+        tx.rollback().unwrap();
+        for copy in [at_rest, mid] {
+            let c = Connection::open(&copy).unwrap();
+            let n: i64 = c
+                .query_row("SELECT count(*) FROM t", [], |x| x.get(0))
+                .unwrap();
+            assert_eq!(n, 6, "{page_size}-byte pages, {}", copy.display());
+            for k in 0..6 {
+                assert_eq!(read(&c, k), Some(blob(k, 0, 700_000)), "row {k}");
+            }
+            let check: String = c
+                .query_row("PRAGMA integrity_check", [], |x| x.get(0))
+                .unwrap();
+            assert_eq!(check, "ok");
+        }
+    }
+
+    /// Copies a database and its WAL (not the shared index, which a restart
+    /// rebuilds from the WAL) to `name` beside it.
+    fn copy_files(path: &Path, name: &str) -> std::path::PathBuf {
+        let copy = path.with_file_name(name);
+        std::fs::copy(path, &copy).unwrap();
         let wal = |p: &Path| {
             p.with_file_name(format!("{}-wal", p.file_name().unwrap().to_str().unwrap()))
         };
-        std::fs::copy(wal(&path), wal(&copy)).unwrap();
-        tx.rollback().unwrap();
-        let c = Connection::open(&copy).unwrap();
-        let n: i64 = c
-            .query_row("SELECT count(*) FROM t", [], |x| x.get(0))
-            .unwrap();
-        assert_eq!(n, 6);
-        for k in 0..6 {
-            assert_eq!(read(&c, k), Some(blob(k, 0, 700_000)), "row {k}");
-        }
-        let check: String = c
-            .query_row("PRAGMA integrity_check", [], |x| x.get(0))
-            .unwrap();
-        assert_eq!(check, "ok");
+        std::fs::copy(wal(path), wal(&copy)).unwrap();
+        copy
     }
 
     #[test]
