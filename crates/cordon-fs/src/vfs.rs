@@ -4,17 +4,18 @@
 //! page. A large file write in the workspace is some 70 frames per MiB, so
 //! 140 small `pwrite`s, each landing across page-cache pages the kernel
 //! allocates and accounts for one at a time. Handing the kernel the same
-//! bytes in one large `pwrite` lets it work on large folios instead: on ext4,
-//! 256 MiB of WAL frames written frame by frame costs about three times the
-//! kernel time of the same bytes in 1 MiB writes (measured in
-//! `docs/BENCHMARKS.md`, "WAL writes").
+//! bytes in large aligned writes lets it work on large folios instead: on
+//! ext4, 256 MiB of WAL frames written frame by frame costs about three times
+//! the kernel time of the same bytes in 1 MiB writes (`docs/BENCHMARKS.md`,
+//! "WAL writes gathered").
 //!
 //! The VFS is the system's default one (`unix`) with one change: a file
 //! SQLite opens as a WAL (`SQLITE_OPEN_WAL`) gets a write buffer. Contiguous
-//! appends collect in it; it goes to the real file, in one write:
+//! appends collect in it; it goes to the real file in 64 KiB-aligned pieces:
 //!
 //! - right after the page of a *commit frame* (a frame header whose "database
-//!   size after commit" field is not zero): SQLite publishes a commit in the
+//!   size after commit" field is not zero), and at every write after it until
+//!   the next transaction's first frame: SQLite publishes a commit in the
 //!   shared WAL index only after writing that frame returns, so every
 //!   committed frame is in the file (the page cache) before any other
 //!   connection can read it, and an error writing it fails the commit, as it
@@ -83,8 +84,9 @@ struct WalFile {
     /// Gathered bytes, to be written at `start`. Allocated on first use.
     buf: *mut Vec<u8>,
     start: i64,
-    /// The last write was a commit frame's header: write out after its page.
-    commit_next: bool,
+    /// Since a commit frame's header: every write goes out at once, until
+    /// the header of a frame that is not a commit.
+    write_through: bool,
 }
 
 fn real_offset() -> usize {
@@ -177,7 +179,7 @@ unsafe extern "C" fn x_open(
                 real: inner,
                 buf: ptr::null_mut(),
                 start: 0,
-                commit_next: false,
+                write_through: false,
             },
         );
         let rc = open(real, name, inner, flags, out_flags);
@@ -288,11 +290,18 @@ unsafe extern "C" fn x_write(
             return rc;
         }
     }
-    // The page that follows a commit frame's header goes out with it, before
-    // SQLite publishes the commit.
-    let commit = std::mem::take(&mut w.commit_next);
-    if len == FRAME_HEADER && bytes[4..8] != [0; 4] {
-        w.commit_next = true;
+    // The page after a commit frame's header goes out with it, before SQLite
+    // publishes the commit, and so does anything else up to the next
+    // transaction's first frame: with `synchronous=FULL` on a device without
+    // power-safe overwrites SQLite pads a commit with more commit frames.
+    // (A frame header's bytes 4..8 are zero except in a commit frame.)
+    let header_of_commit = (len == FRAME_HEADER).then(|| bytes[4..8] != [0; 4]);
+    if header_of_commit == Some(false) {
+        w.write_through = false;
+    }
+    let now = w.write_through;
+    if header_of_commit == Some(true) {
+        w.write_through = true;
     }
     // SAFETY: as above.
     let buf = unsafe { &mut *w.buf };
@@ -300,7 +309,7 @@ unsafe extern "C" fn x_write(
         w.start = offset;
     }
     buf.extend_from_slice(bytes);
-    if commit { flush(w) } else { ffi::SQLITE_OK }
+    if now { flush(w) } else { ffi::SQLITE_OK }
 }
 
 /// Runs `call` with the real file and its methods, after writing out the
@@ -477,14 +486,17 @@ mod tests {
         // 16 KiB is the workspaces' page size; a database made elsewhere
         // may have SQLite's default 4 KiB or its largest, 64 KiB.
         for page_size in [16384, 4096, 65536] {
-            commits_are_visible(page_size);
+            commits_are_visible(page_size, "NORMAL");
         }
+        // FULL syncs the WAL at every commit.
+        commits_are_visible(16384, "FULL");
     }
 
-    fn commits_are_visible(page_size: u32) {
+    fn commits_are_visible(page_size: u32, synchronous: &str) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let w = writer_with_pages(&path, page_size);
+        w.pragma_update(None, "synchronous", synchronous).unwrap();
         let r = Connection::open(&path).unwrap();
         for k in 0..48i64 {
             // Sizes from one page to many, so commits end mid-buffer, on a
