@@ -10,11 +10,14 @@
 //!
 //! This module never writes; `apply` has its own confined writer.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 
@@ -102,6 +105,26 @@ pub struct Base {
     root: OwnedFd,
     path: PathBuf,
     dev: u64,
+    dirs: Mutex<DirCache>,
+}
+
+/// Descriptors of base directories resolved a moment ago.
+///
+/// A burst of lookups in one directory (git's `lstat` of every tracked file,
+/// `make` checking its prerequisites) would otherwise pay a confined walk from
+/// the base root for every name; with the directory's `O_PATH` descriptor at
+/// hand each name costs one `fstatat`. A descriptor was opened by the same
+/// confined resolution as any other access and is used for at most `ttl` after
+/// that: a directory the host renames or replaces meanwhile is seen as it is
+/// after at most that long, the bound the kernel's own name cache (the mount's
+/// TTL) already sets. Bounded to [`DirCache::MAX`] descriptors.
+struct DirCache {
+    map: HashMap<Box<[u8]>, (Arc<OwnedFd>, Instant)>,
+    ttl: Duration,
+}
+
+impl DirCache {
+    const MAX: usize = 128;
 }
 
 fn kind_of(ft: rustix::fs::FileType) -> u32 {
@@ -185,7 +208,45 @@ impl Base {
             root,
             dev: st.st_dev as u64,
             path: canon,
+            dirs: Mutex::new(DirCache {
+                map: HashMap::new(),
+                ttl: Duration::from_secs(1),
+            }),
         })
+    }
+
+    /// How long a resolved directory descriptor may be reused (see
+    /// [`DirCache`]); zero resolves every access from the root.
+    pub fn set_dir_ttl(&self, ttl: Duration) {
+        let mut c = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+        c.ttl = ttl;
+        c.map.clear();
+    }
+
+    /// An `O_PATH` descriptor of base directory `rel`, reused while fresh.
+    fn dir_fd(&self, rel: &[u8]) -> OpResult<Arc<OwnedFd>> {
+        let now = Instant::now();
+        let ttl = {
+            let c = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((fd, at)) = c.map.get(rel)
+                && now.duration_since(*at) < c.ttl
+            {
+                return Ok(fd.clone());
+            }
+            c.ttl
+        };
+        let fd = Arc::new(self.open_at(rel, OFlags::PATH | OFlags::DIRECTORY)?);
+        if !ttl.is_zero() {
+            let mut c = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+            if c.map.len() >= DirCache::MAX {
+                c.map.retain(|_, (_, at)| now.duration_since(*at) < ttl);
+                if c.map.len() >= DirCache::MAX {
+                    c.map.clear();
+                }
+            }
+            c.map.insert(rel.into(), (fd.clone(), now));
+        }
+        Ok(fd)
     }
 
     /// Converts a raw `stat` result.
@@ -232,12 +293,12 @@ impl Base {
         if name.is_empty() {
             return Ok(Some(BaseStat::from_raw(&rustix::fs::fstat(&self.root)?)));
         }
-        let dirfd = match self.open_at(dir, OFlags::PATH | OFlags::DIRECTORY) {
+        let dirfd = match self.dir_fd(dir) {
             Ok(fd) => fd,
             Err(e) if e == Errno::ENOENT || e == Errno::ENOTDIR => return Ok(None),
             Err(e) => return Err(e),
         };
-        self.stat_in(&dirfd, name)
+        self.stat_in(&*dirfd, name)
     }
 
     /// `lstat` of `name` inside an already-resolved base directory.
@@ -250,8 +311,8 @@ impl Base {
     }
 
     /// Opens a base directory for `stat_in` lookups.
-    pub fn open_dir_path(&self, rel: &[u8]) -> OpResult<Option<OwnedFd>> {
-        match self.open_at(rel, OFlags::PATH | OFlags::DIRECTORY) {
+    pub fn open_dir_path(&self, rel: &[u8]) -> OpResult<Option<Arc<OwnedFd>>> {
+        match self.dir_fd(rel) {
             Ok(fd) => Ok(Some(fd)),
             Err(e) if e == Errno::ENOENT || e == Errno::ENOTDIR => Ok(None),
             Err(e) => Err(e),
@@ -365,6 +426,56 @@ pub fn user_rel_path(p: &OsStr) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn a_directory_replaced_on_the_host_is_seen_once_the_ttl_passes() {
+        let outside = tempfile::tempdir().unwrap();
+        let base_dir = tempfile::tempdir().unwrap();
+        let b = base_dir.path();
+        std::fs::create_dir(b.join("d")).unwrap();
+        std::fs::write(b.join("d/old"), b"x").unwrap();
+        let base = Base::open(b).unwrap();
+
+        let ttl = Duration::from_millis(200);
+        base.set_dir_ttl(ttl);
+        assert!(base.stat(b"d/old").unwrap().is_some());
+        // The host moves the directory out of the base and puts another in its place.
+        std::fs::rename(b.join("d"), outside.path().join("moved")).unwrap();
+        std::fs::create_dir(b.join("d")).unwrap();
+        std::fs::write(b.join("d/new"), b"y").unwrap();
+        std::thread::sleep(ttl + Duration::from_millis(50));
+        assert!(base.stat(b"d/old").unwrap().is_none());
+        assert!(base.stat(b"d/new").unwrap().is_some());
+
+        // With no TTL every access resolves from the root again.
+        base.set_dir_ttl(Duration::ZERO);
+        assert!(base.stat(b"d/new").unwrap().is_some());
+        std::fs::remove_dir_all(b.join("d")).unwrap();
+        std::fs::create_dir(b.join("d")).unwrap();
+        assert!(base.stat(b"d/new").unwrap().is_none());
+        // A directory swapped for a symlink stops resolving at once too.
+        std::fs::remove_dir(b.join("d")).unwrap();
+        symlink(outside.path().join("moved"), b.join("d")).unwrap();
+        assert!(!matches!(base.stat(b"d/old"), Ok(Some(_))));
+    }
+
+    #[test]
+    fn the_directory_cache_stays_bounded() {
+        let base_dir = tempfile::tempdir().unwrap();
+        let b = base_dir.path();
+        let n = DirCache::MAX * 2 + 3;
+        for i in 0..n {
+            std::fs::create_dir(b.join(format!("d{i}"))).unwrap();
+            std::fs::write(b.join(format!("d{i}/f")), b"x").unwrap();
+        }
+        let base = Base::open(b).unwrap();
+        for i in 0..n {
+            let rel = format!("d{i}/f");
+            assert!(base.stat(rel.as_bytes()).unwrap().is_some(), "{rel}");
+            let held = base.dirs.lock().unwrap().map.len();
+            assert!(held <= DirCache::MAX, "{held} descriptors held");
+        }
+    }
 
     #[test]
     fn symlinks_are_never_followed_out_of_the_base() {

@@ -35,6 +35,7 @@ use fuser::{
     WriteFlags,
 };
 
+use crate::base::Base;
 use crate::error::Errno;
 use crate::overlay::{Attr, Caller, IoMode, Opened, Overlay, SetAttr};
 use crate::store::Timestamp;
@@ -77,6 +78,9 @@ impl Default for ServeOptions {
 /// The FUSE file system: an overlay behind a lock plus passthrough bookkeeping.
 pub struct OverlayFs {
     inner: Mutex<Overlay>,
+    /// The overlay's base, for lookups that need only the base (see
+    /// [`OverlayFs::base_lookup`]).
+    base: Arc<Base>,
     /// Backing files registered with the kernel, per node, with their open count.
     backing: Mutex<HashMap<u64, (Arc<BackingId>, u32)>>,
     ttl: Duration,
@@ -227,8 +231,11 @@ fn caller(req: &Request) -> Caller {
 impl OverlayFs {
     /// Wraps an overlay for serving.
     pub fn new(overlay: Overlay, opts: &ServeOptions) -> Self {
+        // Base directories may be as stale as the kernel's names, no more.
+        overlay.base().set_dir_ttl(opts.ttl);
         OverlayFs {
             writeback: WalWriteback::start(overlay.store().wal_path().to_path_buf()),
+            base: overlay.shared_base(),
             inner: Mutex::new(overlay),
             backing: Mutex::new(HashMap::new()),
             ttl: opts.ttl,
@@ -273,6 +280,28 @@ impl OverlayFs {
     fn ov(&self) -> MutexGuard<'_, Overlay> {
         // A panic in one request must not wedge every later one.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A lookup in a directory that exists only in the base, with its `lstat`
+    /// made outside the overlay lock: parallel lookups (git's threaded
+    /// `lstat` of every tracked file) then hold the lock only to record the
+    /// node, instead of queueing behind each other's system calls. `None`
+    /// when the directory is not (or no longer) such a directory.
+    fn base_lookup(&self, parent: u64, name: &[u8]) -> Option<Result<Attr, Errno>> {
+        let lower = match self.ov().base_only_dir(parent, name) {
+            Ok(Some(lower)) => lower,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
+        };
+        let st = match self.base.open_dir_path(&lower) {
+            Ok(Some(dir)) => match self.base.stat_in(&*dir, name) {
+                Ok(st) => st,
+                Err(e) => return Some(Err(e)),
+            },
+            Ok(None) => None,
+            Err(e) => return Some(Err(e)),
+        };
+        self.ov().finish_base_lookup(parent, &lower, name, st)
     }
 
     fn entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
@@ -384,7 +413,11 @@ impl fuser::Filesystem for OverlayFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.ov().lookup(parent.0, name.as_bytes()) {
+        let name = name.as_bytes();
+        let found = self
+            .base_lookup(parent.0, name)
+            .unwrap_or_else(|| self.ov().lookup(parent.0, name));
+        match found {
             Ok(a) => reply.entry(&self.ttl, &fuse_attr(&a), Generation(0)),
             Err(e) if e == Errno::ENOENT => {
                 // Negative entry: node id 0 with a timeout caches the miss.
@@ -737,7 +770,7 @@ impl fuser::Filesystem for OverlayFs {
         // One descriptor of the lower directory for this whole batch of entries.
         let lower = ov.open_lower(ino.0);
         for (next, e) in entries {
-            let (id, attr) = match ov.peek(ino.0, &e.name, lower.as_ref()) {
+            let (id, attr) = match ov.peek(ino.0, &e.name, lower.as_deref()) {
                 Ok(x) => x,
                 // Vanished from the base since the listing was taken.
                 Err(_) => continue,

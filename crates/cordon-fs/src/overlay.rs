@@ -244,7 +244,7 @@ impl Quota {
 /// A mounted (or mountable) merged view.
 pub struct Overlay {
     store: Store,
-    base: Base,
+    base: Arc<Base>,
     opts: OverlayOptions,
     nodes: HashMap<u64, Node>,
     idents: HashMap<Ident, u64>,
@@ -322,7 +322,7 @@ impl Overlay {
         }
         let mut ov = Overlay {
             store,
-            base,
+            base: Arc::new(base),
             opts,
             nodes: HashMap::new(),
             idents: HashMap::new(),
@@ -361,6 +361,11 @@ impl Overlay {
     /// The base directory.
     pub fn base(&self) -> &Base {
         &self.base
+    }
+
+    /// A handle on the base directory usable without the overlay.
+    pub fn shared_base(&self) -> Arc<Base> {
+        self.base.clone()
     }
 
     /// Turns passthrough on or off (the FUSE layer learns at `init` whether it works).
@@ -585,33 +590,51 @@ impl Overlay {
         else {
             return Ok(None);
         };
-        let kind = src.kind();
-        let lower = if kind == libc::S_IFDIR {
-            merge::child_dir(&self.store, &dir, name, &src)?.lower
-        } else {
-            None
-        };
-        let (ident, id) = match src {
-            Source::Delta { ino, .. } => (Ident::Delta(ino), self.delta_id(ino)?),
+        match src {
+            Source::Delta { ino, .. } => {
+                let kind = src.kind();
+                let lower = if kind == libc::S_IFDIR {
+                    merge::child_dir(&self.store, &dir, name, &src)?.lower
+                } else {
+                    None
+                };
+                let id = self.delta_id(ino)?;
+                let id = self.intern(Ident::Delta(ino), id, kind, parent, name, lower);
+                Ok(Some((id, None)))
+            }
             Source::Base { rel, .. } => {
                 let st = st.ok_or(Errno::EIO)?;
-                let id = self.base_id(&rel, &st);
-                (Ident::Base(rel), id)
+                self.intern_base(parent, name, rel, &st).map(Some)
             }
-        };
-        let id = self.intern(ident, id, kind, parent, name, lower);
+        }
+    }
+
+    /// Interns base object `rel`, found as `name` in `parent` with `lstat`
+    /// `st`; also returns its attributes when `st` is what they are.
+    fn intern_base(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        rel: Vec<u8>,
+        st: &BaseStat,
+    ) -> OpResult<(u64, Option<Attr>)> {
+        let kind = st.file_type();
+        // A base directory's own entries come from the same base path.
+        let lower = (kind == libc::S_IFDIR).then(|| rel.clone());
+        let id = self.base_id(&rel, st);
+        let id = self.intern(Ident::Base(rel), id, kind, parent, name, lower);
         // The id may be an existing node with other state (a ghost): only a
         // plain base node can use the stat just made.
-        let attr = match (&self.node(id)?.ident, self.node(id)?.ghost, st) {
-            (Ident::Base(_), None, Some(st)) => Some(Self::attr_of_base(id, &st)),
+        let attr = match (&self.node(id)?.ident, self.node(id)?.ghost) {
+            (Ident::Base(_), None) => Some(Self::attr_of_base(id, st)),
             _ => None,
         };
-        Ok(Some((id, attr)))
+        Ok((id, attr))
     }
 
     /// The lower directory of directory node `id`, opened for one request's
     /// worth of lookups (see [`merge::lookup_at`]).
-    pub fn open_lower(&self, id: u64) -> Option<OwnedFd> {
+    pub fn open_lower(&self, id: u64) -> Option<std::sync::Arc<OwnedFd>> {
         let lower = self.nodes.get(&id)?.lower.as_deref()?;
         self.base.open_dir_path(lower).ok().flatten()
     }
@@ -684,6 +707,52 @@ impl Overlay {
     /// Looks up `name` in `parent`, counting one kernel reference.
     pub fn lookup(&mut self, parent: u64, name: &[u8]) -> OpResult<Attr> {
         let (id, attr) = self.child_at(parent, name, None)?.ok_or(Errno::ENOENT)?;
+        self.count_lookup(id, attr)
+    }
+
+    /// The base path of `parent` when it is a directory that exists only in
+    /// the base (never copied up): then nothing in the delta can shadow or
+    /// hide its entries, and a lookup in it is one `lstat` of the base that
+    /// needs no overlay state (see [`Self::finish_base_lookup`]). `None`
+    /// means: use [`Self::lookup`].
+    pub fn base_only_dir(&self, parent: u64, name: &[u8]) -> OpResult<Option<Vec<u8>>> {
+        check_name(name)?;
+        Ok(self
+            .nodes
+            .get(&parent)
+            .and_then(|p| match (&p.ident, &p.lower) {
+                (Ident::Base(rel), Some(lower))
+                    if p.kind == libc::S_IFDIR && p.ghost.is_none() && rel == lower =>
+                {
+                    Some(lower.clone())
+                }
+                _ => None,
+            }))
+    }
+
+    /// Completes a lookup whose `lstat` (`st`) was made, without the overlay,
+    /// in the directory [`Self::base_only_dir`] returned as `lower`. `None`
+    /// when the directory changed meanwhile (copied up, renamed, forgotten):
+    /// the caller then does the whole [`Self::lookup`].
+    pub fn finish_base_lookup(
+        &mut self,
+        parent: u64,
+        lower: &[u8],
+        name: &[u8],
+        st: Option<BaseStat>,
+    ) -> Option<OpResult<Attr>> {
+        if self.base_only_dir(parent, name).ok()?.as_deref() != Some(lower) {
+            return None;
+        }
+        let Some(st) = st else {
+            return Some(Err(Errno::ENOENT));
+        };
+        let found = self.intern_base(parent, name, join_rel(lower, name), &st);
+        Some(found.and_then(|(id, attr)| self.count_lookup(id, attr)))
+    }
+
+    /// Counts a kernel reference to a node just resolved, with its attributes.
+    fn count_lookup(&mut self, id: u64, attr: Option<Attr>) -> OpResult<Attr> {
         match attr.map_or_else(|| self.getattr(id), Ok) {
             Ok(attr) => {
                 self.node_mut(id)?.lookups += 1;
@@ -2128,6 +2197,47 @@ mod tests {
         assert!(!ov.store().is_whiteout(b"/docs/a.md").unwrap());
         assert_eq!(read_all(&mut ov, "docs/a.md"), b"new");
         assert_eq!(std::fs::read(f.base.join("docs/a.md")).unwrap(), b"a");
+    }
+
+    #[test]
+    fn a_lookup_done_outside_the_overlay_is_redone_when_its_directory_changed() {
+        let f = fixture(project);
+        let mut ov = f.overlay();
+        let docs = path_id(&mut ov, "docs").unwrap();
+        // The root is in the delta: its lookups always take the full path.
+        assert_eq!(ov.base_only_dir(ROOT_ID, b"docs").unwrap(), None);
+        // Names are checked before anything touches the base.
+        assert_eq!(ov.base_only_dir(docs, b"a/b").unwrap_err(), Errno::EINVAL);
+
+        // An untouched base directory: the split lookup gives what lookup gives.
+        let lower = ov.base_only_dir(docs, b"a.md").unwrap().unwrap();
+        assert_eq!(lower, b"docs");
+        let st = ov.base().stat(b"docs/a.md").unwrap();
+        let split = ov.finish_base_lookup(docs, &lower, b"a.md", st).unwrap();
+        let split = split.unwrap();
+        assert_eq!(split, ov.lookup(docs, b"a.md").unwrap());
+        // Two references were counted: one forget leaves the node alive.
+        ov.forget(split.ino, 1);
+        assert!(ov.getattr(split.ino).is_ok());
+        let missing = ov.finish_base_lookup(docs, &lower, b"nope", None);
+        assert_eq!(missing.unwrap().unwrap_err(), Errno::ENOENT);
+
+        // The directory is copied up (a whiteout) between the base lstat and
+        // the finish: the stale lstat must not bring the name back.
+        let lower = ov.base_only_dir(docs, b"a.md").unwrap().unwrap();
+        let st = ov.base().stat(b"docs/a.md").unwrap();
+        ov.unlink(docs, b"a.md").unwrap();
+        assert!(ov.finish_base_lookup(docs, &lower, b"a.md", st).is_none());
+        assert_eq!(ov.base_only_dir(docs, b"a.md").unwrap(), None);
+        assert_eq!(ov.lookup(docs, b"a.md").unwrap_err(), Errno::ENOENT);
+
+        // A directory forgotten meanwhile is not resurrected either.
+        let deep = path_id(&mut ov, "docs/deep").unwrap();
+        let lower = ov.base_only_dir(deep, b"b.md").unwrap().unwrap();
+        assert_eq!(lower, b"docs/deep");
+        ov.forget(deep, 1);
+        let st = ov.base().stat(b"docs/deep/b.md").unwrap();
+        assert!(ov.finish_base_lookup(deep, &lower, b"b.md", st).is_none());
     }
 
     #[test]
