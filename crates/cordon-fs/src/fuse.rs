@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -37,7 +37,7 @@ use fuser::{
 
 use crate::base::Base;
 use crate::error::Errno;
-use crate::overlay::{Attr, Caller, IoMode, Opened, Overlay, SetAttr};
+use crate::overlay::{Attr, Caller, IoMode, Listing, Opened, Overlay, SetAttr};
 use crate::store::Timestamp;
 
 /// How long the kernel may cache entries and attributes.
@@ -91,6 +91,8 @@ pub struct OverlayFs {
     /// The node last written that has no `security.capability` attribute
     /// (0: none). See [`OverlayFs::answers_no_caps`].
     no_caps: AtomicU64,
+    /// The kernel can do without `opendir` (see [`OverlayFs::opendir`]).
+    no_opendir: AtomicBool,
 }
 
 /// The attribute the kernel asks about before every write to a file.
@@ -153,6 +155,8 @@ impl WalWriteback {
 pub struct Negotiated {
     pub passthrough: bool,
     pub readdirplus: bool,
+    /// Directories are read without `opendir`/`releasedir` round trips.
+    pub no_opendir: bool,
     pub max_write: u32,
 }
 
@@ -242,6 +246,7 @@ impl OverlayFs {
             want_passthrough: opts.passthrough,
             negotiated: Arc::new(Mutex::new(Negotiated::default())),
             no_caps: AtomicU64::new(0),
+            no_opendir: AtomicBool::new(false),
         }
     }
 
@@ -302,6 +307,22 @@ impl OverlayFs {
             Err(e) => return Some(Err(e)),
         };
         self.ov().finish_base_lookup(parent, &lower, name, st)
+    }
+
+    /// The listing a `readdir` continues, and where: by handle, or by node
+    /// when the kernel opens directories without us.
+    fn stream(
+        &self,
+        ov: &mut Overlay,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+    ) -> Result<(Arc<Listing>, usize), Errno> {
+        if self.no_opendir.load(Ordering::Acquire) {
+            ov.readdir_at(ino, offset)
+        } else {
+            ov.readdir(fh, offset)
+        }
     }
 
     fn entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
@@ -393,6 +414,8 @@ impl fuser::Filesystem for OverlayFs {
             | InitFlags::FUSE_PARALLEL_DIROPS;
         want &= caps;
         let _ = config.add_capabilities(want);
+        let no_opendir = caps.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
+        self.no_opendir.store(no_opendir, Ordering::Release);
         // Backing files need CAP_SYS_ADMIN in the initial user namespace.
         let passthrough = self.want_passthrough
             && caps.contains(InitFlags::FUSE_PASSTHROUGH)
@@ -406,6 +429,7 @@ impl fuser::Filesystem for OverlayFs {
         *n = Negotiated {
             passthrough,
             readdirplus: want.contains(InitFlags::FUSE_DO_READDIRPLUS),
+            no_opendir,
             max_write: 1 << 20,
         };
         tracing::info!(passthrough, "FUSE session initialized");
@@ -715,6 +739,15 @@ impl fuser::Filesystem for OverlayFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // A kernel that can do without opendir is told so by ENOSYS, once:
+        // from then on it opens and closes directories without asking (two
+        // round trips fewer per directory read), reads them by node with
+        // offset cookies (see `Overlay::readdir_at`), and keeps their
+        // listings until their mtime changes (see
+        // `Overlay::follow_host_changes` for directories the host shares).
+        if self.no_opendir.load(Ordering::Acquire) {
+            return reply.error(FErrno::ENOSYS);
+        }
         // The kernel may cache a listing across opens: it drops that cache when
         // it changes the directory itself, or sees its mtime change.
         let mut ov = self.ov();
@@ -732,19 +765,19 @@ impl fuser::Filesystem for OverlayFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.ov().readdir(fh.0, offset) {
-            Ok(e) => e,
+        let (listing, start) = match self.stream(&mut self.ov(), ino.0, fh.0, offset) {
+            Ok(x) => x,
             Err(e) => return reply.error(errno(e)),
         };
-        for (next, e) in entries {
+        for (next, e) in &listing.entries[start..] {
             if reply.add(
                 INodeNo(e.ino),
-                next,
+                *next,
                 file_type(e.kind),
                 OsStr::from_bytes(&e.name),
             ) {
@@ -763,13 +796,13 @@ impl fuser::Filesystem for OverlayFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         let mut ov = self.ov();
-        let entries = match ov.readdir(fh.0, offset) {
-            Ok(e) => e,
+        let (listing, start) = match self.stream(&mut ov, ino.0, fh.0, offset) {
+            Ok(x) => x,
             Err(e) => return reply.error(errno(e)),
         };
         // One descriptor of the lower directory for this whole batch of entries.
         let lower = ov.open_lower(ino.0);
-        for (next, e) in entries {
+        for (next, e) in &listing.entries[start..] {
             let (id, attr) = match ov.peek(ino.0, &e.name, lower.as_deref()) {
                 Ok(x) => x,
                 // Vanished from the base since the listing was taken.
@@ -777,7 +810,7 @@ impl fuser::Filesystem for OverlayFs {
             };
             let full = reply.add(
                 INodeNo(id),
-                next,
+                *next,
                 OsStr::from_bytes(&e.name),
                 &self.ttl,
                 &fuse_attr(&attr),

@@ -23,8 +23,10 @@
 //! `DELTA_TAG | ino`, and an object copied up keeps the number it had before
 //! (recorded in `fs_origin`).
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
+use std::hash::BuildHasher;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -153,6 +155,11 @@ struct Node {
     /// store: every later write and `fsync` of the file reports it until the
     /// file's last close (see [`Overlay::begin_write`]).
     write_error: Option<Errno>,
+    /// For a directory both in the delta and the base: the base directory's
+    /// mtime when last looked at, and the time a change on the host was
+    /// noticed (see [`Overlay::follow_host_changes`]).
+    lower_seen: Cell<Option<Timestamp>>,
+    host_mtime: Cell<Option<Timestamp>>,
 }
 
 /// A write accepted by [`Overlay::begin_write`], waiting for its bytes to be
@@ -179,8 +186,35 @@ struct DirHandle {
     node: u64,
     /// Listing taken at the first `readdir` of this handle (offset 0, or any
     /// offset when the kernel served the start of the stream from its cache).
-    entries: Option<Vec<DirEntry>>,
+    entries: Option<Arc<Listing>>,
 }
+
+/// A directory listing in stream order, each entry with its offset cookie.
+///
+/// The cookie of an entry (its `d_off`, what `telldir` returns) is derived
+/// from its name alone: "." is 1, ".." is 2, every other name a keyed hash
+/// of it in `3..2^63`, and the listing is sorted by cookie. Reading on from a
+/// cookie means "the entries whose cookie is larger", so a reader resumes at
+/// the right place even when the listing was taken again in between and
+/// entries were added or removed meanwhile: every entry present throughout
+/// is returned exactly once, as POSIX requires of `readdir`. (Two names of one
+/// directory with the same 61-bit hash would get neighbouring cookies, and a
+/// reader resuming between them after one of them went away could see the
+/// other twice; at 2^-61 per pair this is left to chance.)
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub entries: Vec<(u64, DirEntry)>,
+}
+
+impl Listing {
+    /// Index of the first entry after cookie `offset`.
+    pub fn after(&self, offset: u64) -> usize {
+        self.entries.partition_point(|(c, _)| *c <= offset)
+    }
+}
+
+/// Listings kept for handle-less directory reads (see [`Overlay::readdir_at`]).
+const MAX_LISTINGS: usize = 64;
 
 /// Options of an overlay.
 #[derive(Clone, Debug)]
@@ -253,6 +287,10 @@ pub struct Overlay {
     next_fh: u64,
     next_fallback: u64,
     seen: HashSet<Vec<u8>>,
+    /// Listings being read without a directory handle, by node.
+    listings: HashMap<u64, Arc<Listing>>,
+    /// Key of the directory offset cookies (see [`Listing`]).
+    cookies: std::collections::hash_map::RandomState,
 }
 
 fn fnv1a(parts: &[&[u8]]) -> u64 {
@@ -331,6 +369,8 @@ impl Overlay {
             next_fh: 1,
             next_fallback: 1,
             seen: HashSet::new(),
+            listings: HashMap::new(),
+            cookies: std::collections::hash_map::RandomState::new(),
         };
         ov.nodes.insert(
             ROOT_ID,
@@ -347,6 +387,8 @@ impl Overlay {
                 cached_opens: 0,
                 ghost: None,
                 write_error: None,
+                lower_seen: Cell::new(None),
+                host_mtime: Cell::new(None),
             },
         );
         ov.idents.insert(Ident::Delta(ROOT_INO), ROOT_ID);
@@ -435,6 +477,8 @@ impl Overlay {
                 cached_opens: 0,
                 ghost: None,
                 write_error: None,
+                lower_seen: Cell::new(None),
+                host_mtime: Cell::new(None),
             },
         );
         self.idents.insert(ident, id);
@@ -694,13 +738,44 @@ impl Overlay {
         }
         match &n.ident {
             Ident::Delta(ino) => match self.store.inode(*ino)? {
-                Some(row) => self.attr_of_row(id, &row),
+                Some(row) => {
+                    let mut attr = self.attr_of_row(id, &row)?;
+                    if let Some(lower) = &n.lower {
+                        self.follow_host_changes(n, lower, &mut attr);
+                    }
+                    Ok(attr)
+                }
                 None => Err(Errno::ENOENT),
             },
             Ident::Base(rel) => match self.base.stat(rel)? {
                 Some(st) => Ok(Self::attr_of_base(id, &st)),
                 None => Err(Errno::ENOENT),
             },
+        }
+    }
+
+    /// Makes the mtime reported for a directory that is in the delta and in
+    /// the base move when the host changes the base side. The kernel keeps a
+    /// directory's listing until the directory's mtime changes; the delta's
+    /// own mtime moves only with the agent's changes, so a file the host adds
+    /// below would otherwise stay out of the agent's listings. A change in the
+    /// base directory's mtime since it was last looked at is taken as such a
+    /// change, and the later of the two times is reported until the agent
+    /// sets the directory's times itself.
+    fn follow_host_changes(&self, n: &Node, lower: &[u8], attr: &mut Attr) {
+        let Ok(Some(st)) = self.base.stat(lower) else {
+            return;
+        };
+        let now = ts(st.mtime);
+        match n.lower_seen.replace(Some(now)) {
+            Some(before) if before != now => n.host_mtime.set(Some(now)),
+            _ => {}
+        }
+        if let Some(host) = n.host_mtime.get()
+            && host > attr.mtime
+        {
+            attr.mtime = host;
+            attr.ctime = attr.ctime.max(host);
         }
     }
 
@@ -1430,6 +1505,10 @@ impl Overlay {
             row.ctime = req.ctime.unwrap_or(now);
             s.update_inode(&row)
         })?;
+        if req.mtime.is_some() {
+            // Times the agent sets are the times it sees.
+            self.node(id)?.host_mtime.set(None);
+        }
         self.getattr(id)
     }
 
@@ -1999,37 +2078,90 @@ impl Overlay {
         Ok(out)
     }
 
-    /// Directory entries for `readdir` at `offset` (1-based positions; "." and ".."
-    /// come first). The listing is taken when `offset` is 0 and kept for the handle.
-    pub fn readdir(&mut self, fh: u64, offset: u64) -> OpResult<Vec<(u64, DirEntry)>> {
+    /// The stream of the directory open as `fh` from cookie `offset` on (see
+    /// [`Listing`]). The listing is taken when `offset` is 0 and kept for the
+    /// handle.
+    pub fn readdir(&mut self, fh: u64, offset: u64) -> OpResult<(Arc<Listing>, usize)> {
         let d = self.dirs.get(&fh).ok_or(Errno::EBADF)?;
-        let id = d.node;
-        if offset == 0 || d.entries.is_none() {
-            let parent = self.node(id)?.parent;
-            let mut entries = vec![
+        let listing = match (&d.entries, offset) {
+            (Some(l), o) if o != 0 => l.clone(),
+            _ => {
+                let l = self.listing(d.node)?;
+                self.dirs.get_mut(&fh).ok_or(Errno::EBADF)?.entries = Some(l.clone());
+                l
+            }
+        };
+        let start = listing.after(offset);
+        Ok((listing, start))
+    }
+
+    /// `readdir` without a directory handle (the kernel was told we need no
+    /// `opendir`): the stream of directory `id` from cookie `offset` on. A
+    /// listing is taken at offset 0 and kept for the reads that continue it,
+    /// up to [`MAX_LISTINGS`] directories at a time; a read that continues
+    /// a listing no longer kept takes a new one and resumes by cookie.
+    pub fn readdir_at(&mut self, id: u64, offset: u64) -> OpResult<(Arc<Listing>, usize)> {
+        if self.node(id)?.kind != libc::S_IFDIR {
+            return Err(Errno::ENOTDIR);
+        }
+        let kept = if offset == 0 {
+            None
+        } else {
+            self.listings.get(&id).cloned()
+        };
+        let listing = match kept {
+            Some(l) => l,
+            None => {
+                let l = self.listing(id)?;
+                if self.listings.len() >= MAX_LISTINGS {
+                    self.listings.clear();
+                }
+                self.listings.insert(id, l.clone());
+                l
+            }
+        };
+        let start = listing.after(offset);
+        if start == listing.entries.len() {
+            // The end of the stream: this reader is done with it.
+            self.listings.remove(&id);
+        }
+        Ok((listing, start))
+    }
+
+    /// The stream of directory `id`: ".", "..", then its merged entries, in
+    /// cookie order.
+    fn listing(&self, id: u64) -> OpResult<Arc<Listing>> {
+        let parent = self.node(id)?.parent;
+        let mut entries = vec![
+            (
+                1,
                 DirEntry {
                     name: b".".to_vec(),
                     kind: libc::S_IFDIR,
                     ino: id,
                 },
+            ),
+            (
+                2,
                 DirEntry {
                     name: b"..".to_vec(),
                     kind: libc::S_IFDIR,
                     ino: parent,
                 },
-            ];
-            entries.extend(self.list(id)?);
-            self.dirs.get_mut(&fh).ok_or(Errno::EBADF)?.entries = Some(entries);
+            ),
+        ];
+        for e in self.list(id)? {
+            let cookie = 3 + (self.cookies.hash_one(&e.name) >> 3);
+            entries.push((cookie, e));
         }
-        let d = self.dirs.get(&fh).ok_or(Errno::EBADF)?;
-        Ok(d.entries
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-            .skip(offset as usize)
-            .map(|(i, e)| (i as u64 + 1, e.clone()))
-            .collect())
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.name.cmp(&b.1.name)));
+        // Equal hashes: neighbouring cookies keep every entry reachable.
+        for i in 3..entries.len() {
+            if entries[i].0 <= entries[i - 1].0 {
+                entries[i].0 = entries[i - 1].0 + 1;
+            }
+        }
+        Ok(Arc::new(Listing { entries }))
     }
 
     /// Resolves a directory entry for `readdirplus` without counting a lookup.
@@ -2238,6 +2370,139 @@ mod tests {
         ov.forget(deep, 1);
         let st = ov.base().stat(b"docs/deep/b.md").unwrap();
         assert!(ov.finish_base_lookup(deep, &lower, b"b.md", st).is_none());
+    }
+
+    /// Reads directory `id` from `offset` on, `batch` entries per call, as
+    /// the kernel does, calling `between` after each call; returns the names.
+    fn read_stream(
+        ov: &mut Overlay,
+        id: u64,
+        batch: usize,
+        mut between: impl FnMut(&mut Overlay, usize),
+    ) -> Vec<Vec<u8>> {
+        let (mut offset, mut out, mut calls) = (0, Vec::new(), 0);
+        loop {
+            let (l, start) = ov.readdir_at(id, offset).unwrap();
+            let got = &l.entries[start..(start + batch).min(l.entries.len())];
+            if got.is_empty() {
+                return out;
+            }
+            assert!(got.iter().all(|(c, _)| *c > offset), "cookies only grow");
+            offset = got.last().unwrap().0;
+            out.extend(got.iter().map(|(_, e)| e.name.clone()));
+            calls += 1;
+            between(ov, calls);
+        }
+    }
+
+    #[test]
+    fn handle_less_directory_reads_resume_by_cookie_across_changes() {
+        let f = fixture(|b| {
+            std::fs::write(b.join("top.txt"), "").unwrap();
+            std::fs::create_dir(b.join("d")).unwrap();
+            for i in 0..300 {
+                std::fs::write(b.join(format!("d/b{i}")), "").unwrap();
+            }
+        });
+        let mut ov = f.overlay();
+        let d = path_id(&mut ov, "d").unwrap();
+        for i in 0..200 {
+            let o = ov.create(d, format!("n{i}").as_bytes(), 0o644, libc::O_WRONLY, ME);
+            ov.release(o.unwrap().1.fh).unwrap();
+        }
+        // A plain read: ".", "..", then every name once.
+        let all = read_stream(&mut ov, d, 37, |_, _| {});
+        assert_eq!(&all[..2], [b".".to_vec(), b"..".to_vec()]);
+        assert_eq!(all.len(), 502);
+        assert_eq!(all.iter().collect::<HashSet<_>>().len(), 502);
+        assert!(
+            ov.listings.is_empty(),
+            "the finished read let its listing go"
+        );
+
+        // Entries go and come between calls, and the kept listing is dropped
+        // now and then (as when more directories are read than are kept).
+        let victims: Vec<Vec<u8>> = (0..300)
+            .step_by(3)
+            .map(|i| format!("b{i}").into_bytes())
+            .collect();
+        let mut left = victims.clone();
+        let mut late = 0;
+        let seen = read_stream(&mut ov, d, 23, |ov, call| {
+            for v in left.drain(..left.len().min(7)) {
+                ov.unlink(d, &v).unwrap();
+            }
+            for _ in 0..3 {
+                let o = ov.create(
+                    d,
+                    format!("late{late}").as_bytes(),
+                    0o644,
+                    libc::O_WRONLY,
+                    ME,
+                );
+                ov.release(o.unwrap().1.fh).unwrap();
+                late += 1;
+            }
+            if call % 2 == 0 {
+                ov.listings.clear();
+            }
+        });
+        let counts = seen.iter().fold(HashMap::new(), |mut m, n| {
+            *m.entry(n.clone()).or_insert(0) += 1;
+            m
+        });
+        assert!(counts.values().all(|&c| c == 1), "no entry twice");
+        for name in all.iter().filter(|n| !victims.contains(n)) {
+            assert!(
+                counts.contains_key(name),
+                "{} skipped",
+                String::from_utf8_lossy(name)
+            );
+        }
+        assert!(left.is_empty() && late > 0);
+        // A directory handle gives the same stream.
+        let fh = ov.opendir(d).unwrap();
+        let (l, start) = ov.readdir(fh, 0).unwrap();
+        let (l2, _) = ov.readdir_at(d, 0).unwrap();
+        let names = |l: &Listing| {
+            l.entries
+                .iter()
+                .map(|(c, e)| (*c, e.name.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(start, 0);
+        assert_eq!(names(&l), names(&l2));
+        let (_, mid) = ov.readdir(fh, l.entries[10].0).unwrap();
+        assert_eq!(mid, 11);
+        ov.releasedir(fh).unwrap();
+        let file = path_id(&mut ov, "top.txt").unwrap();
+        assert_eq!(ov.readdir_at(file, 0).unwrap_err(), Errno::ENOTDIR);
+    }
+
+    #[test]
+    fn a_shared_directory_moves_its_mtime_when_the_host_changes_it() {
+        let f = fixture(project);
+        let mut ov = f.overlay();
+        let docs = path_id(&mut ov, "docs").unwrap();
+        write_file(&mut ov, "docs", "agent.md", b"x");
+        let before = ov.getattr(docs).unwrap().mtime;
+        assert_eq!(ov.getattr(docs).unwrap().mtime, before, "nothing changed");
+        // The host adds a file to its side, later than the agent's change.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(f.base.join("docs/host.md"), "h").unwrap();
+        let after = ov.getattr(docs).unwrap().mtime;
+        assert!(after > before, "{after:?} > {before:?}");
+        // Times the agent sets win again.
+        let old = Timestamp {
+            sec: 1_000_000,
+            nsec: 0,
+        };
+        let req = SetAttr {
+            mtime: Some(Some(old)),
+            ..Default::default()
+        };
+        ov.setattr(docs, &req).unwrap();
+        assert_eq!(ov.getattr(docs).unwrap().mtime, old);
     }
 
     #[test]

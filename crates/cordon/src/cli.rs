@@ -555,7 +555,7 @@ fn mount_cmd(a: MountArgs, out: &Out) -> CmdResult {
         // Report what the kernel agreed to once the first request has arrived.
         std::thread::sleep(std::time::Duration::from_millis(300));
         let n = *negotiated.lock().unwrap_or_else(|e| e.into_inner());
-        tracing::info!(workspace = %id, passthrough = n.passthrough, readdirplus = n.readdirplus, "kernel features");
+        tracing::info!(workspace = %id, passthrough = n.passthrough, readdirplus = n.readdirplus, no_opendir = n.no_opendir, "kernel features");
     });
     mounted.run()?;
     let summary = match ws.open_view(true) {

@@ -970,6 +970,72 @@ fn cached_directory_listings_follow_changes_from_both_sides() {
 }
 
 #[test]
+fn a_directory_read_while_it_changes_returns_every_lasting_entry_once() {
+    // Directories are read without opendir handles: a reader that continues
+    // after entries came and went must resume where it was (offset cookies),
+    // never skipping or repeating an entry that was there all along.
+    let Some(env) = fuse_env(|b| {
+        for i in 0..3000 {
+            write(&b.join(format!("big/base-{i:04}")), b"");
+        }
+        // Other directories read at the same time: more than the server keeps
+        // listings for, so the reader of big/ also resumes from a new listing.
+        for d in 0..70 {
+            for i in 0..200 {
+                write(&b.join(format!("other/o{d:02}/f{i:03}")), b"");
+            }
+        }
+    }) else {
+        return;
+    };
+    let id = env.create();
+    let m = env.mount(&id);
+    let out = sh(
+        &env.mnt,
+        r#"python3 - <<'PY'
+import os, collections
+d = "big"
+for i in range(2000):  # the directory is now in the delta and in the base
+    open(f"{d}/delta-{i:04}", "w").close()
+start = set(os.listdir(d))
+victims = sorted(n for n in start if hash(n) % 5 == 0)
+# A change after that listing, so the kernel does not serve the read below
+# from the listing it just cached but asks the server as the read goes on.
+open(f"{d}/marker", "w").close()
+os.unlink(f"{d}/marker")
+seen, late = [], 0
+with os.scandir(d) as it:
+    for n, e in enumerate(it):
+        seen.append(e.name)
+        if n % 200 == 199:  # between the reader's getdents calls, now and then
+            for v in victims[:40]:
+                os.unlink(f"{d}/{v}")
+            del victims[:40]
+            for _ in range(20):
+                open(f"{d}/late-{late:04}", "w").close()
+                late += 1
+            others = [os.scandir(f"other/{o}") for o in sorted(os.listdir("other"))]
+            for o in others:
+                next(o)
+            for o in others:
+                o.close()
+removed = start - set(os.listdir(d))
+counts = collections.Counter(seen)
+lasting = start - removed
+missing = sorted(lasting - set(seen))
+twice = sorted(k for k, c in counts.items() if c > 1)
+print(len(start), len(removed) > 0, late > 0, len(missing), len(twice), missing[:3], twice[:3])
+PY"#,
+    );
+    assert_eq!(out.trim(), "5000 True True 0 0 [] []", "{out}");
+    assert_eq!(
+        sh(&env.mnt, "ls -A big | wc -l").trim(),
+        sh(&env.mnt, "find big -mindepth 1 | wc -l").trim()
+    );
+    drop(m);
+}
+
+#[test]
 fn a_base_file_held_open_for_reading_can_still_be_rewritten() {
     // With FUSE passthrough the kernel ties an inode to its backing file, and
     // on Linux 6.9+ refuses a non-passthrough open of that inode with EIO.
