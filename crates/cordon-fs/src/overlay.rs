@@ -216,6 +216,17 @@ impl Listing {
 /// Listings kept for handle-less directory reads (see [`Overlay::readdir_at`]).
 const MAX_LISTINGS: usize = 64;
 
+/// How long a kept listing may serve reads that continue it.
+const LISTING_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A listing kept for the reads continuing it, with the object it lists and
+/// when it was taken.
+struct KeptListing {
+    ident: Ident,
+    taken: std::time::Instant,
+    listing: Arc<Listing>,
+}
+
 /// Options of an overlay.
 #[derive(Clone, Debug)]
 pub struct OverlayOptions {
@@ -288,7 +299,7 @@ pub struct Overlay {
     next_fallback: u64,
     seen: HashSet<Vec<u8>>,
     /// Listings being read without a directory handle, by node.
-    listings: HashMap<u64, Arc<Listing>>,
+    listings: HashMap<u64, KeptListing>,
     /// Key of the directory offset cookies (see [`Listing`]).
     cookies: std::collections::hash_map::RandomState,
 }
@@ -2098,16 +2109,24 @@ impl Overlay {
     /// `readdir` without a directory handle (the kernel was told we need no
     /// `opendir`): the stream of directory `id` from cookie `offset` on. A
     /// listing is taken at offset 0 and kept for the reads that continue it,
-    /// up to [`MAX_LISTINGS`] directories at a time; a read that continues
-    /// a listing no longer kept takes a new one and resumes by cookie.
+    /// for up to [`LISTING_TTL`] and [`MAX_LISTINGS`] directories at a time;
+    /// a read that continues a listing no longer kept (or kept for another
+    /// object that had this node id) takes a new one and resumes by cookie.
     pub fn readdir_at(&mut self, id: u64, offset: u64) -> OpResult<(Arc<Listing>, usize)> {
-        if self.node(id)?.kind != libc::S_IFDIR {
+        let n = self.node(id)?;
+        if n.kind != libc::S_IFDIR {
             return Err(Errno::ENOTDIR);
         }
-        let kept = if offset == 0 {
-            None
-        } else {
-            self.listings.get(&id).cloned()
+        let now = std::time::Instant::now();
+        let kept = match self.listings.get(&id) {
+            Some(k)
+                if offset != 0
+                    && k.ident == n.ident
+                    && now.duration_since(k.taken) < LISTING_TTL =>
+            {
+                Some(k.listing.clone())
+            }
+            _ => None,
         };
         let listing = match kept {
             Some(l) => l,
@@ -2116,7 +2135,12 @@ impl Overlay {
                 if self.listings.len() >= MAX_LISTINGS {
                     self.listings.clear();
                 }
-                self.listings.insert(id, l.clone());
+                let kept = KeptListing {
+                    ident: self.node(id)?.ident.clone(),
+                    taken: now,
+                    listing: l.clone(),
+                };
+                self.listings.insert(id, kept);
                 l
             }
         };
@@ -2477,6 +2501,34 @@ mod tests {
         ov.releasedir(fh).unwrap();
         let file = path_id(&mut ov, "top.txt").unwrap();
         assert_eq!(ov.readdir_at(file, 0).unwrap_err(), Errno::ENOTDIR);
+    }
+
+    #[test]
+    fn a_kept_listing_serves_only_its_own_directory_and_only_for_a_while() {
+        let f = fixture(project);
+        let mut ov = f.overlay();
+        let docs = path_id(&mut ov, "docs").unwrap();
+        let has = |l: &Listing, name: &[u8]| l.entries.iter().any(|(_, e)| e.name == name);
+        let add = |ov: &mut Overlay, name: &str| {
+            let o = ov.create(docs, name.as_bytes(), 0o644, libc::O_WRONLY, ME);
+            ov.release(o.unwrap().1.fh).unwrap();
+        };
+        // (Copying the directory up changes what it is: done first.)
+        add(&mut ov, "zero");
+        // A read continuing within the second uses the listing it started.
+        ov.readdir_at(docs, 0).unwrap();
+        add(&mut ov, "one");
+        assert!(!has(&ov.readdir_at(docs, 1).unwrap().0, b"one"));
+        // One continuing later takes a new listing.
+        ov.listings.get_mut(&docs).unwrap().taken -= LISTING_TTL;
+        assert!(has(&ov.readdir_at(docs, 1).unwrap().0, b"one"));
+        // As does one whose node id now stands for another object.
+        add(&mut ov, "two");
+        ov.listings.get_mut(&docs).unwrap().ident = Ident::Delta(-5);
+        assert!(has(&ov.readdir_at(docs, 1).unwrap().0, b"two"));
+        // Offset 0 always starts afresh.
+        add(&mut ov, "three");
+        assert!(has(&ov.readdir_at(docs, 0).unwrap().0, b"three"));
     }
 
     #[test]
