@@ -51,6 +51,9 @@ pub const PAGE_SIZE: u32 = 16 * 1024;
 /// background checkpointer normally runs long before this; it is a backstop.
 pub const WAL_AUTOCHECKPOINT_PAGES: i64 = 32768;
 
+/// The size a WAL is cut down to when it starts over (`journal_size_limit`).
+pub const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
 /// Smallest and largest chunk sizes accepted at creation.
 pub const CHUNK_SIZE_RANGE: std::ops::RangeInclusive<u32> = 4096..=4 * 1024 * 1024;
 
@@ -239,7 +242,7 @@ pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // the mount checkpoints in the background when the workspace is idle.
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
     // After a checkpoint lets the WAL restart, shrink its file back to this size.
-    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
     Ok(())
 }
 

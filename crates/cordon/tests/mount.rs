@@ -1036,6 +1036,44 @@ PY"#,
 }
 
 #[test]
+fn an_idle_workspace_empties_a_large_wal_itself() {
+    // Left to the next writer, cutting a large WAL down costs that write
+    // (the agent's next open) a long truncate while the overlay waits.
+    let Some(env) = fuse_env(|_| {}) else { return };
+    let id = env.create();
+    let m = env.mount(&id);
+    sh(
+        &env.mnt,
+        "dd if=/dev/zero of=big bs=1M count=96 conv=fsync status=none",
+    );
+    let wal = env
+        .home
+        .join("workspaces")
+        .join(&id)
+        .join("workspace.db-wal");
+    let size = || fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        size() > 64 << 20,
+        "the write went through the WAL: {}",
+        size()
+    );
+    let t0 = std::time::Instant::now();
+    while size() > 0 && t0.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        size(),
+        0,
+        "the WAL was emptied while the workspace sat idle"
+    );
+    // Still mounted and working: the next write starts a new WAL.
+    sh(&env.mnt, "echo more >> big2 && sync");
+    assert_eq!(fs::metadata(env.mnt.join("big")).unwrap().len(), 96 << 20);
+    assert_eq!(sh(&env.mnt, "cat big2"), "more\n");
+    drop(m);
+}
+
+#[test]
 fn a_base_file_held_open_for_reading_can_still_be_rewritten() {
     // With FUSE passthrough the kernel ties an inode to its backing file, and
     // on Linux 6.9+ refuses a non-passthrough open of that inode with EIO.
