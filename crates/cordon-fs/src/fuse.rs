@@ -24,20 +24,20 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BackingId, Config, Errno as FErrno, FileAttr, FileHandle, FileType, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow,
-    WriteFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, Notifier, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL,
+    TimeOrNow, WriteFlags,
 };
 
 use crate::base::Base;
 use crate::error::Errno;
-use crate::overlay::{Attr, Caller, IoMode, Listing, Opened, Overlay, SetAttr};
+use crate::overlay::{Attr, CAPS_XATTR, Caller, IoMode, Listing, Opened, Overlay, SetAttr};
 use crate::store::Timestamp;
 
 /// How long the kernel may cache entries and attributes.
@@ -93,10 +93,10 @@ pub struct OverlayFs {
     no_caps: AtomicU64,
     /// The kernel can do without `opendir` (see [`OverlayFs::opendir`]).
     no_opendir: AtomicBool,
+    /// Tells the kernel about changes it did not make itself (see
+    /// [`OverlayFs::write`]); set by the mount once the session exists.
+    notifier: Arc<OnceLock<Notifier>>,
 }
-
-/// The attribute the kernel asks about before every write to a file.
-const CAPS_XATTR: &[u8] = b"security.capability";
 
 /// Starts the disk writing the WAL while a large write is still arriving.
 ///
@@ -247,6 +247,7 @@ impl OverlayFs {
             negotiated: Arc::new(Mutex::new(Negotiated::default())),
             no_caps: AtomicU64::new(0),
             no_opendir: AtomicBool::new(false),
+            notifier: Arc::new(OnceLock::new()),
         }
     }
 
@@ -275,6 +276,11 @@ impl OverlayFs {
                 .no_caps
                 .compare_exchange(ino, 0, Ordering::AcqRel, Ordering::Acquire);
         }
+    }
+
+    /// Where the mount puts the session's notifier.
+    pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
+        self.notifier.clone()
     }
 
     /// Handle to the negotiated features (filled in once the kernel sends `init`).
@@ -654,12 +660,31 @@ impl fuser::Filesystem for OverlayFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let mut ov = self.ov();
+        if ov.writes_direct(fh.0) {
+            // The kernel sent this write past its page cache, and without
+            // dropping the file's privileges first: that is ours to do.
+            let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+            let may_have_caps = self.no_caps.load(Ordering::Acquire) != ino.0;
+            match ov.drop_privileges_for_write(ino.0, kill, may_have_caps) {
+                // The kernel still holds the old mode: have it ask again
+                // (attributes only), before this write returns.
+                Ok(true) => {
+                    if let Some(n) = self.notifier.get()
+                        && let Err(e) = n.inval_inode(ino, -1, 0)
+                    {
+                        tracing::debug!(error = %e, "could not invalidate attributes");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => return reply.error(errno(e)),
+            }
+        }
         let w = match ov.begin_write(fh.0, offset, data.len()) {
             Ok(w) => w,
             Err(e) => return reply.error(errno(e)),

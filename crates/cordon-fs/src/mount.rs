@@ -235,6 +235,7 @@ pub fn mount_on(
     )?;
     let fs = OverlayFs::new(overlay, opts);
     let negotiated = fs.negotiated();
+    let notifier = fs.notifier_slot();
     let mut opts = opts.clone();
     if opts.fs_name == "cordon" {
         opts.fs_name = format!("cordon:{}", ws.id);
@@ -255,6 +256,8 @@ pub fn mount_on(
             hint,
         }
     })?;
+    // Set once, before any request is served.
+    let _ = notifier.set(session.notifier());
     Ok(Mounted {
         session,
         negotiated,

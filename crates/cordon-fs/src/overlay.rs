@@ -42,6 +42,9 @@ pub const ROOT_ID: u64 = 1;
 const ID_MASK: u64 = (1 << 61) - 1;
 /// Node ids of objects that exist only in the delta.
 pub const DELTA_TAG: u64 = 1 << 61;
+/// The extended attribute holding a file's capabilities.
+pub const CAPS_XATTR: &[u8] = b"security.capability";
+
 /// Node ids derived from a hash (base hard links, other devices).
 const HASH_TAG: u64 = 2 << 61;
 /// Node ids handed out when a preferred id is already taken.
@@ -107,7 +110,14 @@ pub struct SetAttr {
 pub enum IoMode {
     /// Through the page cache; the kernel may keep cached pages from earlier opens.
     Cached,
-    /// Every read and write comes to us (another open holds the file in passthrough).
+    /// Every read and write comes to us, bypassing the page cache: another
+    /// open holds the file in passthrough, or the open is write-only. A
+    /// write-only open can never read its bytes back through the cache, so
+    /// filling it would be a copy per byte for nothing (and a `getxattr`
+    /// round trip per write); the kernel still drops the written range from
+    /// the cache of the file's other opens, and the server does what the
+    /// kernel's cached write path would have (see
+    /// [`Overlay::drop_privileges_for_write`]).
     Direct,
     /// Reads go straight to this base file in the kernel (FUSE passthrough).
     Passthrough(File),
@@ -1659,6 +1669,7 @@ impl Overlay {
             return Err(Errno::ESTALE);
         }
         let n = self.node(id)?;
+        let write_only = flags & libc::O_ACCMODE == libc::O_WRONLY && n.kind == libc::S_IFREG;
         let mut handle = Handle {
             node: id,
             flags,
@@ -1672,7 +1683,7 @@ impl Overlay {
                 handle.passthrough = true;
                 IoMode::Passthrough(file)
             }
-            _ if n.pt_opens > 0 => IoMode::Direct,
+            _ if n.pt_opens > 0 || write_only => IoMode::Direct,
             _ => {
                 handle.cached = true;
                 IoMode::Cached
@@ -1761,6 +1772,59 @@ impl Overlay {
         let attr = self.getattr(id)?;
         let opened = self.open(id, flags)?;
         Ok((attr, opened))
+    }
+
+    /// Whether writes through handle `fh` bypass the kernel's page cache
+    /// ([`IoMode::Direct`]).
+    pub fn writes_direct(&self, fh: u64) -> bool {
+        self.handles
+            .get(&fh)
+            .is_some_and(|h| !h.cached && !h.passthrough)
+    }
+
+    /// Before a write through its page cache the kernel drops a regular
+    /// file's set-user-ID bit, its set-group-ID bit when group execute is set
+    /// too (without it the bit is the mandatory-locking mark, left alone),
+    /// and its file capabilities (`file_remove_privs` in Linux). A write that
+    /// bypasses the cache ([`IoMode::Direct`]) leaves that to the server:
+    /// `kill_set_id` says the writer lacks `CAP_FSETID` (the kernel's
+    /// `FUSE_WRITE_KILL_SUIDGID`); capabilities go whoever writes.
+    /// `may_have_caps` false skips looking for them (the caller knows there
+    /// are none). Returns whether the mode changed.
+    pub fn drop_privileges_for_write(
+        &mut self,
+        id: u64,
+        kill_set_id: bool,
+        may_have_caps: bool,
+    ) -> OpResult<bool> {
+        let a = self.getattr(id)?;
+        if a.file_type() != libc::S_IFREG {
+            return Ok(false);
+        }
+        let mode = a.mode & 0o7777;
+        let mut keep = mode;
+        if kill_set_id {
+            keep &= !libc::S_ISUID;
+            if mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
+                keep &= !libc::S_ISGID;
+            }
+        }
+        if keep != mode {
+            self.setattr(
+                id,
+                &SetAttr {
+                    mode: Some(keep),
+                    ..SetAttr::default()
+                },
+            )?;
+        }
+        if may_have_caps {
+            match self.removexattr(id, CAPS_XATTR) {
+                Ok(()) | Err(Errno::ENODATA) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(keep != mode)
     }
 
     /// Node of an open file handle.
@@ -2700,6 +2764,61 @@ mod tests {
     }
 
     #[test]
+    fn write_only_opens_bypass_the_cache_and_writes_drop_privileges_as_the_kernel_does() {
+        let f = fixture(project);
+        let mut ov = f.overlay();
+        let id = path_id(&mut ov, "top.txt").unwrap();
+        let w = ov.open(id, libc::O_WRONLY | libc::O_APPEND).unwrap();
+        assert!(matches!(w.io, IoMode::Direct));
+        assert!(ov.writes_direct(w.fh));
+        let rw = ov.open(id, libc::O_RDWR).unwrap();
+        assert!(matches!(rw.io, IoMode::Cached));
+        assert!(!ov.writes_direct(rw.fh));
+
+        let mode = |ov: &Overlay| ov.getattr(id).unwrap().mode & 0o7777;
+        let chmod = |ov: &mut Overlay, m: u32| {
+            ov.setattr(
+                id,
+                &SetAttr {
+                    mode: Some(m),
+                    ..SetAttr::default()
+                },
+            )
+            .unwrap();
+        };
+        // (mode before, writer lacks CAP_FSETID, mode after)
+        for (before, kill, after) in [
+            (0o4755, true, 0o755),
+            (0o6755, true, 0o755),
+            (0o2755, true, 0o755),
+            // Set-group-ID without group execute: a locking mark, kept.
+            (0o2745, true, 0o2745),
+            (0o6745, true, 0o2745),
+            // A writer with CAP_FSETID (root) keeps them all.
+            (0o6755, false, 0o6755),
+            (0o644, true, 0o644),
+        ] {
+            chmod(&mut ov, before);
+            let changed = ov.drop_privileges_for_write(id, kill, false).unwrap();
+            assert_eq!(mode(&ov), after, "{before:o} kill={kill}");
+            assert_eq!(changed, before != after);
+        }
+
+        // Capabilities go whoever writes; looking for none is harmless.
+        let caps = [0u8; 20];
+        ov.setxattr(id, CAPS_XATTR, &caps, 0).unwrap();
+        ov.drop_privileges_for_write(id, false, false).unwrap();
+        assert!(ov.getxattr(id, CAPS_XATTR).is_ok(), "not looked for");
+        ov.drop_privileges_for_write(id, false, true).unwrap();
+        assert_eq!(ov.getxattr(id, CAPS_XATTR), Err(Errno::ENODATA));
+        ov.drop_privileges_for_write(id, false, true).unwrap();
+        // Directories are left alone.
+        assert!(!ov.drop_privileges_for_write(ROOT_ID, true, true).unwrap());
+        ov.release(w.fh).unwrap();
+        ov.release(rw.fh).unwrap();
+    }
+
+    #[test]
     fn a_write_open_beside_passthrough_readers_moves_the_name_to_a_new_node() {
         let f = fixture(project);
         let mut ov = f.overlay();
@@ -2712,7 +2831,7 @@ mod tests {
         assert_eq!(ov.open(old, libc::O_WRONLY).unwrap_err(), Errno::ESTALE);
         let new = path_id(&mut ov, "top.txt").unwrap();
         assert_ne!(new, old);
-        let w = ov.open(new, libc::O_WRONLY).unwrap();
+        let w = ov.open(new, libc::O_RDWR).unwrap();
         assert!(matches!(w.io, IoMode::Cached));
         ov.write(w.fh, 0, b"# changed").unwrap();
         assert_eq!(

@@ -1220,3 +1220,97 @@ fn large_writes_land_in_order_and_still_drop_file_capabilities() {
     );
     drop(m);
 }
+
+#[test]
+fn write_only_opens_skip_the_page_cache_yet_readers_see_every_byte_and_set_id_bits_drop() {
+    use std::os::unix::fs::FileExt;
+    let Some(env) = fuse_env(|_| {}) else { return };
+    let id = env.create();
+    let m = env.mount(&id);
+    let path = env.mnt.join("f.bin");
+
+    // A reader holds a file of the delta open (a base file's readers keep
+    // the base's bytes, as in overlayfs), its pages cached and mapped; a
+    // write-only descriptor (served past the page cache) then rewrites
+    // part of it. Every reader sees the new bytes at once.
+    fs::write(&path, vec![b'a'; 64 << 10]).unwrap();
+    let reader = fs::File::open(&path).unwrap();
+    let mut before = vec![0u8; 64 << 10];
+    reader.read_exact_at(&mut before, 0).unwrap();
+    assert!(before.iter().all(|&b| b == b'a'));
+    // SAFETY: a read-only shared mapping of a file this test owns; nothing
+    // truncates it while mapped.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            64 << 10,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&reader),
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED);
+    // SAFETY: the mapping is 64 KiB long and lives until the munmap below.
+    let mapped = unsafe { std::slice::from_raw_parts(map.cast::<u8>(), 64 << 10) };
+    assert_eq!(mapped[5000], b'a');
+    let writer = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    writer.write_all_at(&[b'b'; 3000], 4096).unwrap();
+    writer.write_all_at(b"tail", 64 << 10).unwrap();
+    let mut now = vec![0u8; 8192];
+    reader.read_exact_at(&mut now, 2048).unwrap();
+    assert!(now[..2048].iter().all(|&b| b == b'a'));
+    assert!(
+        now[2048..5048].iter().all(|&b| b == b'b'),
+        "the open reader"
+    );
+    assert!(now[5048..].iter().all(|&b| b == b'a'));
+    assert_eq!(mapped[5000], b'b', "the mapping");
+    assert_eq!(mapped[4095], b'a');
+    let fresh = fs::read(&path).unwrap();
+    assert_eq!(fresh.len(), (64 << 10) + 4, "a new open");
+    assert_eq!(&fresh[4096..7096], &[b'b'; 3000][..]);
+    assert_eq!(&fresh[64 << 10..], b"tail");
+    // SAFETY: unmapping the mapping made above; `mapped` is not used after.
+    assert_eq!(unsafe { libc::munmap(map, 64 << 10) }, 0);
+    drop((reader, writer));
+
+    // A write by a user without CAP_FSETID drops set-user-ID, and
+    // set-group-ID with group execute, as ext4 does; root's write keeps
+    // them. The mode is asked for alone (as `stat -c %a` does), so an
+    // attribute the kernel cached before the write would show.
+    let mode = |p: &Path| {
+        rustix::fs::statx(
+            rustix::fs::CWD,
+            p,
+            rustix::fs::AtFlags::empty(),
+            rustix::fs::StatxFlags::MODE,
+        )
+        .unwrap()
+        .stx_mode
+            & 0o7777
+    };
+    let s = env.mnt.join("s");
+    for (before, (user, group), after) in [
+        (0o4777, ("tests", "tests"), 0o777),
+        (0o6777, ("tests", "tests"), 0o777),
+        (0o2777, ("nobody", "nogroup"), 0o777),
+        (0o2767, ("tests", "tests"), 0o2767),
+        (0o6777, ("root", "root"), 0o6777),
+    ] {
+        fs::write(&s, b"x").unwrap();
+        fs::set_permissions(&s, fs::Permissions::from_mode(before)).unwrap();
+        assert_eq!(u32::from(mode(&s)), before);
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid", user, "--regid", group, "--clear-groups", "--"])
+            .args(["sh", "-c", "printf y >> \"$1\"", "sh"])
+            .arg(&s)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{user}: {out:?}");
+        assert_eq!(u32::from(mode(&s)), after, "{before:o} written by {user}");
+        assert_eq!(fs::read(&s).unwrap(), b"xy");
+        fs::remove_file(&s).unwrap();
+    }
+    drop(m);
+}
