@@ -1797,11 +1797,17 @@ impl Overlay {
         kill_set_id: bool,
         may_have_caps: bool,
     ) -> OpResult<bool> {
-        let a = self.getattr(id)?;
-        if a.file_type() != libc::S_IFREG {
+        // Not `getattr`: its block count sums the file's chunks.
+        let n = self.node(id)?;
+        let mode = match (&n.ghost, &n.ident) {
+            (Some(g), _) => g.mode,
+            (None, Ident::Delta(ino)) => self.store.inode_req(*ino)?.mode,
+            (None, Ident::Base(rel)) => self.base.stat(rel)?.ok_or(Errno::ENOENT)?.mode,
+        };
+        if mode & libc::S_IFMT != libc::S_IFREG {
             return Ok(false);
         }
-        let mode = a.mode & 0o7777;
+        let mode = mode & 0o7777;
         let mut keep = mode;
         if kill_set_id {
             keep &= !libc::S_ISUID;
