@@ -711,7 +711,7 @@ impl Overlay {
             if self.store.metacopy(row.ino)?.is_some() {
                 row.size.div_ceil(512)
             } else {
-                self.store.stored_bytes(row.ino)?.div_ceil(4096) * 8
+                self.store.stored_bytes(row.ino, row.size)?.div_ceil(4096) * 8
             }
         } else {
             0

@@ -989,12 +989,32 @@ impl Store {
         Ok(())
     }
 
-    /// Bytes actually stored for a file (for `st_blocks`).
-    pub fn stored_bytes(&self, ino: i64) -> OpResult<u64> {
-        let mut stmt = self
+    /// Bytes actually stored for a file of `size` bytes (for `st_blocks`).
+    ///
+    /// Every chunk but the file's last is full (see the module's notes), so
+    /// this counts the chunks in the primary key's index and looks at one
+    /// row, instead of reading every row's length: `stat` of a 256 MiB file
+    /// written through the mount took 4.5–5 ms that way, 20 times a small
+    /// file's.
+    pub fn stored_bytes(&self, ino: i64, size: u64) -> OpResult<u64> {
+        let count: i64 = self
             .conn
-            .prepare_cached("SELECT COALESCE(SUM(length(data)), 0) FROM fs_data WHERE ino = ?1")?;
-        Ok(stmt.query_row([ino], |r| r.get::<_, i64>(0))?.max(0) as u64)
+            .prepare_cached("SELECT count(*) FROM fs_data WHERE ino = ?1")?
+            .query_row([ino], |r| r.get(0))?;
+        let count = count.max(0) as u64;
+        if count == 0 || size == 0 {
+            return Ok(0);
+        }
+        let last = (size - 1) / self.chunk_size;
+        let last_len: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT length(data) FROM fs_data WHERE ino = ?1 AND chunk_index = ?2")?
+            .query_row(params![ino, last as i64], |r| r.get(0))
+            .optional()?;
+        Ok(match last_len {
+            Some(len) => (count - 1) * self.chunk_size + len.max(0) as u64,
+            None => count * self.chunk_size,
+        })
     }
 
     /// `SEEK_DATA` / `SEEK_HOLE` over the chunk map of a file of `size` bytes.
@@ -1154,6 +1174,19 @@ mod tests {
             assert_eq!(size as usize, model.len());
             let all = s.read_data(ino, size, 0, u32::MAX).unwrap();
             assert_eq!(all, model, "after step {step}");
+            let summed: i64 = s
+                .conn()
+                .query_row(
+                    "SELECT COALESCE(SUM(length(data)), 0) FROM fs_data WHERE ino = ?1",
+                    [ino],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(
+                s.stored_bytes(ino, size).unwrap(),
+                summed as u64,
+                "step {step}"
+            );
             // Invariant: every chunk but the last is full, none is past the end.
             let mut stmt = s
                 .conn()
@@ -1176,7 +1209,7 @@ mod tests {
         let ino = file(&s);
         let size = s.write_data(ino, 0, 1 << 20, b"tail").unwrap();
         assert_eq!(size, (1 << 20) + 4);
-        assert_eq!(s.stored_bytes(ino).unwrap(), 4);
+        assert_eq!(s.stored_bytes(ino, size).unwrap(), 4);
         assert_eq!(s.seek(ino, size, 0, true).unwrap(), 1 << 20);
         assert_eq!(s.seek(ino, size, 0, false).unwrap(), 0);
         assert_eq!(s.seek(ino, size, 1 << 20, false).unwrap(), size);
@@ -1197,7 +1230,7 @@ mod tests {
         s.punch_hole(ino, size, 100, size - 200).unwrap();
         assert_eq!(s.read_data(ino, size, 98, 4).unwrap(), [1, 1, 0, 0]);
         assert_eq!(s.read_data(ino, size, size - 102, 4).unwrap(), [0, 0, 2, 2]);
-        assert!(s.stored_bytes(ino).unwrap() <= 3 * 4096);
+        assert!(s.stored_bytes(ino, size).unwrap() <= 3 * 4096);
     }
 
     #[test]
