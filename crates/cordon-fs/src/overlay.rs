@@ -1797,7 +1797,10 @@ impl Overlay {
         kill_set_id: bool,
         may_have_caps: bool,
     ) -> OpResult<bool> {
-        // Not `getattr`: its block count sums the file's chunks.
+        if !kill_set_id && !may_have_caps {
+            return Ok(false);
+        }
+        // Not `getattr`: it also counts the file's chunks.
         let n = self.node(id)?;
         let mode = match (&n.ghost, &n.ident) {
             (Some(g), _) => g.mode,
