@@ -31,32 +31,40 @@ pub struct RunArgs {
     #[arg(long, value_name = "ID")]
     session: Option<String>,
     /// The project directory. Overrides `[workspace] path`; default: the
-    /// current directory.
+    /// current directory. Refused when a trust key is in force.
     #[arg(long, value_name = "DIR")]
     workspace: Option<PathBuf>,
-    /// Isolation backend. Overrides `[sandbox] backend`.
-    #[arg(long, env = "CORDON_BACKEND", value_parser = clap::builder::PossibleValuesParser::new(BackendKind::ALL.map(|k| k.name())))]
+    /// Isolation backend. Overrides `[sandbox] backend`; default:
+    /// $CORDON_BACKEND, then the policy's. Refused when a trust key is in force
+    /// (and $CORDON_BACKEND must then name the policy's backend).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(BackendKind::ALL.map(|k| k.name())))]
     backend: Option<String>,
     /// Wall-clock limit, e.g. 90s, 30m. Overrides `[sandbox] timeout`.
+    /// Refused when a trust key is in force.
     #[arg(long, value_name = "DURATION")]
     timeout: Option<String>,
-    /// Memory limit, e.g. 2G. Overrides `[sandbox] memory`.
+    /// Memory limit, e.g. 2G. Overrides `[sandbox] memory`. Refused when a
+    /// trust key is in force.
     #[arg(long, value_name = "SIZE")]
     memory: Option<String>,
-    /// CPU limit in cores, e.g. 1.5. Overrides `[sandbox] cpus`.
+    /// CPU limit in cores, e.g. 1.5. Overrides `[sandbox] cpus`. Refused when
+    /// a trust key is in force.
     #[arg(long)]
     cpus: Option<f64>,
-    /// Process limit. Overrides `[sandbox] pids`.
+    /// Process limit. Overrides `[sandbox] pids`. Refused when a trust key is
+    /// in force.
     #[arg(long)]
     pids: Option<u64>,
-    /// Limit on new data in the workspace, e.g. 1G. Overrides `[sandbox] disk_quota`.
+    /// Limit on new data in the workspace, e.g. 1G. Overrides `[sandbox]
+    /// disk_quota`. Refused when a trust key is in force.
     #[arg(long, value_name = "SIZE")]
     disk_quota: Option<String>,
     /// Limit on stdout+stderr, e.g. 10M. Overrides `[sandbox] output_limit`.
+    /// Refused when a trust key is in force.
     #[arg(long, value_name = "SIZE")]
     output_limit: Option<String>,
     /// Pass this host environment variable through (repeatable; `LC_*` globs
-    /// allowed). Adds to `[sandbox] env`.
+    /// allowed). Adds to `[sandbox] env`. Refused when a trust key is in force.
     #[arg(long = "env", value_name = "NAME")]
     env: Vec<String>,
     /// Plain pipes even when stdin and stdout are terminals.
@@ -140,16 +148,45 @@ fn host_env() -> Vec<(String, String)> {
         .collect()
 }
 
-fn backend_kind(name: &str) -> BackendKind {
-    BackendKind::ALL
-        .into_iter()
-        .find(|k| k.name() == name)
-        .unwrap_or_default()
+fn backend_kind(name: &str) -> Option<BackendKind> {
+    BackendKind::ALL.into_iter().find(|k| k.name() == name)
 }
 
-/// Load the policy and check its signature when a trust key is configured.
-/// Returns the policy, its path and the sha256 of its exact bytes.
-fn load_policy(a: &RunArgs, project: &Path) -> R<(Policy, Option<PathBuf>, Option<String>)> {
+impl RunArgs {
+    /// The flags given that change a policy value, as spelled on the command
+    /// line. With a trust key in force the signed policy alone decides these.
+    fn policy_overrides(&self) -> Vec<&'static str> {
+        [
+            (self.workspace.is_some(), "--workspace"),
+            (self.backend.is_some(), "--backend"),
+            (self.timeout.is_some(), "--timeout"),
+            (self.memory.is_some(), "--memory"),
+            (self.cpus.is_some(), "--cpus"),
+            (self.pids.is_some(), "--pids"),
+            (self.disk_quota.is_some(), "--disk-quota"),
+            (self.output_limit.is_some(), "--output-limit"),
+            (!self.env.is_empty(), "--env"),
+        ]
+        .into_iter()
+        .filter_map(|(given, flag)| given.then_some(flag))
+        .collect()
+    }
+}
+
+/// The policy a run uses, as loaded (and verified, under a trust key).
+struct LoadedPolicy {
+    policy: Policy,
+    path: Option<PathBuf>,
+    /// sha256 of the file's exact bytes.
+    sha256: Option<String>,
+    /// A trust key is in force: the policy is signed, and nothing on the
+    /// command line may change it.
+    trusted: bool,
+}
+
+/// Load the policy and check its signature when a trust key is configured;
+/// with one, refuse command-line flags that would change what was signed.
+fn load_policy(a: &RunArgs, project: &Path) -> R<LoadedPolicy> {
     let path = match &a.policy {
         Some(p) => Some(p.clone()),
         None => {
@@ -170,6 +207,15 @@ fn load_policy(a: &RunArgs, project: &Path) -> R<(Policy, Option<PathBuf>, Optio
         let cfg = UserConfig::load(&cfg_path)?;
         trusted.extend(cfg.trusted_keys(home.as_deref())?);
     }
+    if !trusted.is_empty() {
+        let overrides = a.policy_overrides();
+        if !overrides.is_empty() {
+            return Err(SessionCliError::Refused(format!(
+                "refusing {}: a trust key is in force, so the signed policy alone sets these; put the change in the policy and sign it again",
+                overrides.join(", ")
+            )));
+        }
+    }
     let Some(path) = path else {
         if !trusted.is_empty() {
             return Err(SessionCliError::Refused(format!(
@@ -177,7 +223,12 @@ fn load_policy(a: &RunArgs, project: &Path) -> R<(Policy, Option<PathBuf>, Optio
                 project.display()
             )));
         }
-        return Ok((Policy::default(), None, None));
+        return Ok(LoadedPolicy {
+            policy: Policy::default(),
+            path: None,
+            sha256: None,
+            trusted: false,
+        });
     };
     let (policy, bytes) = Policy::load(&path)?;
     if !trusted.is_empty() {
@@ -209,7 +260,12 @@ fn load_policy(a: &RunArgs, project: &Path) -> R<(Policy, Option<PathBuf>, Optio
     use sha2::Digest;
     let sha = sha2::Sha256::digest(&bytes);
     let hex: String = sha.iter().map(|b| format!("{b:02x}")).collect();
-    Ok((policy, Some(path), Some(hex)))
+    Ok(LoadedPolicy {
+        policy,
+        path: Some(path),
+        sha256: Some(hex),
+        trusted: !trusted.is_empty(),
+    })
 }
 
 fn apply_overrides(a: &RunArgs, p: &mut Policy) -> R<()> {
@@ -270,7 +326,12 @@ fn run_inner(a: RunArgs, out: &Out) -> R {
     let cwd = std::env::current_dir()
         .map_err(|e| usage(format!("cannot read the current directory: {e}")))?;
     let project0 = a.workspace.clone().unwrap_or_else(|| cwd.clone());
-    let (mut policy, policy_path, policy_sha) = load_policy(&a, &project0)?;
+    let LoadedPolicy {
+        mut policy,
+        path: policy_path,
+        sha256: policy_sha,
+        trusted,
+    } = load_policy(&a, &project0)?;
     apply_overrides(&a, &mut policy)?;
     let project = match (&a.workspace, &policy_path) {
         (Some(w), _) => w.clone(),
@@ -283,9 +344,27 @@ fn run_inner(a: RunArgs, out: &Out) -> R {
         }
         (None, None) => project0,
     };
-    let backend = match &a.backend {
-        Some(b) => backend_kind(b),
-        None => policy.sandbox.backend,
+    let backend = match (&a.backend, std::env::var("CORDON_BACKEND")) {
+        // clap checked the name.
+        (Some(b), _) => backend_kind(b).unwrap_or_default(),
+        (None, Ok(name)) if !name.is_empty() => {
+            let Some(kind) = backend_kind(&name) else {
+                return Err(usage(format!(
+                    "CORDON_BACKEND={name}: not a backend; use one of {}",
+                    BackendKind::ALL.map(|k| k.name()).join(", ")
+                )));
+            };
+            // An environment default, often set for every run: under a trust
+            // key it may only agree with the signed policy.
+            if trusted && kind != policy.sandbox.backend {
+                return Err(SessionCliError::Refused(format!(
+                    "refusing CORDON_BACKEND={name}: a trust key is in force and the signed policy's backend is {}; unset it or put the change in the policy and sign it again",
+                    policy.sandbox.backend.name()
+                )));
+            }
+            kind
+        }
+        _ => policy.sandbox.backend,
     };
     let terminal = !a.no_tty && std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let quiet_start = a.json;

@@ -463,16 +463,22 @@ fn signed_policies_with_a_trust_key() {
     let key = format!("{}.key", keys.display());
     let public = format!("{}.pub", keys.display());
     let policy = env.base.join("cordon.toml");
-    std::fs::write(&policy, "[sandbox]\ntimeout = \"5m\"\n").unwrap();
-    let trust = |env: &Env| {
+    // The suite's backend in the policy: under a trust key $CORDON_BACKEND may
+    // only agree with the signed policy.
+    let backend = if common::gvisor() { "gvisor" } else { "native" };
+    let signed_text = format!("[sandbox]\nbackend = \"{backend}\"\ntimeout = \"5m\"\n");
+    std::fs::write(&policy, &signed_text).unwrap();
+    let trust_with = |env: &Env, flags: &[&str], script: &str| {
         env.cmd()
             .current_dir(&env.base)
-            .args([
-                "run", "--json", "--no-tty", "--trust", &public, "--", "true",
-            ])
+            .env("SECRETX", "leaked-value")
+            .args(["run", "--json", "--no-tty", "--trust", &public])
+            .args(flags)
+            .args(["--", "sh", "-c", script])
             .output()
             .unwrap()
     };
+    let trust = |env: &Env| trust_with(env, &[], "true");
     // Unsigned: refused, and nothing ran.
     let out = trust(&env);
     assert_eq!(out.status.code(), Some(125));
@@ -497,8 +503,61 @@ fn signed_policies_with_a_trust_key() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A flag cannot loosen the signed policy: each one that would change it is
+    // refused, by name, before anything runs.
+    let sessions_before = std::fs::read_dir(env.home.join("sessions"))
+        .unwrap()
+        .count();
+    let out = trust_with(
+        &env,
+        &["--timeout", "9h", "--env", "SECRETX"],
+        "echo ran; echo \"[$SECRETX]\"",
+    );
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--timeout, --env") && err.contains("signed policy"),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ran"));
+    for flags in [
+        &["--backend", "native"][..],
+        &["--workspace", env.base.to_str().unwrap()],
+        &["--memory", "8G"],
+        &["--cpus", "4"],
+        &["--pids", "100000"],
+        &["--disk-quota", "100G"],
+        &["--output-limit", "1G"],
+    ] {
+        let out = trust_with(&env, flags, "echo ran");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{flags:?}: {err}");
+        assert!(err.contains(&format!("refusing {}:", flags[0])), "{err}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("ran"));
+    }
+    // Nor can the environment's default backend pick another one.
+    let other = if common::gvisor() { "native" } else { "gvisor" };
+    let out = env
+        .cmd()
+        .current_dir(&env.base)
+        .env("CORDON_BACKEND", other)
+        .args([
+            "run", "--json", "--no-tty", "--trust", &public, "--", "true",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("refusing CORDON_BACKEND"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(env.home.join("sessions"))
+            .unwrap()
+            .count(),
+        sessions_before,
+        "a refused run left a session behind"
+    );
     // Altered after signing: refused with a clear message.
-    std::fs::write(&policy, "[sandbox]\ntimeout = \"9h\"\n").unwrap();
+    std::fs::write(&policy, signed_text.replace("5m", "9h")).unwrap();
     let out = trust(&env);
     assert_eq!(out.status.code(), Some(125));
     let err = String::from_utf8_lossy(&out.stderr);
