@@ -65,7 +65,11 @@ impl Prepared {
         };
         let (stack, flows) = stack::spawn(link, cfg)?;
         rt.spawn(gateway.clone().serve(flows));
-        crate::control::serve(gateway.clone(), control)?;
+        let stats = {
+            let (g, s) = (gateway.clone(), stack.stats_reader());
+            Arc::new(move || g.stats().with_stack(&s.get()))
+        };
+        crate::control::serve(gateway.clone(), stats, control)?;
         drop(_guard);
         Ok(Attached {
             rt,
@@ -85,8 +89,9 @@ pub struct Attached {
 }
 
 impl Attached {
+    /// The gateway's counters with the stack's refusals.
     pub fn stats(&self) -> GatewayStats {
-        self.gateway.stats()
+        self.gateway.stats().with_stack(&self.stack.stats())
     }
 
     /// Stops the stack and the control socket and returns the final
@@ -97,7 +102,7 @@ impl Attached {
     pub fn shutdown(self) -> GatewayStats {
         self.stack.stop();
         let _ = std::fs::remove_file(&self.control);
-        let stats = self.gateway.stats();
+        let stats = self.stats();
         let Attached { rt, stack, .. } = self;
         let _ = std::thread::Builder::new()
             .name("cordon-gateway-down".into())

@@ -25,7 +25,10 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 
-use crate::l7::Gateway;
+use crate::l7::{Gateway, GatewayStats};
+
+/// What the `stats` request answers with.
+pub type StatsFn = Arc<dyn Fn() -> GatewayStats + Send + Sync>;
 
 /// Name of the socket file in the session directory.
 pub const SOCKET_FILE: &str = "gateway.sock";
@@ -44,8 +47,9 @@ enum Request {
 }
 
 /// Binds the socket at `path` (replacing a stale one) and serves it until the
-/// runtime stops. Must be called inside a tokio runtime.
-pub fn serve(gateway: Arc<Gateway>, path: &Path) -> std::io::Result<()> {
+/// runtime stops; `stats` answers the `stats` request (the gateway's and the
+/// stack's counters). Must be called inside a tokio runtime.
+pub fn serve(gateway: Arc<Gateway>, stats: StatsFn, path: &Path) -> std::io::Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -73,9 +77,9 @@ pub fn serve(gateway: Arc<Gateway>, path: &Path) -> std::io::Result<()> {
             if !allowed {
                 continue;
             }
-            let gateway = gateway.clone();
+            let (gateway, stats) = (gateway.clone(), stats.clone());
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(gateway, stream)).await;
+                let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(gateway, stats, stream)).await;
             });
         }
     });
@@ -87,7 +91,11 @@ fn current_uid() -> u32 {
     unsafe { libc::getuid() }
 }
 
-async fn answer(gateway: Arc<Gateway>, stream: tokio::net::UnixStream) -> std::io::Result<()> {
+async fn answer(
+    gateway: Arc<Gateway>,
+    stats: StatsFn,
+    stream: tokio::net::UnixStream,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST))
@@ -96,7 +104,7 @@ async fn answer(gateway: Arc<Gateway>, stream: tokio::net::UnixStream) -> std::i
     let reply = match serde_json::from_str::<Request>(line.trim_end()) {
         Err(e) => json!({ "ok": false, "error": format!("bad request: {e}") }),
         Ok(Request::Pending) => json!({ "ok": true, "pending": gateway.pending() }),
-        Ok(Request::Stats) => json!({ "ok": true, "stats": gateway.stats() }),
+        Ok(Request::Stats) => json!({ "ok": true, "stats": stats() }),
         Ok(Request::Decide { id, allow }) => {
             if gateway.decide(id, allow) {
                 json!({ "ok": true })

@@ -448,6 +448,7 @@ fn dns_answers_allowed_names_and_refuses_the_rest() {
     // The repeated A query was not logged twice.
     assert_eq!(h.events_matching("net.dns", "answer", "198.18.0.1"), 1);
     assert_eq!(h.handle().stats().dns_queries, 4);
+    assert_eq!(h.handle().stats().names_refused, 1, "evil.example only");
 }
 
 #[test]
@@ -510,6 +511,12 @@ fn direct_ip_udp_and_icmp_are_refused_with_events() {
     guest.run_until("the net.blocked event for icmp", secs(5), |_| {
         h.event("net.blocked", "proto", "icmp").then_some(())
     });
+    // Every refusal is counted: two SYNs, the UDP datagram and the ping.
+    guest.run_until("the refusals to be counted", secs(5), |_| {
+        let st = h.handle().stats();
+        (st.tcp_refused == 2 && st.packets_refused == 2).then_some(())
+    });
+    assert_eq!(h.handle().stats().names_refused, 0);
 }
 
 fn icmp_echo(dst: Ipv4Addr) -> Vec<u8> {

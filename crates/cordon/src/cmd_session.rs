@@ -444,14 +444,29 @@ fn print_summary(s: &Summary, json: bool, out: &Out) {
     }
     eprintln!("  limits enforced by: {}", s.limit_enforcement);
     if let Some(n) = &s.network {
-        let blocked = if n.requests_blocked > 0 {
-            out.style_err("1;33", &n.requests_blocked.to_string())
-        } else {
-            "0".into()
+        let warn = |count: u64| {
+            if count > 0 {
+                out.style_err("1;33", &count.to_string())
+            } else {
+                "0".into()
+            }
         };
+        // Names and packets are refused only when the agent reaches beyond
+        // its policy: mentioned then alone.
+        let mut refused = String::new();
+        if n.names_refused > 0 {
+            refused += &format!(", {} names refused", warn(n.names_refused));
+        }
+        if n.packets_refused > 0 {
+            refused += &format!(", {} packets refused", warn(n.packets_refused));
+        }
         eprintln!(
-            "  network: {} connections, {} requests allowed, {blocked} blocked, {} secrets injected",
-            n.connections, n.requests_allowed, n.secrets_injected
+            "  network: {} connections, {} requests allowed, {} blocked, {} connections blocked{refused}, {} secrets injected",
+            n.connections,
+            n.requests_allowed,
+            warn(n.requests_blocked),
+            warn(n.connections_blocked),
+            n.secrets_injected
         );
     }
     if s.files_changed > 0 {

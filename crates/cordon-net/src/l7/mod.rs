@@ -201,6 +201,17 @@ pub struct GatewayStats {
     pub requests_allowed: u64,
     /// Requests refused.
     pub requests_blocked: u64,
+    /// Connections refused before any request: by the gateway (host not
+    /// allowed or denied, not TLS or HTTP, TLS naming another host, ask
+    /// refused, ... every connection-level `net.blocked`) and, once
+    /// [`with_stack`](Self::with_stack) added them, by the stack (a direct
+    /// IP, a fake address never handed out, connection limits).
+    pub connections_blocked: u64,
+    /// DNS queries answered NXDOMAIN (from the stack's counters).
+    pub names_refused: u64,
+    /// UDP, ICMP and other IPv4 packets dropped by policy (from the stack's
+    /// counters).
+    pub packets_refused: u64,
     /// Placeholders replaced by real values.
     pub secrets_injected: u64,
     /// Bytes from the sandbox (after TLS).
@@ -209,9 +220,21 @@ pub struct GatewayStats {
     pub bytes_down: u64,
 }
 
+impl GatewayStats {
+    /// These counters plus the refusals of the stack in front of the gateway
+    /// (what the sandbox tried that never became a connection).
+    pub fn with_stack(mut self, stack: &crate::stack::StackStats) -> GatewayStats {
+        self.connections_blocked += stack.tcp_refused;
+        self.names_refused += stack.names_refused;
+        self.packets_refused += stack.packets_refused;
+        self
+    }
+}
+
 #[derive(Default)]
 struct Counters {
     connections: AtomicU64,
+    connections_blocked: AtomicU64,
     requests_allowed: AtomicU64,
     requests_blocked: AtomicU64,
     secrets_injected: AtomicU64,
@@ -463,13 +486,17 @@ impl Gateway {
         self.asks.decide(id, allow)
     }
 
-    /// Counters since the gateway started.
+    /// Counters since the gateway started (the stack's refusals are not
+    /// among them: see [`GatewayStats::with_stack`]).
     pub fn stats(&self) -> GatewayStats {
         let c = &self.counters;
         GatewayStats {
             connections: c.connections.load(Ordering::Relaxed),
             requests_allowed: c.requests_allowed.load(Ordering::Relaxed),
             requests_blocked: c.requests_blocked.load(Ordering::Relaxed),
+            connections_blocked: c.connections_blocked.load(Ordering::Relaxed),
+            names_refused: 0,
+            packets_refused: 0,
             secrets_injected: c.secrets_injected.load(Ordering::Relaxed),
             bytes_up: c.bytes.up.load(Ordering::Relaxed),
             bytes_down: c.bytes.down.load(Ordering::Relaxed),
@@ -507,6 +534,9 @@ impl Gateway {
         rule: Option<Value>,
         detail: String,
     ) {
+        self.counters
+            .connections_blocked
+            .fetch_add(1, Ordering::Relaxed);
         let mut fields = obj(json!({
             "connection": id,
             "host": host,

@@ -77,6 +77,8 @@ pub(crate) struct DnsLog {
 pub(crate) struct DnsReply {
     pub(crate) bytes: Vec<u8>,
     pub(crate) log: Option<DnsLog>,
+    /// The policy refused the name (NXDOMAIN).
+    pub(crate) refused: bool,
 }
 
 /// The answer to one DNS message from the sandbox. `None`: send nothing
@@ -117,7 +119,8 @@ pub(crate) fn answer(
 
     let name = normalize(question.name());
     let qtype = question.query_type();
-    let outcome = if name.is_empty() || !allows(&name) {
+    let refused = name.is_empty() || !allows(&name);
+    let outcome = if refused {
         response.metadata.response_code = ResponseCode::NXDomain;
         "nxdomain".to_owned()
     } else {
@@ -143,6 +146,7 @@ pub(crate) fn answer(
             qtype: qtype.to_string(),
             answer: outcome,
         }),
+        refused,
     })
 }
 
@@ -152,6 +156,7 @@ fn error(request: &Metadata, code: ResponseCode) -> Option<DnsReply> {
     Some(DnsReply {
         bytes: response.to_vec().ok()?,
         log: None,
+        refused: false,
     })
 }
 

@@ -330,6 +330,9 @@ impl Core {
     }
 
     fn report_drop(&mut self, dropped: Dropped) {
+        if dropped.refused() {
+            self.stats.packets_refused += 1;
+        }
         if let Dropped::Ethertype(t) = dropped {
             // One event per kind of non-IPv4 traffic (IPv6 chatter is constant).
             if self.ethertypes_seen.len() >= 64 || !self.ethertypes_seen.insert(t) {
@@ -353,6 +356,9 @@ impl Core {
                 continue;
             };
             self.stats.dns_queries += 1;
+            if reply.refused {
+                self.stats.names_refused += 1;
+            }
             // A full send queue drops the answer; the resolver retries.
             let _ = socket.send_slice(&reply.bytes, endpoint);
             if let Some(log) = reply.log {

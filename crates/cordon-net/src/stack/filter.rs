@@ -51,6 +51,20 @@ pub(crate) enum Dropped {
 }
 
 impl Dropped {
+    /// Whether the sandbox sent this somewhere the policy closes (counted in
+    /// [`StackStats::packets_refused`](super::StackStats::packets_refused)),
+    /// rather than something not meant for the gateway at all.
+    pub(crate) fn refused(&self) -> bool {
+        matches!(
+            self,
+            Dropped::Spoofed(_)
+                | Dropped::Fragment(_)
+                | Dropped::Udp(_)
+                | Dropped::Icmp(_)
+                | Dropped::Protocol(..)
+        )
+    }
+
     /// The `net.blocked` fields (`proto`, `dst`, `reason`), if this drop is reported.
     pub(crate) fn event(&self) -> Option<(&'static str, String, &'static str)> {
         Some(match *self {

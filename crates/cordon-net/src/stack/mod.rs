@@ -178,6 +178,13 @@ pub struct StackStats {
     pub flows: u64,
     /// TCP SYNs answered with a RST by policy or limits.
     pub tcp_refused: u64,
+    /// DNS queries answered NXDOMAIN (names the policy does not allow).
+    pub names_refused: u64,
+    /// UDP (other than DNS to the gateway), ICMP and other IPv4 packets
+    /// dropped by policy. Frames that were never meant for the gateway
+    /// (broadcasts, other MACs, non-IPv4 chatter such as IPv6 router
+    /// solicitations) are not counted here, only in `frames_dropped`.
+    pub packets_refused: u64,
     /// Sockets in the TCP/IP stack right now (one is the DNS socket).
     pub sockets: u64,
     /// Events not emitted because of the rate limit or the duplicate filter.
@@ -191,7 +198,7 @@ struct Shared {
     notify: Notify,
     stopping: AtomicBool,
     ready: std::sync::Mutex<Vec<u64>>,
-    stats: [AtomicU64; 8],
+    stats: [AtomicU64; 10],
 }
 
 impl Shared {
@@ -206,6 +213,8 @@ impl Shared {
             tcp_refused: s(5),
             sockets: s(6),
             events_suppressed: s(7),
+            names_refused: s(8),
+            packets_refused: s(9),
         }
     }
 
@@ -219,10 +228,23 @@ impl Shared {
             st.tcp_refused,
             st.sockets,
             st.events_suppressed,
+            st.names_refused,
+            st.packets_refused,
         ];
         for (slot, v) in self.stats.iter().zip(values) {
             slot.store(v, Ordering::Relaxed);
         }
+    }
+}
+
+/// Reads a stack's counters (see [`StackHandle::stats_reader`]).
+#[derive(Clone)]
+pub struct StatsReader(Arc<Shared>);
+
+impl StatsReader {
+    /// The counters as of the stack's last loop iteration.
+    pub fn get(&self) -> StackStats {
+        self.0.stats()
     }
 }
 
@@ -236,6 +258,12 @@ impl StackHandle {
     /// The counters as of the stack's last loop iteration.
     pub fn stats(&self) -> StackStats {
         self.shared.stats()
+    }
+
+    /// Something that reads [`stats`](Self::stats) from elsewhere (another
+    /// task, after the handle is gone).
+    pub fn stats_reader(&self) -> StatsReader {
+        StatsReader(self.shared.clone())
     }
 
     /// Asks the stack to stop: every open connection is reset (the sandbox
