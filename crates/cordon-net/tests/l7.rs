@@ -161,6 +161,17 @@ async fn upstream_service(
                 _ => Response::new(full(doc)),
             }
         }
+        "/gzip" => {
+            // Compressed whatever the request asked for (gzip of "hello\n").
+            const HELLO_GZ: &[u8] = &[
+                0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0xcb, 0x48, 0xcd, 0xc9,
+                0xc9, 0xe7, 0x02, 0x00, 0x20, 0x30, 0x3a, 0x36, 0x06, 0x00, 0x00, 0x00,
+            ];
+            Response::builder()
+                .header("content-encoding", "gzip")
+                .body(full(HELLO_GZ))
+                .unwrap()
+        }
         "/secret-echo" => {
             // The real value, split across two chunks, in the body and in a header.
             let (tx, body) = chan_body();
@@ -741,6 +752,8 @@ async fn sni_naming_another_host_is_refused() {
         .wait_for("net.blocked", |m| m["reason"] == "sni-mismatch")
         .await;
     assert_eq!(ev["host"], "api.test");
+    assert_eq!(env.gw.stats().connections_blocked, 1);
+    assert_eq!(env.gw.stats().requests_blocked, 0);
 }
 
 #[tokio::test]
@@ -1239,7 +1252,10 @@ async fn denied_and_unknown_hosts_are_refused() {
     env.events
         .wait_for("net.blocked", |m| m["reason"] == "host-not-allowed")
         .await;
-    assert!(env.gw.stats().connections >= 2);
+    let stats = env.gw.stats();
+    assert_eq!(stats.connections, 2);
+    assert_eq!(stats.connections_blocked, 2, "{stats:?}");
+    assert_eq!(stats.requests_blocked, 0, "{stats:?}");
 }
 
 #[tokio::test]
@@ -1440,4 +1456,184 @@ async fn byte_ranges_cannot_cut_a_value_into_unrecognisable_slices() {
     }
     assert!(!seen.contains(&TOKEN[..10]), "reassembled: {seen}");
     assert!(seen.contains(TOKEN_PH), "{seen}");
+}
+
+#[tokio::test]
+async fn upstream_certificates_are_verified() {
+    // The upstream's CA is not trusted: nothing is sent to it.
+    let env = env_with(|cfg| cfg.network.upstream_ca.clear()).await;
+    let (status, headers, body) = env
+        .request("api.test", get("api.test", "/echo").body(full("")).unwrap())
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(headers["x-cordon-blocked"], "upstream-tls");
+    assert!(body.contains("TLS with api.test failed"), "{body}");
+    let ev = env
+        .events
+        .wait_for("net.blocked", |m| m["reason"] == "upstream-tls")
+        .await;
+    assert_eq!(ev["host"], "api.test");
+    assert_eq!(ev["status"], 502);
+    assert!(env.up.state.heads.lock().unwrap().is_empty());
+    assert_eq!(env.up.state.count(), 0, "nothing reached the upstream");
+    assert_eq!(env.gw.stats().requests_allowed, 0);
+    assert_eq!(env.gw.stats().requests_blocked, 1);
+
+    // A trusted CA, but a certificate for other names than the one dialed.
+    let env = env_with(|cfg| {
+        let api = cfg.network.hosts["api.test"];
+        cfg.network.hosts.insert("wrong.test".into(), api);
+        cfg.network.allow.push(hp("wrong.test"));
+    })
+    .await;
+    let (status, headers, body) = env
+        .request(
+            "wrong.test",
+            get("wrong.test", "/echo").body(full("")).unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(headers["x-cordon-blocked"], "upstream-tls");
+    assert!(body.contains("TLS with wrong.test failed"), "{body}");
+    assert!(env.up.state.heads.lock().unwrap().is_empty());
+    // The same upstream under a name its certificate holds is fine.
+    let (status, _, _) = env
+        .request("api.test", get("api.test", "/echo").body(full("")).unwrap())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(env.up.state.count(), 1);
+}
+
+#[tokio::test]
+async fn a_rule_carries_its_own_body_and_rate_limits() {
+    let env = env_with(|cfg| {
+        cfg.rules = vec![Rule {
+            host: hp("api.test"),
+            methods: vec![],
+            path: Some("/upload".into()),
+            action: RuleAction::Allow,
+            max_body: Some(100),
+            requests_per_minute: Some(2),
+        }]
+    })
+    .await;
+    let post = |path: &str, len: usize| {
+        Request::post(path)
+            .header("host", "api.test")
+            .body(full(vec![b'x'; len]))
+            .unwrap()
+    };
+    let (status, headers, body) = env.request("api.test", post("/upload", 200)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(headers["x-cordon-blocked"], "body-too-large");
+    assert!(body.contains("100-byte limit"), "{body}");
+    assert_eq!(env.up.state.count(), 0);
+    let ev = env
+        .events
+        .wait_for("net.blocked", |m| m["reason"] == "body-too-large")
+        .await;
+    assert_eq!(ev["rule"], 0);
+
+    // The refused request counted toward the rule's rate: one more passes.
+    let (status, _, _) = env.request("api.test", post("/upload", 100)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(env.up.state.last().body.len(), 100);
+    let (status, headers, body) = env.request("api.test", post("/upload", 10)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(headers["x-cordon-blocked"], "rate-limit");
+    let ev = env
+        .events
+        .wait_for("net.blocked", |m| m["reason"] == "rate-limit")
+        .await;
+    assert_eq!(ev["rule"], 0);
+    assert_eq!(env.up.state.count(), 1);
+
+    // Other paths of the host keep the network-wide limits (none here).
+    for _ in 0..3 {
+        let (status, _, _) = env.request("api.test", post("/echo", 200)).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(env.up.state.count(), 4);
+    assert_eq!(env.gw.stats().requests_allowed, 4);
+    assert_eq!(env.gw.stats().requests_blocked, 2);
+}
+
+#[tokio::test]
+async fn compressed_responses_from_secret_hosts_are_refused() {
+    let env = env().await;
+    let (status, headers, body) = env
+        .request("api.test", get("api.test", "/gzip").body(full("")).unwrap())
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(headers["x-cordon-blocked"], "compressed-response");
+    // The gateway asked for an uncompressed answer; the upstream ignored it.
+    assert_eq!(env.up.state.last().headers["accept-encoding"], "identity");
+    env.events
+        .wait_for("net.blocked", |m| {
+            m["reason"] == "compressed-response" && m["host"] == "api.test"
+        })
+        .await;
+
+    // A host no secret is bound to gets its compressed response as it is.
+    let (status, headers, body) = env
+        .request(
+            "other.test",
+            get("other.test", "/gzip")
+                .header("accept-encoding", "gzip")
+                .body(full(""))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers["content-encoding"], "gzip");
+    assert_eq!(env.gw.stats().requests_allowed, 1);
+    assert_eq!(env.gw.stats().requests_blocked, 1);
+}
+
+#[tokio::test]
+async fn command_secrets_are_cached_for_their_ttl() {
+    const CMD_PH: &str = "PH-CMD-cccccccccccc";
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let command = format!(
+        "echo run >> '{r}'; printf 'cmd-value-%s' \"$(wc -l < '{r}')\"",
+        r = runs.display()
+    );
+    let env = env_with(|cfg| {
+        cfg.secrets.push(SecretConfig {
+            name: "CMD".into(),
+            placeholder: CMD_PH.into(),
+            secret: Secret {
+                from: SecretSource::Command(command),
+                hosts: vec![hp("api.test")],
+                inject: vec![Injection::Header("x-cmd".into())],
+                placeholder: Some(CMD_PH.into()),
+                ttl: Some(Duration::from_millis(200)),
+            },
+        })
+    })
+    .await;
+    let runs_so_far = || {
+        std::fs::read_to_string(&runs)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    assert_eq!(runs_so_far(), 0, "not run before it is needed");
+    let call = async || {
+        let req = get("api.test", "/echo")
+            .header("x-cmd", CMD_PH)
+            .body(full(""))
+            .unwrap();
+        let (status, _, body) = env.request("api.test", req).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(!body.contains("cmd-value"), "scrubbed: {body}");
+        env.up.state.last().headers["x-cmd"].clone()
+    };
+    assert_eq!(call().await, "cmd-value-1");
+    assert_eq!(call().await, "cmd-value-1");
+    assert_eq!(runs_so_far(), 1, "the second request used the cached value");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(call().await, "cmd-value-2");
+    assert_eq!(runs_so_far(), 2, "run again once the ttl passed");
+    assert_eq!(env.gw.stats().secrets_injected, 3);
 }
