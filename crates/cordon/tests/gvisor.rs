@@ -124,7 +124,7 @@ exit 3"#,
     assert!(trace["data"]["messages"].as_u64().unwrap() > 0);
     assert_eq!(trace["data"]["malformed"], 0);
     // The default rules see gVisor's events as they see the native backend's.
-    for rule in ["network-tools", "credential-read"] {
+    for rule in ["network-tools", "credential-read", "privilege-syscall"] {
         assert!(
             find(&ev, "anomaly", |d| d["rule"] == rule).is_some(),
             "rule {rule} did not fire: {ev:?}"

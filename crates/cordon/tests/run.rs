@@ -392,21 +392,34 @@ fn rootless(env: &Env, flags: &[&str], script: &str) -> Output {
 #[test]
 fn rootless_run() {
     let Some(env) = env() else { return };
+    // gVisor's memory limit needs a cgroup (refused rootless: see
+    // `unenforceable_limits_fail_closed`); its process limit is the sentry's.
+    let limits: &[&str] = if common::gvisor() {
+        &["--pids", "200"]
+    } else {
+        &["--memory", "512M", "--pids", "200"]
+    };
     let out = rootless(
         &env,
-        &["--memory", "512M", "--pids", "200"],
+        limits,
         "id -u; echo changed > a.txt; cat /proc/self/status | grep CapEff; \
          python3 -c 'import ctypes; l=ctypes.CDLL(None, use_errno=True); print(\"ptrace\", l.ptrace(16, 1, 0, 0), ctypes.get_errno())'; \
-         echo x > /etc/x 2>/dev/null || echo etc-ro",
+         echo x > /etc/x 2>/dev/null || echo etc-ro; \
+         head -c1 /etc/shadow 2>/dev/null && echo shadow-read || echo shadow-refused",
     );
     let text = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}{err}");
+    // Natively the agent keeps the invoker's uid; gVisor's sentry runs it as uid 0
+    // of the sandbox's own user namespace (mapped to the invoker on the host).
     let uid = Command::new("id").args(["-u", "tests"]).output().unwrap();
-    assert!(
-        text.starts_with(String::from_utf8_lossy(&uid.stdout).as_ref()),
-        "{text}"
-    );
+    let expected_uid = if common::gvisor() {
+        "0\n".to_string()
+    } else {
+        String::from_utf8_lossy(&uid.stdout).into_owned()
+    };
+    assert!(text.starts_with(&expected_uid), "{text}");
+    assert!(text.contains("shadow-refused"), "{text}");
     assert!(text.contains("CapEff:\t0000000000000000"));
     assert!(
         text.contains(&format!("ptrace -1 {}", libc::EPERM)),
@@ -419,14 +432,16 @@ fn rootless_run() {
     );
     let s = summary(&out);
     assert_eq!(s["files_changed"], 1);
+    let enforcement = s["limit_enforcement"].as_str().unwrap();
+    if common::gvisor() {
+        assert!(
+            enforcement.contains("pids 200 by RLIMIT_NPROC in the sentry"),
+            "{s}"
+        );
+        return;
+    }
     // Without a delegated cgroup the limits fall back to rlimits, and say so.
-    assert!(
-        s["limit_enforcement"]
-            .as_str()
-            .unwrap()
-            .starts_with("rlimits"),
-        "{s}"
-    );
+    assert!(enforcement.starts_with("rlimits"), "{s}");
     let id = s["session"].as_str().unwrap();
     let ev = events(&env, id);
     assert!(
@@ -627,7 +642,18 @@ fn unenforceable_limits_fail_closed() {
     assert_eq!(out.status.code(), Some(125));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("should-not-run"));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cpus limit cannot be enforced"), "{err}");
+    if common::gvisor() {
+        assert!(
+            err.contains("the memory and cpu limits need a cgroup on the gvisor backend"),
+            "{err}"
+        );
+        // So is a memory limit, which only a cgroup holds for the whole sentry.
+        let out = rootless(&env, &["--memory", "512M"], "echo should-not-run");
+        assert_eq!(out.status.code(), Some(125));
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("should-not-run"));
+    } else {
+        assert!(err.contains("cpus limit cannot be enforced"), "{err}");
+    }
 }
 
 #[test]

@@ -27,23 +27,14 @@ const NOFILE: u64 = 4096;
 /// System calls refused with `EPERM` inside the sandbox (`runsc --oci-seccomp`): the
 /// native backend's deny list, as far as gVisor implements the call at all (what it
 /// does not implement fails with `ENOSYS` anyway, and a name its filter compiler does
-/// not know would stop the sandbox from starting).
+/// not know would stop the sandbox from starting), less [`LEFT_TO_THE_SENTRY`].
 const DENIED: &[&str] = &[
-    "mount",
-    "umount2",
-    "pivot_root",
-    "chroot",
     "ptrace",
     "process_vm_readv",
     "process_vm_writev",
     "kcmp",
     "bpf",
     "perf_event_open",
-    "kexec_load",
-    "kexec_file_load",
-    "init_module",
-    "finit_module",
-    "delete_module",
     "keyctl",
     "add_key",
     "request_key",
@@ -68,6 +59,24 @@ const DENIED: &[&str] = &[
     "ioperm",
     "vhangup",
     "modify_ldt",
+];
+
+/// Calls the native backend denies that this profile leaves to gVisor's sentry,
+/// which refuses each for want of a capability: the agent holds none and its
+/// bounding set is empty (so no exec gives one back), and new user namespaces, where
+/// it could hold some, stay denied. A call the filter refuses never reaches the
+/// sentry's trace points; one left to the sentry does, so every attempt is a
+/// `proc.privilege` event (the escape suite checks both the refusal and the event).
+pub const LEFT_TO_THE_SENTRY: &[&str] = &[
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "kexec_load",
+    "kexec_file_load",
 ];
 
 /// The OCI seccomp profile: [`DENIED`], namespace flags on `unshare`/`clone`, the
@@ -136,6 +145,20 @@ pub struct Options<'a> {
     /// Entries below `/etc` only root may read on the host (relative to `/etc`, is a
     /// directory).
     pub etc_private: Vec<(PathBuf, bool)>,
+    /// Whether runsc runs as root (else `--rootless`, with the invoker's credentials).
+    pub as_root: bool,
+}
+
+/// Whether the invoker may open `path` as runsc's gofer would: read a file, read and
+/// search a directory.
+fn readable_by_invoker(path: &Path, md: &std::fs::Metadata) -> bool {
+    use rustix::fs::Access;
+    let mode = if md.is_dir() {
+        Access::READ_OK | Access::EXEC_OK
+    } else {
+        Access::READ_OK
+    };
+    rustix::fs::access(path, mode).is_ok()
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
@@ -246,9 +269,14 @@ pub fn prepare(spec: &SandboxSpec, opts: &Options<'_>) -> Result<Value> {
     // /etc: the host's, read-only, with what must never enter masked.
     mount_point(&root, Path::new("/etc"), false)?;
     mounts.push(bind(Path::new("/etc"), Path::new("/etc"), false));
+    // Rootless, runsc's gofer runs with the invoker's credentials: it cannot open what
+    // the invoker may not read, so it can mask no such file (and fails the start if
+    // asked to), and neither can the sandbox read it through the gofer.
+    let maskable = |p: &Path, md: &std::fs::Metadata| opts.as_root || readable_by_invoker(p, md);
     for name in crate::native::init::ETC_DENY {
         let host = Path::new("/etc").join(name);
         match std::fs::symlink_metadata(&host) {
+            Ok(md) if !maskable(&host, &md) => {}
             Ok(md) if md.is_dir() => mounts.push(tmpfs(&host, "0000", "4k", true)),
             Ok(md) if md.is_file() => mounts.push(bind(&empty_file, &host, false)),
             _ => {}
@@ -268,6 +296,7 @@ pub fn prepare(spec: &SandboxSpec, opts: &Options<'_>) -> Result<Value> {
                 || crate::native::init::ETC_DENY
                     .iter()
                     .any(|d| path.file_name().is_some_and(|n| n == *d))
+                || !maskable(&path, &md)
             {
                 continue;
             }
@@ -413,6 +442,37 @@ mod tests {
     }
 
     #[test]
+    fn calls_left_to_the_sentry_are_traced_and_the_rest_of_the_native_list_filtered() {
+        let profile = seccomp();
+        let filtered: Vec<&str> = profile["syscalls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["names"].as_array().unwrap())
+            .map(|n| n.as_str().unwrap())
+            .collect();
+        let traced = |name: &str| {
+            super::super::trace::PRIVILEGED_SYSNOS
+                .iter()
+                .any(|(_, n)| *n == name)
+        };
+        for name in LEFT_TO_THE_SENTRY {
+            assert!(!filtered.contains(name), "{name} is filtered");
+            assert!(traced(name), "{name} is not traced");
+        }
+        for name in [
+            "ptrace",
+            "bpf",
+            "keyctl",
+            "setns",
+            "io_uring_setup",
+            "userfaultfd",
+        ] {
+            assert!(filtered.contains(&name), "{name} is not filtered");
+        }
+    }
+
+    #[test]
     fn the_bundle_mirrors_the_native_layout() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("resolv.conf"), b"nameserver 10.0.0.1\n").unwrap();
@@ -423,6 +483,7 @@ mod tests {
                 terminal: false,
                 netns: None,
                 etc_private: Vec::new(),
+                as_root: true,
             },
         )
         .unwrap();

@@ -511,6 +511,7 @@ impl Backend for Gvisor {
                 } else {
                     Vec::new()
                 },
+                as_root: is_root(),
             },
         )?;
         let config_path = scratch.join("config.json");
@@ -639,6 +640,7 @@ impl Backend for Gvisor {
             state,
             id,
             enforcement,
+            pids_rlimit: spec.limits.pids,
             platform,
             terminal,
             link,
@@ -917,6 +919,8 @@ struct GvisorRunning {
     state: PathBuf,
     id: String,
     enforcement: Enforcement,
+    /// The process limit, enforced by the sentry as RLIMIT_NPROC (not by the cgroup).
+    pids_rlimit: Option<u64>,
     platform: Platform,
     terminal: Option<OwnedFd>,
     link: Option<OwnedFd>,
@@ -1000,6 +1004,14 @@ impl Running for GvisorRunning {
         );
         self.events.event("trace.summary", data);
         if self.tracing && !s.live.load(Ordering::Relaxed) {
+            // runsc ends with 128 when it could not create the sandbox; with no
+            // container start traced, nothing of the agent ran.
+            if status.code() == Some(128) && s.messages.load(Ordering::Relaxed) == 0 {
+                return Err(Error::Setup(
+                    "runsc could not start the sandbox (its message is above;                      `cordon doctor` checks the gvisor backend)"
+                        .into(),
+                ));
+            }
             let mut data = Map::new();
             data.insert(
                 "error".into(),
@@ -1012,8 +1024,15 @@ impl Running for GvisorRunning {
             signal,
             limits,
             enforcement: format!(
-                "{}; gVisor platform {} ({})",
-                self.enforcement.describe(),
+                "{}{}; gVisor platform {} ({})",
+                match (&self.enforcement, self.pids_rlimit) {
+                    (Enforcement::Unlimited, Some(_)) => "no memory/cpu limits set".into(),
+                    _ => self.enforcement.describe(),
+                },
+                match self.pids_rlimit {
+                    Some(p) => format!("; pids {p} by RLIMIT_NPROC in the sentry"),
+                    None => String::new(),
+                },
                 self.platform.name,
                 self.platform.why
             ),

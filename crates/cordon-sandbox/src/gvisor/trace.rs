@@ -489,16 +489,50 @@ fn absolute(o: &Open, cwd: &str) -> Option<PathBuf> {
     Some(out)
 }
 
-/// What one message becomes: an event kind and its data, or nothing.
+/// One message, decoded: an event, nothing to report, or bytes that are not the
+/// message its type says (counted as malformed, never trusted).
+#[derive(Debug)]
+pub enum Decoded {
+    Event(&'static str, Map<String, Value>),
+    Ignored,
+    Malformed,
+}
+
+/// What one message becomes: an event kind and its data, or nothing (also for a
+/// payload that does not decode; [`decode_checked`] tells the two apart).
 pub fn decode(
     message_type: u16,
     payload: &[u8],
     scope: &Scope,
 ) -> Option<(&'static str, Map<String, Value>)> {
+    match decode_checked(message_type, payload, scope) {
+        Decoded::Event(kind, data) => Some((kind, data)),
+        Decoded::Ignored | Decoded::Malformed => None,
+    }
+}
+
+/// [`decode`], saying whether a payload failed to decode.
+pub fn decode_checked(message_type: u16, payload: &[u8], scope: &Scope) -> Decoded {
+    let bad = std::cell::Cell::new(false);
+    match interpret(message_type, payload, scope, &bad) {
+        _ if bad.get() => Decoded::Malformed,
+        Some((kind, data)) => Decoded::Event(kind, data),
+        None => Decoded::Ignored,
+    }
+}
+
+fn interpret(
+    message_type: u16,
+    payload: &[u8],
+    scope: &Scope,
+    bad: &std::cell::Cell<bool>,
+) -> Option<(&'static str, Map<String, Value>)> {
     let mut data = Map::new();
     match message_type {
         kind::CONTAINER_START => {
-            let m = ContainerStart::decode(payload).ok()?;
+            let m = ContainerStart::decode(payload)
+                .map_err(|_| bad.set(true))
+                .ok()?;
             context(&mut data, &m.context_data);
             data.insert("pid".into(), json!(1));
             data.insert(
@@ -510,7 +544,9 @@ pub fn decode(
             Some(("proc.exec", data))
         }
         kind::SENTRY_EXEC => {
-            let m = ExecveInfo::decode(payload).ok()?;
+            let m = ExecveInfo::decode(payload)
+                .map_err(|_| bad.set(true))
+                .ok()?;
             context(&mut data, &m.context_data);
             data.insert("path".into(), json!(bounded(&m.binary_path)));
             let argv: Vec<String> = m.argv.iter().take(MAX_ARGS).map(|a| arg(a)).collect();
@@ -518,7 +554,7 @@ pub fn decode(
             Some(("proc.exec", data))
         }
         kind::SYSCALL_EXECVE => {
-            let m = Execve::decode(payload).ok()?;
+            let m = Execve::decode(payload).map_err(|_| bad.set(true)).ok()?;
             context(&mut data, &m.context_data);
             let path = if m.pathname.is_empty() && !m.fd_path.is_empty() {
                 &m.fd_path
@@ -533,7 +569,7 @@ pub fn decode(
         kind::SYSCALL_CLONE | kind::SYSCALL_FORK => {
             // A new process refused for want of room: the process limit
             // (RLIMIT_NPROC, enforced by the sentry) was reached.
-            let m = Spawned::decode(payload).ok()?;
+            let m = Spawned::decode(payload).map_err(|_| bad.set(true)).ok()?;
             if m.exit.as_ref()?.errorno != i64::from(libc::EAGAIN) {
                 return None;
             }
@@ -541,7 +577,7 @@ pub fn decode(
             Some(("limit.pids", data))
         }
         kind::SENTRY_TASK_EXIT => {
-            let m = TaskExit::decode(payload).ok()?;
+            let m = TaskExit::decode(payload).map_err(|_| bad.set(true)).ok()?;
             let c = m.context_data.as_ref()?;
             // One event per process: its last thread is the leader's exit.
             if c.thread_id != c.thread_group_id {
@@ -557,7 +593,7 @@ pub fn decode(
             Some(("proc.exit", data))
         }
         kind::SYSCALL_OPEN => {
-            let m = Open::decode(payload).ok()?;
+            let m = Open::decode(payload).map_err(|_| bad.set(true)).ok()?;
             let cwd = m
                 .context_data
                 .as_ref()
@@ -587,7 +623,9 @@ pub fn decode(
             Some(("fs.open", data))
         }
         kind::SYSCALL_CONNECT | kind::SYSCALL_BIND => {
-            let m = SocketAddress::decode(payload).ok()?;
+            let m = SocketAddress::decode(payload)
+                .map_err(|_| bad.set(true))
+                .ok()?;
             context(&mut data, &m.context_data);
             sockaddr(&mut data, &m.address);
             Some((
@@ -600,21 +638,23 @@ pub fn decode(
             ))
         }
         kind::SYSCALL_SETID => {
-            let m = Setid::decode(payload).ok()?;
+            let m = Setid::decode(payload).map_err(|_| bad.set(true)).ok()?;
             context(&mut data, &m.context_data);
             data.insert("syscall".into(), json!(sysno_name(m.sysno)));
             data.insert("args".into(), json!([m.id]));
             Some(("proc.privilege", data))
         }
         kind::SYSCALL_SETRESID => {
-            let m = Setresid::decode(payload).ok()?;
+            let m = Setresid::decode(payload).map_err(|_| bad.set(true)).ok()?;
             context(&mut data, &m.context_data);
             data.insert("syscall".into(), json!(sysno_name(m.sysno)));
             data.insert("args".into(), json!([m.rid, m.eid, m.sid]));
             Some(("proc.privilege", data))
         }
         kind::SYSCALL_RAW => {
-            let m = RawSyscall::decode(payload).ok()?;
+            let m = RawSyscall::decode(payload)
+                .map_err(|_| bad.set(true))
+                .ok()?;
             // Ordinary clones and sockets are not privilege-related.
             let ns_flags = (libc::CLONE_NEWUSER
                 | libc::CLONE_NEWNS
@@ -780,10 +820,10 @@ pub fn serve(listener: OwnedFd, scope: Scope, events: Arc<dyn EventSink>, stats:
         if message_type == kind::CONTAINER_START {
             stats.live.store(true, Ordering::Relaxed);
         }
-        match decode(message_type, payload, &scope) {
+        match decode_checked(message_type, payload, &scope) {
             // A fork bomb fails thousands of forks: the limit is one event.
-            Some(("limit.pids", _)) if stats.pids_hit.swap(true, Ordering::Relaxed) => {}
-            Some(("proc.exit", data)) if data.get("pid") == Some(&json!(1)) => {
+            Decoded::Event("limit.pids", _) if stats.pids_hit.swap(true, Ordering::Relaxed) => {}
+            Decoded::Event("proc.exit", data) if data.get("pid") == Some(&json!(1)) => {
                 let field = |k: &str| data.get(k).and_then(Value::as_i64);
                 let signal = field("signal").map(|s| s as i32);
                 let code = match signal {
@@ -798,14 +838,17 @@ pub fn serve(listener: OwnedFd, scope: Scope, events: Arc<dyn EventSink>, stats:
                     events.event("proc.exit", data);
                 }
             }
-            Some((kind, data)) if emitted < EVENT_BUDGET => {
+            Decoded::Event(kind, data) if emitted < EVENT_BUDGET => {
                 emitted += 1;
                 events.event(kind, data);
             }
-            Some(_) => {
+            Decoded::Event(..) => {
                 stats.suppressed.fetch_add(1, Ordering::Relaxed);
             }
-            None => {}
+            Decoded::Malformed => {
+                stats.malformed.fetch_add(1, Ordering::Relaxed);
+            }
+            Decoded::Ignored => {}
         }
     }
 }
@@ -1032,6 +1075,38 @@ mod tests {
         let (t, dropped, payload) = split(&junk).unwrap();
         assert_eq!(dropped, 3);
         assert!(decode(t, payload, &scope()).is_none());
+        assert!(matches!(
+            decode_checked(t, payload, &scope()),
+            Decoded::Malformed
+        ));
+        // A well-formed point that is not reported is ignored, not malformed.
+        let thread = TaskExit {
+            context_data: Some(ContextData {
+                thread_id: 7,
+                thread_group_id: 3,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(matches!(
+            decode_checked(kind::SENTRY_TASK_EXIT, &thread.encode_to_vec(), &scope()),
+            Decoded::Ignored
+        ));
+        // Random bytes as every message type: never a panic.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for t in 0..=64u16 {
+            for len in [0usize, 1, 2, 7, 31, 200] {
+                let junk: Vec<u8> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect();
+                let _ = decode_checked(t, &junk, &scope());
+            }
+        }
         let mut data = Map::new();
         sockaddr(&mut data, &[2, 0, 1]);
         assert_eq!(data["family"], 2, "short inet address: only the family");

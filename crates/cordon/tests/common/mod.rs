@@ -126,7 +126,8 @@ impl Env {
     }
 
     /// `cordon` as the unprivileged user `tests`, with a clean environment
-    /// (`CORDON_HOME`, `HOME`, `PATH`, plus `extra_env`), run from the base.
+    /// (`CORDON_HOME`, `HOME`, `PATH`, the suite's `CORDON_BACKEND` and
+    /// `CORDON_RUNSC`, plus `extra_env`), run from the base.
     /// The base and the data directory are handed to that user, and the
     /// binary is copied where it can reach it (the build directory may be
     /// under /root). Add cordon's arguments.
@@ -151,6 +152,12 @@ impl Env {
                 self.dir.path().join("tests-home").display()
             ))
             .arg("PATH=/usr/bin:/bin");
+        // The suite's backend and runsc carry over; the rest of the environment does not.
+        for k in ["CORDON_BACKEND", "CORDON_RUNSC"] {
+            if let Ok(v) = std::env::var(k) {
+                c.arg(format!("{k}={v}"));
+            }
+        }
         for (k, v) in extra_env {
             c.arg(format!("{k}={v}"));
         }

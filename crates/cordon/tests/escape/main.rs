@@ -82,20 +82,38 @@ fn agent(env: &Env, flags: &[&str], attack: &str, args: &[&str]) -> Run {
     parse(env, out)
 }
 
+/// Calls the gVisor bundle leaves to the sentry (which refuses them for want of a
+/// capability) rather than to its seccomp filter, so that its trace points see them:
+/// `LEFT_TO_THE_SENTRY` in cordon-sandbox's `gvisor/bundle.rs`.
+const TRACED_ON_GVISOR: &[&str] = &[
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "kexec_load",
+    "kexec_file_load",
+];
+
 impl Run {
-    /// The refused call is in the log as `syscall.denied` (the native backend's
-    /// seccomp supervisor). On gVisor the same calls are refused by the seccomp
-    /// filter the sentry applies to the agent, which runs before gVisor's trace
-    /// points, so no event names them: there the attacking process's exec and exit
+    /// The refused call is in the log: as `syscall.denied` on the native backend
+    /// (its seccomp supervisor), as `proc.privilege` on gVisor for the calls its
+    /// sentry refuses itself. The rest are refused on gVisor by the seccomp filter
+    /// the sentry applies to the agent, which runs before gVisor's trace points, so
+    /// no event can name them: there the attacking process's exec and exit
     /// (asserted for every attack) are what the log shows, and the attack's own
     /// report says the call failed.
     fn denied(&self, syscall: &str) -> bool {
-        if gvisor() {
-            return self.has("proc.exec") && self.has("proc.exit");
-        }
+        let kind = match gvisor() {
+            false => "syscall.denied",
+            true if TRACED_ON_GVISOR.contains(&syscall) => "proc.privilege",
+            true => return self.has("proc.exec") && self.has("proc.exit"),
+        };
         self.events
             .iter()
-            .any(|e| e["kind"] == "syscall.denied" && e["data"]["syscall"] == syscall)
+            .any(|e| e["kind"] == kind && e["data"]["syscall"] == syscall)
     }
 
     fn has(&self, kind: &str) -> bool {
