@@ -21,8 +21,9 @@ use tokio::sync::Notify;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
@@ -486,6 +487,37 @@ fn dropped_fields(
     }
 }
 
+/// What a group of routes demands of the `Authorization` header before its handler
+/// runs. The handler still checks the exact permission it needs (some depend on the
+/// request); the gate only makes sure no body is read for a token that could never
+/// pass.
+#[derive(Clone, Copy)]
+enum Gate {
+    /// A client or frontend token of this type.
+    Token(TokenType),
+    /// An admin token (service, personal or session) whose holder may do this.
+    Admin(Permission),
+}
+
+/// Middleware: answer `401`/`403` for a token that does not pass the gate, before the
+/// handler's extractors run. A handler that takes the body would otherwise read all
+/// of it (32 MiB for an import) before it could look at the token.
+async fn check_token(
+    State((app, gate)): State<(Shared, Gate)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    let passed = match gate {
+        Gate::Token(t) => app.authenticate(headers, &[t]).map(drop),
+        Gate::Admin(p) => app.principal(headers, p).map(drop),
+    };
+    match passed {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
 pub(crate) fn router(
     store: Arc<dyn Store>,
     options: &ServeOptions,
@@ -498,15 +530,16 @@ pub(crate) fn router(
         store,
         cache: Mutex::new(SnapshotCache::default()),
     });
-    let admin = Router::new()
-        .route("/api/admin/state/import", post(admin_import))
-        .route("/api/admin/state/export", get(admin_export))
-        .layer(DefaultBodyLimit::max(options.max_import_bytes));
-    let rest = Router::new()
+    let gate = |g: Gate| middleware::from_fn_with_state((state.clone(), g), check_token);
+    let state_api = Router::new()
         .route(
-            "/health",
-            get(|| async { Json(serde_json::json!({"health": "GOOD"})) }),
+            "/api/admin/state/import",
+            post(admin_import).route_layer(gate(Gate::Admin(Permission::Administer))),
         )
+        .route("/api/admin/state/export", get(admin_export))
+        .route_layer(gate(Gate::Admin(Permission::Read)))
+        .layer(DefaultBodyLimit::max(options.max_import_bytes));
+    let admin_api = Router::new()
         .route(
             "/api/admin/api-tokens",
             post(admin_create_token).get(crate::admin::list_tokens),
@@ -589,16 +622,6 @@ pub(crate) fn router(
             "/api/admin/projects/{project}/features/{name}/environments/{env}/{switch}",
             post(admin_switch_feature),
         )
-        .route("/api/client/features", get(client_features))
-        .route("/api/client/features/{name}", get(client_feature))
-        .route("/api/client/delta", get(crate::live::client_delta))
-        .route("/api/client/streaming", get(crate::live::client_streaming))
-        .route("/api/client/register", post(crate::live::client_register))
-        .route("/api/client/metrics", post(crate::live::client_metrics))
-        .route(
-            "/api/frontend/client/metrics",
-            post(crate::live::frontend_metrics),
-        )
         .route(
             "/api/admin/client-metrics/features/{name}/raw",
             get(crate::live::admin_feature_metrics),
@@ -607,7 +630,6 @@ pub(crate) fn router(
             "/api/admin/metrics/applications",
             get(crate::live::admin_applications),
         )
-        .route("/api/frontend", get(frontend_get).post(frontend_post))
         .route(
             "/api/admin/projects/{project}/change-requests/config",
             get(crate::gov::get_settings),
@@ -665,10 +687,35 @@ pub(crate) fn router(
             "/api/admin/agents",
             get(crate::gov::list_agents).post(crate::gov::create_agent),
         )
-        .route("/api/admin/login", post(crate::gov::login))
         .route("/api/admin/logout", post(crate::gov::logout))
+        .route_layer(gate(Gate::Admin(Permission::Read)));
+    let client_api = Router::new()
+        .route("/api/client/features", get(client_features))
+        .route("/api/client/features/{name}", get(client_feature))
+        .route("/api/client/delta", get(crate::live::client_delta))
+        .route("/api/client/streaming", get(crate::live::client_streaming))
+        .route("/api/client/register", post(crate::live::client_register))
+        .route("/api/client/metrics", post(crate::live::client_metrics))
+        .route_layer(gate(Gate::Token(TokenType::Client)));
+    let frontend_api = Router::new()
+        .route(
+            "/api/frontend/client/metrics",
+            post(crate::live::frontend_metrics),
+        )
+        .route("/api/frontend", get(frontend_get).post(frontend_post))
+        .route_layer(gate(Gate::Token(TokenType::Frontend)));
+    let open = Router::new()
+        .route(
+            "/health",
+            get(|| async { Json(serde_json::json!({"health": "GOOD"})) }),
+        )
+        .route("/api/admin/login", post(crate::gov::login));
+    let rest = admin_api
+        .merge(client_api)
+        .merge(frontend_api)
+        .merge(open)
         .layer(DefaultBodyLimit::max(options.max_body_bytes));
-    let router = admin
+    let router = state_api
         .merge(rest)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state.clone());

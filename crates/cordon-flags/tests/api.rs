@@ -571,3 +571,99 @@ async fn a_state_as_unleash_serves_it_imports() {
         r.json()
     );
 }
+
+/// Send `POST path` with a chunked body of 64 MiB, writing while the answer has not
+/// come; returns the status and how many body bytes had been written when it came.
+async fn upload_until_answered(server: &common::Server, path: &str, token: &str) -> (u16, usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const TOTAL: usize = 64 << 20;
+    const CHUNK: usize = 64 << 10;
+    let stream = common::connect_from_client_address(server.addr).await;
+    let (mut rx, mut tx) = stream.into_split();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {token}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        server.addr
+    );
+    tx.write_all(head.as_bytes()).await.unwrap();
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = written.clone();
+    let writer = tokio::spawn(async move {
+        let mut chunk = format!("{CHUNK:x}\r\n").into_bytes();
+        chunk.extend(std::iter::repeat_n(b' ', CHUNK));
+        chunk.extend_from_slice(b"\r\n");
+        while counter.load(std::sync::atomic::Ordering::SeqCst) < TOTAL {
+            // The server may close its end once it has answered.
+            if tx.write_all(&chunk).await.is_err() {
+                return;
+            }
+            counter.fetch_add(CHUNK, std::sync::atomic::Ordering::SeqCst);
+        }
+        let _ = tx.write_all(b"0\r\n\r\n").await;
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let status = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        loop {
+            let n = rx.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the server closed without answering");
+            answer.extend_from_slice(&buf[..n]);
+            if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                let line = String::from_utf8_lossy(&answer);
+                return line.split(' ').nth(1).unwrap().parse::<u16>().unwrap();
+            }
+        }
+    })
+    .await
+    .expect("no answer within 60 s");
+    let sent = written.load(std::sync::atomic::Ordering::SeqCst);
+    writer.abort();
+    (status, sent)
+}
+
+/// A console session of a user who may read, and not import.
+async fn viewer_session(server: &common::Server) -> String {
+    let password = "viewer-long-password";
+    let r = server
+        .post_json(
+            "/api/admin/user-admin",
+            ADMIN,
+            &json!({"username": "vera", "role": "viewer", "password": password}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let login = serde_json::to_vec(&json!({"username": "vera", "password": password})).unwrap();
+    let r = server
+        .request("POST", "/api/admin/login", &[], Some(&login))
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_bad_token_is_refused_before_the_body_is_read() {
+    let s = common::start().await;
+    let client = s.create_token("client", "*", "development").await;
+    let viewer = viewer_session(&s).await;
+    let import = "/api/admin/state/import?environment=development";
+    // The import accepts 32 MiB, and a server that reads the body before the token
+    // takes all of it before answering. Refused first, the body stalls once the socket
+    // buffers are full (about 4 MiB on loopback), none of it read by the server.
+    for (path, token, status) in [
+        (import, "nonsense", 401),
+        (import, "*:*.test-admin-secret-012345678", 401),
+        (import, client.as_str(), 403),
+        (import, viewer.as_str(), 403),
+        ("/api/admin/projects/default/features", "nonsense", 401),
+        ("/api/admin/user-admin", "nonsense", 401),
+        ("/api/client/metrics", "nonsense", 401),
+        ("/api/frontend", client.as_str(), 403),
+    ] {
+        let (got, sent) = upload_until_answered(&s, path, token).await;
+        assert_eq!(got, status, "{path} with {token:.20}");
+        assert!(
+            sent < 16 << 20,
+            "{path} with {token:.20}: {sent} bytes of the body were taken before the answer"
+        );
+    }
+}
