@@ -74,7 +74,13 @@ fn too_long(s: &str) -> bool {
     s.chars().count() > MAX_TEXT
 }
 
-/// Bounds and operators of a constraint list (strategies and segments).
+/// Bounds, operators and values of a constraint list (strategies and segments).
+///
+/// Beyond what compiling catches: yggdrasil compiles a REGEX that does not parse, or an
+/// IN_CIDR value that is not an address, into a constraint that never matches, so
+/// those are parsed here with the same crates. A list operator other than `IN` and
+/// `NOT_IN` needs a value (the engine cannot compile it without); `IN []` and
+/// `NOT_IN []` are accepted, as Unleash and yggdrasil accept them.
 fn check_constraints(constraints: &[Constraint]) -> Result<(), ApiError> {
     let bad = |m: String| Err(ApiError::bad_request(m));
     if constraints.len() > MAX_CONSTRAINTS {
@@ -88,17 +94,66 @@ fn check_constraints(constraints: &[Constraint]) -> Result<(), ApiError> {
         if c.context_name.is_empty() || too_long(&c.context_name) {
             return bad("a constraint needs a contextName of 1-1000 characters".into());
         }
+        let on = &c.context_name;
         if values.len() > MAX_VALUES
             || values.iter().any(|v| too_long(v))
             || c.value.as_deref().is_some_and(too_long)
         {
             return bad(format!(
-                "constraint on {:?}: at most {MAX_VALUES} values of at most {MAX_TEXT} characters",
-                c.context_name
+                "constraint on {on:?}: at most {MAX_VALUES} values of at most {MAX_TEXT} characters"
             ));
+        }
+        let needs_values = match c.operator {
+            Operator::StrContains => Some("STR_CONTAINS"),
+            Operator::StrStartsWith => Some("STR_STARTS_WITH"),
+            Operator::StrEndsWith => Some("STR_ENDS_WITH"),
+            Operator::InCidr => Some("IN_CIDR"),
+            _ => None,
+        };
+        if let Some(op) = needs_values
+            && values.is_empty()
+        {
+            return bad(format!(
+                "constraint on {on:?}: {op} needs at least one value in \"values\""
+            ));
+        }
+        match c.operator {
+            Operator::RegexMatch => {
+                // What yggdrasil compiles: `value`, absent meaning the empty pattern.
+                let pattern = c.value.as_deref().unwrap_or_default();
+                if let Err(e) = regex::RegexBuilder::new(pattern)
+                    .case_insensitive(c.case_insensitive)
+                    .build()
+                {
+                    return bad(format!(
+                        "constraint on {on:?}: {pattern:?} is not a valid regular expression ({})",
+                        regex_problem(&e)
+                    ));
+                }
+            }
+            Operator::InCidr => {
+                if let Some(v) = values
+                    .iter()
+                    .find(|v| v.parse::<ipnetwork::IpNetwork>().is_err())
+                {
+                    return bad(format!(
+                        "constraint on {on:?}: {v:?} is not an IP address or CIDR range \
+                         (such as 10.0.0.0/8 or 2001:db8::/32)"
+                    ));
+                }
+            }
+            _ => {}
         }
     }
     Ok(())
+}
+
+/// The one line of a regex error that says what is wrong (its `Display` draws the
+/// pattern with a caret under the spot over several lines).
+fn regex_problem(e: &regex::Error) -> String {
+    let text = e.to_string();
+    let last = text.lines().map(str::trim).rfind(|l| !l.is_empty());
+    last.map_or(text.clone(), |l| l.trim_start_matches("error: ").to_owned())
 }
 
 /// Check a strategy's shape and compile it with the evaluation engine.

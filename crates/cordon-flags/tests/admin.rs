@@ -152,6 +152,17 @@ async fn strategies_are_added_listed_replaced_and_removed() {
 #[tokio::test]
 async fn bad_strategies_are_refused_precisely_and_write_nothing() {
     let (server, client) = setup().await;
+    let r = server
+        .post_json(
+            "/api/admin/segments",
+            ADMIN,
+            &json!({"name": "s", "constraints": []}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let id = r.json()["id"].as_i64().unwrap();
+    let segments = server.get("/api/admin/segments", ADMIN, &[]).await.json();
+    let strategies = server.get(STRATEGIES, ADMIN, &[]).await.json();
     let before = event_count(&server).await;
     let cases = [
         (
@@ -182,7 +193,13 @@ async fn bad_strategies_are_refused_precisely_and_write_nothing() {
             "at most 1000 values",
         ),
     ];
-    for (body, want) in cases {
+    let strategy = |c: &Value| json!({"name": "default", "constraints": [c]});
+    let segment = |c: &Value| json!({"name": "s", "constraints": [c]});
+    for (body, want) in cases.into_iter().chain(
+        bad_constraints()
+            .iter()
+            .map(|(c, want)| (strategy(c), *want)),
+    ) {
         let r = server.post_json(STRATEGIES, ADMIN, &body).await;
         assert_eq!(
             r.status,
@@ -193,6 +210,25 @@ async fn bad_strategies_are_refused_precisely_and_write_nothing() {
         let msg = r.json()["error"].as_str().unwrap().to_owned();
         assert!(msg.contains(want), "{body}: {msg}");
     }
+    // The same constraints in a segment, new or replacing one.
+    for (c, want) in bad_constraints() {
+        let body = segment(&c);
+        for r in [
+            server.post_json("/api/admin/segments", ADMIN, &body).await,
+            put(&server, &format!("/api/admin/segments/{id}"), &body).await,
+        ] {
+            assert_eq!(
+                r.status,
+                400,
+                "{body}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+            let msg = r.json()["error"].as_str().unwrap().to_owned();
+            assert!(msg.contains(want), "{body}: {msg}");
+        }
+    }
+    let r = server.get("/api/admin/segments", ADMIN, &[]).await;
+    assert_eq!(r.json(), segments, "the segment is as it was");
     let r = server
         .post_json(STRATEGIES, &client, &json!({"name": "default"}))
         .await;
@@ -218,6 +254,80 @@ async fn bad_strategies_are_refused_precisely_and_write_nothing() {
         before,
         "no failure wrote an event"
     );
+    let r = server.get(STRATEGIES, ADMIN, &[]).await;
+    assert_eq!(r.json(), strategies, "no strategy was written");
+}
+
+/// Constraints the engine could not evaluate as written, each with what the refusal
+/// must say: the constraint's context field and what is wrong with it.
+fn bad_constraints() -> Vec<(Value, &'static str)> {
+    vec![
+        (
+            json!({"contextName": "email", "operator": "REGEX", "value": "(unclosed"}),
+            "constraint on \"email\": \"(unclosed\" is not a valid regular expression",
+        ),
+        (
+            json!({"contextName": "email", "operator": "REGEX", "value": "a{2,1}",
+                "caseInsensitive": true}),
+            "constraint on \"email\": \"a{2,1}\" is not a valid regular expression",
+        ),
+        (
+            json!({"contextName": "remoteAddress", "operator": "IN_CIDR",
+                "values": ["10.0.0.0/8", "not-a-cidr"]}),
+            "constraint on \"remoteAddress\": \"not-a-cidr\" is not an IP address or CIDR range",
+        ),
+        (
+            json!({"contextName": "remoteAddress", "operator": "IN_CIDR",
+                "values": ["10.0.0.0/33"]}),
+            "constraint on \"remoteAddress\": \"10.0.0.0/33\" is not an IP address",
+        ),
+        (
+            json!({"contextName": "remoteAddress", "operator": "IN_CIDR", "values": []}),
+            "constraint on \"remoteAddress\": IN_CIDR needs at least one value",
+        ),
+        (
+            json!({"contextName": "userId", "operator": "STR_CONTAINS"}),
+            "constraint on \"userId\": STR_CONTAINS needs at least one value",
+        ),
+        (
+            json!({"contextName": "userId", "operator": "STR_STARTS_WITH", "values": []}),
+            "constraint on \"userId\": STR_STARTS_WITH needs at least one value",
+        ),
+        (
+            json!({"contextName": "userId", "operator": "STR_ENDS_WITH", "values": []}),
+            "constraint on \"userId\": STR_ENDS_WITH needs at least one value",
+        ),
+    ]
+}
+
+/// What Unleash accepts is accepted: `IN`/`NOT_IN` with no values (no one is in an
+/// empty list; yggdrasil compiles it so), addresses and ranges of both families, a
+/// regular expression, case-insensitive.
+#[tokio::test]
+async fn constraints_unleash_accepts_are_accepted() {
+    let (server, client) = setup().await;
+    for c in [
+        json!({"contextName": "userId", "operator": "IN", "values": []}),
+        json!({"contextName": "userId", "operator": "NOT_IN"}),
+        json!({"contextName": "remoteAddress", "operator": "IN_CIDR",
+            "values": ["10.0.0.0/8", "192.168.1.7", "2001:db8::/32", "::1"]}),
+        json!({"contextName": "email", "operator": "REGEX", "value": "^[a-z]+@example\\.com$",
+            "caseInsensitive": true}),
+    ] {
+        let body = json!({"name": "default", "constraints": [c]});
+        let r = server.post_json(STRATEGIES, ADMIN, &body).await;
+        assert_eq!(r.status, 200, "{c}: {}", String::from_utf8_lossy(&r.body));
+        let r = server
+            .post_json(
+                "/api/admin/segments",
+                ADMIN,
+                &json!({"name": "s", "constraints": [c]}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{c}: {}", String::from_utf8_lossy(&r.body));
+    }
+    let f = client_flag(&server, &client).await;
+    assert_eq!(f["strategies"].as_array().unwrap().len(), 4);
 }
 
 #[tokio::test]
