@@ -457,15 +457,13 @@ pub(crate) async fn update_feature(
 ) -> Result<StatusCode, ApiError> {
     let who = app.principal(&headers, Permission::Edit)?;
     let (update, _): (FeatureUpdate, _) = parse_json(body)?;
-    if update.description.as_deref().is_some_and(too_long)
-        || update
-            .feature_type
-            .as_deref()
-            .is_some_and(|t| t.is_empty() || t.len() > 100)
-    {
+    if update.description.as_deref().is_some_and(too_long) {
         return Err(ApiError::bad_request(
-            "description is at most 1000 characters and type 1-100",
+            "description is at most 1000 characters",
         ));
+    }
+    if let Some(t) = &update.feature_type {
+        crate::server::check_flag_type(t)?;
     }
     let a = app.clone();
     blocking(move || {

@@ -1107,6 +1107,27 @@ struct CreateFeature {
     impression_data: bool,
 }
 
+/// Unleash's flag types. A flag is one of them: SDKs, the console and Unleash's own
+/// tools know no others.
+pub(crate) const FLAG_TYPES: [&str; 5] = [
+    "release",
+    "experiment",
+    "operational",
+    "kill-switch",
+    "permission",
+];
+
+/// `400` unless `flag_type` is one of [`FLAG_TYPES`].
+pub(crate) fn check_flag_type(flag_type: &str) -> Result<(), ApiError> {
+    if FLAG_TYPES.contains(&flag_type) {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(format!(
+        "unknown flag type {flag_type:?}; use one of {}",
+        FLAG_TYPES.join(", ")
+    )))
+}
+
 /// Unleash accepts URL-friendly names only; so do we, so every flag can be addressed
 /// in a path.
 pub(crate) fn valid_flag_name(name: &str) -> bool {
@@ -1134,6 +1155,9 @@ async fn admin_create_feature(
             "flag name {:?} is not URL-friendly; use 1-100 of a-z A-Z 0-9 - _ . ~",
             req.name
         )));
+    }
+    if let Some(t) = &req.feature_type {
+        check_flag_type(t)?;
     }
     let feature = NewFeature {
         name: req.name,

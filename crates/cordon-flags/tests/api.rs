@@ -667,3 +667,75 @@ async fn a_bad_token_is_refused_before_the_body_is_read() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_flag_type_is_one_of_unleashs() {
+    let s = common::start().await;
+    let base = "/api/admin/projects/default/features";
+    for bogus in ["bogus", "", "Release"] {
+        let r = s
+            .post_json(base, ADMIN, &json!({"name": "f", "type": bogus}))
+            .await;
+        assert_eq!(
+            r.status,
+            400,
+            "{bogus:?}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let msg = r.json()["error"].as_str().unwrap().to_owned();
+        assert!(
+            msg.contains(&format!("unknown flag type {bogus:?}")) && msg.contains("kill-switch"),
+            "{msg}"
+        );
+    }
+    assert_eq!(s.get(&format!("{base}/f"), ADMIN, &[]).await.status, 404);
+    for t in [
+        "release",
+        "experiment",
+        "operational",
+        "kill-switch",
+        "permission",
+    ] {
+        let r = s
+            .post_json(base, ADMIN, &json!({"name": t, "type": t}))
+            .await;
+        assert_eq!(r.status, 201, "{t}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            s.get(&format!("{base}/{t}"), ADMIN, &[]).await.json()["type"],
+            t
+        );
+    }
+    let r = s.post_json(base, ADMIN, &json!({"name": "plain"})).await;
+    assert_eq!(r.status, 201);
+    assert_eq!(
+        s.get(&format!("{base}/plain"), ADMIN, &[]).await.json()["type"],
+        "release"
+    );
+    // Changing the type is held to the same list.
+    let put = |body: serde_json::Value| {
+        let b = serde_json::to_vec(&body).unwrap();
+        let s = &s;
+        async move {
+            s.request(
+                "PUT",
+                &format!("{base}/plain"),
+                &[("Authorization", ADMIN)],
+                Some(&b),
+            )
+            .await
+        }
+    };
+    let r = put(json!({"type": "bogus"})).await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown flag type")
+    );
+    assert_eq!(put(json!({"type": "kill-switch"})).await.status, 200);
+    assert_eq!(
+        s.get(&format!("{base}/plain"), ADMIN, &[]).await.json()["type"],
+        "kill-switch"
+    );
+}

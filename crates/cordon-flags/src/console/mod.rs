@@ -440,7 +440,7 @@ async fn flags_view(s: &Session<'_>, project: &str, error: Option<&Refusal>) -> 
                 div { label for="name" { "Name" } input #name name="name" required maxlength="255"; }
                 div { label for="type" { "Type" }
                     select #type name="type" {
-                        @for t in ["release", "experiment", "operational", "kill-switch", "permission"] {
+                        @for t in crate::server::FLAG_TYPES {
                             option value=(t) { (t) }
                         }
                     }
