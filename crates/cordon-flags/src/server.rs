@@ -1,17 +1,22 @@
-//! The HTTP server: Unleash client, frontend and (a subset of the) admin APIs.
+//! The HTTP server: Unleash's client, frontend and admin APIs, and the routes.
 //!
-//! Handlers authenticate the `Authorization` header against the in-memory token list
-//! (hashes only), read flag state through the [`Store`] on a blocking thread, and keep
-//! one compiled [`Snapshot`] per (environment, project scope): the client-API bodies
-//! with their ETags and a yggdrasil [`EngineState`] for the frontend API. Any write
-//! through this server drops every snapshot; so does a change another replica made,
-//! when the store announces one ([`Store::watch_changes`]), which also reloads the
-//! tokens.
+//! Every route that needs a token sits behind a [`Gate`]: the `Authorization` header
+//! is checked against the in-memory token list (hashes only) before the handler's
+//! extractors run, so a bad token is a `401` (a wrong one `403`) without its request
+//! body being read. Handlers then check the exact permission they need, read flag
+//! state through the [`Store`] on a blocking thread, and keep one compiled
+//! [`Snapshot`] per (environment, project scope): the client-API bodies with their
+//! ETags and a yggdrasil [`EngineState`] for the frontend API. Any write through this
+//! server drops every snapshot; so does a change another replica made, when the store
+//! announces one ([`Store::watch_changes`]), which also reloads the tokens.
 //!
-//! Admin API so far: state import/export, token creation, flags in a project (create,
-//! list, show, on/off per environment, archive), audit verification.
-//!
-//! Not here yet: the rest of the admin API.
+//! Here: the client and frontend APIs, state import/export, token creation, flags in
+//! a project (create, list, show, on/off per environment, archive) and audit
+//! verification. The rest of the admin API is in [`crate::admin`] (strategies,
+//! variants, segments, projects, environments, tags, archive, events, tokens),
+//! [`crate::live`] (streaming, delta, metrics), [`crate::playground`] and
+//! [`crate::gov`] (users, agents, change requests). Unleash's newer
+//! `/api/admin/features-batch` import/export is not implemented (docs/flags.md).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

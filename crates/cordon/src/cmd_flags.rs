@@ -13,13 +13,18 @@ use cordon_fs::workspace::DataDir;
 
 #[derive(Subcommand)]
 pub enum FlagsCmd {
-    /// Serve the Unleash-compatible flag APIs (client, frontend, admin state import/export).
-    #[command(long_about = "Serve the Unleash-compatible flag APIs over HTTP: \
-GET /api/client/features (client tokens), GET|POST /api/frontend (frontend tokens), \
-POST /api/admin/state/import?environment=ENV, GET /api/admin/state/export?environment=ENV \
-and POST /api/admin/api-tokens (admin token). See docs/flags.md.\n\n\
+    /// Serve the Unleash-compatible flag APIs (client, frontend, admin) and the web console.
+    #[command(
+        long_about = "Serve the Unleash-compatible flag APIs over HTTP, at Unleash's \
+paths: the client API for server-side SDKs (/api/client/features, delta, streaming, \
+register, metrics; client tokens), the frontend API (/api/frontend; frontend tokens) and \
+the admin API (admin, personal or agent tokens): flags, strategies, variants, segments, \
+projects, environments, tags, archive, dependencies, API tokens, events and audit \
+verification, metrics, the playground, state import/export, users, agents and \
+change requests. The web console is at /console. See docs/flags.md.\n\n\
 On first start an admin token is created: the one given with --init-admin-token, or a \
-generated one printed once on standard output. Only its SHA-256 hash is stored.")]
+generated one printed once on standard output. Only its SHA-256 hash is stored."
+    )]
     Serve(ServeArgs),
     /// Kill switch: turn FLAG off in one environment (default production).
     Kill(SwitchArgs),
