@@ -14,7 +14,11 @@
 //! A request records a fingerprint of the state it was reviewed against (the flags and
 //! segments it touches, when it was submitted). Applying refuses a request whose flags
 //! changed since, so nobody applies something the approvers did not see; a scheduled
-//! request whose flags change is suspended.
+//! request whose flags change is suspended. Approvals are counted again against the
+//! environment's requirement when a request is applied or scheduled.
+//!
+//! The scheduler applies each due request in a savepoint of its own: one that fails
+//! writes nothing, is marked failed with its reason, and the others still apply.
 //!
 //! What it does not do: merge concurrent requests, or protect segments per
 //! environment (a segment used in several protected environments is changed by one
@@ -32,9 +36,9 @@ use crate::people::{Permission, Principal};
 use crate::rows::now_millis;
 use crate::sql::{Json, Sql};
 use crate::store::{
-    AdminSegment, AdminStrategy, EnvConfig, StoreError, append_event, drop_dependency,
-    feature_project, known_environment, mark_archived, new_id, read_dependencies, read_env_config,
-    read_segments, write_dependency, write_env_config, write_segment,
+    AdminSegment, AdminStrategy, EnvConfig, StoreError, append_event, check_dependency,
+    drop_dependency, feature_project, known_environment, mark_archived, new_id, read_dependencies,
+    read_env_config, read_segments, write_dependency, write_env_config, write_segment,
 };
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -172,8 +176,10 @@ struct Comment {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Schedule {
     pub at: i64,
-    /// `pending`, `suspended` (a flag changed meanwhile) or `failed`.
+    /// `pending`; `suspended` (a flag changed meanwhile, or a change no longer
+    /// applies); `failed` (applying it failed when due, and wrote nothing); `applied`.
     pub status: String,
+    /// Why it is suspended or failed, in one line.
     #[serde(default)]
     pub reason: Option<String>,
 }
@@ -672,6 +678,13 @@ fn preview(c: &dyn Sql, r: &ChangeRequest) -> Result<Vec<Diff>> {
                 flags.len() - 1
             }
         };
+        if let Action::AddDependency(d) = &ch.change {
+            // What the store checks when it writes the dependency, against the state
+            // as it will be then: earlier changes of this request applied.
+            check_dependency(c, &r.project, &ch.feature, &d.feature, |c| {
+                nested_after(c, &flags, &ch.feature, &d.feature)
+            })?;
+        }
         simulate(&mut flags[i].2, &ch.change, &ch.feature, &r.environment)?;
     }
     let mut out: Vec<Diff> = flags
@@ -688,6 +701,42 @@ fn preview(c: &dyn Sql, r: &ChangeRequest) -> Result<Vec<Diff>> {
         after: crate::wire::to_value(&after),
     }));
     Ok(out)
+}
+
+/// Whether `parent` has parents or `child` is a parent once the changes `preview` has
+/// simulated so far are applied: the flags in `flags` as simulated, others as stored.
+fn nested_after(
+    c: &dyn Sql,
+    flags: &[(String, FlagState, FlagState)],
+    child: &str,
+    parent: &str,
+) -> Result<bool> {
+    let simulated = |name: &str| {
+        flags
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, _, after)| after)
+    };
+    let parent_has_parents = match simulated(parent) {
+        Some(s) => !s.dependencies.is_empty(),
+        None => !read_dependencies(c, parent)?.is_empty(),
+    };
+    if parent_has_parents {
+        return Ok(true);
+    }
+    if flags
+        .iter()
+        .any(|(_, _, after)| after.dependencies.iter().any(|d| d.feature == child))
+    {
+        return Ok(true);
+    }
+    let stored_children = c.rows(
+        "read a flag's dependents",
+        "SELECT child FROM feature_dependencies WHERE parent = ?1",
+        &[&child],
+        |r| r.text(0),
+    )?;
+    Ok(stored_children.iter().any(|k| simulated(k).is_none()))
 }
 
 /// A hash of the current state of everything the request touches.
@@ -1079,7 +1128,11 @@ fn transition(
                     "you cannot approve your own change request ({me} opened {id}); another approver must"
                 )));
             }
-            if r.state != State::InReview {
+            let needed = required_approvals(tx, &r.project, &r.environment)?.unwrap_or(1);
+            // An approved request still takes approvals when the requirement was
+            // raised after it was approved, or it could never be applied.
+            let short = r.state == State::Approved && approvals(&r) < needed;
+            if r.state != State::InReview && !short {
                 return Err(wrong_state(&r, "In review"));
             }
             if r.body.reviews.iter().any(|v| v.by == me && v.approved) {
@@ -1094,8 +1147,7 @@ fn transition(
                 comment: comment.clone(),
                 at: now,
             });
-            let approvals = r.body.reviews.iter().filter(|v| v.approved).count() as i64;
-            let needed = required_approvals(tx, &r.project, &r.environment)?.unwrap_or(1);
+            let approvals = approvals(&r);
             if approvals >= needed {
                 r.state = State::Approved;
             }
@@ -1157,6 +1209,7 @@ fn transition(
                     "scheduledAt must be in the future, at most a year ahead".into(),
                 ));
             }
+            check_approvals(tx, &r)?;
             check_fresh(tx, &r)?;
             r.state = State::Scheduled;
             r.body.schedule = Some(Schedule {
@@ -1191,6 +1244,31 @@ fn transition(
     Ok(())
 }
 
+fn approvals(r: &ChangeRequest) -> i64 {
+    r.body.reviews.iter().filter(|v| v.approved).count() as i64
+}
+
+/// Refuse to go on with an approved request that has fewer approvals than its
+/// environment requires now: `requiredApprovals` may have been raised since.
+fn check_approvals(tx: &dyn Sql, r: &ChangeRequest) -> Result<()> {
+    let needed = required_approvals(tx, &r.project, &r.environment)?.unwrap_or(1);
+    let have = approvals(r);
+    if have >= needed {
+        return Ok(());
+    }
+    let plural = |n: i64| if n == 1 { "" } else { "s" };
+    let more = needed - have;
+    Err(StoreError::Conflict(format!(
+        "change request {} has {have} approval{}, but environment {:?} of project {:?} now \
+         requires {needed}: {more} more approver{} must approve it first",
+        r.id,
+        plural(have),
+        r.environment,
+        r.project,
+        plural(more),
+    )))
+}
+
 /// Refuse to go on with a request whose flags changed since it was reviewed.
 fn check_fresh(tx: &dyn Sql, r: &ChangeRequest) -> Result<Vec<Diff>> {
     let diff = preview(tx, r)?;
@@ -1206,6 +1284,7 @@ fn check_fresh(tx: &dyn Sql, r: &ChangeRequest) -> Result<Vec<Diff>> {
 
 /// Write every change of an approved (or due scheduled) request, atomically.
 fn apply(tx: &dyn Sql, r: &mut ChangeRequest, actor: &Actor) -> Result<()> {
+    check_approvals(tx, r)?;
     let diff = check_fresh(tx, r)?;
     let mut flags: Vec<(String, FlagState)> = Vec::new();
     for ch in &r.body.changes {
@@ -1269,7 +1348,9 @@ fn apply(tx: &dyn Sql, r: &mut ChangeRequest, actor: &Actor) -> Result<()> {
 }
 
 /// Apply scheduled requests that are due; suspend those whose flags changed since they
-/// were reviewed, and mark those that cannot apply as failed. Returns the ids applied.
+/// were reviewed (or whose changes no longer apply), and mark those that fail to apply
+/// as failed. Each request applies in a savepoint of its own, so one that fails writes
+/// nothing and does not hold up the others. Returns the ids applied.
 pub(crate) fn run_schedules(tx: &dyn Sql, now: i64) -> Result<Vec<i64>> {
     let scheduled = tx.rows(
         "read scheduled change requests",
@@ -1286,38 +1367,80 @@ pub(crate) fn run_schedules(tx: &dyn Sql, now: i64) -> Result<Vec<i64>> {
         if schedule.status != "pending" {
             continue;
         }
-        let fresh = match preview(tx, &r) {
-            Ok(d) => r.body.fingerprint.as_deref() == Some(fingerprint(&d).as_str()),
-            Err(_) => false,
+        let stale = match preview(tx, &r) {
+            Ok(d) if r.body.fingerprint.as_deref() == Some(fingerprint(&d).as_str()) => None,
+            Ok(_) => Some(
+                "a flag it changes was changed after it was reviewed; resubmit it for review"
+                    .to_owned(),
+            ),
+            Err(e) => Some(format!(
+                "it no longer applies ({}); resubmit it for review",
+                one_line(&e)
+            )),
         };
-        if !fresh {
-            r.body.schedule = Some(Schedule {
-                status: "suspended".into(),
-                reason: Some(
-                    "a flag it changes was changed after it was reviewed; resubmit it for review"
-                        .into(),
-                ),
-                ..schedule
-            });
-            r.updated_ms = now;
-            save(tx, &r)?;
-            event(
-                tx,
-                &system,
-                "change-request-schedule-suspended",
-                &r,
-                json!({}),
-            )?;
+        if let Some(reason) = stale {
+            stop_schedule(tx, &system, &mut r, schedule, now, Stop::Suspended, reason)?;
             continue;
         }
         if schedule.at > now {
             continue;
         }
         let by = Actor(format!("system:scheduler for {}", r.created_by));
-        apply(tx, &mut r, &by)?;
-        applied.push(r.id);
+        let mut applying = r.clone();
+        match tx.savepoint("scheduled_change_request", || apply(tx, &mut applying, &by))? {
+            Ok(()) => applied.push(r.id),
+            Err(e) => {
+                let reason = format!(
+                    "applying it failed and changed nothing: {}; resubmit it for review, or cancel it",
+                    one_line(&e)
+                );
+                stop_schedule(tx, &system, &mut r, schedule, now, Stop::Failed, reason)?;
+            }
+        }
     }
     Ok(applied)
+}
+
+/// Why a schedule stopped: the request stays `Scheduled` and is never applied as it
+/// is; resubmitting it (back to review) or cancelling it are the ways on.
+#[derive(Clone, Copy)]
+enum Stop {
+    /// Stale before it was due: nothing was tried.
+    Suspended,
+    /// Applying it when due failed; its savepoint undid whatever it had written.
+    Failed,
+}
+
+/// Mark a scheduled request's schedule as stopped, with its audit event.
+fn stop_schedule(
+    tx: &dyn Sql,
+    system: &Actor,
+    r: &mut ChangeRequest,
+    schedule: Schedule,
+    now: i64,
+    stop: Stop,
+    reason: String,
+) -> Result<()> {
+    let (status, action) = match stop {
+        Stop::Suspended => ("suspended", "change-request-schedule-suspended"),
+        Stop::Failed => ("failed", "change-request-schedule-failed"),
+    };
+    r.body.schedule = Some(Schedule {
+        status: status.into(),
+        reason: Some(reason.clone()),
+        ..schedule
+    });
+    r.updated_ms = now;
+    save(tx, r)?;
+    event(tx, system, action, r, json!({ "reason": reason }))
+}
+
+/// An error as one line, for a schedule's reason.
+fn one_line(e: &StoreError) -> String {
+    e.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]

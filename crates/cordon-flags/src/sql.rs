@@ -216,6 +216,32 @@ impl dyn Sql + '_ {
     ) -> Result<bool> {
         Ok(self.row(action, sql, params, |_| Ok(()))?.is_some())
     }
+
+    /// Run `f` inside a savepoint of this transaction: on success its writes stay, on
+    /// error they are undone and the transaction goes on (PostgreSQL would otherwise
+    /// refuse every later statement). The outer error is the database failing to set
+    /// or undo the savepoint; the inner one is `f`'s.
+    pub(crate) fn savepoint<T>(
+        &self,
+        name: &'static str,
+        f: impl FnOnce() -> Result<T>,
+    ) -> Result<Result<T>> {
+        self.execute("set a savepoint", &format!("SAVEPOINT {name}"), &[])?;
+        let out = f();
+        if out.is_err() {
+            self.execute(
+                "undo the work of a savepoint",
+                &format!("ROLLBACK TO SAVEPOINT {name}"),
+                &[],
+            )?;
+        }
+        self.execute(
+            "release a savepoint",
+            &format!("RELEASE SAVEPOINT {name}"),
+            &[],
+        )?;
+        Ok(out)
+    }
 }
 
 /// What a database driver provides so that the store's logic runs on it.

@@ -2011,6 +2011,36 @@ pub(crate) fn write_segment(tx: &dyn Sql, segment: &AdminSegment, actor: &Actor)
     Ok(id)
 }
 
+/// Refuse a dependency of `child` on `parent` that [`write_dependency`] would not
+/// write: both must be live flags of `project`, not the same flag, and dependencies
+/// stay one level deep. `nested` says whether the parent has parents or the child is
+/// a parent, in the state the caller checks against (the database, or a change
+/// request's simulation of it).
+pub(crate) fn check_dependency(
+    c: &dyn Sql,
+    project: &str,
+    child: &str,
+    parent: &str,
+    nested: impl FnOnce(&dyn Sql) -> Result<bool>,
+) -> Result<()> {
+    live_feature(c, project, child)?;
+    if parent == child {
+        return Err(StoreError::Invalid("a flag cannot depend on itself".into()));
+    }
+    live_feature(c, project, parent).map_err(|_| {
+        StoreError::Invalid(format!(
+            "the parent {parent:?} must be a live flag in project {project:?}"
+        ))
+    })?;
+    if nested(c)? {
+        return Err(StoreError::Invalid(format!(
+            "dependencies are one level deep: {child:?} cannot depend on {parent:?}, because \
+             the parent cannot have parents, and a flag that is a parent cannot get one"
+        )));
+    }
+    Ok(())
+}
+
 /// Make `child` depend on `dependency.feature`, with its audit event.
 pub(crate) fn write_dependency(
     tx: &dyn Sql,
@@ -2019,28 +2049,14 @@ pub(crate) fn write_dependency(
     dependency: &FeatureDependency,
     actor: &Actor,
 ) -> Result<()> {
-    live_feature(tx, project, child)?;
     let parent = dependency.feature.as_str();
-    if parent == child {
-        return Err(StoreError::Invalid("a flag cannot depend on itself".into()));
-    }
-    live_feature(tx, project, parent).map_err(|_| {
-        StoreError::Invalid(format!(
-            "the parent {parent:?} must be a live flag in project {project:?}"
-        ))
+    check_dependency(tx, project, child, parent, |tx| {
+        tx.exists(
+            "check dependencies",
+            "SELECT 1 FROM feature_dependencies WHERE child = ?1 OR parent = ?2",
+            &[&parent, &child],
+        )
     })?;
-    let nested = tx.exists(
-        "check dependencies",
-        "SELECT 1 FROM feature_dependencies WHERE child = ?1 OR parent = ?2",
-        &[&parent, &child],
-    )?;
-    if nested {
-        return Err(StoreError::Invalid(
-            "dependencies are one level deep: the parent cannot have parents, and a \
-             flag that is a parent cannot get one"
-                .into(),
-        ));
-    }
     let before = read_dependencies(tx, child)?;
     tx.execute(
         "replace a dependency",

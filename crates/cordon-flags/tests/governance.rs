@@ -80,11 +80,16 @@ async fn protect(server: &Server, environment: &str, approvals: i64) {
     assert_eq!(r.status, 204, "{}", text(&r));
 }
 
-/// Open a change request with `changes` and submit it for review; its id.
+/// Open a change request in production with `changes` and submit it for review; its
+/// id.
 async fn open(server: &Server, token: &str, changes: Value) -> i64 {
+    open_in(server, "production", token, changes).await
+}
+
+async fn open_in(server: &Server, environment: &str, token: &str, changes: Value) -> i64 {
     let r = server
         .post_json(
-            &format!("{PROJECT}/environments/production/change-requests"),
+            &format!("{PROJECT}/environments/{environment}/change-requests"),
             token,
             &changes,
         )
@@ -788,5 +793,192 @@ async fn bad_change_requests_are_refused_and_store_nothing() {
         .get(&format!("{PROJECT}/change-requests/99"), ADMIN, &[])
         .await;
     assert_eq!(r.status, 404);
+    chain_verifies(&server).await;
+}
+
+fn events_of(all: &[Value], kind: &str, id: i64) -> Vec<Value> {
+    all.iter()
+        .filter(|e| e["type"] == kind && e["data"]["changeRequest"] == id)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn a_scheduled_request_that_cannot_apply_fails_and_the_next_still_applies() {
+    let server = common::start().await;
+    flag(&server, "strict", ADMIN).await;
+    flag(&server, "relaxed", ADMIN).await;
+    protect(&server, "production", 1).await;
+    protect(&server, "development", 1).await;
+    let author = user(&server, "ed", "editor").await;
+    let ann = user(&server, "ann", "approver").await;
+    // Both due at the same moment, so one tick handles both, the failing one first.
+    let due = cordon_flags::metrics::rfc3339(now_ms() + 2500);
+    let failing = open_in(&server, "production", &author, enable("strict")).await;
+    let fine = open_in(&server, "development", &author, enable("relaxed")).await;
+    assert!(failing < fine);
+    for id in [failing, fine] {
+        assert_eq!(approve(&server, &ann, id).await.status, 200);
+        let r = state(
+            &server,
+            &author,
+            id,
+            json!({"state": "Scheduled", "scheduledAt": due}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", text(&r));
+    }
+    // Production now needs two approvals: the scheduled request has one.
+    protect(&server, "production", 2).await;
+
+    let applied = poll_state(&server, fine, |v| v["state"] == "Applied").await;
+    assert_eq!(applied["schedule"]["status"], "applied");
+    let dev = server
+        .get(
+            &format!("{PROJECT}/features/relaxed/environments/development"),
+            ADMIN,
+            &[],
+        )
+        .await;
+    assert_eq!(dev.json()["enabled"], true);
+    let failed = poll_state(&server, failing, |v| v["schedule"]["status"] == "failed").await;
+    assert_eq!(failed["state"], "Scheduled");
+    let reason = failed["schedule"]["reason"].as_str().unwrap();
+    assert!(reason.contains("requires 2"), "{reason}");
+    assert!(!enabled_in_production(&server, "strict").await);
+    let all = events(&server).await;
+    let audited = events_of(&all, "change-request-schedule-failed", failing);
+    assert_eq!(audited.len(), 1, "{all:?}");
+    assert_eq!(audited[0]["data"]["reason"], reason);
+    assert_eq!(audited[0]["createdBy"], "system:scheduler");
+    assert!(events_of(&all, "change-request-applied", failing).is_empty());
+    // It is not retried: resubmitting it is the way on.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let all = events(&server).await;
+    assert_eq!(
+        events_of(&all, "change-request-schedule-failed", failing).len(),
+        1
+    );
+    let r = state(&server, &author, failing, json!({"state": "In review"})).await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(r.json()["schedule"], Value::Null);
+    chain_verifies(&server).await;
+}
+
+#[tokio::test]
+async fn approvals_are_counted_again_when_applying() {
+    let server = common::start().await;
+    flag(&server, "checkout", ADMIN).await;
+    protect(&server, "production", 1).await;
+    let author = user(&server, "ed", "editor").await;
+    let ann = user(&server, "ann", "approver").await;
+    let otto = user(&server, "otto", "approver").await;
+    let id = open(&server, &author, enable("checkout")).await;
+    assert_eq!(approve(&server, &ann, id).await.json()["state"], "Approved");
+    protect(&server, "production", 2).await;
+
+    let later = cordon_flags::metrics::rfc3339(now_ms() + 3_600_000);
+    for body in [
+        json!({"state": "Applied"}),
+        json!({"state": "Scheduled", "scheduledAt": later}),
+    ] {
+        let r = state(&server, &author, id, body.clone()).await;
+        assert_eq!(r.status, 409, "{body}: {}", text(&r));
+        assert!(
+            text(&r).contains("has 1 approval, but") && text(&r).contains("now requires 2"),
+            "{}",
+            text(&r)
+        );
+    }
+    assert!(!enabled_in_production(&server, "checkout").await);
+    // The same approver counts once; a second one makes it applicable.
+    assert_eq!(approve(&server, &ann, id).await.status, 409);
+    let r = approve(&server, &otto, id).await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(r.json()["approvals"].as_array().unwrap().len(), 2);
+    let r = state(&server, &author, id, json!({"state": "Applied"})).await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    assert!(enabled_in_production(&server, "checkout").await);
+    chain_verifies(&server).await;
+}
+
+#[tokio::test]
+async fn dependencies_are_checked_when_submitted_and_suspend_a_schedule_when_the_parent_goes() {
+    let server = common::start().await;
+    for f in ["parent", "child", "other", "gone"] {
+        flag(&server, f, ADMIN).await;
+    }
+    assert_eq!(
+        server
+            .delete(&format!("{PROJECT}/features/gone"), ADMIN)
+            .await
+            .status,
+        202
+    );
+    protect(&server, "production", 1).await;
+    let author = user(&server, "ed", "editor").await;
+    let ann = user(&server, "ann", "approver").await;
+    let depend = |child: &str, parent: &str| json!({"feature": child, "action": "addDependency", "payload": {"feature": parent}});
+    let path = format!("{PROJECT}/environments/production/change-requests");
+    for (body, why) in [
+        (depend("child", "nope"), "live flag"),
+        (depend("child", "gone"), "live flag"),
+        (depend("child", "child"), "itself"),
+        // The second change nests under the first, in the same request.
+        (
+            json!([depend("child", "parent"), depend("parent", "other")]),
+            "one level deep",
+        ),
+    ] {
+        let r = server.post_json(&path, &author, &body).await;
+        assert_eq!(r.status, 400, "{body}: {}", text(&r));
+        assert!(text(&r).contains(why), "{body}: {}", text(&r));
+    }
+    let r = server
+        .get(&format!("{PROJECT}/change-requests"), ADMIN, &[])
+        .await;
+    assert_eq!(
+        r.json(),
+        json!([]),
+        "a refused change left a request behind"
+    );
+
+    let later = cordon_flags::metrics::rfc3339(now_ms() + 3_600_000);
+    let dependency = open(&server, &author, depend("child", "parent")).await;
+    assert_eq!(approve(&server, &ann, dependency).await.status, 200);
+    let r = state(
+        &server,
+        &author,
+        dependency,
+        json!({"state": "Scheduled", "scheduledAt": later}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    // The parent is archived (through a request of its own) before it is due.
+    let archive = open(
+        &server,
+        &author,
+        json!({"feature": "parent", "action": "archiveFeature", "payload": {}}),
+    )
+    .await;
+    assert_eq!(approve(&server, &ann, archive).await.status, 200);
+    let r = state(&server, &author, archive, json!({"state": "Applied"})).await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+
+    let suspended = poll_state(&server, dependency, |v| {
+        v["schedule"]["status"] == "suspended"
+    })
+    .await;
+    let reason = suspended["schedule"]["reason"].as_str().unwrap();
+    assert!(reason.contains("\"parent\""), "{reason}");
+    let all = events(&server).await;
+    assert!(
+        !all.iter().any(|e| e["type"] == "feature-dependency-added"),
+        "{all:?}"
+    );
+    assert_eq!(
+        events_of(&all, "change-request-schedule-suspended", dependency).len(),
+        1
+    );
     chain_verifies(&server).await;
 }

@@ -3,11 +3,14 @@
 //! fail, not skip, when it is unset). State survives reopening, a newer schema is
 //! refused, a failed change changes nothing and writes no event, the database itself
 //! refuses to edit the audit log, and tampering with it (triggers dropped first, as
-//! someone with direct access would) is named event by event.
+//! someone with direct access would) is named event by event. A scheduled change
+//! request the database refuses fails alone, leaving nothing behind.
 
 mod common;
 
 use cordon_flags::audit::{self, GENESIS, Problem};
+use cordon_flags::cr::{self, NewChange, Transition, Update};
+use cordon_flags::people::{Kind, Principal, Role};
 use cordon_flags::store::{DEFAULT_PROJECT, SCHEMA_VERSION};
 use cordon_flags::token::TokenHash;
 use cordon_flags::{
@@ -22,6 +25,9 @@ trait Backend: Sized {
     const DROP_TRIGGERS: &str;
     /// Whether the store keeps an anchor of the newest event outside the database.
     const ANCHORED: bool;
+    /// SQL that makes the database refuse every write of flag `broken`'s environment
+    /// configuration, with the message "the disk refuses flag broken".
+    const REFUSE_BROKEN: &str;
     fn new() -> Self;
     fn open(&self) -> Result<Self::Store, StoreError>;
     /// Run SQL directly, bypassing the store.
@@ -43,6 +49,13 @@ impl Backend for Sqlite {
     const DROP_TRIGGERS: &str = "DROP TRIGGER IF EXISTS audit_events_no_update;
         DROP TRIGGER IF EXISTS audit_events_no_delete;";
     const ANCHORED: bool = true;
+    const REFUSE_BROKEN: &str = "
+        CREATE TRIGGER refuse_broken_insert BEFORE INSERT ON feature_environments
+        WHEN NEW.feature = 'broken'
+        BEGIN SELECT RAISE(ABORT, 'the disk refuses flag broken'); END;
+        CREATE TRIGGER refuse_broken_update BEFORE UPDATE ON feature_environments
+        WHEN NEW.feature = 'broken'
+        BEGIN SELECT RAISE(ABORT, 'the disk refuses flag broken'); END;";
     fn new() -> Self {
         Sqlite(tempfile::tempdir().unwrap())
     }
@@ -71,6 +84,11 @@ impl Backend for Postgres {
     const DROP_TRIGGERS: &str = "DROP TRIGGER IF EXISTS audit_events_no_update ON audit_events;
         DROP TRIGGER IF EXISTS audit_events_no_delete ON audit_events;";
     const ANCHORED: bool = false;
+    const REFUSE_BROKEN: &str = "
+        CREATE FUNCTION refuse_broken() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'the disk refuses flag broken'; END $$;
+        CREATE TRIGGER refuse_broken BEFORE INSERT OR UPDATE ON feature_environments
+        FOR EACH ROW WHEN (NEW.feature = 'broken') EXECUTE FUNCTION refuse_broken();";
     fn new() -> Self {
         Postgres(common::pg::TestDatabase::create())
     }
@@ -459,6 +477,145 @@ fn invented_instances_are_capped_and_old_counts_expire<B: Backend>() {
     assert_eq!(rows[0].yes, 2, "two reports in one hour add up");
 }
 
+fn person(name: &str, role: Role) -> Principal {
+    Principal {
+        kind: Kind::User,
+        name: name.into(),
+        role,
+        session: None,
+    }
+}
+
+/// Open, submit, approve and schedule a change request in production; its id.
+fn scheduled(store: &dyn Store, at: i64, changes: serde_json::Value) -> i64 {
+    let (ed, ann) = (person("ed", Role::Editor), person("ann", Role::Approver));
+    let changes: Vec<NewChange> = changes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| NewChange {
+            feature: c["feature"].as_str().unwrap().into(),
+            action: serde_json::from_value(c.clone()).unwrap(),
+        })
+        .collect();
+    let id = store
+        .submit_changes(DEFAULT_PROJECT, "production", &changes, &ed)
+        .unwrap()
+        .request
+        .id;
+    for (to, who) in [
+        (Transition::Submit, &ed),
+        (Transition::Approve(None), &ann),
+        (Transition::Schedule(at), &ed),
+    ] {
+        store
+            .update_change_request(DEFAULT_PROJECT, id, &Update::Move(to), who)
+            .unwrap();
+    }
+    id
+}
+
+/// A due change request whose write the database refuses is marked failed (once,
+/// audited) and leaves nothing behind; the next one in the same tick still applies.
+/// On PostgreSQL a failed statement aborts the whole transaction, so this holds only
+/// if each request applies in a savepoint of its own.
+fn a_scheduled_request_that_fails_writes_nothing_and_the_next_applies<B: Backend>() {
+    let db = B::new();
+    let store = db.open().unwrap();
+    let system = Actor::system();
+    for name in ["parent", "broken", "fine"] {
+        let flag = NewFeature {
+            name: name.into(),
+            ..NewFeature::default()
+        };
+        store
+            .create_feature(DEFAULT_PROJECT, &flag, &system)
+            .unwrap();
+    }
+    store
+        .set_change_request_settings(DEFAULT_PROJECT, "production", true, 1, &system)
+        .unwrap();
+    let at = now_ms() + 60_000;
+    let on = |f: &str| serde_json::json!({"feature": f, "action": "updateEnabled", "payload": {"enabled": true}});
+    // The dependency is written before the flag's configuration: the request has
+    // written something by the time the database refuses it.
+    let failing = scheduled(
+        &store,
+        at,
+        serde_json::json!([
+            {"feature": "broken", "action": "addDependency", "payload": {"feature": "parent"}},
+            on("broken"),
+        ]),
+    );
+    let fine = scheduled(&store, at, serde_json::json!([on("fine")]));
+    assert!(failing < fine, "the failing request must come first");
+    db.execute(B::REFUSE_BROKEN).unwrap();
+    let events_before = store.audit_events().unwrap().len();
+
+    assert_eq!(store.run_schedules(at + 1000).unwrap(), [fine]);
+
+    let failed = store
+        .change_request(DEFAULT_PROJECT, failing)
+        .unwrap()
+        .to_json();
+    assert_eq!(failed["state"], "Scheduled");
+    assert_eq!(failed["schedule"]["status"], "failed", "{failed}");
+    let reason = failed["schedule"]["reason"].as_str().unwrap();
+    assert!(reason.contains("the disk refuses flag broken"), "{reason}");
+    assert!(!reason.contains('\n'), "{reason}");
+    let (production, _) = store.client_state("production", "*").unwrap();
+    let flag = |name: &str| {
+        production
+            .features
+            .iter()
+            .find(|f| f.name == name)
+            .unwrap()
+            .clone()
+    };
+    assert!(flag("fine").enabled);
+    assert!(!flag("broken").enabled);
+    assert!(
+        flag("broken").dependencies.unwrap_or_default().is_empty(),
+        "the failed request's dependency stayed"
+    );
+    assert_eq!(
+        store
+            .change_request(DEFAULT_PROJECT, fine)
+            .unwrap()
+            .request
+            .state,
+        cr::State::Applied
+    );
+    let events = store.audit_events().unwrap();
+    let new: Vec<&str> = events[events_before..]
+        .iter()
+        .map(|e| e.action.as_str())
+        .collect();
+    assert!(!new.contains(&"feature-dependency-added"), "{new:?}");
+    assert!(new.contains(&"change-request-applied"), "{new:?}");
+    let audited: Vec<&audit::Event> = events[events_before..]
+        .iter()
+        .filter(|e| e.action == "change-request-schedule-failed")
+        .collect();
+    assert_eq!(audited.len(), 1, "{new:?}");
+    let after: serde_json::Value =
+        serde_json::from_str(audited[0].after.as_deref().unwrap()).unwrap();
+    assert_eq!(after["changeRequest"], failing);
+    assert_eq!(after["reason"], reason);
+    assert_eq!(problems(&store), []);
+
+    // A failed schedule is not tried again at the next tick.
+    assert!(store.run_schedules(at + 2000).unwrap().is_empty());
+    assert_eq!(store.audit_events().unwrap().len(), events.len());
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 /// One `#[test]` per store for each of these functions.
 macro_rules! for_each_store {
     ($($test:ident),* $(,)?) => {
@@ -489,6 +646,7 @@ for_each_store!(
     verify_names_an_inserted_event,
     a_failed_change_writes_no_event,
     invented_instances_are_capped_and_old_counts_expire,
+    a_scheduled_request_that_fails_writes_nothing_and_the_next_applies,
 );
 
 /// The SQLite store's anchor beside the database file.
