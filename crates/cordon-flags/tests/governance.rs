@@ -452,6 +452,8 @@ async fn scheduled_requests_apply_on_time_and_are_suspended_by_conflicting_edits
     let suspended = poll_state(&server, second, |v| v["schedule"]["status"] == "suspended").await;
     assert_eq!(suspended["state"], "Scheduled");
     // Applying it by hand is refused too, until it is reviewed again.
+    let r = state(&server, &author, second, json!({"state": "Applied"})).await;
+    assert_eq!(r.status, 409, "{}", text(&r));
     let r = server
         .get(
             &format!("{PROJECT}/features/promo/environments/production"),
@@ -899,6 +901,91 @@ async fn approvals_are_counted_again_when_applying() {
     let r = state(&server, &author, id, json!({"state": "Applied"})).await;
     assert_eq!(r.status, 200, "{}", text(&r));
     assert!(enabled_in_production(&server, "checkout").await);
+    chain_verifies(&server).await;
+}
+
+#[tokio::test]
+async fn approvers_reject_authors_and_admins_cancel_and_people_comment() {
+    let server = common::start().await;
+    for f in ["a", "b", "c"] {
+        flag(&server, f, ADMIN).await;
+    }
+    protect(&server, "production", 1).await;
+    let ed = user(&server, "ed", "editor").await;
+    let ned = user(&server, "ned", "editor").await;
+    let ann = user(&server, "ann", "approver").await;
+    let ada = user(&server, "ada", "admin").await;
+    let vic = user(&server, "vic", "viewer").await;
+
+    // An approver rejects someone else's request.
+    let rejected = open(&server, &ed, enable("a")).await;
+    let r = state(
+        &server,
+        &ann,
+        rejected,
+        json!({"state": "Rejected", "comment": "not this week"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(r.json()["state"], "Rejected");
+    assert_eq!(r.json()["rejections"][0]["comment"], "not this week");
+    assert_eq!(
+        approve(&server, &ann, rejected).await.status,
+        409,
+        "a rejected request is closed"
+    );
+
+    // An author cannot reject their own request; they cancel it.
+    let own = open(&server, &ann, enable("b")).await;
+    let r = state(&server, &ann, own, json!({"state": "Rejected"})).await;
+    assert_eq!(r.status, 403, "{}", text(&r));
+    assert!(text(&r).contains("cancel it instead"), "{}", text(&r));
+    let r = state(&server, &ann, own, json!({"state": "Cancelled"})).await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(r.json()["state"], "Cancelled");
+
+    // Comments: anyone but a viewer, shown on the request and audited.
+    let other = open(&server, &ed, enable("c")).await;
+    let comments = format!("{PROJECT}/change-requests/{other}/comments");
+    let r = server
+        .post_json(&comments, &ann, &json!({"text": "why now?"}))
+        .await;
+    assert_eq!(r.status, 201, "{}", text(&r));
+    assert_eq!(r.json()["comments"][0]["text"], "why now?");
+    assert_eq!(r.json()["comments"][0]["createdBy"]["username"], "user:ann");
+    let r = server
+        .post_json(&comments, &vic, &json!({"text": "me too"}))
+        .await;
+    assert_eq!(r.status, 403, "{}", text(&r));
+    let r = server
+        .get(&format!("{PROJECT}/change-requests/{other}"), ADMIN, &[])
+        .await;
+    assert_eq!(r.json()["comments"].as_array().unwrap().len(), 1);
+
+    // Another editor cannot cancel someone else's request; an admin can.
+    let r = state(&server, &ned, other, json!({"state": "Cancelled"})).await;
+    assert_eq!(r.status, 403, "{}", text(&r));
+    assert!(text(&r).contains("only the author"), "{}", text(&r));
+    let r = state(&server, &ada, other, json!({"state": "Cancelled"})).await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(r.json()["state"], "Cancelled");
+    for f in ["a", "b", "c"] {
+        assert!(!enabled_in_production(&server, f).await);
+    }
+
+    let all = events(&server).await;
+    let rejection = events_of(&all, "change-request-rejected", rejected);
+    assert_eq!(rejection.len(), 1, "{all:?}");
+    assert_eq!(rejection[0]["createdBy"], "user:ann");
+    assert_eq!(rejection[0]["data"]["comment"], "not this week");
+    assert!(events_of(&all, "change-request-rejected", own).is_empty());
+    assert_eq!(events_of(&all, "change-request-cancelled", own).len(), 1);
+    let cancelled = events_of(&all, "change-request-cancelled", other);
+    assert_eq!(cancelled.len(), 1, "{all:?}");
+    assert_eq!(cancelled[0]["createdBy"], "user:ada");
+    let commented = events_of(&all, "change-request-comment-added", other);
+    assert_eq!(commented.len(), 1, "{all:?}");
+    assert_eq!(commented[0]["data"]["comment"], "why now?");
     chain_verifies(&server).await;
 }
 

@@ -528,5 +528,31 @@ fn four_eyes_from_the_command_line() {
     // The kill switch needs no request, even for the agent.
     stdout_ok(s.cordon_as(&bot, &["kill", "new-checkout"]), "kill");
     assert!(!flag_state(&s, "new-checkout", "production"));
+
+    // An approver rejects a request; the author cannot reject their own.
+    let id = stdout_ok(
+        s.cordon_as(&ed, &["cr", "enable", "new-checkout"]),
+        "cr enable",
+    );
+    assert!(!s.cordon_as(&ed, &["cr", "reject", &id]).status.success());
+    stdout_ok(
+        s.cordon_as(&ann, &["cr", "reject", &id, "--comment", "not today"]),
+        "reject",
+    );
+    let shown = stdout_ok(s.cordon_as(&ed, &["cr", "show", &id]), "cr show");
+    assert!(shown.contains("[Rejected]"), "{shown}");
+    // Only the author (or an admin) cancels.
+    let id = stdout_ok(
+        s.cordon_as(&ed, &["cr", "enable", "new-checkout"]),
+        "cr enable",
+    );
+    let out = s.cordon_as(&ann, &["cr", "cancel", &id]);
+    assert!(!out.status.success(), "an approver cancelled ed's request");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("only the author"), "{err}");
+    stdout_ok(s.cordon_as(&ed, &["cr", "cancel", &id]), "cancel");
+    let shown = stdout_ok(s.cordon_as(&ed, &["cr", "show", &id]), "cr show");
+    assert!(shown.contains("[Cancelled]"), "{shown}");
+    assert!(!flag_state(&s, "new-checkout", "production"));
     s.ok(&["audit", "verify"]);
 }
