@@ -118,8 +118,9 @@ impl Default for Sandbox {
     }
 }
 
-/// Files hidden from the agent unless the policy says otherwise.
-pub const DEFAULT_HIDDEN: &[&str] = &[".env", ".env.*"];
+/// Files hidden from the agent unless the policy says otherwise: dotenv files
+/// at any depth (`services/api/.env` as much as `.env`).
+pub const DEFAULT_HIDDEN: &[&str] = &["**/.env", "**/.env.*"];
 
 /// Files the agent may read but not change unless the policy says otherwise:
 /// ones that run code on the host later (git hooks and config, shell startup
@@ -140,12 +141,14 @@ pub const DEFAULT_READ_ONLY: &[&str] = &[
 pub struct Workspace {
     /// Project directory as written in the policy; see [`Workspace::resolve_path`].
     pub path: Option<PathBuf>,
-    /// Glob patterns, relative to the workspace root, that the agent cannot see.
+    /// Glob patterns, relative to the workspace root, that the agent cannot
+    /// see; `**` is any number of directories.
     pub hidden: Vec<String>,
     /// Glob patterns, relative to the workspace root, that the agent cannot change.
     pub read_only: Vec<String>,
     /// Patterns taken out of `hidden` and `read_only`, to lift a default
-    /// without restating the rest of the list.
+    /// without restating the rest of the list. `P` also takes out `**/P`, so
+    /// `.env` lifts the default `**/.env`.
     pub writable: Vec<String>,
 }
 
@@ -179,9 +182,14 @@ impl Workspace {
     }
 
     fn without_writable<'a>(&'a self, list: &'a [String]) -> Vec<&'a str> {
+        let lifted = |p: &str| {
+            self.writable
+                .iter()
+                .any(|w| w == p || p.strip_prefix("**/") == Some(w.as_str()))
+        };
         list.iter()
-            .filter(|p| !self.writable.contains(p))
             .map(String::as_str)
+            .filter(|p| !lifted(p))
             .collect()
     }
 }
@@ -582,9 +590,22 @@ mod tests {
             writable: vec![".envrc".into(), ".env".into()],
             ..Workspace::default()
         };
-        assert_eq!(ws.effective_hidden(), vec![".env.*"]);
+        // `.env` lifts `**/.env`, as the user who knows the name expects.
+        assert_eq!(ws.effective_hidden(), vec!["**/.env.*"]);
         assert!(!ws.effective_read_only().contains(&".envrc"));
         assert!(ws.effective_read_only().contains(&".git/hooks"));
+        let ws = Workspace {
+            writable: vec!["**/.env.*".into()],
+            ..Workspace::default()
+        };
+        assert_eq!(ws.effective_hidden(), vec!["**/.env"]);
+        // Only a whole leading `**/` is implied, never a suffix of a longer pattern.
+        let ws = Workspace {
+            hidden: vec!["config/.env".into(), "**/x/.env".into()],
+            writable: vec![".env".into()],
+            ..Workspace::default()
+        };
+        assert_eq!(ws.effective_hidden(), vec!["config/.env", "**/x/.env"]);
     }
 
     #[test]

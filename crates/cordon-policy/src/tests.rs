@@ -669,6 +669,11 @@ fn workspace_patterns_the_sandbox_would_ignore_are_errors() {
         assert!(err.to_string().contains("empty or"), "{bad}: {err}");
     }
     assert!(Policy::parse("[workspace]\nhidden = [\"secrets\", \"config/*.key\"]\n").is_ok());
+    let p =
+        Policy::parse("[workspace]\nhidden = [\"**/.env\", \"keys/**\", \"a/**/b\"]\n").unwrap();
+    assert_eq!(p.workspace.hidden, ["**/.env", "keys/**", "a/**/b"]);
+    // The defaults hide dotenv files at any depth.
+    assert_eq!(Policy::default().workspace.hidden, ["**/.env", "**/.env.*"]);
 }
 
 #[test]

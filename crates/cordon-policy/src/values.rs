@@ -434,7 +434,7 @@ pub fn is_header_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-/// A workspace path pattern (`.env*`, `.git/hooks`, `config/*.key`): relative
+/// A workspace path pattern (`**/.env`, `.git/hooks`, `config/*.key`): relative
 /// to the workspace root, `/`-separated, no empty, `.` or `..` segments (so
 /// `secrets/`, `./.env` and `a//b` are errors, not patterns that silently
 /// match nothing). The sandbox expands patterns with exactly these rules.

@@ -656,29 +656,35 @@ impl Drop for PendingMount {
     }
 }
 
-/// The paths a protected pattern covers, as the agent sees them (under
-/// `project`): every match, and for a match that is a symbolic link, also what
-/// it points to when that is inside the workspace (a mount cannot cover the
-/// link itself, so `.env -> config/app.env` protects `config/app.env`).
-fn protected(mnt: &Path, project: &Path, pattern: &str) -> Vec<PathBuf> {
-    let to_project = |p: &Path| project.join(p.strip_prefix(mnt).unwrap_or(p));
+/// The paths protected patterns cover, as the agent sees them (under
+/// `project`): every match found in `mnt` (see [`protect`]).
+fn protected(mnt: &Path, project: &Path, patterns: &[&str]) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for p in crate::glob::expand(mnt, pattern) {
-        let is_link = p
-            .symlink_metadata()
-            .is_ok_and(|m| m.file_type().is_symlink());
-        if is_link && let Ok(target) = p.canonicalize() {
-            // A relative link resolves within the mount; an absolute one names
-            // the project's own path, which on the host is the base directory.
-            if target.starts_with(mnt) {
-                out.push(to_project(&target));
-            } else if target.starts_with(project) {
-                out.push(target);
-            }
-        }
-        out.push(to_project(&p));
+    for p in crate::glob::expand(mnt, patterns) {
+        protect(mnt, project, &p, &mut out);
     }
     out
+}
+
+/// Adds the paths protecting `p` (a match under `mnt`) covers, as the agent
+/// sees them (under `project`): `p`, and for a symbolic link also what it
+/// points to when that is inside the workspace (a mount cannot cover the link
+/// itself, so `.env -> config/app.env` protects `config/app.env`).
+fn protect(mnt: &Path, project: &Path, p: &Path, out: &mut Vec<PathBuf>) {
+    let to_project = |p: &Path| project.join(p.strip_prefix(mnt).unwrap_or(p));
+    let is_link = p
+        .symlink_metadata()
+        .is_ok_and(|m| m.file_type().is_symlink());
+    if is_link && let Ok(target) = p.canonicalize() {
+        // A relative link resolves within the mount; an absolute one names
+        // the project's own path, which on the host is the base directory.
+        if target.starts_with(mnt) {
+            out.push(to_project(&target));
+        } else if target.starts_with(project) {
+            out.push(target);
+        }
+    }
+    out.push(to_project(p));
 }
 
 /// `view_conn`: a read-only connection to a resumed session's workspace, opened
@@ -742,15 +748,16 @@ fn run_mounted(
         (false, Some(conn)) => Some(ws.view_on(conn)?),
         (false, None) => Some(ws.open_view(true)?),
     };
-    let expand = |pat: &str| -> Vec<PathBuf> {
+    // One walk per list, whatever the number of patterns in it.
+    let expand = |patterns: &[&str]| -> Vec<PathBuf> {
         match &resumed_view {
-            None => protected(project, project, pat),
+            None => protected(project, project, patterns),
             Some((store, base)) => {
                 let mut out = Vec::new();
-                for (rel, kind) in crate::glob::expand_view(store, base, pat) {
+                for (rel, kind) in crate::glob::expand_view(store, base, patterns) {
                     if kind == libc::S_IFLNK {
                         // Resolve the link the way the agent will, through the view.
-                        out.extend(protected(&mnt, project, &rel.to_string_lossy()));
+                        protect(&mnt, project, &mnt.join(&rel), &mut out);
                     } else {
                         out.push(project.join(rel));
                     }
@@ -759,11 +766,7 @@ fn run_mounted(
             }
         }
     };
-    let mut read_only = Vec::new();
-    let mut hidden = Vec::new();
-    for pat in policy.workspace.effective_read_only() {
-        read_only.extend(expand(pat));
-    }
+    let mut read_only = expand(&policy.workspace.effective_read_only());
     if let Some(pp) = &opts.policy_path
         && let Ok(pp) = pp.canonicalize()
         && let Ok(rel) = pp.strip_prefix(project)
@@ -772,12 +775,10 @@ fn run_mounted(
         // session the host file is read again anyway; this keeps it honest
         // inside the run too).
         for p in [rel.to_path_buf(), cordon_policy::signature_path(rel)] {
-            read_only.extend(expand(&p.to_string_lossy()));
+            read_only.extend(expand(&[&p.to_string_lossy()]));
         }
     }
-    for pat in policy.workspace.effective_hidden() {
-        hidden.extend(expand(pat));
-    }
+    let hidden = expand(&policy.workspace.effective_hidden());
 
     let mut mounts = Vec::new();
     for m in &policy.mounts {

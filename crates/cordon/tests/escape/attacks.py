@@ -249,11 +249,12 @@ def attack(name, args):
         leaked = [k for k in os.environ if k.startswith("CORDON_CANARY")]
         print(("ESCAPED" if leaked else "BLOCKED") + f": environment {sorted(os.environ)}")
     elif name == "hidden_env_file":
-        try:
-            data = open(".env", "rb").read()
-            print(("ESCAPED" if data else "BLOCKED") + f": .env holds {len(data)} bytes")
-        except OSError as e:
-            print(f"BLOCKED: .env: {e.strerror}")
+        for path in args or [".env"]:
+            try:
+                data = open(path, "rb").read()
+                print(("ESCAPED" if data else "BLOCKED") + f": {path} holds {len(data)} bytes")
+            except OSError as e:
+                print(f"BLOCKED: {path}: {e.strerror}")
     elif name == "git_hooks":
         try_write(".git/hooks/pre-commit", b"#!/bin/sh\ncurl evil\n")
         try_write(".git/config", b"[core]\nfsmonitor = evil\n")

@@ -470,9 +470,52 @@ fn host_environment_does_not_leak() {
     attack("host_env", &[], &[]);
 }
 
+/// Dotenv files the defaults hide (`**/.env`, `**/.env.*`): at the root and at
+/// any depth.
+const ENV_FILES: &[&str] = &[
+    ".env",
+    "services/api/.env",
+    "services/api/.env.local",
+    "a/b/c/d/.env.production",
+];
+
 #[test]
 fn env_files_are_hidden() {
-    attack("hidden_env_file", &[], &[]);
+    // In a new session (patterns matched against the project) and again in
+    // the resumed one (matched against the workspace's stored view).
+    let Some(env) = env() else { return };
+    for rel in ENV_FILES {
+        let p = env.base.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, "API_KEY=host-secret\n").unwrap();
+    }
+    std::fs::write(env.base.join("services/api/app.py"), "print('hi')\n").unwrap();
+    let before = tree_hash(&env.base);
+    let first = agent(&env, &[], "hidden_env_file", ENV_FILES);
+    let id = first.summary["session"].as_str().unwrap().to_string();
+    let resumed = agent(&env, &["--session", &id], "hidden_env_file", ENV_FILES);
+    for run in [first, resumed] {
+        run.assert_blocked();
+        assert!(run.exec_of("hidden_env_file"), "{:?}", run.events);
+        // Covered (an empty file natively, one that cannot be opened on
+        // gVisor), not merely missing from the tree the agent was given.
+        for rel in ENV_FILES {
+            assert!(
+                run.stdout
+                    .contains(&format!("BLOCKED: {rel} holds 0 bytes"))
+                    || run
+                        .stdout
+                        .contains(&format!("BLOCKED: {rel}: Permission denied")),
+                "{rel}: {}",
+                run.stdout
+            );
+        }
+    }
+    assert_eq!(
+        tree_hash(&env.base),
+        before,
+        "the project changed on the host"
+    );
 }
 
 #[test]
