@@ -349,6 +349,12 @@ print(json.load(urllib.request.urlopen(req, timeout=20))["auth_sha256"])
         s["network"]["requests_blocked"].as_u64().unwrap() >= 3,
         "{s}"
     );
+    // Every request the upstream answered is counted as allowed, and no other.
+    assert_eq!(
+        s["network"]["requests_allowed"].as_u64().unwrap() as usize,
+        received.len(),
+        "{s}"
+    );
     let verify: Value =
         serde_json::from_str(&net.env.ok(&["audit", "verify", id, "--json"])).unwrap();
     assert_eq!(verify["ok"], true, "{verify}");
@@ -425,11 +431,13 @@ echo "ip_route=$(ip route 2>/dev/null | head -1)"
     for key in ["direct", "metadata", "ipv6"] {
         assert_ne!(field(&text, key), "0", "{key}: {text}");
     }
-    assert_eq!(
-        field(&text, "direct"),
-        "7",
-        "a direct IP is refused at once: {text}"
-    );
+    for key in ["direct", "metadata"] {
+        assert_eq!(
+            field(&text, key),
+            "7",
+            "{key}: a direct IP is refused at once: {text}"
+        );
+    }
     assert_eq!(field(&text, "udp"), "no-answer", "{text}");
 
     let s = summary(&out);
@@ -451,7 +459,21 @@ echo "ip_route=$(ip route 2>/dev/null | head -1)"
         blocked.iter().any(|e| e["data"]["proto"] == "udp"),
         "{blocked:?}"
     );
+    assert!(
+        blocked.iter().any(|e| e["data"]["proto"] == "tcp"
+            && e["data"]["dst"] == "169.254.169.254:80"
+            && e["data"]["reason"] == "direct-ip"),
+        "the metadata address: {blocked:?}"
+    );
     assert!(net.received().is_empty(), "nothing may reach the upstream");
+    // The summary counts every refusal, though no request was ever made:
+    // the two direct IPs, evil.test's lookups, the UDP datagram.
+    let n = &s["network"];
+    assert_eq!(n["connections_blocked"], 2, "{s}");
+    assert!(n["names_refused"].as_u64().unwrap() >= 2, "{s}");
+    assert!(n["packets_refused"].as_u64().unwrap() >= 1, "{s}");
+    assert_eq!(n["requests_allowed"], 0, "{s}");
+    assert_eq!(n["requests_blocked"], 0, "{s}");
 }
 
 /// A bare repository served over dumb HTTP, and a PyPI simple index with one wheel.
@@ -622,7 +644,10 @@ results["absolute_other"] = status(b"GET https://other.test/echo HTTP/1.1\r\nHos
 results["connect"] = status(b"CONNECT other.test:443 HTTP/1.1\r\nHost: other.test:443\r\n\r\n")
 results["cl_te"] = status(b"POST /echo HTTP/1.1\r\nHost: api.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n")
 results["two_cl"] = status(b"POST /echo HTTP/1.1\r\nHost: api.test\r\nContent-Length: 4\r\nContent-Length: 5\r\nConnection: close\r\n\r\nabcde")
-results["huge_header"] = status(b"GET /echo HTTP/1.1\r\nHost: api.test\r\nX-Big: " + b"a" * (1 << 20) + b"\r\nConnection: close\r\n\r\n")
+# 90 headers of 1 KiB: each line and their number within what the upstream
+# (Python's http.server) takes, the whole over the gateway's 64 KiB.
+pad = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 1024) for i in range(90))
+results["huge_header"] = status(b"GET /huge HTTP/1.1\r\nHost: api.test\r\n" + pad + b"Connection: close\r\n\r\n")
 results["sni_mismatch"] = status(ok, sni="other.test")
 
 # Slowloris: connections that trickle their headers do not stop others.
@@ -653,13 +678,7 @@ EOF
     let r: Value = serde_json::from_str(field(&text, "results")).unwrap();
     assert_eq!(r["normal"], "200", "{r}");
     assert_eq!(r["host_mismatch"], "421", "{r}");
-    for key in [
-        "absolute_other",
-        "connect",
-        "cl_te",
-        "two_cl",
-        "huge_header",
-    ] {
+    for key in ["absolute_other", "connect", "cl_te", "two_cl"] {
         let v = r[key].as_str().unwrap();
         assert!(
             v.starts_with('4') || v == "closed" || v.starts_with("error:"),
@@ -667,6 +686,7 @@ EOF
         );
     }
     assert_eq!(r["cl_te"], "400", "{r}");
+    assert_eq!(r["huge_header"], "431", "{r}");
     let sni = r["sni_mismatch"].as_str().unwrap();
     assert!(
         sni.starts_with("error:") || sni == "closed" || sni.starts_with('4'),
@@ -680,8 +700,19 @@ EOF
     assert!(
         received
             .iter()
-            .all(|x| x["host"] == "api.test" && x["method"] == "GET"),
+            .all(|x| x["host"] == "api.test" && x["method"] == "GET" && x["path"] == "/echo"),
         "{received:?}"
+    );
+    let events = net.events(summary(&out)["session"].as_str().unwrap());
+    assert!(
+        kinds(&events, "net.blocked")
+            .iter()
+            .any(|e| e["data"]["reason"] == "sni-mismatch"
+                && e["data"]["host"] == "api.test"
+                && e["data"]["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("other.test"))),
+        "{events:?}"
     );
 }
 
