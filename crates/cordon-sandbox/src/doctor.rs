@@ -179,7 +179,7 @@ pub fn probe_all() -> Vec<Feature> {
             }
             Enforcement::Unlimited => Err("the probe asked for no limits".into()),
             Enforcement::Rlimits(why) => Err(format!(
-                "{why}; limits fall back to rlimits (memory per process, pids per user namespace, no cpu limit)"
+                "{why}; limits fall back to rlimits (memory per process, hits not observed; pids per user namespace, reaching it sampled; no cpu limit)"
             )),
         },
     );

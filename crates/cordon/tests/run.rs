@@ -463,6 +463,58 @@ fn rootless_fork_bomb_meets_the_rlimit() {
         err.contains("fork") || err.contains("Resource temporarily unavailable"),
         "{err}"
     );
+    // The refused forks are the agent's own errors; what is reported is the
+    // limit reached, in the summary and the log.
+    let s = summary(&out);
+    let id = s["session"].as_str().unwrap();
+    assert!(
+        events(&env, id).iter().any(|e| e["kind"] == "limit.pids"),
+        "no limit.pids event"
+    );
+    if common::gvisor() {
+        return;
+    }
+    assert_eq!(s["limits_hit"], serde_json::json!(["pids"]), "{s}");
+    assert!(
+        s["limit_enforcement"]
+            .as_str()
+            .unwrap()
+            .contains("pids 32 (RLIMIT_NPROC; reaching it is observed"),
+        "{s}"
+    );
+}
+
+#[test]
+fn rootless_memory_rlimit_says_hits_are_not_observed() {
+    // RLIMIT_AS refuses the allocation inside the agent, and nothing outside
+    // can tell; the summary must not read as "no limit was hit" without
+    // saying so.
+    let Some(env) = env() else { return };
+    if common::gvisor() {
+        // gVisor refuses a memory limit without a cgroup (unenforceable_limits_fail_closed).
+        return;
+    }
+    let out = rootless(
+        &env,
+        &["--memory", "64M"],
+        "python3 -c 'b = bytearray(200 << 20)' 2>&1 | tail -1",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("MemoryError"), "{text}");
+    let s = summary(&out);
+    let enforcement = s["limit_enforcement"].as_str().unwrap();
+    assert!(
+        enforcement.starts_with("rlimits")
+            && enforcement.contains("memory 64 MiB per process (RLIMIT_AS;")
+            && enforcement.contains("a hit is not observed"),
+        "{s}"
+    );
+    let id = s["session"].as_str().unwrap();
+    let ready = events(&env, id)
+        .into_iter()
+        .find(|e| e["kind"] == "sandbox.ready")
+        .expect("no sandbox.ready event");
+    assert_eq!(ready["data"]["limits"], enforcement, "{ready}");
 }
 
 #[allow(dead_code)]

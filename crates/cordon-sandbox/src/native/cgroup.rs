@@ -326,6 +326,37 @@ pub fn rlimits(limits: &Limits, with_cgroup: bool) -> Vec<(libc::__rlimit_resour
     v
 }
 
+/// What the rlimit fallback holds, limit by limit, for the summary and the
+/// `sandbox.ready` event: what each one bounds, and whether a hit is seen. A
+/// user reading "limits hit: none" must know when that means "not observed".
+pub fn rlimit_scope(limits: &Limits) -> String {
+    let mut parts = Vec::new();
+    if let Some(m) = limits.memory {
+        parts.push(format!(
+            "memory {} per process (RLIMIT_AS; not the sandbox's total, and a hit is not \
+             observed: the allocation fails inside the agent)",
+            size_text(m)
+        ));
+    }
+    if let Some(p) = limits.pids {
+        parts.push(format!(
+            "pids {p} (RLIMIT_NPROC; reaching it is observed by sampling every {} ms)",
+            super::init::PIDS_SAMPLE.as_millis()
+        ));
+    }
+    parts.join(", ")
+}
+
+/// `bytes` in the largest binary unit that divides it (`64 MiB`), else bytes.
+fn size_text(bytes: u64) -> String {
+    for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{} {unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes} bytes")
+}
+
 impl Drop for Cgroups {
     fn drop(&mut self) {
         self.kill_all();
@@ -336,6 +367,34 @@ impl Drop for Cgroups {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rlimit_scope_says_what_is_and_is_not_observed() {
+        let limits = Limits {
+            memory: Some(64 << 20),
+            pids: Some(32),
+            ..Default::default()
+        };
+        let s = rlimit_scope(&limits);
+        assert!(
+            s.starts_with("memory 64 MiB per process (RLIMIT_AS;"),
+            "{s}"
+        );
+        assert!(s.contains("a hit is not observed"), "{s}");
+        assert!(
+            s.contains("pids 32 (RLIMIT_NPROC; reaching it is observed"),
+            "{s}"
+        );
+        assert_eq!(
+            rlimit_scope(&Limits {
+                memory: Some(1000),
+                ..Default::default()
+            }),
+            "memory 1000 bytes per process (RLIMIT_AS; not the sandbox's total, and a hit is \
+             not observed: the allocation fails inside the agent)"
+        );
+        assert_eq!(rlimit_scope(&Limits::default()), "");
+    }
 
     #[test]
     fn keyed_files() {

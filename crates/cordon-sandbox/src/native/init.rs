@@ -13,7 +13,8 @@
 //! The init builds the new root (see [`setup_root`]), pivots into it, forks the
 //! agent, forwards signals to it, reaps every orphan, reports the agent's end
 //! to the host and exits with the agent's status; when PID 1 exits the kernel
-//! kills whatever is left.
+//! kills whatever is left. Under a pids rlimit (no cgroup) it also watches the
+//! agent's task count, the one sign of that limit it can see.
 //!
 //! The agent process enters one more user namespace that maps the invoking user's
 //! ids onto the outer namespace's root, so the agent sees its own uid and holds no
@@ -80,8 +81,14 @@ pub enum Msg {
     /// The host side of the sandbox's TAP device travels with this message.
     Tap,
     /// The agent ended: its exit code, or the signal that killed it (sent by
-    /// the init, so an exit code of 130 is not mistaken for SIGINT).
-    Exit { code: i32, signal: Option<i32> },
+    /// the init, so an exit code of 130 is not mistaken for SIGINT), and the
+    /// rlimits the init saw reached (see [`PidsWatch`]).
+    Exit {
+        code: i32,
+        signal: Option<i32>,
+        #[serde(default)]
+        limits: Vec<crate::LimitKind>,
+    },
 }
 
 fn ctl() -> BorrowedFd<'static> {
@@ -182,7 +189,7 @@ pub fn stage1_main() -> ! {
     }
     // SAFETY: close(2) on the control socket, which stage 1 no longer needs.
     unsafe { libc::close(CTL_FD) };
-    wait_forwarding(pid, false)
+    wait_forwarding(pid, Waiter::Stage1)
 }
 
 /// Join the session's cgroups, then enter a new user namespace in which the
@@ -240,17 +247,82 @@ const FORWARDED: &[i32] = &[
     libc::SIGALRM,
 ];
 
-/// Wait for `main` while forwarding signals to it and, when `reap_all`, reaping
-/// every other child. Exits with `main`'s status (128+N for signal N).
-fn wait_forwarding(main: i32, reap_all: bool) -> ! {
-    // The init (which reaps all) tells the host how the agent ended.
-    let report = reap_all;
+/// How often the init counts the agent's tasks against an `RLIMIT_NPROC`.
+pub const PIDS_SAMPLE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Without a cgroup nothing counts how often `RLIMIT_NPROC` refused a fork:
+/// the refusal is an `EAGAIN` inside the agent. What the init can see is the
+/// agent's task count reaching the limit (after which every fork fails), so
+/// it samples that every [`PIDS_SAMPLE`]; a limit reached for less time than
+/// that can go unreported.
+struct PidsWatch {
+    limit: u64,
+    reached: bool,
+}
+
+impl PidsWatch {
+    fn sample(&mut self) {
+        if !self.reached && agent_tasks(Path::new("/proc")) >= self.limit {
+            self.reached = true;
+        }
+    }
+}
+
+/// Tasks (threads included, as `RLIMIT_NPROC` counts them) in the PID
+/// namespace whose `/proc` is `proc`, the init's own (PID 1: it runs in
+/// another user namespace, so the agent's limit does not count it) aside.
+fn agent_tasks(proc: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(proc) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.as_encoded_bytes();
+            !name.is_empty() && name.iter().all(u8::is_ascii_digit) && name != b"1"
+        })
+        .map(|e| {
+            std::fs::read_dir(e.path().join("task"))
+                .map(|t| t.count() as u64)
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// Who is waiting: stage 1 for the init, or the init for the agent.
+enum Waiter {
+    Stage1,
+    /// Also reaps every other child, samples the agent's task count when
+    /// there is a pids rlimit, and tells the host how the agent ended.
+    Init {
+        pids: Option<PidsWatch>,
+    },
+}
+
+/// Wait for `main` while forwarding signals to it (and what else `waiter`
+/// does). Exits with `main`'s status (128+N for signal N).
+fn wait_forwarding(main: i32, mut waiter: Waiter) -> ! {
+    let reap_all = matches!(waiter, Waiter::Init { .. });
     let set = forwarded_sigset();
+    let period = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: PIDS_SAMPLE.as_nanos() as libc::c_long,
+    };
     loop {
         // SAFETY: siginfo_t is plain data; sigwaitinfo fills it.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: the set is initialised and the signals in it are blocked.
-        let sig = unsafe { libc::sigwaitinfo(&set, &mut info) };
+        let sig = match &mut waiter {
+            Waiter::Init { pids: Some(pids) } => {
+                // SAFETY: the set is initialised and the signals in it are
+                // blocked; the timeout is a valid timespec.
+                let sig = unsafe { libc::sigtimedwait(&set, &mut info, &period) };
+                pids.sample();
+                sig
+            }
+            // SAFETY: the set is initialised and the signals in it are blocked.
+            _ => unsafe { libc::sigwaitinfo(&set, &mut info) },
+        };
         if sig < 0 {
             continue;
         }
@@ -276,8 +348,19 @@ fn wait_forwarding(main: i32, reap_all: bool) -> ! {
                 } else {
                     continue;
                 };
-                if report {
-                    send(&Msg::Exit { code, signal }, None);
+                if let Waiter::Init { pids } = &waiter {
+                    let limits = match pids {
+                        Some(p) if p.reached => vec![crate::LimitKind::Pids],
+                        _ => Vec::new(),
+                    };
+                    send(
+                        &Msg::Exit {
+                            code,
+                            signal,
+                            limits,
+                        },
+                        None,
+                    );
                 }
                 // SAFETY: leaving the process; as PID 1 this also ends every
                 // process left in the namespace.
@@ -300,7 +383,15 @@ fn init_main(cfg: InitConfig) -> ! {
     // The init keeps the control socket to report how the agent ended; the
     // agent cannot reach the init's descriptors (other user namespace, no
     // ptrace, Landlock's signal and abstract-socket scoping).
-    wait_forwarding(pid, true)
+    let pids = cfg
+        .rlimits
+        .iter()
+        .find(|(res, _)| *res == libc::RLIMIT_NPROC)
+        .map(|&(_, limit)| PidsWatch {
+            limit,
+            reached: false,
+        });
+    wait_forwarding(pid, Waiter::Init { pids })
 }
 
 fn step<T>(what: impl FnOnce() -> String, r: std::io::Result<T>) -> Result<T, String> {
@@ -1324,6 +1415,18 @@ fn resolve_program(name: &str, env: &[(String, String)]) -> CString {
 mod tests {
     use super::*;
     use std::os::unix::fs::{PermissionsExt, symlink};
+
+    #[test]
+    fn agent_tasks_count_threads_but_not_the_init() {
+        let proc = tempfile::tempdir().unwrap();
+        for task in ["1/task/1", "5/task/5", "5/task/6", "5/task/7", "12/task/12"] {
+            std::fs::create_dir_all(proc.path().join(task)).unwrap();
+        }
+        std::fs::create_dir_all(proc.path().join("sys/task/x")).unwrap();
+        symlink("5", proc.path().join("self")).unwrap();
+        assert_eq!(agent_tasks(proc.path()), 4);
+        assert_eq!(agent_tasks(&proc.path().join("missing")), 0);
+    }
 
     fn chmod(p: &Path, mode: u32) {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();

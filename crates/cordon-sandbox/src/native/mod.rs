@@ -26,7 +26,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::{
-    Backend, BackendKind, Control, Ended, Error, EventSink, Result, Running, SandboxSpec, Stdio,
+    Backend, BackendKind, Control, Ended, Error, EventSink, LimitKind, Result, Running,
+    SandboxSpec, Stdio,
 };
 use cgroup::{Cgroups, Enforcement};
 pub use init::{STAGE1_ARG, stage1_main};
@@ -176,6 +177,16 @@ impl Backend for Native {
             }
         }
         let with_cgroup = matches!(enforcement, Enforcement::Cgroup(_));
+        let enforcement_text = match &enforcement {
+            Enforcement::Rlimits(_) => {
+                format!(
+                    "{}: {}",
+                    enforcement.describe(),
+                    cgroup::rlimit_scope(&spec.limits)
+                )
+            }
+            _ => enforcement.describe(),
+        };
         let cgroup_procs = match &enforcement {
             Enforcement::Cgroup(c) => c.procs_paths(),
             Enforcement::Rlimits(_) | Enforcement::Unlimited => Vec::new(),
@@ -225,6 +236,7 @@ impl Backend for Native {
             child,
             host_ctl,
             enforcement,
+            enforcement_text,
             supervisor: None,
             terminal: None,
             link: None,
@@ -285,7 +297,7 @@ impl Backend for Native {
         ready.insert("backend".into(), "native".into());
         ready.insert("landlock".into(), landlock.into());
         ready.insert("seccomp".into(), "user notification + deny-list".into());
-        ready.insert("limits".into(), running.enforcement.describe().into());
+        ready.insert("limits".into(), running.enforcement_text.clone().into());
         ready.insert(
             "network".into(),
             match spec.network {
@@ -331,6 +343,9 @@ struct NativeRunning {
     host_ctl: OwnedFd,
     control: Arc<NativeControl>,
     enforcement: Enforcement,
+    /// How limits are enforced, as the summary says it: for rlimits, each
+    /// one's scope and whether its hits are seen.
+    enforcement_text: String,
     supervisor: Option<std::thread::JoinHandle<()>>,
     terminal: Option<OwnedFd>,
     /// The TAP device's descriptor, until the session takes it.
@@ -345,9 +360,10 @@ impl NativeRunning {
         let _ = self.child.wait();
     }
 
-    /// How the agent ended, as the init reported it (`None` when the init
-    /// itself died first, e.g. killed with the whole sandbox).
-    fn reported_exit(&self) -> Option<(i32, Option<i32>)> {
+    /// How the agent ended and which rlimits the init saw reached, as the
+    /// init reported it (`None` when the init itself died first, e.g. killed
+    /// with the whole sandbox).
+    fn reported_exit(&self) -> Option<(i32, Option<i32>, Vec<LimitKind>)> {
         let mut buf = [0u8; 256];
         loop {
             let ready = rustix::event::poll(
@@ -362,8 +378,13 @@ impl NativeRunning {
                 return None;
             }
             let (n, _) = crate::sys::recv_msg(self.host_ctl.as_fd(), &mut buf).ok()??;
-            if let Ok(init::Msg::Exit { code, signal }) = serde_json::from_slice(&buf[..n]) {
-                return Some((code, signal));
+            if let Ok(init::Msg::Exit {
+                code,
+                signal,
+                limits,
+            }) = serde_json::from_slice(&buf[..n])
+            {
+                return Some((code, signal, limits));
             }
         }
     }
@@ -418,20 +439,21 @@ impl Running for NativeRunning {
             }
         };
         use std::os::unix::process::ExitStatusExt;
-        let (code, signal) = self.reported_exit().unwrap_or_else(|| {
+        let (code, signal, rlimits_reached) = self.reported_exit().unwrap_or_else(|| {
             // The init did not report (the sandbox was killed as a whole):
             // stage 1's status says how.
             match (status.code(), status.signal()) {
-                (Some(c), _) => (c, None),
-                (None, Some(sig)) => (128 + sig, Some(sig)),
-                (None, None) => (128, None),
+                (Some(c), _) => (c, None, Vec::new()),
+                (None, Some(sig)) => (128 + sig, Some(sig), Vec::new()),
+                (None, None) => (128, None, Vec::new()),
             }
         });
         let limits = match &self.enforcement {
             Enforcement::Cgroup(c) => c.hits(),
-            Enforcement::Rlimits(_) | Enforcement::Unlimited => Vec::new(),
+            Enforcement::Rlimits(_) => rlimits_reached,
+            Enforcement::Unlimited => Vec::new(),
         };
-        let enforcement = self.enforcement.describe();
+        let enforcement = self.enforcement_text.clone();
         if let Enforcement::Cgroup(c) = &self.enforcement {
             c.kill_all();
         }
