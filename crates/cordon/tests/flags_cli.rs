@@ -556,3 +556,238 @@ fn four_eyes_from_the_command_line() {
     assert!(!flag_state(&s, "new-checkout", "production"));
     s.ok(&["audit", "verify"]);
 }
+
+/// Stop a server and return everything it wrote to standard output (the launcher
+/// pipes it only when asked to).
+fn stop(mut s: Served) -> String {
+    let _ = s.child.kill();
+    let _ = s.child.wait();
+    let mut out = String::new();
+    if let Some(mut pipe) = s.child.stdout.take() {
+        std::io::Read::read_to_string(&mut pipe, &mut out).unwrap();
+    }
+    out
+}
+
+/// `cordon flags serve` on the SQLite file `db` with no initial token from the
+/// environment, standard output captured, and `args` added.
+fn serve_without_env_token(db: &std::path::Path, args: &[&str]) -> Served {
+    launch(
+        |c| {
+            c.arg("--db")
+                .arg(db)
+                .args(args)
+                .env_remove("CORDON_FLAGS_INIT_ADMIN_TOKEN")
+                .stdout(Stdio::piped());
+        },
+        tempfile::tempdir().unwrap(),
+    )
+}
+
+/// Every file the SQLite store keeps beside `db` (the database, its WAL, the audit
+/// anchor), read whole.
+fn database_bytes(db: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let dir = db.parent().unwrap();
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+        .collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn first_start_prints_a_generated_admin_token_once_and_stores_only_its_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("flags.db");
+
+    let s = serve_without_env_token(&db, &[]);
+    let url = s.url.clone();
+    let listed = s.cordon_as(ADMIN, &["list"]);
+    assert!(
+        !listed.status.success(),
+        "no token was given, so the test's usual one must not work"
+    );
+    let printed = stop(s);
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 1, "exactly the token on stdout: {printed:?}");
+    let token = lines[0].trim().to_owned();
+    let secret = token
+        .strip_prefix("*:*.")
+        .unwrap_or_else(|| panic!("an admin token reads *:*.SECRET: {token}"));
+    assert!(secret.len() >= 32, "a long random secret: {token}");
+
+    // Only the SHA-256 of the token is stored: not the text, not the secret, in no
+    // file the store keeps.
+    for (file, bytes) in database_bytes(&db) {
+        assert!(
+            !contains(&bytes, secret.as_bytes()),
+            "{file} holds the admin token's secret"
+        );
+    }
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let hashes: Vec<Vec<u8>> = conn
+        .prepare("SELECT hash FROM api_tokens WHERE type = 'admin'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    drop(conn);
+    let want: Vec<u8> = <sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()).to_vec();
+    assert_eq!(hashes, [want], "one admin token, stored as its SHA-256");
+
+    // A second start on the same database prints nothing and creates nothing; the
+    // printed token is the admin token.
+    let s = serve_without_env_token(&db, &[]);
+    assert_ne!(s.url, url, "a new server");
+    let out = s.cordon_as(&token, &["list"]);
+    assert!(
+        out.status.success(),
+        "the printed token administers the server: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stop(s), "", "a second start prints no token");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let admins: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM api_tokens WHERE type = 'admin'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(admins, 1);
+}
+
+#[test]
+fn init_admin_token_flag_creates_that_token_on_first_start_only() {
+    const GIVEN: &str = "*:*.given-on-the-command-line-0123456789";
+    const LATER: &str = "*:*.given-on-a-later-start-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("flags.db");
+
+    let s = serve_without_env_token(&db, &["--init-admin-token", GIVEN]);
+    assert!(
+        s.cordon_as(GIVEN, &["create", "from-the-flag"])
+            .status
+            .success()
+    );
+    let out = s.cordon_as(GIVEN, &["list"]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("from-the-flag"),
+        "the given token administers the server: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stop(s), "", "a given token is not printed");
+    for (file, bytes) in database_bytes(&db) {
+        assert!(
+            !contains(&bytes, b"given-on-the-command-line"),
+            "{file} holds the given token's text"
+        );
+    }
+
+    // Once an admin token exists the option is ignored.
+    let s = serve_without_env_token(&db, &["--init-admin-token", LATER]);
+    assert!(!s.cordon_as(LATER, &["list"]).status.success());
+    assert!(s.cordon_as(GIVEN, &["list"]).status.success());
+    drop(s);
+
+    // A token that is not `*:*.SECRET` with a long enough secret: one clear line, a
+    // non-zero exit, and no server.
+    let fresh = tempfile::tempdir().unwrap();
+    for bad in [
+        "*:*.short",
+        "default:production.0123456789abcdef0123",
+        "nonsense",
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_cordon"))
+            .args(["flags", "serve", "--listen", "127.0.0.1:0", "--db"])
+            .arg(fresh.path().join("flags.db"))
+            .args(["--init-admin-token", bad])
+            .env_remove("CORDON_FLAGS_INIT_ADMIN_TOKEN")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("initial admin token must look like `*:*.SECRET`"),
+            "{bad}: {err}"
+        );
+        assert!(
+            !err.contains(bad),
+            "{bad}: the rejected token is not echoed: {err}"
+        );
+    }
+}
+
+#[test]
+fn disable_turns_a_flag_off_in_one_environment() {
+    let s = serve();
+    s.ok(&["create", "reports"]);
+    s.ok(&["enable", "reports"]);
+    s.ok(&["enable", "reports", "--env", "development"]);
+    assert!(flag_state(&s, "reports", "production"));
+    assert!(flag_state(&s, "reports", "development"));
+
+    s.ok(&["disable", "reports"]);
+    assert!(
+        !flag_state(&s, "reports", "production"),
+        "production by default"
+    );
+    assert!(flag_state(&s, "reports", "development"), "only that one");
+    s.ok(&["disable", "reports", "--env", "development"]);
+    assert!(!flag_state(&s, "reports", "development"));
+    // Disabling what is off changes nothing and is not an error.
+    s.ok(&["disable", "reports"]);
+    assert!(!flag_state(&s, "reports", "production"));
+
+    let out = s.cordon(&["disable", "no-such-flag"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+    let out = s.cordon(&["disable", "reports", "--env", "no-such-env"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-env"));
+}
+
+#[test]
+fn audit_verify_fails_from_the_cli_and_names_a_tampered_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("flags.db");
+    let s = serve_in(dir);
+    s.ok(&["create", "audited"]);
+    s.ok(&["enable", "audited"]);
+    s.ok(&["kill", "audited"]);
+    let verified = s.ok(&["audit", "verify"]);
+    assert!(
+        verified.contains("audit chain intact: 4 events"),
+        "{verified}"
+    );
+
+    // Someone with the database file rewrites who turned the flag on (event 3:
+    // 1 is the admin token, 2 the flag's creation), dropping the triggers that
+    // refuse it first.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let action: String = conn
+        .query_row("SELECT action FROM audit_events WHERE seq = 3", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(action, "feature-environment-enabled");
+    conn.execute_batch(
+        "DROP TRIGGER IF EXISTS audit_events_no_update;
+         DROP TRIGGER IF EXISTS audit_events_no_delete;
+         UPDATE audit_events SET actor = 'admin:somebody-else' WHERE seq = 3;",
+    )
+    .unwrap();
+    drop(conn);
+
+    let out = s.cordon(&["audit", "verify"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("event 3 was edited"), "{stdout}");
+    assert!(!stdout.contains("intact"), "{stdout}");
+}
