@@ -508,6 +508,54 @@ async fn python_sdk_evaluates_every_strategy_like_the_server() {
     evaluates_like_the_server(Sdk::Python).await;
 }
 
+/// The host name the Node SDK matches `applicationHostname` against: `$HOSTNAME`, else
+/// the kernel's, lower-cased (`unleash-client`'s `ApplicationHostnameStrategy`).
+fn node_sdk_host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .expect("a host name")
+        .trim()
+        .to_lowercase()
+}
+
+/// `applicationHostname` is evaluated where the SDK runs, against the SDK's own host:
+/// the server only has to store the strategy and serve its `hostNames` intact. A flag
+/// listing this host (in upper case, among others) is on for the Node SDK here; one
+/// listing only other hosts is off. (The pinned Python SDK is not checked: its engine,
+/// yggdrasil-engine 2.0.0, is built without host-name support and answers false for
+/// every `applicationHostname` strategy, so there is nothing of ours to observe.)
+#[tokio::test]
+async fn node_sdk_evaluates_application_hostname_against_its_own_host() {
+    let host = node_sdk_host_name();
+    let server = common::start().await;
+    let hosts =
+        |names: &str| json!([{"name": "applicationHostname", "parameters": {"hostNames": names}}]);
+    let state = json!({"version": 2, "features": [
+        {"name": "sdk-this-host", "enabled": true,
+         "strategies": hosts(&format!("build-1.example, {}", host.to_uppercase()))},
+        {"name": "sdk-other-hosts", "enabled": true,
+         "strategies": hosts("build-1.example,build-2.example")}
+    ]});
+    let r = server.import("development", &state).await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let token = server
+        .create_token("client", "default", "development")
+        .await;
+    let mut d = Driver::start(Sdk::Node, &server, &token, Options::polling(Sdk::Node)).await;
+    d.ready().await;
+    assert!(
+        d.is_enabled("sdk-this-host", &json!({})).await,
+        "a flag for host {host:?} is on for an SDK running there"
+    );
+    assert!(
+        !d.is_enabled("sdk-other-hosts", &json!({"userId": "alice"}))
+            .await,
+        "a flag for other hosts is off here"
+    );
+}
+
 #[derive(Debug, Default, PartialEq, Clone)]
 struct Counts {
     yes: u64,
