@@ -523,6 +523,51 @@ async fn check_token(
     }
 }
 
+/// Longest error body [`json_errors`] reads to quote it.
+const MAX_ERROR_TEXT: usize = 4096;
+
+/// Middleware: every error the API answers is `{"error": "..."}`, also those axum
+/// answers before a handler runs, which are plain text (a path parameter that is not
+/// UTF-8, or not a number where one is expected) or empty (a method the path does not
+/// have: `405`, whose `Allow` header is kept and named in the message).
+async fn json_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_ERROR_TEXT)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let allowed = parts
+        .headers
+        .get(header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let message = match (status, allowed) {
+        (StatusCode::METHOD_NOT_ALLOWED, Some(allowed)) => {
+            format!("method {method} is not allowed here; this path takes {allowed}")
+        }
+        _ if !text.is_empty() => text,
+        _ => status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase(),
+    };
+    let (json_parts, json_body) = ApiError::new(status, message).into_response().into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.extend(json_parts.headers);
+    Response::from_parts(parts, json_body)
+}
+
 pub(crate) fn router(
     store: Arc<dyn Store>,
     options: &ServeOptions,
@@ -724,6 +769,11 @@ pub(crate) fn router(
         .merge(rest)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state.clone());
+    // Around the whole router, not each route (`Router::layer`), so that the middleware
+    // sees the answer as routing finished it: a 405 gets its Allow header only there.
+    let router = Router::new()
+        .fallback_service(router)
+        .layer(middleware::from_fn(json_errors));
     let router = router.clone().merge(crate::console::routes(router));
     Ok((router, state))
 }

@@ -739,3 +739,87 @@ async fn a_flag_type_is_one_of_unleashs() {
         "kill-switch"
     );
 }
+
+/// Errors axum answers before a handler runs are JSON like every other error: a method
+/// the path does not have (`405`, was an empty body; the `Allow` header stays), a path
+/// parameter that is not UTF-8 or not a number (`400`, was plain text), no such path.
+#[tokio::test]
+async fn errors_from_routing_and_extraction_are_json_too() {
+    let server = common::start().await;
+    let base = "/api/admin/projects/default/features";
+    assert_eq!(
+        server
+            .post_json(base, ADMIN, &json!({"name": "x"}))
+            .await
+            .status,
+        201
+    );
+    let client = server.create_token("client", "*", "production").await;
+    let cases: &[(&str, String, &str, u16, &str)] = &[
+        ("PATCH", format!("{base}/x"), ADMIN, 405, "PATCH"),
+        (
+            "DELETE",
+            "/api/client/features".into(),
+            &client,
+            405,
+            "DELETE",
+        ),
+        (
+            "PUT",
+            "/api/admin/state/export?environment=production".into(),
+            ADMIN,
+            405,
+            "PUT",
+        ),
+        ("GET", format!("{base}/%FF%FE"), ADMIN, 400, "UTF-8"),
+        (
+            "GET",
+            "/api/client/features/%C3%28".into(),
+            &client,
+            400,
+            "UTF-8",
+        ),
+        (
+            "PUT",
+            "/api/admin/segments/not-a-number".into(),
+            ADMIN,
+            400,
+            "not-a-number",
+        ),
+        (
+            "GET",
+            "/api/admin/nothing-here".into(),
+            ADMIN,
+            404,
+            "no such endpoint",
+        ),
+    ];
+    for (method, path, token, status, says) in cases {
+        let r = server
+            .request(method, path, &[("Authorization", token)], Some(b"{}"))
+            .await;
+        assert_eq!(r.status, *status, "{method} {path}");
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/json"),
+            "{method} {path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let error = r.json()["error"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            error.contains(says),
+            "{method} {path}: {error} {:?}",
+            r.headers
+        );
+        if *status == 405 {
+            let allow = r.header("allow").unwrap_or_default().to_owned();
+            assert!(!allow.is_empty(), "{method} {path}: no Allow header");
+            assert!(error.contains(&allow), "{method} {path}: {error} / {allow}");
+        }
+    }
+    // Answers that are not errors are left as they were.
+    let r = server.get("/health", "", &[]).await;
+    assert_eq!(r.json()["health"], "GOOD");
+    let r = server.get(&format!("{base}/x"), ADMIN, &[]).await;
+    assert_eq!(r.status, 200);
+}
