@@ -448,7 +448,28 @@ pub(crate) async fn put_variants(
     })))
 }
 
-/// `PUT /api/admin/projects/:p/features/:f`: description, type, stale, impression data.
+/// The body of a flag update: Unleash's `updateFeatureSchema`, and the two fields its
+/// own console and older versions send back with it (a flag as `GET` answered it).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct UpdateFeatureBody {
+    /// Must be the flag's own name: a flag cannot be renamed (Unleash: "Cannot change
+    /// name of feature flag"). Empty counts as absent, as in Unleash.
+    name: Option<String>,
+    description: Option<String>,
+    #[serde(rename = "type")]
+    feature_type: Option<String>,
+    stale: Option<bool>,
+    impression_data: Option<bool>,
+    /// `true` archives the flag, as Unleash's update does.
+    archived: Option<bool>,
+    /// Ignored, as Unleash ignores it: when a flag was created is not editable.
+    #[serde(rename = "createdAt")]
+    _created_at: Option<serde::de::IgnoredAny>,
+}
+
+/// `PUT /api/admin/projects/:p/features/:f`: description, type, stale, impression data,
+/// and archiving.
 pub(crate) async fn update_feature(
     State(app): State<Shared>,
     headers: axum::http::HeaderMap,
@@ -456,7 +477,22 @@ pub(crate) async fn update_feature(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
     let who = app.principal(&headers, Permission::Edit)?;
-    let (update, _): (FeatureUpdate, _) = parse_json(body)?;
+    let (body, _): (UpdateFeatureBody, _) = parse_json(body)?;
+    if let Some(name) = body.name.as_deref().filter(|n| !n.is_empty())
+        && name != flag
+    {
+        return Err(ApiError::bad_request(format!(
+            "name {name:?} is not this flag's ({flag:?}): a flag cannot be renamed; \
+             omit name or send {flag:?}"
+        )));
+    }
+    let update = FeatureUpdate {
+        description: body.description,
+        feature_type: body.feature_type,
+        stale: body.stale,
+        impression_data: body.impression_data,
+        archived: body.archived,
+    };
     if update.description.as_deref().is_some_and(too_long) {
         return Err(ApiError::bad_request(
             "description is at most 1000 characters",
@@ -484,6 +520,9 @@ struct TokenInfo {
     project: String,
     projects: Vec<String>,
     environment: String,
+    /// When it stops (or stopped) working; an expired token is still listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
 }
 
 /// `GET /api/admin/api-tokens`: names and scopes; secrets are not stored, so not shown.
@@ -504,6 +543,7 @@ pub(crate) async fn list_tokens(
             projects: t.project.split(',').map(str::to_owned).collect(),
             project: t.project,
             environment: t.environment,
+            expires_at: t.expires_ms.map(crate::metrics::rfc3339),
         })
         .collect();
     Ok(Json(serde_json::json!({ "tokens": tokens })))

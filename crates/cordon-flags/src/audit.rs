@@ -103,14 +103,18 @@ impl<'a> Change<'a> {
 
     /// A token created: its scope and name, never its hash.
     pub(crate) fn token_created(token: &'a TokenRecord) -> Self {
+        let mut after = serde_json::json!({
+            "tokenName": token.name,
+            "type": token.token_type.as_str(),
+            "project": token.project,
+            "environment": token.environment,
+        });
+        if let Some(ms) = token.expires_ms {
+            after["expiresAt"] = crate::metrics::rfc3339(ms).into();
+        }
         Change::new("api-token-created")
             .environment(&token.environment)
-            .after(serde_json::json!({
-                "tokenName": token.name,
-                "type": token.token_type.as_str(),
-                "project": token.project,
-                "environment": token.environment,
-            }))
+            .after(after)
     }
 
     /// A flag switched in one environment; `before` is `None` when the flag had no

@@ -694,22 +694,7 @@ pub(crate) async fn create_personal_token(
             "a token description has 1-100 characters",
         ));
     }
-    let expires_ms = match p.expires_at.as_deref() {
-        None => None,
-        Some(t) => {
-            let Some(ms) = crate::metrics::parse_rfc3339(t) else {
-                return Err(ApiError::bad_request(format!(
-                    "expiresAt {t:?} is not an RFC 3339 time (e.g. 2027-01-31T00:00:00Z)"
-                )));
-            };
-            if ms <= now_millis() {
-                return Err(ApiError::bad_request(format!(
-                    "expiresAt {t:?} is not in the future"
-                )));
-            }
-            Some(ms)
-        }
-    };
+    let expires_ms = crate::server::parse_expiry(p.expires_at.as_deref())?;
     let a = app.clone();
     let (d, name) = (description.clone(), who.name.clone());
     let secret = blocking(move || mint(&a, &d, &name, expires_ms, &who.actor())).await??;

@@ -210,6 +210,18 @@ impl AppState {
         let Some(record) = token::find(&tokens, presented) else {
             return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid API token"));
         };
+        if let Some(expired) = record
+            .expires_ms
+            .filter(|&ms| ms <= crate::rows::now_millis())
+        {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                format!(
+                    "this token expired at {}; log in again or use a new token",
+                    crate::metrics::rfc3339(expired)
+                ),
+            ));
+        }
         if !allowed.contains(&record.token_type) {
             let names: Vec<&str> = allowed.iter().map(|t| t.as_str()).collect();
             return Err(ApiError::new(
@@ -1020,6 +1032,8 @@ struct CreateToken {
     environment: Option<String>,
     project: Option<String>,
     projects: Option<Vec<String>>,
+    /// When the token stops working (RFC 3339), as Unleash takes it.
+    expires_at: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -1032,6 +1046,27 @@ struct CreatedToken {
     project: String,
     projects: Vec<String>,
     environment: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
+}
+
+/// An `expiresAt` from a request as milliseconds since the epoch: an RFC 3339 time in
+/// the future, else a `400` saying which.
+pub(crate) fn parse_expiry(expires_at: Option<&str>) -> Result<Option<i64>, ApiError> {
+    let Some(t) = expires_at else {
+        return Ok(None);
+    };
+    let Some(ms) = crate::metrics::parse_rfc3339(t) else {
+        return Err(ApiError::bad_request(format!(
+            "expiresAt {t:?} is not an RFC 3339 time (e.g. 2027-01-31T00:00:00Z)"
+        )));
+    };
+    if ms <= crate::rows::now_millis() {
+        return Err(ApiError::bad_request(format!(
+            "expiresAt {t:?} is not in the future"
+        )));
+    }
+    Ok(Some(ms))
 }
 
 async fn admin_create_token(
@@ -1041,6 +1076,7 @@ async fn admin_create_token(
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     let who = app.principal(&headers, Permission::Administer)?;
     let (req, _): (CreateToken, _) = parse_json(body)?;
+    let expires_ms = parse_expiry(req.expires_at.as_deref())?;
     let token_type = TokenType::parse(&req.token_type).ok_or_else(|| {
         ApiError::bad_request(format!(
             "unknown token type {:?}; use client, frontend or admin",
@@ -1117,7 +1153,7 @@ async fn admin_create_token(
         environment: environment.clone(),
         hash: TokenHash::of(&secret),
         owner: None,
-        expires_ms: None,
+        expires_ms,
     };
     let a = app.clone();
     blocking(move || {
@@ -1134,6 +1170,7 @@ async fn admin_create_token(
             projects: project.split(',').map(str::to_owned).collect(),
             project,
             environment,
+            expires_at: expires_ms.map(crate::metrics::rfc3339),
         }),
     ))
 }

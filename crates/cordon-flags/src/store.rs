@@ -231,7 +231,8 @@ pub trait Store: Send + Sync + 'static {
         edit: &mut dyn FnMut(&mut EnvConfig) -> Result<()>,
         actor: &Actor,
     ) -> Result<EnvConfig>;
-    /// Change a flag's description, type, stale or impression-data marks.
+    /// Change a flag's description, type, stale or impression-data marks, and archive
+    /// it when the update says `archived: true`; all or nothing.
     fn update_feature(
         &self,
         project: &str,
@@ -401,6 +402,10 @@ pub struct FeatureUpdate {
     pub feature_type: Option<String>,
     pub stale: Option<bool>,
     pub impression_data: Option<bool>,
+    /// `Some(true)`: archive the flag too, in the same transaction (Unleash's update
+    /// takes `archived`). `Some(false)` leaves a live flag live; an archived flag is
+    /// not found by an update, it is revived through the archive API.
+    pub archived: Option<bool>,
 }
 
 /// A fresh random id in UUID v4 form.
@@ -689,10 +694,13 @@ impl<D: Driver> Store for D {
                 ],
             )?;
             if token.expires_ms.is_some() {
-                // Console sessions: expired ones are dropped as new ones start.
+                // Console sessions and personal tokens: expired ones are dropped as new
+                // ones start. Expired API tokens stay listed (as Unleash lists them)
+                // until an admin deletes them; they authenticate nothing.
                 tx.execute(
                     "drop expired sessions",
-                    "DELETE FROM api_tokens WHERE expires_ms IS NOT NULL AND expires_ms < ?1",
+                    "DELETE FROM api_tokens WHERE expires_ms IS NOT NULL AND expires_ms < ?1
+                        AND owner IS NOT NULL",
                     &[&rows::now_millis()],
                 )?;
             }
@@ -788,16 +796,7 @@ impl<D: Driver> Store for D {
     fn archive_feature(&self, project: &str, flag: &str, actor: &Actor) -> Result<()> {
         self.change("archive a flag", |tx| {
             live_feature(tx, project, flag)?;
-            crate::cr::guard_project(tx, project)?;
-            mark_archived(tx, flag)?;
-            append_event(
-                tx,
-                actor,
-                Change::new("feature-archived")
-                    .flag(flag)
-                    .before(serde_json::json!({ "archived": false }))
-                    .after(serde_json::json!({ "archived": true })),
-            )
+            archive_in(tx, project, flag, actor)
         })
     }
 
@@ -1042,17 +1041,20 @@ impl<D: Driver> Store for D {
                 ],
             )?;
             let after = one(tx)?;
-            if after == before {
-                return Ok(());
+            if after != before {
+                append_event(
+                    tx,
+                    actor,
+                    Change::new("feature-updated")
+                        .flag(flag)
+                        .before(serde_json::to_value(&before).unwrap_or_default())
+                        .after(serde_json::to_value(&after).unwrap_or_default()),
+                )?;
             }
-            append_event(
-                tx,
-                actor,
-                Change::new("feature-updated")
-                    .flag(flag)
-                    .before(serde_json::to_value(&before).unwrap_or_default())
-                    .after(serde_json::to_value(&after).unwrap_or_default()),
-            )
+            if update.archived == Some(true) {
+                archive_in(tx, project, flag, actor)?;
+            }
+            Ok(())
         })
     }
 
@@ -2126,6 +2128,21 @@ fn guard_project_dependencies(tx: &dyn Sql, project: &str) -> Result<()> {
 }
 
 /// Archive a flag (the caller writes the event).
+/// Archive the live flag `flag` of `project` inside the transaction `tx`, with its
+/// event; refused while the project's changes go through change requests.
+fn archive_in(tx: &dyn Sql, project: &str, flag: &str, actor: &Actor) -> Result<()> {
+    crate::cr::guard_project(tx, project)?;
+    mark_archived(tx, flag)?;
+    append_event(
+        tx,
+        actor,
+        Change::new("feature-archived")
+            .flag(flag)
+            .before(serde_json::json!({ "archived": false }))
+            .after(serde_json::json!({ "archived": true })),
+    )
+}
+
 pub(crate) fn mark_archived(tx: &dyn Sql, flag: &str) -> Result<()> {
     tx.execute(
         "archive a flag",

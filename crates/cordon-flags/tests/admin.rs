@@ -763,3 +763,213 @@ async fn a_token_for_several_projects_sees_exactly_those() {
         assert_eq!(r.status, 400, "{bad}");
     }
 }
+
+/// Unleash's update body, as its console and SDK-side tools send it back (a flag as
+/// `GET` answered it, with `name` and `createdAt`): accepted; `name` must be the
+/// flag's; `archived: true` archives as Unleash's update does; refusals write nothing.
+#[tokio::test]
+async fn a_flag_update_takes_unleashs_body() {
+    let (server, client) = setup().await;
+    let r = put(
+        &server,
+        FLAG,
+        &json!({"name": "checkout", "description": "as Unleash sends it", "type": "release",
+                "stale": false, "impressionData": true, "archived": false,
+                "createdAt": "2024-01-01T00:00:00.000Z"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let f = server.get(FLAG, ADMIN, &[]).await.json();
+    assert_eq!(f["description"], "as Unleash sends it");
+    assert_eq!(f["impressionData"], true);
+    assert_eq!(f.get("createdAt"), None, "createdAt is ignored, not stored");
+    // An empty name is no name, as in Unleash.
+    assert_eq!(
+        put(&server, FLAG, &json!({"name": "", "stale": true}))
+            .await
+            .status,
+        200
+    );
+
+    let events = event_count(&server).await;
+    for body in [
+        json!({"name": "renamed", "description": "never stored"}),
+        json!({"name": "checkout", "archived": "yes"}),
+        json!({"name": "checkout", "owner": "me"}),
+    ] {
+        let r = put(&server, FLAG, &body).await;
+        assert_eq!(r.status, 400, "{body}");
+        assert!(r.json()["error"].is_string(), "{body}");
+    }
+    let r = put(&server, FLAG, &json!({"name": "renamed"})).await;
+    let error = r.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("renamed") && error.contains("cannot be renamed"),
+        "{error}"
+    );
+    assert_eq!(event_count(&server).await, events, "refusals write nothing");
+    assert_eq!(
+        server.get(FLAG, ADMIN, &[]).await.json()["description"],
+        "as Unleash sends it"
+    );
+
+    // archived: true archives the flag with the update, in one change.
+    let r = put(
+        &server,
+        FLAG,
+        &json!({"name": "checkout", "description": "retired", "archived": true}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(server.get(FLAG, ADMIN, &[]).await.status, 404);
+    let r = server
+        .get("/api/client/features/checkout", &client, &[])
+        .await;
+    assert_eq!(r.status, 404, "gone from the client API");
+    let archived = server.get("/api/admin/archive/features", ADMIN, &[]).await;
+    assert_eq!(archived.json()["features"][0]["name"], "checkout");
+    assert_eq!(archived.json()["features"][0]["description"], "retired");
+    let r = server
+        .get("/api/admin/events?feature=checkout&limit=2", ADMIN, &[])
+        .await;
+    let events = r.json();
+    let types: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["feature-archived", "feature-updated"],
+        "newest first"
+    );
+    // An archived flag is not updated (revive it first).
+    assert_eq!(
+        put(&server, FLAG, &json!({"description": "x"}))
+            .await
+            .status,
+        404
+    );
+}
+
+fn rfc3339_in(ms: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    cordon_flags::metrics::rfc3339(now + ms)
+}
+
+/// `expiresAt` on `POST /api/admin/api-tokens`, as Unleash takes it: stored, listed,
+/// and enforced (an expired token is refused like an unknown one, and still listed
+/// until deleted); a time that does not parse or is past is a `400`.
+#[tokio::test]
+async fn api_tokens_expire_at_expires_at() {
+    let server = common::start().await;
+    let create = |body: Value| {
+        let server = &server;
+        async move {
+            server
+                .post_json("/api/admin/api-tokens", ADMIN, &body)
+                .await
+        }
+    };
+    let soon = rfc3339_in(1_500);
+    let r = create(json!({"tokenName": "short-lived", "type": "client",
+        "environment": "development", "expiresAt": soon}))
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let created = r.json();
+    let client = created["secret"].as_str().unwrap().to_owned();
+    assert_eq!(created["expiresAt"], soon);
+    let r = create(json!({"tokenName": "short-admin", "type": "admin", "expiresAt": soon})).await;
+    assert_eq!(r.status, 201);
+    let admin = r.json()["secret"].as_str().unwrap().to_owned();
+    let lasting = server.create_token("client", "*", "development").await;
+
+    assert_eq!(
+        server
+            .get("/api/client/features", &client, &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        server.get("/api/admin/projects", &admin, &[]).await.status,
+        200
+    );
+    let listed = server.get("/api/admin/api-tokens", ADMIN, &[]).await.json();
+    let expiry = |name: &str| {
+        listed["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["tokenName"] == name)
+            .map(|t| t["expiresAt"].clone())
+            .unwrap()
+    };
+    assert_eq!(expiry("short-lived"), soon);
+    assert_eq!(
+        expiry("test"),
+        Value::Null,
+        "no expiresAt when it does not expire"
+    );
+
+    tokio::time::sleep(std::time::Duration::from_millis(1_700)).await;
+    for (token, path) in [
+        (&client, "/api/client/features"),
+        (&admin, "/api/admin/projects"),
+    ] {
+        let r = server.get(path, token, &[]).await;
+        assert_eq!(r.status, 401, "{path}");
+        assert!(
+            r.json()["error"].as_str().unwrap().contains("expired"),
+            "{}",
+            r.json()
+        );
+    }
+    assert_eq!(
+        server
+            .get("/api/client/features", &lasting, &[])
+            .await
+            .status,
+        200
+    );
+    // Creating another expiring token does not sweep expired API tokens away.
+    let r = create(json!({"tokenName": "later", "type": "frontend",
+        "environment": "development", "expiresAt": rfc3339_in(3_600_000)}))
+    .await;
+    assert_eq!(r.status, 201);
+    let listed = server.get("/api/admin/api-tokens", ADMIN, &[]).await.json();
+    let names: Vec<&str> = listed["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["tokenName"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"short-lived"), "{names:?}");
+    let r = server
+        .request(
+            "DELETE",
+            &format!("/api/admin/api-tokens/{client}"),
+            &[("Authorization", ADMIN)],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "an expired token can be deleted");
+
+    let events = event_count(&server).await;
+    for bad in ["tomorrow", "2020-01-01T00:00:00Z", "2027-13-01T00:00:00Z"] {
+        let r = create(json!({"tokenName": "bad", "type": "client",
+            "environment": "development", "expiresAt": bad}))
+        .await;
+        assert_eq!(r.status, 400, "{bad}");
+        assert!(
+            r.json()["error"].as_str().unwrap().contains("expiresAt"),
+            "{bad}: {}",
+            r.json()
+        );
+    }
+    assert_eq!(event_count(&server).await, events, "refusals write nothing");
+}
