@@ -112,6 +112,94 @@ fn init_reaps_orphans() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
 }
 
+/// The `proc.exit` events the init reported for processes a signal ended.
+fn killed(events: &[Value]) -> Vec<&Value> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "proc.exit" && e["data"]["by"] == "signal")
+        .collect()
+}
+
+#[test]
+fn processes_killed_by_a_signal_have_an_exit_event() {
+    // A killed process never calls exit_group, which is what the seccomp
+    // supervisor sees: the init reports it when it reaps it. Here an orphan
+    // (the init's to reap) gets SIGKILL, a second one SIGSEGV, then the
+    // agent kills itself.
+    let Some(env) = env() else { return };
+    let out = run(
+        &env,
+        &[],
+        "(sleep 30 & echo $! > /tmp/p1); (sleep 31 & echo $! > /tmp/p2); sleep 0.2; \
+         kill -9 $(cat /tmp/p1); kill -SEGV $(cat /tmp/p2); sleep 0.3; kill -9 $$",
+    );
+    assert_eq!(out.status.code(), Some(137));
+    let id = summary(&out)["session"].as_str().unwrap().to_string();
+    let events = events(&env, &id);
+    let killed = killed(&events);
+    let by = |comm: &str, signal: i64| {
+        killed
+            .iter()
+            .filter(|e| e["data"]["comm"] == comm && e["data"]["signal"] == signal)
+            .count()
+    };
+    assert_eq!(by("sleep", 9), 1, "{killed:?}");
+    assert_eq!(by("sleep", 11), 1, "{killed:?}");
+    assert_eq!(by("sh", 9), 1, "the agent's own death: {killed:?}");
+    assert!(
+        killed
+            .iter()
+            .all(|e| e["data"]["sandbox_pid"].as_i64() > Some(1))
+    );
+    // Those that called exit_group (the subshells, cat, the short sleeps) are
+    // reported by the supervisor alone, not again by the init.
+    assert_eq!(killed.len(), 3, "{killed:?}");
+    let exited = events
+        .iter()
+        .filter(|e| e["kind"] == "proc.exit" && e["data"]["code"] == 0)
+        .count();
+    assert_eq!(exited, 6, "{events:?}");
+}
+
+#[test]
+fn processes_left_running_are_killed_and_reported() {
+    // When the agent ends, the init kills what is left, and says so.
+    let Some(env) = env() else { return };
+    let out = run(&env, &[], "sleep 30 & sleep 31 & sleep 0.3; exit 3");
+    assert_eq!(out.status.code(), Some(3));
+    let id = summary(&out)["session"].as_str().unwrap().to_string();
+    let events = events(&env, &id);
+    let left: Vec<_> = killed(&events)
+        .into_iter()
+        .filter(|e| e["data"]["comm"] == "sleep" && e["data"]["signal"] == 9)
+        .collect();
+    assert_eq!(left.len(), 2, "{events:?}");
+    // The agent itself exited: its exit_group event, not a signal one.
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "proc.exit" && e["data"]["code"] == 3)
+    );
+}
+
+#[test]
+fn scratch_space_shares_the_disk_quota() {
+    // /tmp, /run, /dev/shm and $HOME are one tmpfs the size of the quota:
+    // filling one leaves no room in the others, and /dev/shm is bounded too.
+    let Some(env) = env() else { return };
+    let out = run(
+        &env,
+        &["--disk-quota", "8M"],
+        "head -c 12000000 /dev/zero > /dev/shm/fill; echo shm=$?; \
+         head -c 100000 /dev/zero > /tmp/more; echo tmp=$?; \
+         rm /dev/shm/fill; head -c 4000000 /dev/zero > $HOME/ok; echo home=$?",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stdout, "shm=1\ntmp=1\nhome=0\n", "{stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+}
+
 #[test]
 fn signals_are_forwarded_to_the_agent() {
     let Some(env) = env() else { return };

@@ -11,9 +11,11 @@
 //! exits with its status.
 //!
 //! The init builds the new root (see [`setup_root`]), pivots into it, forks the
-//! agent, forwards signals to it, reaps every orphan, reports the agent's end
-//! to the host and exits with the agent's status; when PID 1 exits the kernel
-//! kills whatever is left. Under a pids rlimit (no cgroup) it also watches the
+//! agent, forwards signals to it, reaps every orphan (reporting to the host
+//! each that a signal ended: it never called `exit_group`, so the seccomp
+//! supervisor did not see it end). When the agent ends, the init kills and
+//! reaps whatever is left (reporting those too), reports the agent's end and
+//! exits with its status. Under a pids rlimit (no cgroup) it also watches the
 //! agent's task count, the one sign of that limit it can see.
 //!
 //! The agent process enters one more user namespace that maps the invoking user's
@@ -88,6 +90,19 @@ pub enum Msg {
         signal: Option<i32>,
         #[serde(default)]
         limits: Vec<crate::LimitKind>,
+        /// Signal deaths the init could not report (the socket was full).
+        #[serde(default)]
+        unreported: u64,
+    },
+    /// The init reaped a process that a signal ended (SIGKILL from the OOM
+    /// killer or the init's own teardown, SIGSEGV, ...): such a process never
+    /// called `exit_group`, so the seccomp supervisor did not see it end.
+    /// `pid` is the process's number in the sandbox's PID namespace.
+    Killed {
+        pid: i32,
+        signal: i32,
+        core_dumped: bool,
+        comm: Option<String>,
     },
 }
 
@@ -293,17 +308,91 @@ fn agent_tasks(proc: &Path) -> u64 {
 /// Who is waiting: stage 1 for the init, or the init for the agent.
 enum Waiter {
     Stage1,
-    /// Also reaps every other child, samples the agent's task count when
-    /// there is a pids rlimit, and tells the host how the agent ended.
+    /// Also reaps every other child (reporting those a signal ended), samples
+    /// the agent's task count when there is a pids rlimit, and when the agent
+    /// ends kills and reaps what is left, then tells the host how it ended.
     Init {
         pids: Option<PidsWatch>,
+        /// Signal deaths not reported because the control socket was full.
+        unreported: u64,
     },
+}
+
+/// A child of the init that has ended, not yet reaped.
+struct Ended {
+    pid: i32,
+    /// The signal that ended it and whether it dumped core; `None` when it exited.
+    signal: Option<(i32, bool)>,
+}
+
+/// The next child that has ended, left a zombie (`WNOWAIT`) so that its
+/// `comm` can still be read; `None` when there is none (yet, with `block`
+/// false) or no child at all.
+fn next_ended(block: bool) -> Option<Ended> {
+    // SAFETY: siginfo_t is plain data; waitid fills it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags =
+        libc::WEXITED | libc::WNOWAIT | libc::__WALL | if block { 0 } else { libc::WNOHANG };
+    loop {
+        // SAFETY: waitid with a valid siginfo pointer.
+        let r = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, flags) };
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        // SAFETY: waitid filled `info` for a child (si_pid 0: none ready).
+        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+        if r < 0 || pid == 0 {
+            return None;
+        }
+        let signal = match info.si_code {
+            libc::CLD_KILLED => Some((status, false)),
+            libc::CLD_DUMPED => Some((status, true)),
+            _ => None,
+        };
+        return Some(Ended { pid, signal });
+    }
+}
+
+/// Report a signal death to the host without ever blocking the init: a
+/// full socket (a host slow to read, an agent killing processes in a loop)
+/// costs the report, counted, not the reaping.
+fn report_killed(ended: &Ended, unreported: &mut u64) {
+    let Some((signal, core_dumped)) = ended.signal else {
+        return;
+    };
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", ended.pid))
+        .ok()
+        .map(|c| c.trim_end().to_string());
+    let msg = Msg::Killed {
+        pid: ended.pid,
+        signal,
+        core_dumped,
+        comm,
+    };
+    let sent = serde_json::to_vec(&msg).ok().is_some_and(|bytes| {
+        rustix::net::send(
+            ctl(),
+            &bytes,
+            rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
+        )
+        .is_ok()
+    });
+    if !sent {
+        *unreported += 1;
+    }
+}
+
+/// Reap the zombie `pid` that [`next_ended`] found.
+fn reap(pid: i32) -> i32 {
+    let mut status = 0;
+    // SAFETY: waitpid with a valid status pointer, on a child known to have ended.
+    unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG | libc::__WALL) };
+    status
 }
 
 /// Wait for `main` while forwarding signals to it (and what else `waiter`
 /// does). Exits with `main`'s status (128+N for signal N).
 fn wait_forwarding(main: i32, mut waiter: Waiter) -> ! {
-    let reap_all = matches!(waiter, Waiter::Init { .. });
     let set = forwarded_sigset();
     let period = libc::timespec {
         tv_sec: 0,
@@ -313,7 +402,9 @@ fn wait_forwarding(main: i32, mut waiter: Waiter) -> ! {
         // SAFETY: siginfo_t is plain data; sigwaitinfo fills it.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         let sig = match &mut waiter {
-            Waiter::Init { pids: Some(pids) } => {
+            Waiter::Init {
+                pids: Some(pids), ..
+            } => {
                 // SAFETY: the set is initialised and the signals in it are
                 // blocked; the timeout is a valid timespec.
                 let sig = unsafe { libc::sigtimedwait(&set, &mut info, &period) };
@@ -331,43 +422,66 @@ fn wait_forwarding(main: i32, mut waiter: Waiter) -> ! {
             unsafe { libc::kill(main, sig) };
             continue;
         }
-        loop {
-            let mut status = 0;
-            let flags = libc::WNOHANG | if reap_all { libc::__WALL } else { 0 };
-            let who = if reap_all { -1 } else { main };
-            // SAFETY: waitpid with a valid status pointer.
-            let r = unsafe { libc::waitpid(who, &mut status, flags) };
-            if r <= 0 {
-                break;
-            }
-            if r == main {
-                let (code, signal) = if libc::WIFEXITED(status) {
-                    (libc::WEXITSTATUS(status), None)
-                } else if libc::WIFSIGNALED(status) {
-                    (128 + libc::WTERMSIG(status), Some(libc::WTERMSIG(status)))
-                } else {
-                    continue;
-                };
-                if let Waiter::Init { pids } = &waiter {
+        if let Waiter::Init { pids, unreported } = &mut waiter {
+            while let Some(ended) = next_ended(false) {
+                report_killed(&ended, unreported);
+                let status = reap(ended.pid);
+                if ended.pid == main {
                     let limits = match pids {
                         Some(p) if p.reached => vec![crate::LimitKind::Pids],
                         _ => Vec::new(),
                     };
-                    send(
-                        &Msg::Exit {
-                            code,
-                            signal,
-                            limits,
-                        },
-                        None,
-                    );
+                    init_exit(status, limits, unreported)
                 }
-                // SAFETY: leaving the process; as PID 1 this also ends every
-                // process left in the namespace.
-                unsafe { libc::_exit(code) };
             }
+            continue;
+        }
+        let mut status = 0;
+        // SAFETY: waitpid with a valid status pointer.
+        if unsafe { libc::waitpid(main, &mut status, libc::WNOHANG) } == main
+            && let Some((code, _)) = exit_status(status)
+        {
+            // SAFETY: leaving stage 1 with the init's status.
+            unsafe { libc::_exit(code) };
         }
     }
+}
+
+/// The exit code (128+N for signal N) and signal of a wait status, `None`
+/// for a stop or continue.
+fn exit_status(status: i32) -> Option<(i32, Option<i32>)> {
+    if libc::WIFEXITED(status) {
+        Some((libc::WEXITSTATUS(status), None))
+    } else if libc::WIFSIGNALED(status) {
+        Some((128 + libc::WTERMSIG(status), Some(libc::WTERMSIG(status))))
+    } else {
+        None
+    }
+}
+
+/// The agent ended with `status`: kill what is left of the sandbox and reap
+/// it (reporting each, as before — when PID 1 exits the kernel would kill
+/// them unseen), tell the host how the agent ended, and exit with its code.
+fn init_exit(status: i32, limits: Vec<crate::LimitKind>, unreported: &mut u64) -> ! {
+    let (code, signal) = exit_status(status).unwrap_or((128, None));
+    // SAFETY: kill(2) with -1 from PID 1 reaches every other process in the
+    // namespace, all of them the agent's.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+    while let Some(ended) = next_ended(true) {
+        report_killed(&ended, unreported);
+        reap(ended.pid);
+    }
+    send(
+        &Msg::Exit {
+            code,
+            signal,
+            limits,
+            unreported: *unreported,
+        },
+        None,
+    );
+    // SAFETY: leaving the process; nothing is left in the namespace.
+    unsafe { libc::_exit(code) }
 }
 
 fn init_main(cfg: InitConfig) -> ! {
@@ -391,7 +505,13 @@ fn init_main(cfg: InitConfig) -> ! {
             limit,
             reached: false,
         });
-    wait_forwarding(pid, Waiter::Init { pids })
+    wait_forwarding(
+        pid,
+        Waiter::Init {
+            pids,
+            unreported: 0,
+        },
+    )
 }
 
 fn step<T>(what: impl FnOnce() -> String, r: std::io::Result<T>) -> Result<T, String> {
@@ -657,24 +777,14 @@ fn setup_root(
         None,
     );
     setup_dev(r)?;
-    // Scratch space: /tmp, /run, $HOME are private and empty.
-    // Scratch tmpfs sizes follow the disk quota (each of /tmp, /run and
-    // $HOME may hold up to it; their pages also count against the memory
-    // limit, as tmpfs is memory).
-    let sized = |mode: &str| match spec.limits.disk {
-        Some(q) => format!("{mode},size={}", q.max(4096)),
-        None => mode.to_string(),
-    };
-    for (p, mode) in [("tmp", "1777"), ("run", "0755")] {
-        let d = r.join(p);
-        mount_point(&d, false)?;
-        tmpfs(&d, &sized(mode), 0)?;
-    }
     mount_point(&r.join("var"), false)?;
-    let _ = std::os::unix::fs::symlink("../tmp", r.join("var/tmp"));
-    let home = under(r, &spec.home)?;
-    mount_point(&home, false)?;
-    tmpfs(&home, &sized("0700"), 0)?;
+    for (link, target) in LINKS {
+        step(
+            || format!("cannot create {link}"),
+            std::os::unix::fs::symlink(target, r.join(link.trim_start_matches('/'))),
+        )?;
+    }
+    setup_scratch(r, spec)?;
     // The workspace, at the project's own path, then its read-only and hidden
     // parts on top.
     let ws = under(r, &spec.workspace.target)?;
@@ -752,6 +862,52 @@ fn setup_root(
     )?;
     step(|| "cannot enter /".into(), std::env::set_current_dir("/"))?;
     Ok(())
+}
+
+/// Scratch space: /tmp, /run, /dev/shm and `$HOME`, private and empty, are
+/// four directories of one tmpfs bound in place, so that together they hold
+/// at most the disk quota (on top of the workspace's own). Their pages are
+/// memory, so they also count against the memory limit.
+fn setup_scratch(r: &Path, spec: &SandboxSpec) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = r.join(".cordon-scratch");
+    mount_point(&scratch, false)?;
+    let options = match spec.limits.disk {
+        Some(q) => format!("0755,size={}", q.max(4096)),
+        None => "0755".to_string(),
+    };
+    tmpfs(&scratch, &options, 0)?;
+    let home = under(r, &spec.home)?;
+    for (name, inside, mode) in [
+        ("tmp", r.join("tmp"), 0o1777),
+        ("run", r.join("run"), 0o755),
+        ("shm", r.join("dev/shm"), 0o1777),
+        ("home", home, 0o700),
+    ] {
+        let dir = scratch.join(name);
+        step(
+            || {
+                format!(
+                    "cannot create the scratch directory for {}",
+                    inside.display()
+                )
+            },
+            std::fs::create_dir(&dir).and_then(|()| {
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
+            }),
+        )?;
+        mount_point(&inside, false)?;
+        // The bind keeps the tmpfs's nosuid and nodev.
+        bind_raw(&dir, &inside)?;
+    }
+    step(
+        || "cannot detach the scratch tmpfs".into(),
+        sys::umount_detach(&scratch),
+    )?;
+    step(
+        || "cannot remove the scratch mount point".into(),
+        std::fs::remove_dir(&scratch),
+    )
 }
 
 /// Read-only for the one mount at `path`, leaving mounts below it as they are.
@@ -1110,7 +1266,7 @@ fn setup_dev(r: &Path) -> Result<(), String> {
             Some("mode=0755"),
         ),
     )?;
-    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+    for name in DEVICES {
         let host = Path::new("/dev").join(name);
         if !host.exists() {
             continue;
@@ -1133,21 +1289,7 @@ fn setup_dev(r: &Path) -> Result<(), String> {
             Some("newinstance,ptmxmode=0666,mode=0620"),
         ),
     )?;
-    let shm = dev.join("shm");
-    mount_point(&shm, false)?;
-    tmpfs(&shm, "1777", 0)?;
-    for (link, target) in [
-        ("ptmx", "pts/ptmx"),
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ] {
-        step(
-            || format!("cannot create /dev/{link}"),
-            std::os::unix::fs::symlink(target, dev.join(link)),
-        )?;
-    }
+    mount_point(&dev.join("shm"), false)?;
     Ok(())
 }
 
@@ -1168,14 +1310,26 @@ fn write_maps(
     )
 }
 
-/// Landlock: read everywhere the sandbox can see (it only sees what was mounted),
-/// write only in the workspace, scratch space and the writable mounts.
-fn landlock(spec: &SandboxSpec) -> Result<String, String> {
-    use landlock::{
-        ABI, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
-        path_beneath_rules,
-    };
-    let abi = ABI::V6;
+/// Device nodes bound from the host into the sandbox's /dev.
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Symbolic links the sandbox's root holds (absolute, as the agent sees
+/// them), with their targets.
+pub const LINKS: &[(&str, &str)] = &[
+    ("/dev/ptmx", "/dev/pts/ptmx"),
+    ("/dev/fd", "/proc/self/fd"),
+    ("/dev/stdin", "/proc/self/fd/0"),
+    ("/dev/stdout", "/proc/self/fd/1"),
+    ("/dev/stderr", "/proc/self/fd/2"),
+    ("/var/tmp", "/tmp"),
+];
+
+/// Every place (as the agent sees it) below which the agent may write: the
+/// workspace (its read-only and hidden parts are read-only mounts on top),
+/// the scratch space, the terminal and device nodes, the writable mounts.
+/// Landlock allows writing there and nowhere else; the supervisor reports a
+/// write-open anywhere else.
+pub fn writable_places(spec: &SandboxSpec) -> Vec<PathBuf> {
     let mut rw: Vec<PathBuf> = vec![
         spec.workspace.target.clone(),
         PathBuf::from("/tmp"),
@@ -1184,7 +1338,7 @@ fn landlock(spec: &SandboxSpec) -> Result<String, String> {
         PathBuf::from("/dev/shm"),
         PathBuf::from("/dev/pts"),
     ];
-    for d in ["null", "zero", "full", "random", "urandom", "tty"] {
+    for d in DEVICES {
         rw.push(Path::new("/dev").join(d));
     }
     rw.extend(
@@ -1193,6 +1347,18 @@ fn landlock(spec: &SandboxSpec) -> Result<String, String> {
             .filter(|m| m.writable)
             .map(|m| m.target.clone()),
     );
+    rw
+}
+
+/// Landlock: read everywhere the sandbox can see (it only sees what was mounted),
+/// write only in the workspace, scratch space and the writable mounts.
+fn landlock(spec: &SandboxSpec) -> Result<String, String> {
+    use landlock::{
+        ABI, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
+        path_beneath_rules,
+    };
+    let abi = ABI::V6;
+    let mut rw = writable_places(spec);
     rw.retain(|p| p.exists());
     let status = Ruleset::default()
         .handle_access(AccessFs::from_all(abi))

@@ -7,8 +7,8 @@
 //! agent's streams over a `SOCK_SEQPACKET` control socket, receives the seccomp
 //! listener and runs the [`seccomp::Supervisor`]. Stage 1 enters the
 //! namespaces itself. [`Native::start`] returns only after the agent's filters
-//! are installed; the init later reports on the same socket how the agent
-//! ended.
+//! are installed; the init later reports on the same socket the processes a
+//! signal ended and how the agent ended, which the supervisor thread reads.
 //!
 //! Rootless: the first user namespace maps the invoking user to root (one id,
 //! which an unprivileged process may write for itself), so the same code path
@@ -26,8 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::{
-    Backend, BackendKind, Control, Ended, Error, EventSink, LimitKind, Result, Running,
-    SandboxSpec, Stdio,
+    Backend, BackendKind, Control, Ended, Error, EventSink, Result, Running, SandboxSpec, Stdio,
 };
 use cgroup::{Cgroups, Enforcement};
 pub use init::{STAGE1_ARG, stage1_main};
@@ -241,6 +240,7 @@ impl Backend for Native {
             terminal: None,
             link: None,
             counters: Default::default(),
+            agent_end: Default::default(),
         };
         let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
         let sent = crate::sys::send_msg_fds(running.host_ctl.as_fd(), b"config", &borrowed);
@@ -261,7 +261,7 @@ impl Backend for Native {
                         Some(fd) => break Ok((fd, landlock)),
                         None => break Err("the seccomp listener did not arrive".into()),
                     },
-                    Ok(init::Msg::Exit { .. }) => {
+                    Ok(init::Msg::Exit { .. } | init::Msg::Killed { .. }) => {
                         break Err("the agent ended before it started".into());
                     }
                     Err(e) => break Err(format!("unreadable message from the sandbox: {e}")),
@@ -280,6 +280,13 @@ impl Backend for Native {
         };
         tracing::debug!("seccomp listener received");
         // The supervisor first: the agent's first execve waits for it.
+        let init_reports = match running.host_ctl.try_clone() {
+            Ok(fd) => fd,
+            Err(e) => {
+                running.abort();
+                return Err(Error::io("cannot share the control socket", e));
+            }
+        };
         let sup = seccomp::Supervisor {
             listener,
             events: events.clone(),
@@ -291,6 +298,9 @@ impl Backend for Native {
                 .chain(&spec.workspace.hidden)
                 .cloned()
                 .collect(),
+            writable: init::writable_places(spec),
+            init_reports,
+            agent_end: running.agent_end.clone(),
         };
         running.supervisor = Some(std::thread::spawn(move || sup.run()));
         let mut ready = serde_json::Map::new();
@@ -351,6 +361,8 @@ struct NativeRunning {
     /// The TAP device's descriptor, until the session takes it.
     link: Option<OwnedFd>,
     counters: Arc<seccomp::Counters>,
+    /// Filled by the supervisor from the init's last report.
+    agent_end: Arc<std::sync::Mutex<Option<seccomp::AgentEnd>>>,
 }
 
 impl NativeRunning {
@@ -358,35 +370,6 @@ impl NativeRunning {
     fn abort(&mut self) {
         self.control.kill();
         let _ = self.child.wait();
-    }
-
-    /// How the agent ended and which rlimits the init saw reached, as the
-    /// init reported it (`None` when the init itself died first, e.g. killed
-    /// with the whole sandbox).
-    fn reported_exit(&self) -> Option<(i32, Option<i32>, Vec<LimitKind>)> {
-        let mut buf = [0u8; 256];
-        loop {
-            let ready = rustix::event::poll(
-                &mut [rustix::event::PollFd::new(
-                    &self.host_ctl,
-                    rustix::event::PollFlags::IN,
-                )],
-                Some(&rustix::event::Timespec::default()),
-            )
-            .ok()?;
-            if ready == 0 {
-                return None;
-            }
-            let (n, _) = crate::sys::recv_msg(self.host_ctl.as_fd(), &mut buf).ok()??;
-            if let Ok(init::Msg::Exit {
-                code,
-                signal,
-                limits,
-            }) = serde_json::from_slice(&buf[..n])
-            {
-                return Some((code, signal, limits));
-            }
-        }
     }
 }
 
@@ -439,28 +422,36 @@ impl Running for NativeRunning {
             }
         };
         use std::os::unix::process::ExitStatusExt;
-        let (code, signal, rlimits_reached) = self.reported_exit().unwrap_or_else(|| {
+        let cgroup_hits = match &self.enforcement {
+            Enforcement::Cgroup(c) => {
+                let hits = c.hits();
+                c.kill_all();
+                Some(hits)
+            }
+            _ => None,
+        };
+        if let Some(s) = self.supervisor.take() {
+            // It ends once no process holds the filter (the listener hangs
+            // up) and the init's last report came (or the init is gone).
+            let _ = s.join();
+        }
+        let reported = self.agent_end.lock().ok().and_then(|mut e| e.take());
+        let (code, signal, rlimits_reached) = match reported {
+            Some(e) => (e.code, e.signal, e.limits),
             // The init did not report (the sandbox was killed as a whole):
             // stage 1's status says how.
-            match (status.code(), status.signal()) {
+            None => match (status.code(), status.signal()) {
                 (Some(c), _) => (c, None, Vec::new()),
                 (None, Some(sig)) => (128 + sig, Some(sig), Vec::new()),
                 (None, None) => (128, None, Vec::new()),
-            }
-        });
+            },
+        };
         let limits = match &self.enforcement {
-            Enforcement::Cgroup(c) => c.hits(),
+            Enforcement::Cgroup(_) => cgroup_hits.unwrap_or_default(),
             Enforcement::Rlimits(_) => rlimits_reached,
             Enforcement::Unlimited => Vec::new(),
         };
         let enforcement = self.enforcement_text.clone();
-        if let Enforcement::Cgroup(c) = &self.enforcement {
-            c.kill_all();
-        }
-        if let Some(s) = self.supervisor.take() {
-            // The listener reports hang-up once no process holds the filter.
-            let _ = s.join();
-        }
         Ok(Ended {
             code,
             signal,

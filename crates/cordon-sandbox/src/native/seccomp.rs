@@ -12,9 +12,10 @@
 //!    `syscall.denied` event, and lets the observed ones continue after
 //!    recording `proc.exec` / `proc.exit` / `proc.connect` / `proc.bind` (IP
 //!    and Unix addresses), and `fs.open` for a write-open of a protected
-//!    workspace path (the read-only mount refuses it; the event is for the
-//!    monitor). If the supervisor is gone, every notified call fails with
-//!    `ENOSYS`: the filter fails closed.
+//!    workspace path or (`outside: true`) of a path outside every place the
+//!    agent may write (the read-only mount or Landlock refuses it; the event
+//!    is the only trace). If the supervisor is gone, every notified call
+//!    fails with `ENOSYS`: the filter fails closed.
 //! 2. `clone3` → `ENOSYS`, because its flags live in memory a filter cannot read;
 //!    libc falls back to `clone`, whose namespace flags filter 1 inspects.
 //! 3. a six-instruction hand-written filter that refuses the x32 system call
@@ -24,6 +25,11 @@
 //!    newer kernel could reach around the deny-list). `seccompiler` has no way
 //!    to express a range.
 //!
+//! The supervisor also reads the init's reports on the control socket: a
+//! process a signal ended (which never calls `exit_group`) becomes a
+//! `proc.exit` with `signal`, under the same event budget, and the agent's
+//! end is kept for [`crate::Running::wait`].
+//!
 //! The supervisor reads exec paths and arguments, socket addresses and open
 //! paths from `/proc/PID/mem` for the log only (bounded reads; garbage is
 //! described or skipped, never trusted): the call continues with whatever is
@@ -32,11 +38,12 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op,
@@ -44,7 +51,10 @@ use seccompiler::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::EventSink;
+use cordon_events::kind;
+
+use super::init::{LINKS, Msg};
+use crate::{EventSink, LimitKind};
 
 /// A marker errno that only exists between building filter 1 and rewriting it.
 const NOTIFY_MARKER: u32 = 0xcd0;
@@ -467,6 +477,23 @@ pub struct Supervisor {
     /// Paths (as the agent sees them) whose write-opens are recorded as
     /// `fs.open`: the workspace's read-only and hidden paths.
     pub watched: Vec<PathBuf>,
+    /// Where the agent may write ([`super::init::writable_places`]): a write-open
+    /// anywhere else is recorded as `fs.open` with `outside: true`.
+    pub writable: Vec<PathBuf>,
+    /// The host's end of the control socket, on which the init reports the
+    /// processes a signal ended and, last, how the agent ended.
+    pub init_reports: OwnedFd,
+    /// That last report, once it came.
+    pub agent_end: Arc<Mutex<Option<AgentEnd>>>,
+}
+
+/// How the agent ended, as the init reported it: its exit code (128+N for
+/// signal N), the signal, and the rlimits the init saw reached.
+#[derive(Debug, Clone)]
+pub struct AgentEnd {
+    pub code: i32,
+    pub signal: Option<i32>,
+    pub limits: Vec<LimitKind>,
 }
 
 /// Whether `nr` is a call the supervisor lets continue (as opposed to refusing it).
@@ -486,138 +513,260 @@ fn is_creat(_: i64) -> bool {
     false
 }
 
+/// The supervisor's share of the log: what it has written so far, against
+/// [`EVENT_BUDGET`] and [`BYTE_BUDGET`].
+#[derive(Default)]
+struct Budget {
+    emitted: u64,
+    bytes: u64,
+}
+
+/// An event to record: its kind and data.
+type Record = (&'static str, Map<String, Value>);
+
+/// The listener failed: no notification will come any more.
+struct ListenerGone;
+
+/// How long the supervisor waits, once the agent's last process is gone,
+/// for the init's final report (it follows at once unless the init died).
+const REPORT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Supervisor {
     pub fn run(self) {
-        let mut emitted = 0u64;
-        let mut bytes = 0u64;
-        loop {
-            let mut pfd = libc::pollfd {
-                fd: self.listener.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
+        let mut budget = Budget::default();
+        let mut listening = true;
+        let mut reporting = true;
+        let mut grace: Option<std::time::Instant> = None;
+        let mut buf = vec![0u8; 4096];
+        while listening || reporting {
+            let timeout = if listening {
+                -1
+            } else {
+                let until = *grace.get_or_insert_with(|| std::time::Instant::now() + REPORT_GRACE);
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                left.as_millis().max(1) as i32
             };
-            // SAFETY: one valid pollfd.
-            let r = unsafe { libc::poll(&mut pfd, 1, -1) };
+            let mut pfds = [
+                libc::pollfd {
+                    fd: if listening {
+                        self.listener.as_raw_fd()
+                    } else {
+                        -1
+                    },
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: if reporting {
+                        self.init_reports.as_raw_fd()
+                    } else {
+                        -1
+                    },
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two valid pollfds (negative descriptors are skipped).
+            let r = unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout) };
             if r < 0 {
                 if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                     continue;
                 }
                 return;
             }
-            if pfd.revents & libc::POLLHUP != 0 && pfd.revents & libc::POLLIN == 0 {
-                return;
+            if pfds[1].revents != 0 {
+                reporting = self.init_report(&mut buf, &mut budget);
             }
-            let mut n = Notif::default();
-            // SAFETY: NOTIF_RECV fills a zeroed `struct seccomp_notif` of this layout.
-            let r = unsafe { libc::ioctl(self.listener.as_raw_fd(), NOTIF_RECV, &mut n) };
-            if r < 0 {
-                match io::Error::last_os_error().raw_os_error() {
-                    // The target died between poll and recv, or a signal.
-                    Some(libc::ENOENT) | Some(libc::EINTR) => continue,
-                    _ => return,
+            let l = pfds[0].revents;
+            if l & libc::POLLIN != 0 {
+                match self.notification() {
+                    Ok(Some((kind, data))) => self.record(&mut budget, kind, data),
+                    Ok(None) => {}
+                    Err(ListenerGone) => listening = false,
                 }
+            } else if l != 0 {
+                listening = false;
             }
-            let nr = n.data.nr as i64;
-            let observed = continues(nr);
-            let mut data = Map::new();
-            let kind;
-            if observed {
-                if nr == libc::SYS_connect || nr == libc::SYS_bind {
-                    kind = if nr == libc::SYS_connect {
-                        "proc.connect"
-                    } else {
-                        "proc.bind"
-                    };
-                    if !describe_sockaddr(n.pid, n.data.args[1], n.data.args[2], &mut data) {
-                        // Netlink, AF_UNSPEC, unreadable: nothing a rule wants.
-                        self.answer(&n, true);
-                        continue;
-                    }
-                } else if nr != libc::SYS_exit_group
-                    && nr != libc::SYS_execve
-                    && nr != libc::SYS_execveat
-                {
-                    kind = "fs.open";
-                    let opened = write_open_path(nr, &n);
-                    match opened.filter(|p| self.watched.iter().any(|w| p.starts_with(w))) {
-                        Some(path) => {
-                            data.insert("pid".into(), json!(n.pid));
-                            data.insert("path".into(), json!(path.to_string_lossy()));
-                            data.insert("write".into(), json!(true));
-                            if let Some(comm) = comm(n.pid) {
-                                data.insert("comm".into(), json!(comm));
-                            }
-                        }
-                        None => {
-                            self.answer(&n, true);
-                            continue;
-                        }
-                    }
-                } else if nr == libc::SYS_exit_group {
-                    kind = "proc.exit";
-                    data.insert("pid".into(), json!(n.pid));
-                    data.insert("code".into(), json!(n.data.args[0] as i32));
+        }
+    }
+
+    /// Reads one message from the init: a process a signal ended becomes a
+    /// `proc.exit`, the agent's end is kept for [`crate::Running::wait`].
+    /// Returns whether more may come.
+    fn init_report(&self, buf: &mut [u8], budget: &mut Budget) -> bool {
+        let n = match crate::sys::recv_msg(self.init_reports.as_fd(), buf) {
+            Ok(Some((n, _))) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
+            Ok(None) | Err(_) => return false,
+        };
+        match serde_json::from_slice::<Msg>(&buf[..n]) {
+            Ok(Msg::Killed {
+                pid,
+                signal,
+                core_dumped,
+                comm,
+            }) => {
+                let mut data = Map::new();
+                data.insert("sandbox_pid".into(), json!(pid));
+                if let Some(comm) = comm {
+                    data.insert("comm".into(), json!(comm));
+                }
+                data.insert("signal".into(), json!(signal));
+                if core_dumped {
+                    data.insert("core_dumped".into(), json!(true));
+                }
+                data.insert("by".into(), json!("signal"));
+                self.record(budget, kind::PROC_EXIT, data);
+                true
+            }
+            Ok(Msg::Exit {
+                code,
+                signal,
+                limits,
+                unreported,
+            }) => {
+                self.counters
+                    .suppressed
+                    .fetch_add(unreported, Ordering::Relaxed);
+                if let Ok(mut slot) = self.agent_end.lock() {
+                    *slot = Some(AgentEnd {
+                        code,
+                        signal,
+                        limits,
+                    });
+                }
+                false
+            }
+            // Nothing else is sent after the agent started.
+            _ => true,
+        }
+    }
+
+    /// Writes the event while the budget lasts, else counts it.
+    fn record(&self, budget: &mut Budget, kind: &str, data: Map<String, Value>) {
+        let size = serde_json::to_string(&data).map_or(0, |t| t.len() as u64);
+        let within = budget.emitted < EVENT_BUDGET && budget.bytes + size < BYTE_BUDGET;
+        // Refused operations keep a reserve of their own: they are what an
+        // attacker would most like to drown.
+        let refused = kind == "syscall.denied" || data.get("outside") == Some(&json!(true));
+        let reserve =
+            refused && budget.emitted < 2 * EVENT_BUDGET && budget.bytes + size < 2 * BYTE_BUDGET;
+        if within || reserve {
+            budget.emitted += 1;
+            budget.bytes += size;
+            self.events.event(kind, data);
+        } else {
+            self.counters.suppressed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Receives and answers one notification; returns the event it makes,
+    /// if any, or `Err` when the listener is gone.
+    fn notification(&self) -> Result<Option<Record>, ListenerGone> {
+        let mut n = Notif::default();
+        // SAFETY: NOTIF_RECV fills a zeroed `struct seccomp_notif` of this layout.
+        let r = unsafe { libc::ioctl(self.listener.as_raw_fd(), NOTIF_RECV, &mut n) };
+        if r < 0 {
+            return match io::Error::last_os_error().raw_os_error() {
+                // The target died between poll and recv, or a signal.
+                Some(libc::ENOENT) | Some(libc::EINTR) => Ok(None),
+                _ => Err(ListenerGone),
+            };
+        }
+        let nr = n.data.nr as i64;
+        let observed = continues(nr);
+        let mut data = Map::new();
+        let kind;
+        if observed {
+            if nr == libc::SYS_connect || nr == libc::SYS_bind {
+                kind = if nr == libc::SYS_connect {
+                    "proc.connect"
                 } else {
-                    kind = "proc.exec";
-                    let (path_ptr, argv_ptr) = if nr == libc::SYS_execve {
-                        (n.data.args[0], n.data.args[1])
-                    } else {
-                        (n.data.args[1], n.data.args[2])
-                    };
-                    let mem = std::fs::File::open(format!("/proc/{}/mem", n.pid)).ok();
-                    data.insert("pid".into(), json!(n.pid));
-                    if let Some(mem) = &mem {
-                        data.insert(
-                            "path".into(),
-                            Value::String(read_cstr(mem, path_ptr, MAX_PATH).unwrap_or_default()),
-                        );
-                        data.insert(
-                            "argv".into(),
-                            Value::Array(
-                                read_argv(mem, argv_ptr)
-                                    .into_iter()
-                                    .map(Value::String)
-                                    .collect(),
-                            ),
-                        );
-                    }
+                    "proc.bind"
+                };
+                if !describe_sockaddr(n.pid, n.data.args[1], n.data.args[2], &mut data) {
+                    // Netlink, AF_UNSPEC, unreadable: nothing a rule wants.
+                    self.answer(&n, true);
+                    return Ok(None);
                 }
-            } else {
-                kind = "syscall.denied";
-                data.insert("syscall".into(), json!(name_of(nr)));
-                data.insert("nr".into(), json!(nr));
+            } else if nr != libc::SYS_exit_group
+                && nr != libc::SYS_execve
+                && nr != libc::SYS_execveat
+            {
+                kind = "fs.open";
+                let Some(path) = write_open_path(nr, &n) else {
+                    self.answer(&n, true);
+                    return Ok(None);
+                };
+                let protected = self.watched.iter().any(|w| path.starts_with(w));
+                let outside = !protected && !may_write(n.pid, &path, &self.writable);
+                if !protected && !outside {
+                    self.answer(&n, true);
+                    return Ok(None);
+                }
                 data.insert("pid".into(), json!(n.pid));
+                data.insert("path".into(), json!(path.to_string_lossy()));
+                data.insert("write".into(), json!(true));
+                if outside {
+                    data.insert("outside".into(), json!(true));
+                }
                 if let Some(comm) = comm(n.pid) {
                     data.insert("comm".into(), json!(comm));
                 }
-                data.insert(
-                    "args".into(),
-                    json!(
-                        n.data.args[..3]
-                            .iter()
-                            .map(|a| format!("{a:#x}"))
-                            .collect::<Vec<_>>()
-                    ),
-                );
-            }
-            if !self.answer(&n, observed) {
-                continue;
-            }
-            let size = serde_json::to_string(&data).map_or(0, |t| t.len() as u64);
-            let within = emitted < EVENT_BUDGET && bytes + size < BYTE_BUDGET;
-            // Denied calls keep a reserve of their own: they are what an
-            // attacker would most like to drown.
-            let reserve = kind == "syscall.denied"
-                && emitted < 2 * EVENT_BUDGET
-                && bytes + size < 2 * BYTE_BUDGET;
-            if within || reserve {
-                emitted += 1;
-                bytes += size;
-                self.events.event(kind, data);
+            } else if nr == libc::SYS_exit_group {
+                kind = "proc.exit";
+                data.insert("pid".into(), json!(n.pid));
+                data.insert("code".into(), json!(n.data.args[0] as i32));
             } else {
-                self.counters.suppressed.fetch_add(1, Ordering::Relaxed);
+                kind = "proc.exec";
+                let (path_ptr, argv_ptr) = if nr == libc::SYS_execve {
+                    (n.data.args[0], n.data.args[1])
+                } else {
+                    (n.data.args[1], n.data.args[2])
+                };
+                let mem = std::fs::File::open(format!("/proc/{}/mem", n.pid)).ok();
+                data.insert("pid".into(), json!(n.pid));
+                if let Some(mem) = &mem {
+                    data.insert(
+                        "path".into(),
+                        Value::String(read_cstr(mem, path_ptr, MAX_PATH).unwrap_or_default()),
+                    );
+                    data.insert(
+                        "argv".into(),
+                        Value::Array(
+                            read_argv(mem, argv_ptr)
+                                .into_iter()
+                                .map(Value::String)
+                                .collect(),
+                        ),
+                    );
+                }
             }
+        } else {
+            kind = "syscall.denied";
+            data.insert("syscall".into(), json!(name_of(nr)));
+            data.insert("nr".into(), json!(nr));
+            data.insert("pid".into(), json!(n.pid));
+            if let Some(comm) = comm(n.pid) {
+                data.insert("comm".into(), json!(comm));
+            }
+            data.insert(
+                "args".into(),
+                json!(
+                    n.data.args[..3]
+                        .iter()
+                        .map(|a| format!("{a:#x}"))
+                        .collect::<Vec<_>>()
+                ),
+            );
         }
+        if !self.answer(&n, observed) {
+            return Ok(None);
+        }
+        Ok(Some((kind, data)))
     }
 }
 
@@ -758,6 +907,40 @@ fn write_open_path(nr: i64, n: &Notif) -> Option<PathBuf> {
         std::fs::read_link(base).ok()?.join(path)
     };
     Some(normalize(&full))
+}
+
+/// Whether a write-open of `path` (lexically normalized, as the agent named
+/// it) by process `pid` aims at a place the agent may write. The sandbox's
+/// own links (`/dev/stdout`, `/var/tmp`, ...) are followed; a reopen through
+/// `/proc/self/fd/N` is judged by what descriptor N is (a pipe, a socket or
+/// a terminal is writable); through another process's `/proc/N/fd`, which
+/// the supervisor cannot map to that process, it is taken as writable.
+fn may_write(pid: u32, path: &Path, writable: &[PathBuf]) -> bool {
+    let mut path = path.to_path_buf();
+    if let Some((link, target)) = LINKS.iter().find(|(l, _)| path.starts_with(l))
+        && let Ok(rest) = path.strip_prefix(link)
+    {
+        path = Path::new(target).join(rest);
+    }
+    let parts: Vec<&[u8]> = path.iter().skip(1).map(|c| c.as_bytes()).collect();
+    let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
+    match parts.as_slice() {
+        [b"proc", b"self" | b"thread-self", b"fd", n, ..] => {
+            let n = String::from_utf8_lossy(n);
+            match std::fs::read_link(format!("/proc/{pid}/fd/{n}")) {
+                // "pipe:[N]", "socket:[N]", "anon_inode:...": not a place.
+                Ok(target) if target.is_absolute() => {
+                    let target = target.to_string_lossy();
+                    let target = Path::new(target.trim_end_matches(" (deleted)"));
+                    writable.iter().any(|w| target.starts_with(w))
+                }
+                // Not an open descriptor: the open fails by itself.
+                Ok(_) | Err(_) => true,
+            }
+        }
+        [b"proc", who, b"fd", ..] | [b"proc", who, b"task", _, b"fd", ..] if digits(who) => true,
+        _ => writable.iter().any(|w| path.starts_with(w)),
+    }
 }
 
 /// `.` and `..` removed without touching the file system.
@@ -926,6 +1109,42 @@ mod tests {
             PathBuf::from("/p/.git/hooks/x")
         );
         assert_eq!(normalize(Path::new("/../../etc")), PathBuf::from("/etc"));
+    }
+
+    #[test]
+    fn write_opens_are_judged_against_the_writable_places() {
+        use std::os::fd::AsRawFd;
+        let writable: Vec<PathBuf> = ["/ws", "/tmp", "/dev/pts", "/dev/null"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        let me = std::process::id();
+        let may = |p: &str| may_write(me, Path::new(p), &writable);
+        assert!(may("/ws/src/main.rs"));
+        assert!(may("/dev/null"));
+        assert!(!may("/wsx/a"), "a prefix of a name is not the place");
+        assert!(!may("/etc/cordon-pwned"));
+        assert!(!may("/proc/sys/kernel/core_pattern"));
+        assert!(!may("/sys/fs/cgroup/release_agent"));
+        // The sandbox's own links are followed.
+        assert!(may("/var/tmp/x"));
+        assert!(may("/dev/ptmx"));
+        assert!(!may("/var/lib/x"));
+        // Reopening a descriptor: judged by what it is.
+        let (_r, w) = rustix::pipe::pipe().unwrap();
+        assert!(may(&format!("/proc/self/fd/{}", w.as_raw_fd())));
+        assert!(may(&format!("/dev/fd/{}", w.as_raw_fd())));
+        let ro = std::fs::File::open("/etc/passwd").unwrap();
+        assert!(!may(&format!("/proc/self/fd/{}", ro.as_raw_fd())));
+        assert!(!may(&format!("/dev/fd/{}", ro.as_raw_fd())));
+        let scratch = tempfile::tempfile_in("/tmp").unwrap();
+        assert!(may(&format!(
+            "/proc/thread-self/fd/{}",
+            scratch.as_raw_fd()
+        )));
+        // Another process's descriptors cannot be looked at: not reported.
+        assert!(may("/proc/12/fd/3"));
+        assert!(may("/proc/12/task/13/fd/3"));
     }
 
     #[test]

