@@ -24,6 +24,9 @@ const SYSTEM_DIRS: &[&str] = &[
 /// Most open files the agent may hold.
 const NOFILE: u64 = 4096;
 
+/// Bytes each scratch tmpfs (`/tmp`, `$HOME`, `/dev/shm`) holds without a disk quota.
+const SCRATCH_DEFAULT: u64 = 512 << 20;
+
 /// System calls refused with `EPERM` inside the sandbox (`runsc --oci-seccomp`): the
 /// native backend's deny list, as far as gVisor implements the call at all (what it
 /// does not implement fails with `ENOSYS` anyway, and a name its filter compiler does
@@ -332,10 +335,19 @@ pub fn prepare(spec: &SandboxSpec, opts: &Options<'_>) -> Result<Value> {
     for dev in ["/dev/fuse", "/dev/net/tun"] {
         mounts.push(bind(&empty_file, Path::new(dev), false));
     }
+    // Scratch space: each tmpfs (the sentry's memory) holds at most the disk quota,
+    // and 512 MiB without one. The sentry cannot bind one tmpfs in several places,
+    // so unlike the native backend each is bounded on its own.
+    let scratch = spec
+        .limits
+        .disk
+        .map_or(SCRATCH_DEFAULT, |q| q.clamp(4096, SCRATCH_DEFAULT))
+        .to_string();
+    mounts.push(tmpfs(Path::new("/dev/shm"), "1777", &scratch, false));
     mount_point(&root, Path::new("/tmp"), false)?;
-    mounts.push(tmpfs(Path::new("/tmp"), "1777", "512m", false));
+    mounts.push(tmpfs(Path::new("/tmp"), "1777", &scratch, false));
     mount_point(&root, &spec.home, false)?;
-    mounts.push(tmpfs(&spec.home, "0700", "512m", false));
+    mounts.push(tmpfs(&spec.home, "0700", &scratch, false));
 
     // The workspace overlay at its host path; protected paths read-only over it,
     // hidden ones masked.

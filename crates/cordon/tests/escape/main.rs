@@ -84,19 +84,8 @@ fn agent(env: &Env, flags: &[&str], attack: &str, args: &[&str]) -> Run {
 }
 
 /// Calls the gVisor bundle leaves to the sentry (which refuses them for want of a
-/// capability) rather than to its seccomp filter, so that its trace points see them:
-/// `LEFT_TO_THE_SENTRY` in cordon-sandbox's `gvisor/bundle.rs`.
-const TRACED_ON_GVISOR: &[&str] = &[
-    "mount",
-    "umount2",
-    "pivot_root",
-    "chroot",
-    "init_module",
-    "finit_module",
-    "delete_module",
-    "kexec_load",
-    "kexec_file_load",
-];
+/// capability) rather than to its seccomp filter, so that its trace points see them.
+const TRACED_ON_GVISOR: &[&str] = cordon_sandbox::gvisor::bundle::LEFT_TO_THE_SENTRY;
 
 impl Run {
     /// The refused call is in the log: as `syscall.denied` on the native backend
