@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -17,9 +17,9 @@ use serde_json::Value;
 use crate::metrics;
 use crate::people::Permission;
 use crate::rows::now_millis;
-use crate::server::{ApiError, Shared, blocking, parse_json};
+use crate::server::{ApiError, Authenticated, Shared, blocking, parse_json};
+use crate::store::TokenRecord;
 use crate::stream::{FeedError, Frame};
-use crate::token::TokenType;
 
 /// How often an idle stream gets a comment line, well inside the Node SDK's 60 s read
 /// timeout, so proxies and clients keep the connection.
@@ -62,9 +62,9 @@ fn sse_event(name: &'static str, frame: &Frame) -> Event {
 /// `unleash-updated` per change in this token's scope.
 pub(crate) async fn client_streaming(
     State(app): State<Shared>,
+    Extension(Authenticated(token)): Extension<Authenticated>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let token = app.authenticate(&headers, &[TokenType::Client])?;
     let last = presented_revision(headers.get("last-event-id"));
     let scope = (token.environment, token.project);
     let start = app.feeds.subscribe(&scope, last).await?;
@@ -96,9 +96,9 @@ pub(crate) async fn client_streaming(
 /// the revision, quoted.
 pub(crate) async fn client_delta(
     State(app): State<Shared>,
+    Extension(Authenticated(token)): Extension<Authenticated>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let token = app.authenticate(&headers, &[TokenType::Client])?;
     let since = presented_revision(headers.get(header::IF_NONE_MATCH));
     let scope = (token.environment, token.project);
     let (revision, body) = app.feeds.delta(&scope, since).await?;
@@ -122,10 +122,9 @@ pub(crate) async fn client_delta(
 /// `POST /api/client/register`: an SDK instance announces itself. `202`.
 pub(crate) async fn client_register(
     State(app): State<Shared>,
-    headers: HeaderMap,
+    Extension(Authenticated(token)): Extension<Authenticated>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let token = app.authenticate(&headers, &[TokenType::Client])?;
     let (value, _): (Value, _) = parse_json(body)?;
     let registration = metrics::parse_registration(&value, &token.environment, now_millis())
         .map_err(|e| ApiError::bad_request(format!("invalid registration: {e}")))?;
@@ -136,11 +135,9 @@ pub(crate) async fn client_register(
 
 async fn record(
     app: Shared,
-    headers: HeaderMap,
+    token: TokenRecord,
     body: Result<Bytes, BytesRejection>,
-    kind: TokenType,
 ) -> Result<StatusCode, ApiError> {
-    let token = app.authenticate(&headers, &[kind])?;
     let (value, _): (Value, _) = parse_json(body)?;
     let report = metrics::parse_report(&value, &token.environment, now_millis())
         .map_err(|e| ApiError::bad_request(format!("invalid metrics: {e}")))?;
@@ -152,19 +149,19 @@ async fn record(
 /// `POST /api/client/metrics`: evaluation counts from a server-side SDK. `202`.
 pub(crate) async fn client_metrics(
     State(app): State<Shared>,
-    headers: HeaderMap,
+    Extension(Authenticated(token)): Extension<Authenticated>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    record(app, headers, body, TokenType::Client).await
+    record(app, token, body).await
 }
 
 /// `POST /api/frontend/client/metrics`: the same from a frontend SDK.
 pub(crate) async fn frontend_metrics(
     State(app): State<Shared>,
-    headers: HeaderMap,
+    Extension(Authenticated(token)): Extension<Authenticated>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    record(app, headers, body, TokenType::Frontend).await
+    record(app, token, body).await
 }
 
 #[derive(Deserialize)]

@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -516,17 +516,25 @@ enum Gate {
     Admin(Permission),
 }
 
+/// The client or frontend token a [`Gate::Token`] accepted, for the handler.
+#[derive(Clone)]
+pub(crate) struct Authenticated(pub(crate) TokenRecord);
+
 /// Middleware: answer `401`/`403` for a token that does not pass the gate, before the
 /// handler's extractors run. A handler that takes the body would otherwise read all
 /// of it (32 MiB for an import) before it could look at the token.
 async fn check_token(
     State((app, gate)): State<(Shared, Gate)>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let headers = request.headers();
     let passed = match gate {
-        Gate::Token(t) => app.authenticate(headers, &[t]).map(drop),
+        // The client and frontend handlers need nothing but the token: they take it
+        // from here rather than looking it up again.
+        Gate::Token(t) => app
+            .authenticate(headers, &[t])
+            .map(|token| drop(request.extensions_mut().insert(Authenticated(token)))),
         Gate::Admin(p) => app.principal(headers, p).map(drop),
     };
     match passed {
@@ -860,9 +868,9 @@ fn json_response(body: &Body) -> Response {
 
 async fn client_features(
     State(app): State<Shared>,
+    Extension(Authenticated(token)): Extension<Authenticated>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let token = app.authenticate(&headers, &[TokenType::Client])?;
     let snapshot = app.snapshot(&token.environment, &token.project).await?;
     let body = snapshot.body_for(&headers);
     if etag_matches(&headers, &body.etag) {
@@ -877,10 +885,10 @@ async fn client_features(
 
 async fn client_feature(
     State(app): State<Shared>,
+    Extension(Authenticated(token)): Extension<Authenticated>,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let token = app.authenticate(&headers, &[TokenType::Client])?;
     let snapshot = app.snapshot(&token.environment, &token.project).await?;
     let body = snapshot.body_for(&headers);
     body.state
@@ -921,11 +929,10 @@ pub struct FrontendVariant {
 
 async fn frontend_eval(
     app: Shared,
-    headers: HeaderMap,
+    token: TokenRecord,
     peer: SocketAddr,
     mut context: Context,
 ) -> Result<Response, ApiError> {
-    let token = app.authenticate(&headers, &[TokenType::Frontend])?;
     // As Unleash does: a context without remoteAddress is evaluated with the caller's
     // address. Forwarding headers are not trusted (a client could claim any address).
     if context.remote_address.is_none() {
@@ -988,8 +995,8 @@ fn frontend_body(snapshot: &Snapshot, context: &Context) -> serde_json::Result<V
 
 async fn frontend_get(
     State(app): State<Shared>,
+    Extension(Authenticated(token)): Extension<Authenticated>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     // Unleash accepts both `properties[key]=v` and bare `key=v` for custom properties.
@@ -1009,17 +1016,17 @@ async fn frontend_get(
     }
     let context: Context = serde_json::from_value(map.into())
         .map_err(|e| ApiError::bad_request(format!("invalid context: {e}")))?;
-    frontend_eval(app, headers, peer, context).await
+    frontend_eval(app, token, peer, context).await
 }
 
 async fn frontend_post(
     State(app): State<Shared>,
+    Extension(Authenticated(token)): Extension<Authenticated>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let (context, _): (Context, _) = parse_json(body)?;
-    frontend_eval(app, headers, peer, context).await
+    frontend_eval(app, token, peer, context).await
 }
 
 #[derive(Deserialize)]
